@@ -1,0 +1,91 @@
+//! The error type of `sae-core`: one variant per kind of bad input, each a readable sentence.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong when building, running, loading or saving an SAE.
+#[derive(Debug, thiserror::Error)]
+pub enum SaeError {
+    /// The SAE configuration is inconsistent (e.g. `k` larger than the number of latents).
+    #[error("invalid SAE configuration: {0}")]
+    InvalidConfig(String),
+    /// Activations whose last dimension differs from the SAE's input width.
+    #[error("activation width {got} does not match the SAE's d_in {expected}")]
+    WidthMismatch { expected: usize, got: usize },
+    /// The input (or something computed from it) holds NaN or infinity.
+    #[error("{0} contains NaN or infinite values")]
+    NonFinite(String),
+    /// `target_modules` matched no hook point of the model.
+    #[error("target_modules {targets} matched no hook point; available hook points: {available}")]
+    NoTargetMatched { targets: String, available: String },
+    /// A `target_modules` string is not a valid regular expression.
+    #[error("target_modules regex {pattern:?} is invalid: {source}")]
+    BadTargetRegex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    /// A named adapter does not exist.
+    #[error("no adapter named {0:?}")]
+    UnknownAdapter(String),
+    /// A checkpoint lacks a tensor its layout requires.
+    #[error("checkpoint {file} has no tensor {name:?}")]
+    MissingTensor { file: PathBuf, name: String },
+    /// A checkpoint tensor's shape disagrees with the configuration.
+    #[error("tensor {name:?} in {file} has shape {got:?}, but the config implies {expected:?}")]
+    ShapeMismatch {
+        file: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// A checkpoint tensor has a dtype we cannot read.
+    #[error("tensor {name:?} in {file} has dtype {dtype}, expected F32, F16 or BF16")]
+    UnsupportedDtype {
+        file: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    /// `adapter_config.json` names a PEFT type other than `TOPK_SAE`.
+    #[error("{file}: peft_type {found:?} is not supported (only \"TOPK_SAE\")")]
+    UnknownPeftType { file: PathBuf, found: String },
+    /// A folder that holds no SAE checkpoint in any known layout.
+    #[error(
+        "{0} holds no SAE checkpoint: expected adapter_config.json (PEFT), cfg.json + sae.safetensors (sparsify) or cfg.json + sae_weights.safetensors (SAELens), directly or one level down"
+    )]
+    UnknownLayout(PathBuf),
+    /// The SAE cannot be written in the requested layout.
+    #[error("cannot save as {layout}: {reason}")]
+    CannotSave { layout: String, reason: String },
+    /// A config file that is not valid JSON, or lacks a required key.
+    #[error("cannot parse {file}: {source}")]
+    BadJson {
+        file: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file that is truncated or otherwise corrupt.
+    #[error("cannot read safetensors file {file}: {source}")]
+    BadSafetensors {
+        file: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// An I/O failure, with the path involved.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SaeError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SaeError {
+        let path = path.into();
+        move |source| SaeError::Io { path, source }
+    }
+}
+
+/// `Result` with [`SaeError`].
+pub type Result<T, E = SaeError> = std::result::Result<T, E>;

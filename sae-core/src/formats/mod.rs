@@ -1,0 +1,258 @@
+//! Checkpoint layouts, read and written, detected automatically:
+//!
+//! | layout | files |
+//! | --- | --- |
+//! | PEFT adapter (SAE Made Easy) | `adapter_config.json` + `adapter_model.safetensors` |
+//! | sparsify | `<hookpoint>/cfg.json` + `<hookpoint>/sae.safetensors` |
+//! | SAELens | `cfg.json` + `sae_weights.safetensors` (or one folder per hook point) |
+//!
+//! Each layout converts to and from [`HostSae`], so the layouts never touch Burn.
+//! What a layout cannot express (SAE Made Easy has no ReLU, sparsify always applies one) is
+//! kept in an extra `sae_config` entry that the Python readers ignore.
+
+mod peft;
+mod saelens;
+mod sparsify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::config::SaeConfig;
+use crate::error::{Result, SaeError};
+use crate::sae::Sae;
+use crate::targets::TargetModules;
+use crate::tensor_file::{HostTensor, StorageDtype};
+
+/// A checkpoint layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// SAE Made Easy's PEFT adapter (`TOPK_SAE`).
+    Peft,
+    /// EleutherAI sparsify.
+    Sparsify,
+    /// SAELens.
+    SaeLens,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Peft => "peft",
+            Layout::Sparsify => "sparsify",
+            Layout::SaeLens => "saelens",
+        })
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "peft" => Ok(Layout::Peft),
+            "sparsify" => Ok(Layout::Sparsify),
+            "saelens" => Ok(Layout::SaeLens),
+            other => Err(format!("unknown layout {other:?} (expected peft, sparsify or saelens)")),
+        }
+    }
+}
+
+/// One SAE's tensors on the host, in our orientation (`W_enc` and `W_dec` both `[L, d]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSae {
+    /// Its configuration (`num_latents` filled in).
+    pub config: SaeConfig,
+    /// Encoder `[L, d]`.
+    pub w_enc: Vec<f32>,
+    /// Encoder bias `[L]`, when the SAE has one.
+    pub b_enc: Option<Vec<f32>>,
+    /// Decoder `[L, d]`.
+    pub w_dec: Vec<f32>,
+    /// Decoder bias `[d]`.
+    pub b_dec: Vec<f32>,
+    /// JumpReLU thresholds `[L]`.
+    pub threshold: Option<Vec<f32>>,
+    /// Input width.
+    pub d_in: usize,
+}
+
+impl HostSae {
+    /// Number of latents.
+    pub fn num_latents(&self) -> usize {
+        self.w_enc.len() / self.d_in
+    }
+
+    /// Copies a Burn SAE's tensors to the host.
+    pub fn from_sae<B: Backend>(sae: &Sae<B>) -> Self {
+        use crate::sae::to_host as host;
+        HostSae {
+            config: sae.config.clone(),
+            w_enc: host(sae.w_enc.val()),
+            b_enc: sae.b_enc.as_ref().map(|b| host(b.val())),
+            w_dec: host(sae.w_dec.val()),
+            b_dec: host(sae.b_dec.val()),
+            threshold: sae.threshold.as_ref().map(|t| host(t.val())),
+            d_in: sae.d_in(),
+        }
+    }
+
+    /// Builds the Burn SAE on `device`.
+    pub fn to_sae<B: Backend>(&self, device: &B::Device) -> Result<Sae<B>> {
+        let (l, d) = (self.num_latents(), self.d_in);
+        let mat = |v: &Vec<f32>| HostTensor::f32(vec![l, d], v.clone()).to_float::<B, 2>(device);
+        let vec = |v: &Vec<f32>| HostTensor::f32(vec![v.len()], v.clone()).to_float::<B, 1>(device);
+        Sae::from_tensors(
+            self.config.clone(),
+            mat(&self.w_enc),
+            self.b_enc.as_ref().map(vec),
+            mat(&self.w_dec),
+            vec(&self.b_dec),
+            self.threshold.as_ref().map(vec),
+        )
+    }
+}
+
+/// The SAEs of a checkpoint, by hook point path.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The layout it was read from.
+    pub layout: Layout,
+    /// Hook path -> SAE.
+    pub saes: BTreeMap<String, HostSae>,
+    /// `target_modules` as the checkpoint recorded it (PEFT), if any.
+    pub target_modules: Option<TargetModules>,
+}
+
+/// Which layout the checkpoint in `dir` has.
+pub fn detect(dir: &Path) -> Result<Layout> {
+    if dir.join("adapter_config.json").is_file() {
+        return Ok(Layout::Peft);
+    }
+    if let Some(layout) = single_layout(dir) {
+        return Ok(layout);
+    }
+    for sub in subdirs(dir)? {
+        if let Some(layout) = single_layout(&sub) {
+            return Ok(layout);
+        }
+    }
+    Err(SaeError::UnknownLayout(dir.to_path_buf()))
+}
+
+/// The layout of a folder that holds exactly one sparsify or SAELens SAE.
+fn single_layout(dir: &Path) -> Option<Layout> {
+    if !dir.join("cfg.json").is_file() {
+        return None;
+    }
+    if dir.join("sae.safetensors").is_file() {
+        Some(Layout::Sparsify)
+    } else if dir.join("sae_weights.safetensors").is_file() {
+        Some(Layout::SaeLens)
+    } else {
+        None
+    }
+}
+
+/// The folders directly inside `dir`, sorted.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(SaeError::io(dir))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The SAEs of a one-SAE-per-folder layout: `dir` itself, or each sub-folder of that layout.
+fn per_folder(
+    dir: &Path,
+    layout: Layout,
+    read: impl Fn(&Path) -> Result<(String, HostSae)>,
+) -> Result<BTreeMap<String, HostSae>> {
+    let folders = if single_layout(dir) == Some(layout) {
+        vec![dir.to_path_buf()]
+    } else {
+        subdirs(dir)?
+            .into_iter()
+            .filter(|d| single_layout(d) == Some(layout))
+            .collect()
+    };
+    folders.iter().map(|d| read(d)).collect()
+}
+
+/// The name of a folder (a hook point when the layout keeps one SAE per folder).
+fn folder_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// Reads the checkpoint in `dir`, whatever its layout.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let layout = detect(dir)?;
+    let (saes, target_modules) = match layout {
+        Layout::Peft => peft::read(dir)?,
+        Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None),
+        Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None),
+    };
+    Ok(Checkpoint {
+        layout,
+        saes,
+        target_modules,
+    })
+}
+
+/// Writes `checkpoint`'s SAEs to `dir` in `layout`, floats stored as `dtype`.
+pub fn save(checkpoint: &Checkpoint, layout: Layout, dir: &Path, dtype: StorageDtype) -> Result<()> {
+    match layout {
+        Layout::Peft => peft::write(checkpoint, dir, dtype),
+        Layout::Sparsify => {
+            for (hook, sae) in &checkpoint.saes {
+                sparsify::write(hook, sae, &dir.join(hook), dtype)?;
+            }
+            Ok(())
+        }
+        Layout::SaeLens => {
+            let single = checkpoint.saes.len() == 1;
+            for (hook, sae) in &checkpoint.saes {
+                let out = if single { dir.to_path_buf() } else { dir.join(hook) };
+                saelens::write(hook, sae, &out, dtype)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Our full configuration, stored beside a layout's own keys where that layout cannot express it.
+const SAE_CONFIG_KEY: &str = "sae_config";
+
+/// Reads `[L, d]` / `[L]` / `[d]` float tensors with their shapes checked.
+fn float(file: &crate::tensor_file::TensorFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    Ok(file.get_shaped(name, shape)?.to_f32())
+}
+
+/// The `sae_config` entry of a JSON config, if present.
+fn embedded_config(cfg: &serde_json::Value, file: &Path) -> Result<Option<SaeConfig>> {
+    cfg.get(SAE_CONFIG_KEY)
+        .map(|v| {
+            serde_json::from_value(v.clone()).map_err(|source| SaeError::BadJson {
+                file: file.to_path_buf(),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// A required key of a JSON config.
+fn json_key<T: serde::de::DeserializeOwned>(cfg: &serde_json::Value, key: &str, file: &Path) -> Result<T> {
+    let value = cfg.get(key).cloned().unwrap_or(serde_json::Value::Null);
+    serde_json::from_value(value).map_err(|e| SaeError::BadJson {
+        file: file.to_path_buf(),
+        source: serde::de::Error::custom(format!("key {key:?}: {e}")),
+    })
+}

@@ -1,0 +1,30 @@
+//! Sparse autoencoders on Burn: the SAE family ([`Sae`], [`SaeConfig`]), PEFT-style injection
+//! into any model with named hook points ([`inject`], [`SaeModel`], [`HookedModule`]), and the
+//! checkpoint layouts of SAE Made Easy, EleutherAI sparsify and SAELens ([`formats`]).
+//!
+//! ```no_run
+//! use sae_core::{AdapterConfig, SaeConfig, TargetModules};
+//! let config = AdapterConfig {
+//!     sae: SaeConfig::topk(32, 4096),
+//!     target_modules: TargetModules::Names(vec!["model.layers.24.mlp.down_proj".into()]),
+//! };
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod formats;
+pub mod hooks;
+pub mod inject;
+pub mod sae;
+pub mod select;
+pub mod targets;
+pub mod tensor_file;
+
+pub use config::{Architecture, SaeConfig};
+pub use error::{Result, SaeError};
+pub use formats::{Checkpoint, HostSae, Layout};
+pub use hooks::{HookKind, HookPoint, HookedModule, Hooks, NoHooks};
+pub use inject::{Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject};
+pub use sae::{Sae, SaeOutput, SparseLatents};
+pub use targets::TargetModules;
+pub use tensor_file::{HostData, HostTensor, StorageDtype, TensorFile};

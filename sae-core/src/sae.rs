@@ -1,0 +1,373 @@
+//! The sparse autoencoder module: encode (select latents, then compute only the selected
+//! activations), sparse decode (gather the selected decoder rows), and the training losses.
+//!
+//! Math, with `x` the activation and `W_enc`, `W_dec` both `[num_latents, d_in]`:
+//! `pre = W_enc (x - b_dec) + b_enc` (optionally ReLU'd), keep a set `S` of latents per token
+//! (top-k, batch top-k, threshold or all positive), `x_hat = sum_{i in S} pre_i W_dec[i] + b_dec`.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+use crate::config::{Architecture, SaeConfig};
+use crate::error::{Result, SaeError};
+use crate::select::{self, Selection};
+
+/// A sparse autoencoder attached to one activation of width `d_in`.
+#[derive(Module, Debug)]
+pub struct Sae<B: Backend> {
+    /// Encoder, `[num_latents, d_in]` (sparsify's `encoder.weight`).
+    pub w_enc: Param<Tensor<B, 2>>,
+    /// Encoder bias, `[num_latents]`, when the configuration has one.
+    pub b_enc: Option<Param<Tensor<B, 1>>>,
+    /// Decoder, `[num_latents, d_in]`: row `i` is latent `i`'s direction.
+    pub w_dec: Param<Tensor<B, 2>>,
+    /// Decoder bias, `[d_in]`, also subtracted from the input before encoding.
+    pub b_dec: Param<Tensor<B, 1>>,
+    /// Per-latent thresholds, `[num_latents]` (JumpReLU only).
+    pub threshold: Option<Param<Tensor<B, 1>>>,
+    /// What this SAE is.
+    #[module(skip)]
+    pub config: SaeConfig,
+}
+
+/// The active latents of each token: `values[n, j]` is the activation of latent
+/// `indices[n, j]`; padded slots have value 0.
+#[derive(Debug, Clone)]
+pub struct SparseLatents<B: Backend> {
+    /// Activations, `[tokens, width]`.
+    pub values: Tensor<B, 2>,
+    /// Latent indices, `[tokens, width]`.
+    pub indices: Tensor<B, 2, Int>,
+}
+
+/// Everything one forward pass of an SAE gives.
+#[derive(Debug, Clone)]
+pub struct SaeOutput<B: Backend> {
+    /// The selected latents.
+    pub latents: SparseLatents<B>,
+    /// The reconstruction, `[tokens, d_in]`.
+    pub reconstruction: Tensor<B, 2>,
+    /// Fraction of variance unexplained: `sum((x - x_hat)^2) / sum((x - mean_0(x))^2)`.
+    pub fvu: Tensor<B, 1>,
+    /// AuxK loss (dead latents predicting the residual), when a dead mask was given.
+    pub auxk_loss: Option<Tensor<B, 1>>,
+    /// FVU of the top-`4k` reconstruction, when `multi_topk` is on.
+    pub multi_topk_fvu: Option<Tensor<B, 1>>,
+    /// Mean over tokens of `sum_i f_i ||W_dec[i]||` (ReLU architecture).
+    pub l1_loss: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> SaeOutput<B> {
+    /// The training objective: `fvu + aux_k_alpha auxk + multi_topk_fvu / 8 + l1_coefficient l1`.
+    pub fn loss(&self, config: &SaeConfig) -> Tensor<B, 1> {
+        let mut loss = self.fvu.clone();
+        if let Some(auxk) = &self.auxk_loss {
+            loss = loss + auxk.clone().mul_scalar(config.aux_k_alpha);
+        }
+        if let Some(mt) = &self.multi_topk_fvu {
+            loss = loss + mt.clone().div_scalar(8.0);
+        }
+        if let Some(l1) = &self.l1_loss {
+            loss = loss + l1.clone().mul_scalar(config.l1_coefficient);
+        }
+        loss
+    }
+}
+
+impl<B: Backend> Sae<B> {
+    /// A freshly initialised SAE: the encoder as torch's `nn.Linear` (uniform in
+    /// `±1/sqrt(d_in)`), the decoder a copy of it (unit-normed if configured), biases zero.
+    pub fn new(d_in: usize, config: SaeConfig, device: &B::Device) -> Result<Self> {
+        config.validate(d_in)?;
+        let latents = config.latents_for(d_in);
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let w_enc = Tensor::random([latents, d_in], Distribution::Uniform(-bound, bound), device);
+        let w_dec = w_enc.clone();
+        let b_enc = config.encoder_bias.then(|| Tensor::zeros([latents], device));
+        let threshold = (config.architecture == Architecture::JumpRelu)
+            .then(|| Tensor::full([latents], config.jumprelu_init_threshold, device));
+        let sae = Self::from_tensors(
+            config,
+            w_enc,
+            b_enc,
+            w_dec,
+            Tensor::zeros([d_in], device),
+            threshold,
+        )?;
+        Ok(if sae.config.normalize_decoder {
+            sae.with_unit_norm_decoder()
+        } else {
+            sae
+        })
+    }
+
+    /// Builds an SAE from its tensors, checking every shape against the configuration.
+    pub fn from_tensors(
+        config: SaeConfig,
+        w_enc: Tensor<B, 2>,
+        b_enc: Option<Tensor<B, 1>>,
+        w_dec: Tensor<B, 2>,
+        b_dec: Tensor<B, 1>,
+        threshold: Option<Tensor<B, 1>>,
+    ) -> Result<Self> {
+        let [latents, d_in] = w_enc.dims();
+        config.validate(d_in)?;
+        let check = |name: &str, got: Vec<usize>, expected: Vec<usize>| {
+            if got == expected {
+                Ok(())
+            } else {
+                Err(SaeError::InvalidConfig(format!(
+                    "{name} has shape {got:?}, expected {expected:?}"
+                )))
+            }
+        };
+        if config.num_latents != 0 {
+            check("W_enc", vec![latents, d_in], vec![config.num_latents, d_in])?;
+        }
+        check("W_dec", w_dec.dims().to_vec(), vec![latents, d_in])?;
+        check("b_dec", b_dec.dims().to_vec(), vec![d_in])?;
+        if let Some(b) = &b_enc {
+            check("b_enc", b.dims().to_vec(), vec![latents])?;
+        }
+        if let Some(t) = &threshold {
+            check("threshold", t.dims().to_vec(), vec![latents])?;
+        }
+        if config.encoder_bias != b_enc.is_some() {
+            return Err(SaeError::InvalidConfig(format!(
+                "encoder_bias is {} but the encoder bias is {}",
+                config.encoder_bias,
+                if b_enc.is_some() { "present" } else { "absent" }
+            )));
+        }
+        if (config.architecture == Architecture::JumpRelu) != threshold.is_some() {
+            return Err(SaeError::InvalidConfig(
+                "a threshold tensor is needed by, and only by, JumpReLU".into(),
+            ));
+        }
+        let config = SaeConfig {
+            num_latents: latents,
+            ..config
+        };
+        Ok(Sae {
+            w_enc: Param::from_tensor(w_enc),
+            b_enc: b_enc.map(Param::from_tensor),
+            w_dec: Param::from_tensor(w_dec),
+            b_dec: Param::from_tensor(b_dec),
+            threshold: threshold.map(Param::from_tensor),
+            config,
+        })
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.w_enc.dims()[1]
+    }
+
+    /// Dictionary size.
+    pub fn num_latents(&self) -> usize {
+        self.w_enc.dims()[0]
+    }
+
+    /// The same SAE with each decoder row divided by `(its norm + eps)`, as sparsify does.
+    pub fn with_unit_norm_decoder(mut self) -> Self {
+        let w = self.w_dec.val();
+        let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt();
+        let w = w.div(norm.add_scalar(f32::EPSILON));
+        self.w_dec = self.w_dec.map(|_| w);
+        self
+    }
+
+    /// Checks that `x` is `[tokens, d_in]`.
+    fn check_width(&self, x: &Tensor<B, 2>) -> Result<()> {
+        let got = x.dims()[1];
+        if got != self.d_in() {
+            return Err(SaeError::WidthMismatch {
+                expected: self.d_in(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// `x - b_dec`.
+    fn center(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x - self.b_dec.val().unsqueeze_dim(0)
+    }
+
+    /// Dense pre-activations `[tokens, num_latents]` (ReLU'd if configured).
+    fn dense_pre_activations(&self, x_c: Tensor<B, 2>, w_enc: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mut pre = x_c.matmul(w_enc.transpose());
+        if let Some(b) = &self.b_enc {
+            pre = pre + b.val().unsqueeze_dim(0);
+        }
+        if self.config.relu { relu(pre) } else { pre }
+    }
+
+    /// The dense pre-activations on the host, without gradient tracking, for selection.
+    /// Errors when any is NaN or infinite (which is how a bad input shows up).
+    fn host_pre_activations(&self, x_c: &Tensor<B, 2>) -> Result<Vec<f32>> {
+        let pre = self.dense_pre_activations(x_c.clone().detach(), self.w_enc.val().detach());
+        let values = to_host(pre);
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(SaeError::NonFinite("the SAE input".into()));
+        }
+        Ok(values)
+    }
+
+    /// The latents this SAE's architecture keeps, from host pre-activations.
+    fn select(&self, pre: &[f32]) -> Selection {
+        let cols = self.num_latents();
+        match self.config.architecture {
+            Architecture::TopK => select::top_k(pre, cols, self.config.k),
+            Architecture::BatchTopK => {
+                select::batch_top_k(pre, cols, self.config.k * (pre.len() / cols))
+            }
+            Architecture::JumpRelu => {
+                let threshold = self.threshold.as_ref().expect("checked in from_tensors");
+                select::above_threshold(pre, cols, &to_host(threshold.val()))
+            }
+            Architecture::Relu => select::above_threshold(pre, cols, &vec![0.0; cols]),
+        }
+    }
+
+    /// Computes only the selected activations, differentiably: the selected encoder rows times
+    /// the centred input as a batched `[N,w,d] x [N,d,1]` matmul.
+    fn activations_at(&self, x_c: Tensor<B, 2>, selection: &Selection) -> SparseLatents<B> {
+        let [n, d] = x_c.dims();
+        let w = selection.width;
+        let device = x_c.device();
+        let flat = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(selection.indices.clone(), [n * w]),
+            &device,
+        );
+        let rows = self.w_enc.val().select(0, flat.clone()).reshape([n, w, d]);
+        let mut pre = rows.matmul(x_c.reshape([n, d, 1])).reshape([n, w]);
+        if let Some(b) = &self.b_enc {
+            pre = pre + b.val().select(0, flat.clone()).reshape([n, w]);
+        }
+        if self.config.relu {
+            pre = relu(pre);
+        }
+        SparseLatents {
+            values: zero_padding(pre, selection),
+            indices: flat.reshape([n, w]),
+        }
+    }
+
+    /// Encodes `[tokens, d_in]` activations into their sparse latents.
+    pub fn encode(&self, x: Tensor<B, 2>) -> Result<SparseLatents<B>> {
+        self.check_width(&x)?;
+        let x_c = self.center(x);
+        let pre = self.host_pre_activations(&x_c)?;
+        Ok(self.activations_at(x_c, &self.select(&pre)))
+    }
+
+    /// Sparse decode: gathers the decoder rows of the active latents and combines them with a
+    /// batched `[N,1,w] x [N,w,d]` matmul, then adds `b_dec`.
+    pub fn decode(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
+        let [n, w] = latents.values.dims();
+        let d = self.d_in();
+        let flat = latents.indices.clone().reshape([n * w]);
+        let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);
+        let out = latents.values.clone().reshape([n, 1, w]).matmul(rows).reshape([n, d]);
+        out + self.b_dec.val().unsqueeze_dim(0)
+    }
+
+    /// Encodes and decodes `[tokens, d_in]` activations and computes the losses.
+    ///
+    /// `dead_mask` (one flag per latent) turns on the AuxK loss: the top `aux_k` dead latents
+    /// are asked to reconstruct the residual `x - x_hat`, as in sparsify.
+    pub fn forward(&self, x: Tensor<B, 2>, dead_mask: Option<&[bool]>) -> Result<SaeOutput<B>> {
+        self.check_width(&x)?;
+        let [n, d] = x.dims();
+        let x_c = self.center(x.clone());
+        let (latents, reconstruction, pre, l1_loss) =
+            if self.config.architecture == Architecture::Relu {
+                // Every positive latent is active and the L1 penalty needs all of them: dense.
+                let pre = self.dense_pre_activations(x_c.clone(), self.w_enc.val());
+                let host = to_host(pre.clone().detach());
+                if host.iter().any(|v| !v.is_finite()) {
+                    return Err(SaeError::NonFinite("the SAE input".into()));
+                }
+                let selection = self.select(&host);
+                let latents = self.gather_dense(&pre, &selection);
+                let recon = pre.clone().matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
+                let dec_norms = self.w_dec.val().powi_scalar(2).sum_dim(1).sqrt().reshape([1, self.num_latents()]);
+                let l1 = (pre * dec_norms).sum().div_scalar(n as f32);
+                (latents, recon, host, Some(l1))
+            } else {
+                let pre = self.host_pre_activations(&x_c)?;
+                let latents = self.activations_at(x_c.clone(), &self.select(&pre));
+                let recon = self.decode(&latents);
+                (latents, recon, pre, None)
+            };
+
+        let residual = x.clone() - reconstruction.clone();
+        let total_variance = (x.clone() - x.clone().mean_dim(0)).powi_scalar(2).sum();
+        let fvu = residual.clone().powi_scalar(2).sum() / total_variance.clone();
+
+        let auxk_loss = dead_mask.and_then(|mask| {
+            let num_dead = mask.iter().filter(|&&m| m).count();
+            if num_dead == 0 {
+                return None;
+            }
+            let k_aux = self.config.aux_k.unwrap_or(d / 2).max(1);
+            let scale = (num_dead as f32 / k_aux as f32).min(1.0);
+            let k_aux = k_aux.min(num_dead);
+            let selection = select::top_k_among(&pre, self.num_latents(), k_aux, Some(mask));
+            let e_hat = self.decode(&self.activations_at(x_c.clone(), &selection));
+            let loss = (e_hat - residual.clone().detach()).powi_scalar(2).sum();
+            Some((loss / total_variance.clone()).mul_scalar(scale))
+        });
+
+        let multi_topk_fvu = self.config.multi_topk.then(|| {
+            let selection = select::top_k(&pre, self.num_latents(), 4 * self.config.k);
+            let recon = self.decode(&self.activations_at(x_c.clone(), &selection));
+            (recon - x.clone()).powi_scalar(2).sum() / total_variance.clone()
+        });
+
+        Ok(SaeOutput {
+            latents,
+            reconstruction,
+            fvu,
+            auxk_loss,
+            multi_topk_fvu,
+            l1_loss,
+        })
+    }
+
+    /// The selected entries of a dense activation matrix, with padding zeroed.
+    fn gather_dense(&self, dense: &Tensor<B, 2>, selection: &Selection) -> SparseLatents<B> {
+        let device = dense.device();
+        let shape = [selection.rows, selection.width];
+        let indices = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(selection.indices.clone(), shape),
+            &device,
+        );
+        let values = zero_padding(dense.clone().gather(1, indices.clone()), selection);
+        SparseLatents { values, indices }
+    }
+}
+
+/// `values` (`[rows, width]`) with the selection's padding slots set to zero.
+fn zero_padding<B: Backend>(values: Tensor<B, 2>, selection: &Selection) -> Tensor<B, 2> {
+    match &selection.valid {
+        None => values,
+        Some(valid) => {
+            let mask: Vec<f32> = valid.iter().map(|&v| f32::from(u8::from(v))).collect();
+            let mask = TensorData::new(mask, [selection.rows, selection.width]);
+            let device = values.device();
+            values * Tensor::from_data(mask, &device)
+        }
+    }
+}
+
+/// A float tensor's values as `f32` on the host.
+pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32 just before")
+}

@@ -1,0 +1,277 @@
+//! Safetensors files on the host: read F32/F16/BF16 (and I64) tensors, write them atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SaeError};
+
+/// How floats are stored in a file we write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDtype {
+    /// 32-bit floats (lossless).
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(StorageDtype::F32),
+            "f16" | "float16" => Ok(StorageDtype::F16),
+            "bf16" | "bfloat16" => Ok(StorageDtype::BF16),
+            other => Err(format!("unknown dtype {other:?} (expected f32, f16 or bf16)")),
+        }
+    }
+}
+
+/// The values of a host tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    /// Floats (whatever the file stored, widened to f32).
+    F32(Vec<f32>),
+    /// 64-bit integers (indices).
+    I64(Vec<i64>),
+}
+
+/// A tensor on the host: a shape and its row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: HostData,
+}
+
+impl HostTensor {
+    /// A float tensor.
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Self {
+        HostTensor {
+            shape,
+            data: HostData::F32(values),
+        }
+    }
+
+    /// An int64 tensor.
+    pub fn i64(shape: Vec<usize>, values: Vec<i64>) -> Self {
+        HostTensor {
+            shape,
+            data: HostData::I64(values),
+        }
+    }
+
+    /// A Burn float tensor's values.
+    pub fn from_float<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        let shape = t.dims().to_vec();
+        Self::f32(shape, crate::sae::to_host(t))
+    }
+
+    /// The float values (an int tensor is converted).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            HostData::F32(v) => v.clone(),
+            HostData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// As a Burn float tensor of rank `D`.
+    pub fn to_float<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(self.to_f32(), self.shape.clone()), device)
+    }
+}
+
+/// A safetensors file held in memory.
+pub struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    /// Reads and validates the file (a truncated or corrupt file is an error here).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(SaeError::io(&path))?;
+        SafeTensors::deserialize(&bytes).map_err(|source| SaeError::BadSafetensors {
+            file: path.clone(),
+            source,
+        })?;
+        Ok(TensorFile { path, bytes })
+    }
+
+    fn view(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated in open")
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.view().names().into_iter().map(String::from).collect();
+        names.sort();
+        names
+    }
+
+    /// Name, dtype and shape of every tensor, sorted by name.
+    pub fn describe(&self) -> Vec<(String, String, Vec<usize>)> {
+        let view = self.view();
+        let mut out: Vec<_> = view
+            .iter()
+            .map(|(n, t)| (n.to_string(), format!("{:?}", t.dtype()), t.shape().to_vec()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// True if the file has a tensor called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.view().tensor(name).is_ok()
+    }
+
+    /// The tensor `name` (floats widened to f32, integers to i64).
+    pub fn get(&self, name: &str) -> Result<HostTensor> {
+        let view = self.view();
+        let t = view.tensor(name).map_err(|_| SaeError::MissingTensor {
+            file: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        let bytes = t.data();
+        let data = match t.dtype() {
+            Dtype::F32 => HostData::F32(cast::<f32>(bytes).collect()),
+            Dtype::F16 => HostData::F32(cast::<f16>(bytes).map(f32::from).collect()),
+            Dtype::BF16 => HostData::F32(cast::<bf16>(bytes).map(f32::from).collect()),
+            Dtype::I64 => HostData::I64(cast::<i64>(bytes).collect()),
+            Dtype::I32 => HostData::I64(cast::<i32>(bytes).map(i64::from).collect()),
+            other => {
+                return Err(SaeError::UnsupportedDtype {
+                    file: self.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(HostTensor {
+            shape: t.shape().to_vec(),
+            data,
+        })
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let t = self.get(name)?;
+        if t.shape != shape {
+            return Err(SaeError::ShapeMismatch {
+                file: self.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.shape,
+            });
+        }
+        Ok(t)
+    }
+
+    /// The shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let view = self.view();
+        view.tensor(name)
+            .map(|t| t.shape().to_vec())
+            .map_err(|_| SaeError::MissingTensor {
+                file: self.path.clone(),
+                name: name.to_string(),
+            })
+    }
+}
+
+/// Reads little-endian values of type `T` from unaligned bytes.
+fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> impl Iterator<Item = T> + '_ {
+    bytes
+        .chunks_exact(std::mem::size_of::<T>())
+        .map(bytemuck::pod_read_unaligned)
+}
+
+/// Writes tensors (floats stored as `dtype`) to `path` atomically, with optional metadata.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: StorageDtype,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let (dt, bytes) = match (&t.data, dtype) {
+                (HostData::I64(v), _) => (Dtype::I64, bytemuck::cast_slice(v).to_vec()),
+                (HostData::F32(v), StorageDtype::F32) => (Dtype::F32, bytemuck::cast_slice(v).to_vec()),
+                (HostData::F32(v), StorageDtype::F16) => {
+                    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                    (Dtype::F16, bytemuck::cast_slice(&h).to_vec())
+                }
+                (HostData::F32(v), StorageDtype::BF16) => {
+                    let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                    (Dtype::BF16, bytemuck::cast_slice(&h).to_vec())
+                }
+            };
+            (name.clone(), dt, t.shape.clone(), bytes)
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, dt, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| SaeError::BadSafetensors {
+            file: path.to_path_buf(),
+            source,
+        })?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|source| {
+        SaeError::BadSafetensors {
+            file: path.to_path_buf(),
+            source,
+        }
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash or a full disk
+/// never leaves a half-written file where a good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(SaeError::io(dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(SaeError::io(path))
+}
+
+/// Reads and parses a JSON file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(SaeError::io(path))?;
+    serde_json::from_str(&text).map_err(|source| SaeError::BadJson {
+        file: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a value as pretty JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values always serialise");
+    write_atomic(path, format!("{text}\n").as_bytes())
+}

@@ -1,0 +1,1 @@
+//! Parquet datasets with polars: preprocessing, streaming batches, sharding. Filled by the data issue.

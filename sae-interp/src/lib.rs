@@ -1,0 +1,1 @@
+//! Latent caching, explanation, scoring, steering and dashboards. Filled by the interpretation issue.
