@@ -1,1 +1,60 @@
-fn main() {}
+//! `sae`: train, evaluate, convert and inspect sparse autoencoders (see `sae --help`).
+
+mod backend;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sparse autoencoders for multimodal models: encode, convert and inspect SAE checkpoints
+/// (SAE Made Easy PEFT adapters, EleutherAI sparsify, SAELens).
+#[derive(Parser)]
+#[command(name = "sae", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  sae inspect runs/qwen-sae
+  sae encode --sae runs/qwen-sae --input acts.safetensors --key hook.model.layers.1 --out latents.safetensors
+  sae convert --sae runs/qwen-sae --to sparsify --out runs/qwen-sae-sparsify
+
+Logging: RUST_LOG=debug for more detail.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Encode(commands::encode::Args),
+    Convert(commands::convert::Args),
+    Inspect(commands::inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Encode(args) => commands::encode::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

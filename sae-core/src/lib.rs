@@ -11,6 +11,7 @@
 //! ```
 
 pub mod config;
+pub mod encode_file;
 pub mod error;
 pub mod formats;
 pub mod hooks;
@@ -21,6 +22,7 @@ pub mod targets;
 pub mod tensor_file;
 
 pub use config::{Architecture, SaeConfig};
+pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{HookKind, HookPoint, HookedModule, Hooks, NoHooks};

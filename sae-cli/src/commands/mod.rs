@@ -1,0 +1,15 @@
+//! One module per subcommand: argument parsing and wiring to the libraries.
+
+pub mod convert;
+pub mod encode;
+pub mod inspect;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sae_core::Checkpoint;
+
+/// Loads the SAE checkpoint in `dir` (any layout) with a contextual error.
+pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
+    sae_core::formats::load(dir).with_context(|| format!("cannot load the SAE checkpoint in {}", dir.display()))
+}

@@ -1,0 +1,133 @@
+//! The `sae` command line as outside scripts call it (DESIGN.md's contract).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sae_core::{HostData, TensorFile};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sae-core/tests/fixtures").join(rel)
+}
+
+fn sae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sae")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sae(args);
+    assert!(out.status.success(), "sae {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail cleanly; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = sae(args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "sae {args:?}: {stderr}");
+    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn floats(file: &Path, name: &str) -> Vec<f32> {
+    TensorFile::open(file).unwrap().get(name).unwrap().to_f32()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn encode_matches_sparsify() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents.safetensors");
+    let input = fixture("sparsify_topk/reference.safetensors");
+    ok(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&input), "--key", "x", "--out", s(&out), "--chunk", "7"]);
+
+    let file = TensorFile::open(&out).unwrap();
+    let shapes: Vec<_> = file.describe().into_iter().map(|(n, dt, sh)| (n, dt, sh)).collect();
+    assert_eq!(
+        shapes,
+        [
+            ("fvu".into(), "F32".into(), vec![1]),
+            ("latent_acts".into(), "F32".into(), vec![32, 8]),
+            ("latent_indices".into(), "I64".into(), vec![32, 8]),
+            ("sae_out".into(), "F32".into(), vec![32, 64]),
+        ]
+    );
+    let (HostData::I64(ours), HostData::I64(theirs)) =
+        (file.get("latent_indices").unwrap().data, TensorFile::open(&input).unwrap().get("latent_indices").unwrap().data)
+    else {
+        panic!("indices are int64")
+    };
+    // Same index set per token, and the same value for each index.
+    let pairs = |idx: &[i64], acts: &[f32]| -> Vec<Vec<(i64, u32)>> {
+        idx.chunks(8)
+            .zip(acts.chunks(8))
+            .map(|(i, a)| {
+                let mut row: Vec<(i64, u32)> = i.iter().copied().zip(a.iter().map(|v| (v * 1e4).round() as u32)).collect();
+                row.sort();
+                row
+            })
+            .collect()
+    };
+    assert_eq!(pairs(&ours, &floats(&out, "latent_acts")), pairs(&theirs, &floats(&input, "latent_acts")));
+    assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_out")) < 1e-5);
+    assert!(max_rel_diff(&floats(&out, "fvu"), &floats(&input, "fvu")) < 1e-5);
+}
+
+#[test]
+fn encode_flattens_batch_by_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents.safetensors");
+    let input = fixture("smez_dummy/reference.safetensors");
+    // `sae_eval_output` is the SAE applied to the DummyModel's output, `base_output`.
+    ok(&["encode", "--sae", s(&fixture("smez_dummy/adapter")), "--input", s(&input), "--key", "base_output", "--out", s(&out)]);
+    assert_eq!(TensorFile::open(&out).unwrap().shape("sae_out").unwrap(), [32, 10]);
+    assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_eval_output")) < 1e-5);
+}
+
+#[test]
+fn convert_round_trip_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dir.path().join("sparsify"), dir.path().join("saelens"), dir.path().join("peft"));
+    ok(&["convert", "--sae", s(&fixture("smez_dummy/adapter")), "--to", "sparsify", "--out", s(&a)]);
+    ok(&["convert", "--sae", s(&a), "--to", "saelens", "--out", s(&b)]);
+    ok(&["convert", "--sae", s(&b), "--to", "peft", "--out", s(&c)]);
+    let input = fixture("smez_dummy/reference.safetensors");
+    let out = dir.path().join("o.safetensors");
+    ok(&["encode", "--sae", s(&c), "--input", s(&input), "--key", "base_output", "--out", s(&out)]);
+    assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_eval_output")) < 1e-5);
+
+    let text = ok(&["inspect", s(&a)]);
+    assert!(text.starts_with("layout: sparsify\nsae linear: TopK, d_in 10, 6 latents, k 2, relu false"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--sae", s(&c), "--json"])).unwrap();
+    assert_eq!(json["layout"], "peft");
+    assert_eq!(json["saes"][0]["hook"], "linear");
+    assert_eq!(json["tensors"].as_array().unwrap().len(), 3);
+
+    // An existing, non-empty output folder is left alone.
+    let err = fails(&["convert", "--sae", s(&a), "--to", "peft", "--out", s(&c)]);
+    assert!(err.contains("is not empty"), "{err}");
+}
+
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let input = fixture("sparsify_topk/reference.safetensors");
+    let err = fails(&["encode", "--sae", s(&fixture("smez_dummy/adapter")), "--input", s(&input), "--key", "x", "--out", s(&out)]);
+    assert!(err.contains("activation width 64 does not match the SAE's d_in 10"), "{err}");
+    let err = fails(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&input), "--key", "nope", "--out", s(&out)]);
+    assert!(err.contains("has no tensor \"nope\""), "{err}");
+    let err = fails(&["inspect", s(dir.path())]);
+    assert!(err.contains("holds no SAE checkpoint"), "{err}");
+    let err = fails(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&dir.path().join("missing.safetensors")), "--key", "x", "--out", s(&out)]);
+    assert!(err.contains("No such file"), "{err}");
+    assert!(!out.exists(), "nothing is written on error");
+}
