@@ -16,7 +16,12 @@ pub type Backend = burn::backend::NdArray;
 ))]
 pub type Backend = burn::backend::Flex;
 
-#[cfg(not(any(feature = "flex", feature = "ndarray", feature = "wgpu", feature = "cuda")))]
+#[cfg(not(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+)))]
 compile_error!("enable one backend feature of sae-cli: flex, ndarray, wgpu or cuda");
 
 /// The backend's default device.

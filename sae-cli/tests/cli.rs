@@ -6,16 +6,26 @@ use std::process::{Command, Output};
 use sae_core::{HostData, TensorFile};
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sae-core/tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sae-core/tests/fixtures")
+        .join(rel)
 }
 
 fn sae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae")).args(args).env("RUST_LOG", "warn").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn ok(args: &[&str]) -> String {
     let out = sae(args);
-    assert!(out.status.success(), "sae {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sae {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -24,7 +34,10 @@ fn fails(args: &[&str]) -> String {
     let out = sae(args);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "sae {args:?}: {stderr}");
-    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     stderr
 }
 
@@ -47,10 +60,26 @@ fn encode_matches_sparsify() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("latents.safetensors");
     let input = fixture("sparsify_topk/reference.safetensors");
-    ok(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&input), "--key", "x", "--out", s(&out), "--chunk", "7"]);
+    ok(&[
+        "encode",
+        "--sae",
+        s(&fixture("sparsify_topk")),
+        "--input",
+        s(&input),
+        "--key",
+        "x",
+        "--out",
+        s(&out),
+        "--chunk",
+        "7",
+    ]);
 
     let file = TensorFile::open(&out).unwrap();
-    let shapes: Vec<_> = file.describe().into_iter().map(|(n, dt, sh)| (n, dt, sh)).collect();
+    let shapes: Vec<_> = file
+        .describe()
+        .into_iter()
+        .map(|(n, dt, sh)| (n, dt, sh))
+        .collect();
     assert_eq!(
         shapes,
         [
@@ -60,9 +89,14 @@ fn encode_matches_sparsify() {
             ("sae_out".into(), "F32".into(), vec![32, 64]),
         ]
     );
-    let (HostData::I64(ours), HostData::I64(theirs)) =
-        (file.get("latent_indices").unwrap().data, TensorFile::open(&input).unwrap().get("latent_indices").unwrap().data)
-    else {
+    let (HostData::I64(ours), HostData::I64(theirs)) = (
+        file.get("latent_indices").unwrap().data,
+        TensorFile::open(&input)
+            .unwrap()
+            .get("latent_indices")
+            .unwrap()
+            .data,
+    ) else {
         panic!("indices are int64")
     };
     // Same index set per token, and the same value for each index.
@@ -70,13 +104,20 @@ fn encode_matches_sparsify() {
         idx.chunks(8)
             .zip(acts.chunks(8))
             .map(|(i, a)| {
-                let mut row: Vec<(i64, u32)> = i.iter().copied().zip(a.iter().map(|v| (v * 1e4).round() as u32)).collect();
+                let mut row: Vec<(i64, u32)> = i
+                    .iter()
+                    .copied()
+                    .zip(a.iter().map(|v| (v * 1e4).round() as u32))
+                    .collect();
                 row.sort();
                 row
             })
             .collect()
     };
-    assert_eq!(pairs(&ours, &floats(&out, "latent_acts")), pairs(&theirs, &floats(&input, "latent_acts")));
+    assert_eq!(
+        pairs(&ours, &floats(&out, "latent_acts")),
+        pairs(&theirs, &floats(&input, "latent_acts"))
+    );
     assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_out")) < 1e-5);
     assert!(max_rel_diff(&floats(&out, "fvu"), &floats(&input, "fvu")) < 1e-5);
 }
@@ -87,26 +128,65 @@ fn encode_flattens_batch_by_tokens() {
     let out = dir.path().join("latents.safetensors");
     let input = fixture("smez_dummy/reference.safetensors");
     // `sae_eval_output` is the SAE applied to the DummyModel's output, `base_output`.
-    ok(&["encode", "--sae", s(&fixture("smez_dummy/adapter")), "--input", s(&input), "--key", "base_output", "--out", s(&out)]);
-    assert_eq!(TensorFile::open(&out).unwrap().shape("sae_out").unwrap(), [32, 10]);
+    ok(&[
+        "encode",
+        "--sae",
+        s(&fixture("smez_dummy/adapter")),
+        "--input",
+        s(&input),
+        "--key",
+        "base_output",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(
+        TensorFile::open(&out).unwrap().shape("sae_out").unwrap(),
+        [32, 10]
+    );
     assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_eval_output")) < 1e-5);
 }
 
 #[test]
 fn convert_round_trip_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("sparsify"), dir.path().join("saelens"), dir.path().join("peft"));
-    ok(&["convert", "--sae", s(&fixture("smez_dummy/adapter")), "--to", "sparsify", "--out", s(&a)]);
+    let (a, b, c) = (
+        dir.path().join("sparsify"),
+        dir.path().join("saelens"),
+        dir.path().join("peft"),
+    );
+    ok(&[
+        "convert",
+        "--sae",
+        s(&fixture("smez_dummy/adapter")),
+        "--to",
+        "sparsify",
+        "--out",
+        s(&a),
+    ]);
     ok(&["convert", "--sae", s(&a), "--to", "saelens", "--out", s(&b)]);
     ok(&["convert", "--sae", s(&b), "--to", "peft", "--out", s(&c)]);
     let input = fixture("smez_dummy/reference.safetensors");
     let out = dir.path().join("o.safetensors");
-    ok(&["encode", "--sae", s(&c), "--input", s(&input), "--key", "base_output", "--out", s(&out)]);
+    ok(&[
+        "encode",
+        "--sae",
+        s(&c),
+        "--input",
+        s(&input),
+        "--key",
+        "base_output",
+        "--out",
+        s(&out),
+    ]);
     assert!(max_rel_diff(&floats(&out, "sae_out"), &floats(&input, "sae_eval_output")) < 1e-5);
 
     let text = ok(&["inspect", s(&a)]);
-    assert!(text.starts_with("layout: sparsify\nsae linear: TopK, d_in 10, 6 latents, k 2, relu false"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--sae", s(&c), "--json"])).unwrap();
+    assert!(
+        text.starts_with("layout: sparsify\nsae linear: TopK, d_in 10, 6 latents, k 2, relu false"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", "--sae", s(&c), "--json"])).unwrap();
     assert_eq!(json["layout"], "peft");
     assert_eq!(json["saes"][0]["hook"], "linear");
     assert_eq!(json["tensors"].as_array().unwrap().len(), 3);
@@ -121,13 +201,46 @@ fn bad_input_gives_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");
     let input = fixture("sparsify_topk/reference.safetensors");
-    let err = fails(&["encode", "--sae", s(&fixture("smez_dummy/adapter")), "--input", s(&input), "--key", "x", "--out", s(&out)]);
-    assert!(err.contains("activation width 64 does not match the SAE's d_in 10"), "{err}");
-    let err = fails(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&input), "--key", "nope", "--out", s(&out)]);
+    let err = fails(&[
+        "encode",
+        "--sae",
+        s(&fixture("smez_dummy/adapter")),
+        "--input",
+        s(&input),
+        "--key",
+        "x",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("activation width 64 does not match the SAE's d_in 10"),
+        "{err}"
+    );
+    let err = fails(&[
+        "encode",
+        "--sae",
+        s(&fixture("sparsify_topk")),
+        "--input",
+        s(&input),
+        "--key",
+        "nope",
+        "--out",
+        s(&out),
+    ]);
     assert!(err.contains("has no tensor \"nope\""), "{err}");
     let err = fails(&["inspect", s(dir.path())]);
     assert!(err.contains("holds no SAE checkpoint"), "{err}");
-    let err = fails(&["encode", "--sae", s(&fixture("sparsify_topk")), "--input", s(&dir.path().join("missing.safetensors")), "--key", "x", "--out", s(&out)]);
+    let err = fails(&[
+        "encode",
+        "--sae",
+        s(&fixture("sparsify_topk")),
+        "--input",
+        s(&dir.path().join("missing.safetensors")),
+        "--key",
+        "x",
+        "--out",
+        s(&out),
+    ]);
     assert!(err.contains("No such file"), "{err}");
     assert!(!out.exists(), "nothing is written on error");
 }

@@ -17,12 +17,17 @@ pub struct DummyModel<B: Backend> {
 impl<B: Backend> DummyModel<B> {
     /// A randomly initialised `Linear(10, 10)`.
     pub fn new(device: &B::Device) -> Self {
-        DummyModel { linear: LinearConfig::new(10, 10).init(device) }
+        DummyModel {
+            linear: LinearConfig::new(10, 10).init(device),
+        }
     }
 
     /// The model with torch-layout weights (`weight [out, in]`, `bias [out]`).
     pub fn from_torch(weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Self {
-        let linear = Linear { weight: Param::from_tensor(weight.transpose()), bias: Some(Param::from_tensor(bias)) };
+        let linear = Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias: Some(Param::from_tensor(bias)),
+        };
         DummyModel { linear }
     }
 }

@@ -61,7 +61,12 @@ pub fn encode_tokens<B: Backend>(
         let latents = sae.encode(Tensor::from_data(data, device))?;
         sae_out.extend(to_host(sae.decode(&latents)));
         let width = latents.values.dims()[1];
-        let indices: Vec<i64> = latents.indices.into_data().convert::<i64>().into_vec().expect("converted");
+        let indices: Vec<i64> = latents
+            .indices
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .expect("converted");
         parts.push((width, to_host(latents.values), indices));
         progress(start + rows, n);
     }
@@ -71,7 +76,11 @@ pub fn encode_tokens<B: Backend>(
     let mut idx = Vec::with_capacity(n * width);
     for (w, a, i) in parts {
         for (ra, ri) in a.chunks(w).zip(i.chunks(w)) {
-            acts.extend(ra.iter().copied().chain(std::iter::repeat_n(0.0, width - w)));
+            acts.extend(
+                ra.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0.0, width - w)),
+            );
             idx.extend(ri.iter().copied().chain(std::iter::repeat_n(0, width - w)));
         }
     }
@@ -88,9 +97,18 @@ fn fvu(x: &[f32], x_hat: &[f32], d: usize) -> f32 {
     let n = x.len() / d;
     let mut mean = vec![0f64; d];
     for row in x.chunks(d) {
-        mean.iter_mut().zip(row).for_each(|(m, v)| *m += *v as f64 / n as f64);
+        mean.iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += *v as f64 / n as f64);
     }
-    let total: f64 = x.chunks(d).flat_map(|r| r.iter().zip(&mean).map(|(v, m)| (*v as f64 - m).powi(2))).sum();
-    let error: f64 = x.iter().zip(x_hat).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    let total: f64 = x
+        .chunks(d)
+        .flat_map(|r| r.iter().zip(&mean).map(|(v, m)| (*v as f64 - m).powi(2)))
+        .sum();
+    let error: f64 = x
+        .iter()
+        .zip(x_hat)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
     (error / total) as f32
 }

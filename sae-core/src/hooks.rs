@@ -46,7 +46,12 @@ impl HookPoint {
     }
 
     /// A hook point on a linear layer `in_features -> width`.
-    pub fn linear(path: impl Into<String>, in_features: usize, width: usize, kind: HookKind) -> Self {
+    pub fn linear(
+        path: impl Into<String>,
+        in_features: usize,
+        width: usize,
+        kind: HookKind,
+    ) -> Self {
         HookPoint {
             in_features: Some(in_features),
             ..Self::new(path, width, kind)

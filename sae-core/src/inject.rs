@@ -109,7 +109,12 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
     }
 
     /// Adds a freshly initialised adapter and makes it the only active one.
-    pub fn add_adapter(&mut self, name: &str, config: AdapterConfig, device: &B::Device) -> Result<()> {
+    pub fn add_adapter(
+        &mut self,
+        name: &str,
+        config: AdapterConfig,
+        device: &B::Device,
+    ) -> Result<()> {
         let mut saes = BTreeMap::new();
         for point in config.target_modules.resolve(&self.hook_points)? {
             let mut sae_config = config.sae.clone();
@@ -118,7 +123,10 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
                 let basis = point.in_features.unwrap_or(point.width);
                 sae_config.num_latents = sae_config.expansion_factor * basis;
             }
-            saes.insert(point.path.clone(), Sae::new(point.width, sae_config, device)?);
+            saes.insert(
+                point.path.clone(),
+                Sae::new(point.width, sae_config, device)?,
+            );
         }
         self.insert_adapter(name, Adapter { config, saes })
     }
@@ -127,12 +135,14 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
     /// makes it the only active one.
     pub fn insert_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
         for (path, sae) in &adapter.saes {
-            let point = self.hook_points.iter().find(|p| &p.path == path).ok_or_else(|| {
-                SaeError::NoTargetMatched {
+            let point = self
+                .hook_points
+                .iter()
+                .find(|p| &p.path == path)
+                .ok_or_else(|| SaeError::NoTargetMatched {
                     targets: format!("{path:?}"),
                     available: self.available_hooks(),
-                }
-            })?;
+                })?;
             if point.width != sae.d_in() {
                 return Err(SaeError::InvalidConfig(format!(
                     "the SAE for {path} has d_in {}, but that hook point's width is {}",
@@ -252,10 +262,18 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
     /// adapter in `dir/<name>/`.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         for (name, adapter) in &self.adapters {
-            let out = if name == DEFAULT_ADAPTER { dir.to_path_buf() } else { dir.join(name) };
+            let out = if name == DEFAULT_ADAPTER {
+                dir.to_path_buf()
+            } else {
+                dir.join(name)
+            };
             let checkpoint = Checkpoint {
                 layout: Layout::Peft,
-                saes: adapter.saes.iter().map(|(p, s)| (p.clone(), HostSae::from_sae(s))).collect(),
+                saes: adapter
+                    .saes
+                    .iter()
+                    .map(|(p, s)| (p.clone(), HostSae::from_sae(s)))
+                    .collect(),
                 target_modules: Some(adapter.config.target_modules.clone()),
             };
             formats::save(&checkpoint, Layout::Peft, &out, StorageDtype::F32)?;
@@ -272,7 +290,11 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
             let entries = std::fs::read_dir(dir).map_err(SaeError::io(dir))?;
             for sub in entries.filter_map(|e| e.ok().map(|e| e.path())) {
                 if sub.join("adapter_config.json").is_file() {
-                    let name = sub.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                    let name = sub
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
                     sae_model.load_adapter(&sub, &name, device)?;
                 }
             }
@@ -289,7 +311,11 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
             .iter()
             .map(|(p, s)| Ok((p.clone(), s.to_sae(device)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
-        let first = checkpoint.saes.values().next().expect("a loaded checkpoint has an SAE");
+        let first = checkpoint
+            .saes
+            .values()
+            .next()
+            .expect("a loaded checkpoint has an SAE");
         let config = AdapterConfig {
             sae: first.config.clone(),
             target_modules: checkpoint
@@ -327,7 +353,9 @@ impl<B: Backend> SaeHooks<'_, B> {
                         None => recon,
                     });
                 }
-                let mean = sum.expect("a hooked path has an SAE").div_scalar(saes.len() as f32);
+                let mean = sum
+                    .expect("a hooked path has an SAE")
+                    .div_scalar(saes.len() as f32);
                 Ok(mean.reshape([b, t, d]))
             }
             Mode::Train => {

@@ -26,7 +26,9 @@ pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{HookKind, HookPoint, HookedModule, Hooks, NoHooks};
-pub use inject::{Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject};
+pub use inject::{
+    Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
+};
 pub use sae::{Sae, SaeOutput, SparseLatents};
 pub use targets::TargetModules;
 pub use tensor_file::{HostData, HostTensor, StorageDtype, TensorFile};

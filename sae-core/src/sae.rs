@@ -83,9 +83,15 @@ impl<B: Backend> Sae<B> {
         config.validate(d_in)?;
         let latents = config.latents_for(d_in);
         let bound = 1.0 / (d_in as f64).sqrt();
-        let w_enc = Tensor::random([latents, d_in], Distribution::Uniform(-bound, bound), device);
+        let w_enc = Tensor::random(
+            [latents, d_in],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
         let w_dec = w_enc.clone();
-        let b_enc = config.encoder_bias.then(|| Tensor::zeros([latents], device));
+        let b_enc = config
+            .encoder_bias
+            .then(|| Tensor::zeros([latents], device));
         let threshold = (config.architecture == Architecture::JumpRelu)
             .then(|| Tensor::full([latents], config.jumprelu_init_threshold, device));
         let sae = Self::from_tensors(
@@ -271,7 +277,12 @@ impl<B: Backend> Sae<B> {
         let d = self.d_in();
         let flat = latents.indices.clone().reshape([n * w]);
         let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);
-        let out = latents.values.clone().reshape([n, 1, w]).matmul(rows).reshape([n, d]);
+        let out = latents
+            .values
+            .clone()
+            .reshape([n, 1, w])
+            .matmul(rows)
+            .reshape([n, d]);
         out + self.b_dec.val().unsqueeze_dim(0)
     }
 
@@ -283,26 +294,33 @@ impl<B: Backend> Sae<B> {
         self.check_width(&x)?;
         let [n, d] = x.dims();
         let x_c = self.center(x.clone());
-        let (latents, reconstruction, pre, l1_loss) =
-            if self.config.architecture == Architecture::Relu {
-                // Every positive latent is active and the L1 penalty needs all of them: dense.
-                let pre = self.dense_pre_activations(x_c.clone(), self.w_enc.val());
-                let host = to_host(pre.clone().detach());
-                if host.iter().any(|v| !v.is_finite()) {
-                    return Err(SaeError::NonFinite("the SAE input".into()));
-                }
-                let selection = self.select(&host);
-                let latents = self.gather_dense(&pre, &selection);
-                let recon = pre.clone().matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
-                let dec_norms = self.w_dec.val().powi_scalar(2).sum_dim(1).sqrt().reshape([1, self.num_latents()]);
-                let l1 = (pre * dec_norms).sum().div_scalar(n as f32);
-                (latents, recon, host, Some(l1))
-            } else {
-                let pre = self.host_pre_activations(&x_c)?;
-                let latents = self.activations_at(x_c.clone(), &self.select(&pre));
-                let recon = self.decode(&latents);
-                (latents, recon, pre, None)
-            };
+        let (latents, reconstruction, pre, l1_loss) = if self.config.architecture
+            == Architecture::Relu
+        {
+            // Every positive latent is active and the L1 penalty needs all of them: dense.
+            let pre = self.dense_pre_activations(x_c.clone(), self.w_enc.val());
+            let host = to_host(pre.clone().detach());
+            if host.iter().any(|v| !v.is_finite()) {
+                return Err(SaeError::NonFinite("the SAE input".into()));
+            }
+            let selection = self.select(&host);
+            let latents = self.gather_dense(&pre, &selection);
+            let recon = pre.clone().matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
+            let dec_norms = self
+                .w_dec
+                .val()
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .reshape([1, self.num_latents()]);
+            let l1 = (pre * dec_norms).sum().div_scalar(n as f32);
+            (latents, recon, host, Some(l1))
+        } else {
+            let pre = self.host_pre_activations(&x_c)?;
+            let latents = self.activations_at(x_c.clone(), &self.select(&pre));
+            let recon = self.decode(&latents);
+            (latents, recon, pre, None)
+        };
 
         let residual = x.clone() - reconstruction.clone();
         let total_variance = (x.clone() - x.clone().mean_dim(0)).powi_scalar(2).sum();

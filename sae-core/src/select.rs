@@ -22,11 +22,7 @@ pub struct Selection {
 
 /// Orders latents by value, largest first; ties go to the lower index (deterministic).
 fn by_value_desc(row: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-    move |&a, &b| {
-        row[b as usize]
-            .total_cmp(&row[a as usize])
-            .then(a.cmp(&b))
-    }
+    move |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
 }
 
 /// The `k` largest entries of one row among `candidates`, largest first.
@@ -108,7 +104,12 @@ pub fn above_threshold(values: &[f32], cols: usize, thresholds: &[f32]) -> Selec
 }
 
 /// Packs per-row latent lists into a padded [`Selection`], each row sorted largest first.
-fn from_row_lists(rows: usize, mut per_row: Vec<Vec<u32>>, values: &[f32], cols: usize) -> Selection {
+fn from_row_lists(
+    rows: usize,
+    mut per_row: Vec<Vec<u32>>,
+    values: &[f32],
+    cols: usize,
+) -> Selection {
     let width = per_row.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let mut indices = vec![0i64; rows * width];
     let mut valid = vec![false; rows * width];

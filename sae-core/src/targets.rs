@@ -71,31 +71,60 @@ mod tests {
     use crate::hooks::HookKind;
 
     fn points() -> Vec<HookPoint> {
-        ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj", "lm_head"]
-            .iter()
-            .map(|p| HookPoint::new(*p, 8, HookKind::Other))
-            .collect()
+        [
+            "model.layers.0.mlp.down_proj",
+            "model.layers.1.mlp.down_proj",
+            "model.layers.1.self_attn.o_proj",
+            "lm_head",
+        ]
+        .iter()
+        .map(|p| HookPoint::new(*p, 8, HookKind::Other))
+        .collect()
     }
 
     fn paths(t: &TargetModules) -> Vec<String> {
-        t.resolve(&points()).unwrap().into_iter().map(|p| p.path).collect()
+        t.resolve(&points())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
     }
 
     #[test]
     fn list_matches_exact_names_and_dotted_suffixes() {
         let t = TargetModules::Names(vec!["down_proj".into(), "lm_head".into()]);
-        assert_eq!(paths(&t), ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]);
+        assert_eq!(
+            paths(&t),
+            [
+                "model.layers.0.mlp.down_proj",
+                "model.layers.1.mlp.down_proj",
+                "lm_head"
+            ]
+        );
         // "proj" is not a whole path component of any path, so it matches nothing.
-        assert!(TargetModules::Names(vec!["proj".into()]).resolve(&points()).is_err());
+        assert!(
+            TargetModules::Names(vec!["proj".into()])
+                .resolve(&points())
+                .is_err()
+        );
     }
 
     #[test]
     fn regex_must_match_the_whole_path() {
         let t = TargetModules::Regex(r".*layers\.1\..*".into());
-        assert_eq!(paths(&t), ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]);
+        assert_eq!(
+            paths(&t),
+            [
+                "model.layers.1.mlp.down_proj",
+                "model.layers.1.self_attn.o_proj"
+            ]
+        );
         let partial = TargetModules::Regex("layers".into());
         let err = partial.resolve(&points()).unwrap_err().to_string();
-        assert!(err.contains("available hook points: model.layers.0.mlp.down_proj"), "{err}");
+        assert!(
+            err.contains("available hook points: model.layers.0.mlp.down_proj"),
+            "{err}"
+        );
     }
 
     #[test]

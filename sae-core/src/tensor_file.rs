@@ -31,7 +31,9 @@ impl std::str::FromStr for StorageDtype {
             "f32" | "float32" => Ok(StorageDtype::F32),
             "f16" | "float16" => Ok(StorageDtype::F16),
             "bf16" | "bfloat16" => Ok(StorageDtype::BF16),
-            other => Err(format!("unknown dtype {other:?} (expected f32, f16 or bf16)")),
+            other => Err(format!(
+                "unknown dtype {other:?} (expected f32, f16 or bf16)"
+            )),
         }
     }
 }
@@ -130,7 +132,13 @@ impl TensorFile {
         let view = self.view();
         let mut out: Vec<_> = view
             .iter()
-            .map(|(n, t)| (n.to_string(), format!("{:?}", t.dtype()), t.shape().to_vec()))
+            .map(|(n, t)| {
+                (
+                    n.to_string(),
+                    format!("{:?}", t.dtype()),
+                    t.shape().to_vec(),
+                )
+            })
             .collect();
         out.sort();
         out
@@ -214,7 +222,9 @@ pub fn write_tensors(
         .map(|(name, t)| {
             let (dt, bytes) = match (&t.data, dtype) {
                 (HostData::I64(v), _) => (Dtype::I64, bytemuck::cast_slice(v).to_vec()),
-                (HostData::F32(v), StorageDtype::F32) => (Dtype::F32, bytemuck::cast_slice(v).to_vec()),
+                (HostData::F32(v), StorageDtype::F32) => {
+                    (Dtype::F32, bytemuck::cast_slice(v).to_vec())
+                }
                 (HostData::F32(v), StorageDtype::F16) => {
                     let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
                     (Dtype::F16, bytemuck::cast_slice(&h).to_vec())
@@ -238,21 +248,26 @@ pub fn write_tensors(
             file: path.to_path_buf(),
             source,
         })?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|source| {
-        SaeError::BadSafetensors {
+    let bytes =
+        safetensors::serialize(views, metadata).map_err(|source| SaeError::BadSafetensors {
             file: path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     write_atomic(path, &bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash or a full disk
 /// never leaves a half-written file where a good one was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(SaeError::io(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {

@@ -10,7 +10,10 @@ use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{B, fixture};
-use sae_core::{AdapterConfig, HostTensor, SaeConfig, SaeError, SaeModel, StorageDtype, TargetModules, TensorFile, formats, inject};
+use sae_core::{
+    AdapterConfig, HostTensor, SaeConfig, SaeError, SaeModel, StorageDtype, TargetModules,
+    TensorFile, formats, inject,
+};
 
 /// A copy of the SAE Made Easy adapter fixture, to break.
 fn adapter_copy() -> tempfile::TempDir {
@@ -23,7 +26,8 @@ fn adapter_copy() -> tempfile::TempDir {
 
 fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
     let path = dir.join("adapter_config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg[key] = value;
     std::fs::write(path, cfg.to_string()).unwrap();
 }
@@ -45,7 +49,10 @@ fn a_missing_tensor_is_named() {
         .collect();
     sae_core::tensor_file::write_tensors(&path, &kept, StorageDtype::F32, None).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("no tensor \"base_model.model.linear.sae_W_dec\""), "{err}");
+    assert!(
+        err.contains("no tensor \"base_model.model.linear.sae_W_dec\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -53,7 +60,12 @@ fn tensors_that_disagree_with_the_config_are_named() {
     let dir = adapter_copy();
     edit_config(dir.path(), "num_latents", serde_json::json!(7));
     let err = load_err(dir.path());
-    assert!(err.contains("base_model.model.linear.sae_encoder.weight") && err.contains("[6, 10]") && err.contains("[7, 10]"), "{err}");
+    assert!(
+        err.contains("base_model.model.linear.sae_encoder.weight")
+            && err.contains("[6, 10]")
+            && err.contains("[7, 10]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,7 +89,10 @@ fn a_truncated_safetensors_file_is_an_error() {
 #[test]
 fn a_folder_without_a_checkpoint_says_what_it_expected() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(formats::load(dir.path()), Err(SaeError::UnknownLayout(_))));
+    assert!(matches!(
+        formats::load(dir.path()),
+        Err(SaeError::UnknownLayout(_))
+    ));
 }
 
 #[test]
@@ -88,22 +103,32 @@ fn unmatched_target_modules_list_the_hook_points() {
         target_modules: TargetModules::Names(vec!["down_proj".into()]),
     };
     let err = inject::<B, _>(dummy_model::DummyModel::new(&device), config, &device).unwrap_err();
-    assert_eq!(err.to_string(), "target_modules [\"down_proj\"] matched no hook point; available hook points: linear");
+    assert_eq!(
+        err.to_string(),
+        "target_modules [\"down_proj\"] matched no hook point; available hook points: linear"
+    );
 }
 
 #[test]
 fn a_wrong_activation_width_names_both_widths() {
     let device = Default::default();
-    let sae = formats::load(&fixture("smez_dummy/adapter")).unwrap().saes["linear"].to_sae::<B>(&device).unwrap();
+    let sae = formats::load(&fixture("smez_dummy/adapter")).unwrap().saes["linear"]
+        .to_sae::<B>(&device)
+        .unwrap();
     let x = Tensor::<B, 2>::zeros([4, 11], &device);
     let err = sae.encode(x).unwrap_err();
-    assert_eq!(err.to_string(), "activation width 11 does not match the SAE's d_in 10");
+    assert_eq!(
+        err.to_string(),
+        "activation width 11 does not match the SAE's d_in 10"
+    );
 }
 
 #[test]
 fn nan_or_inf_input_is_an_error() {
     let device = Default::default();
-    let sae = formats::load(&fixture("smez_dummy/adapter")).unwrap().saes["linear"].to_sae::<B>(&device).unwrap();
+    let sae = formats::load(&fixture("smez_dummy/adapter")).unwrap().saes["linear"]
+        .to_sae::<B>(&device)
+        .unwrap();
     for bad in [f32::NAN, f32::INFINITY] {
         let mut v = vec![0.5f32; 20];
         v[7] = bad;
@@ -111,7 +136,12 @@ fn nan_or_inf_input_is_an_error() {
         assert!(matches!(sae.forward(x, None), Err(SaeError::NonFinite(_))));
     }
     // Through an injected model too: the error comes out of the forward pass.
-    let model = SaeModel::<B, _>::from_pretrained(dummy_model::DummyModel::new(&device), &fixture("smez_dummy/adapter"), &device).unwrap();
+    let model = SaeModel::<B, _>::from_pretrained(
+        dummy_model::DummyModel::new(&device),
+        &fixture("smez_dummy/adapter"),
+        &device,
+    )
+    .unwrap();
     let x = Tensor::<B, 3>::full([1, 2, 10], f32::NAN, &device);
     assert!(matches!(model.forward(x), Err(SaeError::NonFinite(_))));
 }

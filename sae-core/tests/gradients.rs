@@ -14,7 +14,8 @@ const L: usize = 48;
 
 fn random_sae(config: SaeConfig) -> Sae<AB> {
     let device = Default::default();
-    let r = |shape: Vec<usize>| Tensor::<AB, 2>::random(shape, Distribution::Normal(0.0, 0.5), &device);
+    let r =
+        |shape: Vec<usize>| Tensor::<AB, 2>::random(shape, Distribution::Normal(0.0, 0.5), &device);
     let v = |n: usize| Tensor::<AB, 1>::random([n], Distribution::Normal(0.0, 0.2), &device);
     let b_enc = config.encoder_bias.then(|| v(L));
     let threshold = (config.architecture == Architecture::JumpRelu).then(|| v(L).abs());
@@ -23,7 +24,8 @@ fn random_sae(config: SaeConfig) -> Sae<AB> {
 
 /// Scatters `vals` at `idx` (along dim 1) into zeros shaped like `like`.
 fn scatter(like: &Tensor<AB, 2>, idx: Tensor<AB, 2, Int>, vals: Tensor<AB, 2>) -> Tensor<AB, 2> {
-    like.zeros_like().scatter(1, idx, vals, IndexingUpdateOp::Add)
+    like.zeros_like()
+        .scatter(1, idx, vals, IndexingUpdateOp::Add)
 }
 
 /// The dense reference: every latent computed, selection by `topk_with_indices`.
@@ -37,7 +39,8 @@ fn dense_loss(sae: &Sae<AB>, x: Tensor<AB, 2>, dead: Option<&[bool]>) -> Tensor<
     if c.relu {
         pre = relu(pre);
     }
-    let decode = |acts: Tensor<AB, 2>| acts.matmul(sae.w_dec.val()) + sae.b_dec.val().unsqueeze_dim(0);
+    let decode =
+        |acts: Tensor<AB, 2>| acts.matmul(sae.w_dec.val()) + sae.b_dec.val().unsqueeze_dim(0);
     let top = |k: usize, pre: Tensor<AB, 2>| {
         let (v, i) = pre.clone().topk_with_indices(k, 1);
         scatter(&pre, i, v)
@@ -49,7 +52,9 @@ fn dense_loss(sae: &Sae<AB>, x: Tensor<AB, 2>, dead: Option<&[bool]>) -> Tensor<
             top(c.k * N, flat).reshape([N, L])
         }
         Architecture::JumpRelu => {
-            let above = pre.clone().greater(sae.threshold.as_ref().unwrap().val().unsqueeze_dim(0));
+            let above = pre
+                .clone()
+                .greater(sae.threshold.as_ref().unwrap().val().unsqueeze_dim(0));
             pre.clone() * above.float()
         }
         Architecture::Relu => unreachable!("the ReLU SAE is dense already"),
@@ -62,7 +67,10 @@ fn dense_loss(sae: &Sae<AB>, x: Tensor<AB, 2>, dead: Option<&[bool]>) -> Tensor<
         let k_aux = c.aux_k.unwrap();
         let scale = (num_dead as f32 / k_aux as f32).min(1.0);
         let alive: Vec<bool> = (0..N * L).map(|i| !dead[i % L]).collect();
-        let alive = Tensor::<AB, 2, burn::tensor::Bool>::from_data(TensorData::new(alive, [N, L]), &Default::default());
+        let alive = Tensor::<AB, 2, burn::tensor::Bool>::from_data(
+            TensorData::new(alive, [N, L]),
+            &Default::default(),
+        );
         let masked = pre.clone().mask_fill(alive.clone(), f32::NEG_INFINITY);
         let (v, i) = masked.topk_with_indices(k_aux.min(num_dead), 1);
         let e_hat = decode(scatter(&pre, i, v));
@@ -96,11 +104,17 @@ fn check(config: SaeConfig, dead: Option<&[bool]>) {
     let sparse = sae.forward(x.clone(), dead).unwrap().loss(&sae.config);
     let (sparse_loss, sparse_grads) = loss_and_grads(&sae, sparse);
     let (dense_loss, dense_grads) = loss_and_grads(&sae, dense_loss(&sae, x, dead));
-    assert!(max_rel_diff(&sparse_loss, &dense_loss) < 1e-5, "{sparse_loss:?} vs {dense_loss:?}");
+    assert!(
+        max_rel_diff(&sparse_loss, &dense_loss) < 1e-5,
+        "{sparse_loss:?} vs {dense_loss:?}"
+    );
     for (i, (s, d)) in sparse_grads.iter().zip(&dense_grads).enumerate() {
         let err = max_rel_diff(s, d);
         assert!(err < 1e-5, "gradient {i} differs by {err}");
-        assert!(d.iter().any(|v| *v != 0.0), "gradient {i} is all zero: the check would be vacuous");
+        assert!(
+            d.iter().any(|v| *v != 0.0),
+            "gradient {i} is all zero: the check would be vacuous"
+        );
     }
 }
 
@@ -110,20 +124,34 @@ fn dead_mask() -> Vec<bool> {
 
 #[test]
 fn sae_made_easy_topk_with_auxk_and_multi_topk() {
-    let config = SaeConfig { multi_topk: true, aux_k: Some(6), ..SaeConfig::topk(4, L) };
+    let config = SaeConfig {
+        multi_topk: true,
+        aux_k: Some(6),
+        ..SaeConfig::topk(4, L)
+    };
     check(config, Some(&dead_mask()));
 }
 
 #[test]
 fn sparsify_topk_with_auxk_and_multi_topk() {
-    let config = SaeConfig { multi_topk: true, aux_k: Some(6), ..SaeConfig::sparsify_topk(4, L) };
+    let config = SaeConfig {
+        multi_topk: true,
+        aux_k: Some(6),
+        ..SaeConfig::sparsify_topk(4, L)
+    };
     check(config, Some(&dead_mask()));
 }
 
 #[test]
 fn auxk_with_fewer_dead_latents_than_aux_k_is_scaled() {
     let dead: Vec<bool> = (0..L).map(|i| i < 3).collect();
-    check(SaeConfig { aux_k: Some(6), ..SaeConfig::sparsify_topk(4, L) }, Some(&dead));
+    check(
+        SaeConfig {
+            aux_k: Some(6),
+            ..SaeConfig::sparsify_topk(4, L)
+        },
+        Some(&dead),
+    );
 }
 
 #[test]

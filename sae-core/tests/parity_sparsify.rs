@@ -23,7 +23,14 @@ fn sparsify_topk_matches_the_reference() {
         other => panic!("indices should be int64, got {other:?}"),
     };
     let ref_acts = reference("sparsify_topk/reference.safetensors", "latent_acts").to_f32();
-    let ours_idx: Vec<i64> = out.latents.indices.clone().into_data().convert::<i64>().into_vec().unwrap();
+    let ours_idx: Vec<i64> = out
+        .latents
+        .indices
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap();
     let ours_acts = values(out.latents.values.clone());
     // sparsify's top-k is unsorted: compare each token's (index, value) pairs sorted by index.
     let by_index = |idx: &[i64], acts: &[f32]| {
@@ -35,7 +42,10 @@ fn sparsify_topk_matches_the_reference() {
         rows.iter_mut().for_each(|r| r.sort_by_key(|p| p.0));
         rows
     };
-    let (ours, theirs) = (by_index(&ours_idx, &ours_acts), by_index(&ref_idx, &ref_acts));
+    let (ours, theirs) = (
+        by_index(&ours_idx, &ours_acts),
+        by_index(&ref_idx, &ref_acts),
+    );
     for (token, (o, t)) in ours.iter().zip(&theirs).enumerate() {
         let oi: Vec<i64> = o.iter().map(|p| p.0).collect();
         let ti: Vec<i64> = t.iter().map(|p| p.0).collect();

@@ -10,7 +10,10 @@ use common::{B, fixture, max_rel_diff, reference, values};
 use sae_core::{Checkpoint, Layout, StorageDtype, formats};
 
 /// Latent indices, latent values and reconstruction of every SAE of a checkpoint on `x`.
-fn outputs(checkpoint: &Checkpoint, x: &Tensor<B, 2>) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>)> {
+fn outputs(
+    checkpoint: &Checkpoint,
+    x: &Tensor<B, 2>,
+) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>)> {
     let device = Default::default();
     checkpoint
         .saes
@@ -19,7 +22,12 @@ fn outputs(checkpoint: &Checkpoint, x: &Tensor<B, 2>) -> Vec<(String, Vec<f32>, 
             let sae = host.to_sae::<B>(&device).unwrap();
             let out = sae.forward(x.clone(), None).unwrap();
             let idx: Vec<f32> = values(out.latents.indices.float());
-            (hook.clone(), idx, values(out.latents.values), values(out.reconstruction))
+            (
+                hook.clone(),
+                idx,
+                values(out.latents.values),
+                values(out.reconstruction),
+            )
         })
         .collect()
 }
@@ -35,13 +43,23 @@ fn convert(from: &Path, to: Layout, dir: &Path) -> Checkpoint {
 fn chain(start: &Path, x: Tensor<B, 2>, layouts: [Layout; 3]) {
     let original = formats::load(start).unwrap();
     let expected = outputs(&original, &x);
-    let dirs: Vec<_> = layouts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = layouts
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
     let mut from = start.to_path_buf();
     for (layout, dir) in layouts.iter().zip(&dirs) {
         let converted = convert(&from, *layout, dir.path());
         // Every conversion is lossless in f32: tensors and outputs are identical.
-        assert_eq!(converted.saes, original.saes, "tensors changed going to {layout}");
-        assert_eq!(outputs(&converted, &x), expected, "outputs changed going to {layout}");
+        assert_eq!(
+            converted.saes, original.saes,
+            "tensors changed going to {layout}"
+        );
+        assert_eq!(
+            outputs(&converted, &x),
+            expected,
+            "outputs changed going to {layout}"
+        );
         from = dir.path().to_path_buf();
     }
 }
@@ -50,14 +68,22 @@ fn chain(start: &Path, x: Tensor<B, 2>, layouts: [Layout; 3]) {
 fn peft_to_sparsify_to_saelens_to_peft() {
     let device = Default::default();
     let x: Tensor<B, 3> = reference("smez_dummy/reference.safetensors", "x").to_float(&device);
-    chain(&fixture("smez_dummy/adapter"), x.reshape([32, 10]), [Layout::Sparsify, Layout::SaeLens, Layout::Peft]);
+    chain(
+        &fixture("smez_dummy/adapter"),
+        x.reshape([32, 10]),
+        [Layout::Sparsify, Layout::SaeLens, Layout::Peft],
+    );
 }
 
 #[test]
 fn sparsify_to_saelens_to_peft_to_sparsify() {
     let device = Default::default();
     let x: Tensor<B, 2> = reference("sparsify_topk/reference.safetensors", "x").to_float(&device);
-    chain(&fixture("sparsify_topk"), x, [Layout::SaeLens, Layout::Peft, Layout::Sparsify]);
+    chain(
+        &fixture("sparsify_topk"),
+        x,
+        [Layout::SaeLens, Layout::Peft, Layout::Sparsify],
+    );
 }
 
 #[test]
@@ -69,8 +95,13 @@ fn half_precision_storage_round_trips_within_its_precision() {
     for (dtype, tolerance) in [(StorageDtype::F16, 2e-3), (StorageDtype::BF16, 2e-2)] {
         let dir = tempfile::tempdir().unwrap();
         formats::save(&original, Layout::SaeLens, dir.path(), dtype).unwrap();
-        let desc = sae_core::TensorFile::open(dir.path().join("sae_weights.safetensors")).unwrap().describe();
-        assert!(desc.iter().all(|(_, dt, _)| dt == &format!("{dtype:?}")), "{desc:?}");
+        let desc = sae_core::TensorFile::open(dir.path().join("sae_weights.safetensors"))
+            .unwrap()
+            .describe();
+        assert!(
+            desc.iter().all(|(_, dt, _)| dt == &format!("{dtype:?}")),
+            "{desc:?}"
+        );
         let (_, _, _, got) = outputs(&formats::load(dir.path()).unwrap(), &x).remove(0);
         let err = max_rel_diff(&got, &expected);
         assert!(err < tolerance, "{dtype:?}: {err}");
@@ -107,10 +138,17 @@ fn saelens_without_input_centring_folds_b_dec_into_the_encoder_bias() {
     let host = &checkpoint.saes["blocks.0.hook_resid_post"];
     let x = [0.3f32, -0.7, 1.1];
     let sae = host.to_sae::<B>(&Default::default()).unwrap();
-    let input = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(x.to_vec(), [1, d]), &Default::default());
+    let input = Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(x.to_vec(), [1, d]),
+        &Default::default(),
+    );
     let out = sae.forward(input, None).unwrap();
     // Reference: SAELens standard SAE, relu(x W_enc + b_enc) W_dec + b_dec, by hand.
-    let acts: Vec<f32> = (0..l).map(|i| ((0..d).map(|j| x[j] * w_enc_t[j * l + i]).sum::<f32>() + b_enc[i]).max(0.0)).collect();
-    let expected: Vec<f32> = (0..d).map(|j| (0..l).map(|i| acts[i] * w_dec[i * d + j]).sum::<f32>() + b_dec[j]).collect();
+    let acts: Vec<f32> = (0..l)
+        .map(|i| ((0..d).map(|j| x[j] * w_enc_t[j * l + i]).sum::<f32>() + b_enc[i]).max(0.0))
+        .collect();
+    let expected: Vec<f32> = (0..d)
+        .map(|j| (0..l).map(|i| acts[i] * w_dec[i * d + j]).sum::<f32>() + b_dec[j])
+        .collect();
     assert!(max_rel_diff(&values(out.reconstruction), &expected) < 1e-6);
 }

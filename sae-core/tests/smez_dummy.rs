@@ -10,7 +10,9 @@ mod dummy_model;
 use burn::tensor::{Distribution, Tensor};
 use common::{B, fixture, max_rel_diff, reference, values};
 use dummy_model::DummyModel;
-use sae_core::{AdapterConfig, HookedModule, Layout, SaeConfig, SaeModel, TargetModules, formats, inject};
+use sae_core::{
+    AdapterConfig, HookedModule, Layout, SaeConfig, SaeModel, TargetModules, formats, inject,
+};
 
 fn reference_model(device: &burn::tensor::Device<B>) -> DummyModel<B> {
     let file = "smez_dummy/base_model.safetensors";
@@ -28,9 +30,13 @@ fn eval_output_matches_sae_made_easy() {
     let base = reference("smez_dummy/reference.safetensors", "base_output").to_f32();
     assert!(max_rel_diff(&values(model.forward_plain(x.clone())), &base) < 1e-5);
 
-    let sae_model = SaeModel::from_pretrained(model, &fixture("smez_dummy/adapter"), &device).unwrap();
+    let sae_model =
+        SaeModel::from_pretrained(model, &fixture("smez_dummy/adapter"), &device).unwrap();
     let adapter = &sae_model.adapters()["default"];
-    assert_eq!(adapter.config.target_modules, TargetModules::Names(vec!["linear".into()]));
+    assert_eq!(
+        adapter.config.target_modules,
+        TargetModules::Names(vec!["linear".into()])
+    );
     let sae = &adapter.saes["linear"];
     assert_eq!((sae.config.k, sae.num_latents(), sae.d_in()), (2, 6, 10));
 
@@ -42,7 +48,12 @@ fn eval_output_matches_sae_made_easy() {
 #[test]
 fn what_we_save_loads_back_bit_exactly() {
     let device = Default::default();
-    let sae_model = SaeModel::from_pretrained(reference_model(&device), &fixture("smez_dummy/adapter"), &device).unwrap();
+    let sae_model = SaeModel::from_pretrained(
+        reference_model(&device),
+        &fixture("smez_dummy/adapter"),
+        &device,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     sae_model.save_pretrained(dir.path()).unwrap();
     assert_eq!(formats::detect(dir.path()).unwrap(), Layout::Peft);
@@ -52,16 +63,32 @@ fn what_we_save_loads_back_bit_exactly() {
     assert_eq!(saved.target_modules, original.target_modules);
     // The same tensor names and shapes as SAE Made Easy wrote, and the keys its config has.
     let ours = sae_core::TensorFile::open(dir.path().join("adapter_model.safetensors")).unwrap();
-    let theirs = sae_core::TensorFile::open(fixture("smez_dummy/adapter/adapter_model.safetensors")).unwrap();
+    let theirs =
+        sae_core::TensorFile::open(fixture("smez_dummy/adapter/adapter_model.safetensors"))
+            .unwrap();
     assert_eq!(ours.describe(), theirs.describe());
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("smez_dummy/adapter/adapter_config.json")).unwrap()).unwrap();
-    for key in ["peft_type", "k", "num_latents", "target_modules", "dead_tokens_threshold", "inference_mode"] {
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smez_dummy/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "peft_type",
+        "k",
+        "num_latents",
+        "target_modules",
+        "dead_tokens_threshold",
+        "inference_mode",
+    ] {
         assert_eq!(cfg[key], reference[key], "adapter_config.json key {key}");
     }
-    assert!(cfg.get("sae_config").is_none(), "a plain SAE Made Easy SAE needs no extension");
+    assert!(
+        cfg.get("sae_config").is_none(),
+        "a plain SAE Made Easy SAE needs no extension"
+    );
 }
 
 /// The seed's example: `TopKSaeConfig(k=1, num_latents=5, target_modules=["linear"])`.
@@ -83,7 +110,11 @@ fn seed_example_inject_forward_save_load() {
     let mut expected = Vec::new();
     for token in y.chunks(10) {
         let centred: Vec<f32> = token.iter().zip(&host.b_dec).map(|(a, b)| a - b).collect();
-        let z: Vec<f32> = host.w_enc.chunks(10).map(|row| row.iter().zip(&centred).map(|(w, c)| w * c).sum()).collect();
+        let z: Vec<f32> = host
+            .w_enc
+            .chunks(10)
+            .map(|row| row.iter().zip(&centred).map(|(w, c)| w * c).sum())
+            .collect();
         let best = (0..5).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap();
         expected.extend((0..10).map(|j| z[best] * host.w_dec[best * 10 + j] + host.b_dec[j]));
     }
@@ -91,14 +122,20 @@ fn seed_example_inject_forward_save_load() {
 
     let dir = tempfile::tempdir().unwrap();
     model.save_pretrained(dir.path()).unwrap();
-    let loaded = SaeModel::<B, _>::from_pretrained(model.model().clone(), dir.path(), &device).unwrap();
+    let loaded =
+        SaeModel::<B, _>::from_pretrained(model.model().clone(), dir.path(), &device).unwrap();
     assert_eq!(values(loaded.forward(x).unwrap().output), out);
 }
 
 #[test]
 fn train_mode_passes_the_original_through_and_records() {
     let device = Default::default();
-    let mut sae_model = SaeModel::from_pretrained(reference_model(&device), &fixture("smez_dummy/adapter"), &device).unwrap();
+    let mut sae_model = SaeModel::from_pretrained(
+        reference_model(&device),
+        &fixture("smez_dummy/adapter"),
+        &device,
+    )
+    .unwrap();
     sae_model.train();
     let x: Tensor<B, 3> = reference("smez_dummy/reference.safetensors", "x").to_float(&device);
     let forward = sae_model.forward(x).unwrap();
@@ -106,7 +143,10 @@ fn train_mode_passes_the_original_through_and_records() {
     assert!(max_rel_diff(&values(forward.output), &base) < 1e-5);
     assert_eq!(forward.records.len(), 1);
     let record = &forward.records[0];
-    assert_eq!((record.adapter.as_str(), record.path.as_str()), ("default", "linear"));
+    assert_eq!(
+        (record.adapter.as_str(), record.path.as_str()),
+        ("default", "linear")
+    );
     let expected = reference("smez_dummy/reference.safetensors", "sae_eval_output").to_f32();
     assert!(max_rel_diff(&values(record.output.reconstruction.clone()), &expected) < 1e-5);
 }
@@ -114,7 +154,12 @@ fn train_mode_passes_the_original_through_and_records() {
 #[test]
 fn several_active_adapters_average_their_reconstructions() {
     let device = Default::default();
-    let mut sae_model = SaeModel::from_pretrained(reference_model(&device), &fixture("smez_dummy/adapter"), &device).unwrap();
+    let mut sae_model = SaeModel::from_pretrained(
+        reference_model(&device),
+        &fixture("smez_dummy/adapter"),
+        &device,
+    )
+    .unwrap();
     let config = AdapterConfig {
         sae: SaeConfig::topk(3, 6),
         target_modules: TargetModules::Regex("lin.*".into()),
@@ -125,7 +170,11 @@ fn several_active_adapters_average_their_reconstructions() {
     sae_model.set_adapter(&["default", "other"]).unwrap();
     let both = values(sae_model.forward(x).unwrap().output);
     let first = reference("smez_dummy/reference.safetensors", "sae_eval_output").to_f32();
-    let mean: Vec<f32> = first.iter().zip(&second).map(|(a, b)| (a + b) / 2.0).collect();
+    let mean: Vec<f32> = first
+        .iter()
+        .zip(&second)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
     assert!(max_rel_diff(&both, &mean) < 1e-6);
     assert!(sae_model.set_adapter(&["missing"]).is_err());
 
@@ -133,6 +182,10 @@ fn several_active_adapters_average_their_reconstructions() {
     let dir = tempfile::tempdir().unwrap();
     sae_model.save_pretrained(dir.path()).unwrap();
     assert!(dir.path().join("other/adapter_config.json").is_file());
-    let loaded = SaeModel::<B, _>::from_pretrained(sae_model.model().clone(), dir.path(), &device).unwrap();
-    assert_eq!(loaded.adapters().keys().collect::<Vec<_>>(), ["default", "other"]);
+    let loaded =
+        SaeModel::<B, _>::from_pretrained(sae_model.model().clone(), dir.path(), &device).unwrap();
+    assert_eq!(
+        loaded.adapters().keys().collect::<Vec<_>>(),
+        ["default", "other"]
+    );
 }

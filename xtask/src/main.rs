@@ -1,1 +1,33 @@
-fn main() {}
+//! Project tasks: `cargo xtask bench [CASE]`.
+//!
+//! `cargo xtask bench sae-step` times one TopK SAE training step (forward, backward, Adam) at
+//! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on the CPU backend (flex), and prints
+//! `sae-step ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`. When `SAE_BENCH_PYTHON` names a Python
+//! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
+//! reference (`tools/bench_sparsify_step.py`).
+
+mod bench;
+
+use anyhow::{Result, bail};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: cargo xtask bench [sae-step]";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["bench"] | ["bench", "sae-step"] => bench::sae_step(),
+        ["help"] | ["--help"] | ["-h"] | [] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}; {USAGE}"),
+    }
+}

@@ -29,9 +29,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let non_empty = std::fs::read_dir(&args.out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let non_empty = std::fs::read_dir(&args.out)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if non_empty && !args.overwrite {
-        bail!("{} is not empty; choose another --out or pass --overwrite", args.out.display());
+        bail!(
+            "{} is not empty; choose another --out or pass --overwrite",
+            args.out.display()
+        );
     }
     let checkpoint = super::load_checkpoint(&args.sae)?;
     sae_core::formats::save(&checkpoint, args.to, &args.out, args.dtype)

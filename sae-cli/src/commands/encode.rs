@@ -61,13 +61,20 @@ pub fn run(args: Args) -> Result<()> {
     let sae = host.to_sae::<backend::Backend>(&device)?;
     let (n, _) = sae_core::encode_file::token_matrix(&x, sae.d_in())
         .with_context(|| format!("tensor {:?} cannot be encoded by this SAE", args.key))?;
-    tracing::info!(tokens = n, latents = sae.num_latents(), backend = backend::NAME, "encoding");
+    tracing::info!(
+        tokens = n,
+        latents = sae.num_latents(),
+        backend = backend::NAME,
+        "encoding"
+    );
     let bar = ProgressBar::new(n as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
             .expect("a valid template"),
     );
-    let encoded = encode_tokens(&sae, &x, args.chunk, &device, |done, _| bar.set_position(done as u64))
-        .with_context(|| format!("cannot encode tensor {:?}", args.key))?;
+    let encoded = encode_tokens(&sae, &x, args.chunk, &device, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("cannot encode tensor {:?}", args.key))?;
     bar.finish_and_clear();
     let tensors = [
         ("latent_acts", encoded.latent_acts),

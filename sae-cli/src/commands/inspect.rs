@@ -64,7 +64,13 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     for t in &tensors {
-        println!("  {}: {} {} {}", t["file"].as_str().unwrap_or(""), t["name"].as_str().unwrap_or(""), t["dtype"].as_str().unwrap_or(""), t["shape"]);
+        println!(
+            "  {}: {} {} {}",
+            t["file"].as_str().unwrap_or(""),
+            t["name"].as_str().unwrap_or(""),
+            t["dtype"].as_str().unwrap_or(""),
+            t["shape"]
+        );
     }
     Ok(())
 }
@@ -74,7 +80,9 @@ fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0)];
     while let Some((d, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
             if path.is_dir() && depth < 2 {
                 stack.push((path, depth + 1));

@@ -11,5 +11,6 @@ use sae_core::Checkpoint;
 
 /// Loads the SAE checkpoint in `dir` (any layout) with a contextual error.
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    sae_core::formats::load(dir).with_context(|| format!("cannot load the SAE checkpoint in {}", dir.display()))
+    sae_core::formats::load(dir)
+        .with_context(|| format!("cannot load the SAE checkpoint in {}", dir.display()))
 }

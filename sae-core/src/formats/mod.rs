@@ -55,7 +55,9 @@ impl std::str::FromStr for Layout {
             "peft" => Ok(Layout::Peft),
             "sparsify" => Ok(Layout::Sparsify),
             "saelens" => Ok(Layout::SaeLens),
-            other => Err(format!("unknown layout {other:?} (expected peft, sparsify or saelens)")),
+            other => Err(format!(
+                "unknown layout {other:?} (expected peft, sparsify or saelens)"
+            )),
         }
     }
 }
@@ -208,7 +210,12 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 }
 
 /// Writes `checkpoint`'s SAEs to `dir` in `layout`, floats stored as `dtype`.
-pub fn save(checkpoint: &Checkpoint, layout: Layout, dir: &Path, dtype: StorageDtype) -> Result<()> {
+pub fn save(
+    checkpoint: &Checkpoint,
+    layout: Layout,
+    dir: &Path,
+    dtype: StorageDtype,
+) -> Result<()> {
     match layout {
         Layout::Peft => peft::write(checkpoint, dir, dtype),
         Layout::Sparsify => {
@@ -220,7 +227,11 @@ pub fn save(checkpoint: &Checkpoint, layout: Layout, dir: &Path, dtype: StorageD
         Layout::SaeLens => {
             let single = checkpoint.saes.len() == 1;
             for (hook, sae) in &checkpoint.saes {
-                let out = if single { dir.to_path_buf() } else { dir.join(hook) };
+                let out = if single {
+                    dir.to_path_buf()
+                } else {
+                    dir.join(hook)
+                };
                 saelens::write(hook, sae, &out, dtype)?;
             }
             Ok(())
@@ -249,7 +260,11 @@ fn embedded_config(cfg: &serde_json::Value, file: &Path) -> Result<Option<SaeCon
 }
 
 /// A required key of a JSON config.
-fn json_key<T: serde::de::DeserializeOwned>(cfg: &serde_json::Value, key: &str, file: &Path) -> Result<T> {
+fn json_key<T: serde::de::DeserializeOwned>(
+    cfg: &serde_json::Value,
+    key: &str,
+    file: &Path,
+) -> Result<T> {
     let value = cfg.get(key).cloned().unwrap_or(serde_json::Value::Null);
     serde_json::from_value(value).map_err(|e| SaeError::BadJson {
         file: file.to_path_buf(),

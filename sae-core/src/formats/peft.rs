@@ -11,7 +11,9 @@ use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, json_key};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
 use crate::targets::TargetModules;
-use crate::tensor_file::{HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors};
+use crate::tensor_file::{
+    HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors,
+};
 
 const CONFIG_FILE: &str = "adapter_config.json";
 const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -41,8 +43,12 @@ pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<Targ
             num_latents: json_key::<Option<usize>>(&cfg, "num_latents", &cfg_path)?.unwrap_or(0),
             expansion_factor: json_key::<Option<usize>>(&cfg, "expansion_factor", &cfg_path)?
                 .unwrap_or(32),
-            dead_tokens_threshold: json_key::<Option<u64>>(&cfg, "dead_tokens_threshold", &cfg_path)?
-                .unwrap_or(10_000_000),
+            dead_tokens_threshold: json_key::<Option<u64>>(
+                &cfg,
+                "dead_tokens_threshold",
+                &cfg_path,
+            )?
+            .unwrap_or(10_000_000),
             ..SaeConfig::default()
         },
     };
@@ -50,7 +56,9 @@ pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<Targ
     let file = TensorFile::open(dir.join(WEIGHTS_FILE))?;
     let mut paths = BTreeSet::new();
     for name in file.names() {
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
         for suffix in [ENCODER, DECODER, DECODER_BIAS] {
             if let Some(path) = rest.strip_suffix(suffix) {
                 paths.insert(path.to_string());
@@ -75,7 +83,11 @@ pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<Targ
                 got: enc_shape,
             });
         };
-        let latents = if config.num_latents == 0 { latents } else { config.num_latents };
+        let latents = if config.num_latents == 0 {
+            latents
+        } else {
+            config.num_latents
+        };
         let (ld, l) = ([latents, d_in], [latents]);
         let optional = |suffix: &str| {
             file.contains(&name(suffix))
@@ -119,9 +131,18 @@ pub(super) fn write(checkpoint: &super::Checkpoint, dir: &Path, dtype: StorageDt
     for (path, sae) in &checkpoint.saes {
         let name = |suffix: &str| format!("{PREFIX}{path}{suffix}");
         let (l, d) = (sae.num_latents(), sae.d_in);
-        tensors.push((name(ENCODER), HostTensor::f32(vec![l, d], sae.w_enc.clone())));
-        tensors.push((name(DECODER), HostTensor::f32(vec![l, d], sae.w_dec.clone())));
-        tensors.push((name(DECODER_BIAS), HostTensor::f32(vec![d], sae.b_dec.clone())));
+        tensors.push((
+            name(ENCODER),
+            HostTensor::f32(vec![l, d], sae.w_enc.clone()),
+        ));
+        tensors.push((
+            name(DECODER),
+            HostTensor::f32(vec![l, d], sae.w_dec.clone()),
+        ));
+        tensors.push((
+            name(DECODER_BIAS),
+            HostTensor::f32(vec![d], sae.b_dec.clone()),
+        ));
         if let Some(b) = &sae.b_enc {
             tensors.push((name(ENCODER_BIAS), HostTensor::f32(vec![l], b.clone())));
         }

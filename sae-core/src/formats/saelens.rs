@@ -6,10 +6,12 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{HostSae, SAE_CONFIG_KEY, embedded_config, folder_name, float, json_key};
+use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key};
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
-use crate::tensor_file::{HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors};
+use crate::tensor_file::{
+    HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors,
+};
 
 /// Reads the SAE in `dir`; its hook point is `metadata.hook_name` (or `hook_name`), else the
 /// folder's name.
@@ -18,7 +20,9 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let d_in: usize = json_key(&cfg, "d_in", &cfg_path)?;
     let latents: usize = json_key(&cfg, "d_sae", &cfg_path)?;
-    let unsupported = |what: String| SaeError::InvalidConfig(format!("{}: {what} is not supported", cfg_path.display()));
+    let unsupported = |what: String| {
+        SaeError::InvalidConfig(format!("{}: {what} is not supported", cfg_path.display()))
+    };
     let normalize: Option<String> = json_key(&cfg, "normalize_activations", &cfg_path)?;
     if let Some(n) = normalize.filter(|n| n != "none") {
         return Err(unsupported(format!("normalize_activations {n:?}")));
@@ -55,7 +59,9 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
     if centred == Some(false) {
         // W_enc x + b_enc = W_enc (x - b_dec) + (b_enc + W_enc b_dec): fold into our bias.
         for (i, b) in b_enc.iter_mut().enumerate() {
-            *b += (0..d_in).map(|j| w_enc[i * d_in + j] * b_dec[j]).sum::<f32>();
+            *b += (0..d_in)
+                .map(|j| w_enc[i * d_in + j] * b_dec[j])
+                .sum::<f32>();
         }
     }
     let threshold = (config.architecture == Architecture::JumpRelu)
@@ -94,9 +100,18 @@ pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) 
     }
     let mut tensors = vec![
         ("W_enc".to_string(), HostTensor::f32(vec![d, l], w_enc_t)),
-        ("W_dec".to_string(), HostTensor::f32(vec![l, d], sae.w_dec.clone())),
-        ("b_enc".to_string(), HostTensor::f32(vec![l], sae.b_enc.clone().unwrap_or_else(|| vec![0.0; l]))),
-        ("b_dec".to_string(), HostTensor::f32(vec![d], sae.b_dec.clone())),
+        (
+            "W_dec".to_string(),
+            HostTensor::f32(vec![l, d], sae.w_dec.clone()),
+        ),
+        (
+            "b_enc".to_string(),
+            HostTensor::f32(vec![l], sae.b_enc.clone().unwrap_or_else(|| vec![0.0; l])),
+        ),
+        (
+            "b_dec".to_string(),
+            HostTensor::f32(vec![d], sae.b_dec.clone()),
+        ),
     ];
     if let Some(t) = &sae.threshold {
         tensors.push(("threshold".to_string(), HostTensor::f32(vec![l], t.clone())));
@@ -117,7 +132,10 @@ pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) 
         "normalize_activations": "none",
         "metadata": { "hook_name": hook },
     });
-    if matches!(config.architecture, Architecture::TopK | Architecture::BatchTopK) {
+    if matches!(
+        config.architecture,
+        Architecture::TopK | Architecture::BatchTopK
+    ) {
         cfg["k"] = json!(config.k);
     }
     // SAELens applies a ReLU to TopK values and always has an encoder bias; keep our exact math.

@@ -6,17 +6,21 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{HostSae, SAE_CONFIG_KEY, embedded_config, folder_name, float, json_key};
+use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
-use crate::tensor_file::{HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors};
+use crate::tensor_file::{
+    HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors,
+};
 
 /// Reads the SAE in one hook point folder; the folder's name is the hook point.
 pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
     let cfg_path = dir.join("cfg.json");
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let d_in: usize = json_key(&cfg, "d_in", &cfg_path)?;
-    let unsupported = |what: &str| SaeError::InvalidConfig(format!("{}: {what} is not supported", cfg_path.display()));
+    let unsupported = |what: &str| {
+        SaeError::InvalidConfig(format!("{}: {what} is not supported", cfg_path.display()))
+    };
     for flag in ["skip_connection", "transcode"] {
         if json_key::<Option<bool>>(&cfg, flag, &cfg_path)?.unwrap_or(false) {
             return Err(unsupported(flag));
@@ -29,8 +33,10 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
     let config = match embedded_config(&cfg, &cfg_path)? {
         Some(c) => c,
         None => SaeConfig {
-            expansion_factor: json_key::<Option<usize>>(&cfg, "expansion_factor", &cfg_path)?.unwrap_or(32),
-            normalize_decoder: json_key::<Option<bool>>(&cfg, "normalize_decoder", &cfg_path)?.unwrap_or(true),
+            expansion_factor: json_key::<Option<usize>>(&cfg, "expansion_factor", &cfg_path)?
+                .unwrap_or(32),
+            normalize_decoder: json_key::<Option<bool>>(&cfg, "normalize_decoder", &cfg_path)?
+                .unwrap_or(true),
             multi_topk: json_key::<Option<bool>>(&cfg, "multi_topk", &cfg_path)?.unwrap_or(false),
             ..SaeConfig::sparsify_topk(
                 json_key(&cfg, "k", &cfg_path)?,
@@ -64,13 +70,22 @@ pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) 
     if config.architecture != crate::config::Architecture::TopK {
         return Err(SaeError::CannotSave {
             layout: "sparsify".into(),
-            reason: format!("{hook}: sparsify stores TopK SAEs only, this one is {:?}", config.architecture),
+            reason: format!(
+                "{hook}: sparsify stores TopK SAEs only, this one is {:?}",
+                config.architecture
+            ),
         });
     }
     let (l, d) = (sae.num_latents(), sae.d_in);
     let tensors = [
-        ("encoder.weight", HostTensor::f32(vec![l, d], sae.w_enc.clone())),
-        ("encoder.bias", HostTensor::f32(vec![l], sae.b_enc.clone().unwrap_or_else(|| vec![0.0; l]))),
+        (
+            "encoder.weight",
+            HostTensor::f32(vec![l, d], sae.w_enc.clone()),
+        ),
+        (
+            "encoder.bias",
+            HostTensor::f32(vec![l], sae.b_enc.clone().unwrap_or_else(|| vec![0.0; l])),
+        ),
         ("W_dec", HostTensor::f32(vec![l, d], sae.w_dec.clone())),
         ("b_dec", HostTensor::f32(vec![d], sae.b_dec.clone())),
     ]

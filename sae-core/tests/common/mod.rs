@@ -12,7 +12,9 @@ pub type AB = burn::backend::Autodiff<B>;
 
 /// A file or folder under `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// Tensor `name` of a fixture safetensors file.
@@ -23,11 +25,16 @@ pub fn reference(file: &str, name: &str) -> HostTensor {
 /// `max |a - b| / max |b|`: the relative error measure of the fixtures' README.
 pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let scale = b
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// A float tensor's values.
-pub fn values<Bk: burn::tensor::backend::Backend, const D: usize>(t: burn::tensor::Tensor<Bk, D>) -> Vec<f32> {
+pub fn values<Bk: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<Bk, D>,
+) -> Vec<f32> {
     HostTensor::from_float(t).to_f32()
 }
