@@ -75,11 +75,7 @@ fn encode_matches_sparsify() {
     ]);
 
     let file = TensorFile::open(&out).unwrap();
-    let shapes: Vec<_> = file
-        .describe()
-        .into_iter()
-        .map(|(n, dt, sh)| (n, dt, sh))
-        .collect();
+    let shapes = file.describe();
     assert_eq!(
         shapes,
         [

@@ -202,24 +202,20 @@ impl<B: Backend> Sae<B> {
         x - self.b_dec.val().unsqueeze_dim(0)
     }
 
-    /// Dense pre-activations `[tokens, num_latents]` (ReLU'd if configured).
-    fn dense_pre_activations(&self, x_c: Tensor<B, 2>, w_enc: Tensor<B, 2>) -> Tensor<B, 2> {
-        let mut pre = x_c.matmul(w_enc.transpose());
+    /// Dense pre-activations `[tokens, num_latents]` (ReLU'd if configured); with `track`
+    /// false, nothing is recorded for the backward pass.
+    fn dense_pre_activations(&self, x_c: Tensor<B, 2>, track: bool) -> Tensor<B, 2> {
+        let param = |t: Tensor<B, 2>| if track { t } else { t.detach() };
+        let mut pre = param(x_c).matmul(param(self.w_enc.val()).transpose());
         if let Some(b) = &self.b_enc {
-            pre = pre + b.val().unsqueeze_dim(0);
+            pre = pre + param(b.val().unsqueeze_dim(0));
         }
         if self.config.relu { relu(pre) } else { pre }
     }
 
     /// The dense pre-activations on the host, without gradient tracking, for selection.
-    /// Errors when any is NaN or infinite (which is how a bad input shows up).
     fn host_pre_activations(&self, x_c: &Tensor<B, 2>) -> Result<Vec<f32>> {
-        let pre = self.dense_pre_activations(x_c.clone().detach(), self.w_enc.val().detach());
-        let values = to_host(pre);
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(SaeError::NonFinite("the SAE input".into()));
-        }
-        Ok(values)
+        finite_on_host(self.dense_pre_activations(x_c.clone(), false))
     }
 
     /// The latents this SAE's architecture keeps, from host pre-activations.
@@ -298,11 +294,8 @@ impl<B: Backend> Sae<B> {
             == Architecture::Relu
         {
             // Every positive latent is active and the L1 penalty needs all of them: dense.
-            let pre = self.dense_pre_activations(x_c.clone(), self.w_enc.val());
-            let host = to_host(pre.clone().detach());
-            if host.iter().any(|v| !v.is_finite()) {
-                return Err(SaeError::NonFinite("the SAE input".into()));
-            }
+            let pre = self.dense_pre_activations(x_c.clone(), true);
+            let host = finite_on_host(pre.clone().detach())?;
             let selection = self.select(&host);
             let latents = self.gather_dense(&pre, &selection);
             let recon = pre.clone().matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
@@ -380,6 +373,16 @@ fn zero_padding<B: Backend>(values: Tensor<B, 2>, selection: &Selection) -> Tens
             values * Tensor::from_data(mask, &device)
         }
     }
+}
+
+/// Pre-activations on the host; an error when any is NaN or infinite (which is how a bad
+/// input shows up).
+fn finite_on_host<B: Backend>(pre: Tensor<B, 2>) -> Result<Vec<f32>> {
+    let values = to_host(pre);
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(SaeError::NonFinite("the SAE input".into()));
+    }
+    Ok(values)
 }
 
 /// A float tensor's values as `f32` on the host.

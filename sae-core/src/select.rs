@@ -2,6 +2,9 @@
 //! thresholds. Selection has no gradient; the selected activations are recomputed on the
 //! differentiable path (see `sae.rs`), so only O(tokens x k x d) work is differentiated.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use rayon::prelude::*;
 
 /// The latents kept for each of `rows` tokens: `width` slots per token, row-major.
@@ -25,15 +28,52 @@ fn by_value_desc(row: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ 
     move |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
 }
 
-/// The `k` largest entries of one row among `candidates`, largest first.
-fn row_top_k<'a>(row: &[f32], candidates: &'a mut Vec<u32>, k: usize) -> &'a [u32] {
-    let cmp = by_value_desc(row);
-    if k < candidates.len() {
-        candidates.select_nth_unstable_by(k - 1, &cmp);
+/// A key that orders (value, index) pairs like [`by_value_desc`] in reverse: a larger key is a
+/// larger value, or an equal value at a lower index. `f32` bits are mapped so that integer
+/// order is `total_cmp` order.
+fn rank_key(value: f32, index: u32) -> u64 {
+    let bits = value.to_bits();
+    let ordered = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | (1 << 31)
+    };
+    (u64::from(ordered) << 32) | u64::from(u32::MAX - index)
+}
+
+/// The latent index packed in a [`rank_key`].
+fn key_index(key: u64) -> i64 {
+    i64::from(u32::MAX - key as u32)
+}
+
+/// Writes the `k` largest entries of `row` (among `candidates`, or all) to `out`, largest
+/// first, with one pass over the row and a size-`k` min-heap (few pushes on typical data).
+fn row_top_k(
+    row: &[f32],
+    candidates: Option<&[u32]>,
+    out: &mut [i64],
+    heap: &mut BinaryHeap<Reverse<u64>>,
+) {
+    let k = out.len();
+    heap.clear();
+    let mut offer = |i: u32| {
+        let key = rank_key(row[i as usize], i);
+        if heap.len() < k {
+            heap.push(Reverse(key));
+        } else if let Some(mut min) = heap.peek_mut()
+            && key > min.0
+        {
+            *min = Reverse(key);
+        }
+    };
+    match candidates {
+        Some(list) => list.iter().for_each(|&i| offer(i)),
+        None => (0..row.len() as u32).for_each(offer),
     }
-    candidates.truncate(k);
-    candidates.sort_unstable_by(&cmp);
-    candidates
+    // Popping a min-heap yields ascending keys: fill from the back.
+    for slot in out.iter_mut().rev() {
+        *slot = key_index(heap.pop().expect("the heap holds k keys").0);
+    }
 }
 
 /// The `k` largest latents of each row of `values` (`[rows, cols]`, row-major).
@@ -45,25 +85,20 @@ pub fn top_k(values: &[f32], cols: usize, k: usize) -> Selection {
 /// `k` must not exceed the number of allowed latents.
 pub fn top_k_among(values: &[f32], cols: usize, k: usize, allowed: Option<&[bool]>) -> Selection {
     let rows = values.len() / cols;
-    let base: Vec<u32> = match allowed {
-        Some(mask) => (0..cols as u32).filter(|&i| mask[i as usize]).collect(),
-        None => (0..cols as u32).collect(),
-    };
-    assert!(k <= base.len(), "top_k_among: k exceeds the candidates");
+    let candidates: Option<Vec<u32>> =
+        allowed.map(|mask| (0..cols as u32).filter(|&i| mask[i as usize]).collect());
+    let available = candidates.as_ref().map_or(cols, Vec::len);
+    assert!(k <= available, "top_k_among: k exceeds the candidates");
     let mut indices = vec![0i64; rows * k];
-    indices
-        .par_chunks_mut(k.max(1))
-        .zip(values.par_chunks(cols))
-        .for_each_init(
-            || base.clone(),
-            |candidates, (out, row)| {
-                candidates.clear();
-                candidates.extend_from_slice(&base);
-                for (o, &i) in out.iter_mut().zip(row_top_k(row, candidates, k)) {
-                    *o = i as i64;
-                }
-            },
-        );
+    if k > 0 {
+        indices
+            .par_chunks_mut(k)
+            .zip(values.par_chunks(cols))
+            .for_each_init(
+                || BinaryHeap::with_capacity(k + 1),
+                |heap, (out, row)| row_top_k(row, candidates.as_deref(), out, heap),
+            );
+    }
     Selection {
         rows,
         width: k,
@@ -151,6 +186,38 @@ mod tests {
     fn top_k_among_respects_the_mask() {
         let s = top_k_among(&V, 4, 1, Some(&[true, true, false, false]));
         assert_eq!(s.indices, vec![0, 1]);
+    }
+
+    #[test]
+    fn rank_keys_order_like_total_cmp_then_low_index() {
+        let vals = [-f32::INFINITY, -2.5, -0.0, 0.0, 1e-30, 3.0, f32::INFINITY];
+        for w in vals.windows(2) {
+            assert!(rank_key(w[0], 0) < rank_key(w[1], 0), "{w:?}");
+        }
+        assert!(rank_key(1.0, 3) > rank_key(1.0, 4));
+        assert_eq!(key_index(rank_key(-7.0, 12345)), 12345);
+    }
+
+    #[test]
+    fn top_k_agrees_with_a_full_sort() {
+        // Pseudo-random rows with repeated values, checked against sorting every row.
+        let cols = 97;
+        let values: Vec<f32> = (0..cols * 13)
+            .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for k in [1, 5, 31, cols] {
+            let s = top_k(&values, cols, k);
+            for (r, row) in values.chunks(cols).enumerate() {
+                let mut order: Vec<u32> = (0..cols as u32).collect();
+                order.sort_by(by_value_desc(row));
+                let expected: Vec<i64> = order[..k].iter().map(|&i| i as i64).collect();
+                assert_eq!(
+                    s.indices[r * k..(r + 1) * k],
+                    expected[..],
+                    "row {r}, k {k}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -9,11 +9,11 @@ use burn::tensor::Tensor;
 use common::{B, fixture, max_rel_diff, reference, values};
 use sae_core::{Checkpoint, Layout, StorageDtype, formats};
 
+/// Hook, latent indices, latent values and reconstruction of one SAE on some input.
+type Outputs = (String, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Latent indices, latent values and reconstruction of every SAE of a checkpoint on `x`.
-fn outputs(
-    checkpoint: &Checkpoint,
-    x: &Tensor<B, 2>,
-) -> Vec<(String, Vec<f32>, Vec<f32>, Vec<f32>)> {
+fn outputs(checkpoint: &Checkpoint, x: &Tensor<B, 2>) -> Vec<Outputs> {
     let device = Default::default();
     checkpoint
         .saes

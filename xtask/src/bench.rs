@@ -4,13 +4,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use sae_core::{Sae, SaeConfig};
-
-type B = Autodiff<Flex>;
 
 const D: usize = 576;
 const LATENTS: usize = 9216;
@@ -19,8 +17,27 @@ const TOKENS: usize = 2048;
 const WARMUP: usize = 2;
 const STEPS: usize = 10;
 
-/// Times `STEPS` steps after `WARMUP` and prints the contract line.
-pub fn sae_step() -> Result<()> {
+/// Times `STEPS` steps after `WARMUP` on `backend` (`flex` or `ndarray`) and prints the
+/// contract line.
+pub fn sae_step(backend: &str) -> Result<()> {
+    let ours = match backend {
+        "flex" => step_tokens_per_second::<Autodiff<Flex>>()?,
+        "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>()?,
+        other => anyhow::bail!("unknown backend {other:?}: expected flex or ndarray"),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
+    );
+    match reference()? {
+        Some(r) => println!("sae-step ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
+        None => println!("sae-step ours={ours:.0}"),
+    }
+    Ok(())
+}
+
+/// Tokens per second of the SAE training step on backend `B`.
+fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
     let device = Default::default();
     B::seed(&device, 0);
     let mut sae = Sae::<B>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
@@ -38,16 +55,7 @@ pub fn sae_step() -> Result<()> {
             elapsed += start.elapsed().as_secs_f64();
         }
     }
-    let ours = (TOKENS * STEPS) as f64 / elapsed;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "backend flex (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
-    );
-    match reference()? {
-        Some(r) => println!("sae-step ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
-        None => println!("sae-step ours={ours:.0}"),
-    }
-    Ok(())
+    Ok((TOKENS * STEPS) as f64 / elapsed)
 }
 
 /// sparsify's tokens/s for the same step, when `SAE_BENCH_PYTHON` is set.

@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask bench [CASE]`.
 //!
 //! `cargo xtask bench sae-step` times one TopK SAE training step (forward, backward, Adam) at
-//! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on the CPU backend (flex), and prints
+//! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on a CPU backend (flex, or ndarray with
+//! `--backend ndarray`), and prints
 //! `sae-step ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`. When `SAE_BENCH_PYTHON` names a Python
 //! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
 //! reference (`tools/bench_sparsify_step.py`).
@@ -13,7 +14,7 @@ use anyhow::{Result, bail};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask bench [sae-step]";
+const USAGE: &str = "usage: cargo xtask bench [sae-step] [--backend flex|ndarray]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,7 +24,8 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["bench"] | ["bench", "sae-step"] => bench::sae_step(),
+        ["bench"] | ["bench", "sae-step"] => bench::sae_step("flex"),
+        ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
         ["help"] | ["--help"] | ["-h"] | [] => {
             println!("{USAGE}");
             Ok(())
