@@ -1,1 +1,17 @@
-//! Model ports with hook points (Qwen2-VL/Qwen2.5-VL, LLaVA-OneVision, decoder LMs). Filled by the models issues.
+//! Model ports with hook points for sparse-autoencoder work. Every model implements
+//! [`sae_core::HookedModule`] with hook paths named as Hugging Face names the modules in memory,
+//! so SAE Made Easy's `target_modules` work unchanged.
+//!
+//! Now: decoder-only LMs (Qwen2, Llama / SmolLM2) loaded from a Hugging Face folder.
+//! Next: tokenizer and chat templates, GGUF and hub loading, KV-cache generation, Qwen2-VL,
+//! Qwen2.5-VL and LLaVA-OneVision.
+
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod weights;
+
+pub use config::DecoderConfig;
+pub use decoder::{DecoderLm, LmInput, LmOutput};
+pub use error::{ModelError, Result};
+pub use weights::Weights;

@@ -1,0 +1,136 @@
+//! `DecoderConfig`: what a Qwen2 / Llama `config.json` says, in both the transformers 5 layout
+//! (`rope_parameters`) and the older one (`rope_theta` and `rope_scaling` at top level).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+/// The `model_type`s this port runs.
+pub const SUPPORTED: &[&str] = &["qwen2", "llama"];
+
+/// Configuration of a decoder-only language model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// `qwen2` or `llama`.
+    pub model_type: String,
+    /// Residual width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// The LM head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have biases (always for Qwen2).
+    pub attention_bias: bool,
+    /// MLP projections have biases.
+    pub mlp_bias: bool,
+    /// Longest sequence the model supports.
+    pub max_position_embeddings: usize,
+}
+
+/// The raw JSON, every field optional where some configs leave it out.
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: String,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<RopeParameters>,
+    vocab_size: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: bool,
+    max_position_embeddings: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+}
+
+impl DecoderConfig {
+    /// Reads `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let raw: RawConfig = sae_core::tensor_file::read_json(path)?;
+        let bad = |message: String| ModelError::BadConfig {
+            file: path.to_path_buf(),
+            message,
+        };
+        if !SUPPORTED.contains(&raw.model_type.as_str()) {
+            return Err(ModelError::UnsupportedArchitecture {
+                found: raw.model_type,
+                supported: SUPPORTED.join(", "),
+            });
+        }
+        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        if let Some(kind) = rope.and_then(|r| r.rope_type.as_ref().or(r.legacy_type.as_ref()))
+            && kind != "default"
+        {
+            return Err(bad(format!(
+                "rope type {kind:?} is not supported (only \"default\")"
+            )));
+        }
+        let rope_theta = rope
+            .and_then(|r| r.rope_theta)
+            .or(raw.rope_theta)
+            .unwrap_or(10_000.0);
+        if raw.num_attention_heads == 0
+            || raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none()
+        {
+            return Err(bad(
+                "hidden_size is not a multiple of num_attention_heads".into()
+            ));
+        }
+        let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        if kv_heads == 0 || raw.num_attention_heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {kv_heads}",
+                raw.num_attention_heads
+            )));
+        }
+        Ok(DecoderConfig {
+            attention_bias: raw.attention_bias.unwrap_or(raw.model_type == "qwen2"),
+            model_type: raw.model_type,
+            head_dim: raw
+                .head_dim
+                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: kv_heads,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            vocab_size: raw.vocab_size,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            mlp_bias: raw.mlp_bias,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(usize::MAX),
+        })
+    }
+}

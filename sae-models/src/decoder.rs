@@ -1,0 +1,449 @@
+//! A decoder-only language model covering Qwen2 (q/k/v biases) and Llama / SmolLM2 (no biases,
+//! tied embeddings): token embedding, `L x` [pre-norm attention with RoPE and grouped-query
+//! heads, then a SwiGLU MLP], a final RMSNorm and the LM head.
+//!
+//! Every module calls its hook with the HF in-memory path (`model.layers.3.mlp.down_proj`), in
+//! the order HF's modules return; the pass stops after the module named by
+//! [`Hooks::stop_after`].
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
+
+use crate::config::DecoderConfig;
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// The forward pass stopped early because nothing later was needed.
+#[derive(Debug)]
+struct Stopped;
+
+/// Calls hooks and reports when the pass may stop.
+struct Tap<'a, B: Backend> {
+    hooks: &'a mut dyn Hooks<B>,
+}
+
+impl<B: Backend> Tap<'_, B> {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, Stopped> {
+        let y = self.hooks.call(path, x);
+        if self.hooks.stop_after() == Some(path) {
+            return Err(Stopped);
+        }
+        Ok(y)
+    }
+
+    /// A hooked linear layer.
+    fn linear(
+        &mut self,
+        path: &str,
+        layer: &Linear<B>,
+        x: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, Stopped> {
+        self.call(path, layer.forward(x))
+    }
+}
+
+/// Rotary position embedding tables for one batch: `cos` and `sin`, `[batch, 1, tokens, head_dim]`.
+struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// HF's default RoPE: `inv_freq_i = theta^(-2i/d)`, angles `pos x inv_freq` repeated twice.
+    fn new(
+        positions: &[i64],
+        batch: usize,
+        tokens: usize,
+        head_dim: usize,
+        theta: f64,
+        device: &B::Device,
+    ) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * head_dim);
+        let mut sin = Vec::with_capacity(positions.len() * head_dim);
+        for &p in positions {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let table = |v: Vec<f32>| {
+            Tensor::from_data(TensorData::new(v, [batch, 1, tokens, head_dim]), device)
+        };
+        Rope {
+            cos: table(cos),
+            sin: table(sin),
+        }
+    }
+
+    /// `x cos + rotate_half(x) sin`, with `rotate_half([a, b]) = [-b, a]`.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, t, d] = x.dims();
+        let first = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+        let second = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Multi-head attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    #[module(skip)]
+    heads: usize,
+    #[module(skip)]
+    kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 4>,
+        tap: &mut Tap<B>,
+        prefix: &str,
+    ) -> Result<Tensor<B, 3>, Stopped> {
+        let [b, t, _] = x.dims();
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = split(
+            tap.linear(&format!("{prefix}.q_proj"), &self.q_proj, x.clone())?,
+            h,
+        );
+        let k = split(
+            tap.linear(&format!("{prefix}.k_proj"), &self.k_proj, x.clone())?,
+            kv,
+        );
+        let v = split(
+            tap.linear(&format!("{prefix}.v_proj"), &self.v_proj, x)?,
+            kv,
+        );
+        let (q, k) = (rope.apply(q), rope.apply(k));
+        // Each key/value head serves h / kv query heads.
+        let repeat = |y: Tensor<B, 4>| {
+            y.unsqueeze_dim::<5>(2)
+                .repeat_dim(2, h / kv)
+                .reshape([b, h, t, d])
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()) + mask.clone();
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, h * d]);
+        let out = tap.linear(&format!("{prefix}.o_proj"), &self.o_proj, out)?;
+        tap.call(prefix, out)
+    }
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        tap: &mut Tap<B>,
+        prefix: &str,
+    ) -> Result<Tensor<B, 3>, Stopped> {
+        let gate = tap.linear(&format!("{prefix}.gate_proj"), &self.gate_proj, x.clone())?;
+        let up = tap.linear(&format!("{prefix}.up_proj"), &self.up_proj, x)?;
+        let down = tap.linear(
+            &format!("{prefix}.down_proj"),
+            &self.down_proj,
+            silu(gate) * up,
+        )?;
+        tap.call(prefix, down)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    input_layernorm: RmsNorm<B>,
+    self_attn: Attention<B>,
+    post_attention_layernorm: RmsNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 4>,
+        tap: &mut Tap<B>,
+        prefix: &str,
+    ) -> Result<Tensor<B, 3>, Stopped> {
+        let normed = tap.call(
+            &format!("{prefix}.input_layernorm"),
+            self.input_layernorm.forward(x.clone()),
+        )?;
+        let x =
+            x + self
+                .self_attn
+                .forward(normed, rope, mask, tap, &format!("{prefix}.self_attn"))?;
+        let normed = tap.call(
+            &format!("{prefix}.post_attention_layernorm"),
+            self.post_attention_layernorm.forward(x.clone()),
+        )?;
+        let x = x + self.mlp.forward(normed, tap, &format!("{prefix}.mlp"))?;
+        tap.call(prefix, x)
+    }
+}
+
+/// Token ids and, for padded batches, the attention mask (1 = token, 0 = padding).
+#[derive(Debug, Clone)]
+pub struct LmInput<B: Backend> {
+    /// `[batch, tokens]`.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, tokens]`; `None` means no padding.
+    pub attention_mask: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> LmInput<B> {
+    /// One unpadded sequence.
+    pub fn from_ids(ids: &[i64], device: &B::Device) -> Self {
+        LmInput {
+            input_ids: Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device),
+            attention_mask: None,
+        }
+    }
+}
+
+/// What the forward pass returns.
+#[derive(Debug, Clone)]
+pub struct LmOutput<B: Backend> {
+    /// `[batch, tokens, vocab]`; `None` when the pass stopped after an earlier hook.
+    pub logits: Option<Tensor<B, 3>>,
+}
+
+/// A decoder-only language model (Qwen2, Llama).
+#[derive(Module, Debug)]
+pub struct DecoderLm<B: Backend> {
+    embed_tokens: Embedding<B>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: DecoderConfig,
+}
+
+impl<B: Backend> DecoderLm<B> {
+    /// Loads a Hugging Face model folder (`config.json` + safetensors).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the model from its config and weights (HF tensor names).
+    pub fn from_weights(config: DecoderConfig, w: &Weights, device: &B::Device) -> Result<Self> {
+        let c = &config;
+        let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
+        let (q_dim, kv_dim) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let attn = |name: &str, d_in, d_out, bias| {
+                    w.linear(&format!("{p}.self_attn.{name}"), d_in, d_out, bias, device)
+                };
+                let mlp = |name: &str, d_in, d_out| {
+                    w.linear(&format!("{p}.mlp.{name}"), d_in, d_out, c.mlp_bias, device)
+                };
+                Ok(DecoderLayer {
+                    input_layernorm: w.rms_norm(
+                        &format!("{p}.input_layernorm"),
+                        hidden,
+                        eps,
+                        device,
+                    )?,
+                    self_attn: Attention {
+                        q_proj: attn("q_proj", hidden, q_dim, c.attention_bias)?,
+                        k_proj: attn("k_proj", hidden, kv_dim, c.attention_bias)?,
+                        v_proj: attn("v_proj", hidden, kv_dim, c.attention_bias)?,
+                        o_proj: attn("o_proj", q_dim, hidden, false)?,
+                        heads: c.num_attention_heads,
+                        kv_heads: c.num_key_value_heads,
+                        head_dim: c.head_dim,
+                    },
+                    post_attention_layernorm: w.rms_norm(
+                        &format!("{p}.post_attention_layernorm"),
+                        hidden,
+                        eps,
+                        device,
+                    )?,
+                    mlp: Mlp {
+                        gate_proj: mlp("gate_proj", hidden, inter)?,
+                        up_proj: mlp("up_proj", hidden, inter)?,
+                        down_proj: mlp("down_proj", inter, hidden)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Some tied checkpoints still store lm_head.weight; tying wins, as in transformers.
+        let lm_head = (!c.tie_word_embeddings)
+            .then(|| w.linear("lm_head", hidden, c.vocab_size, false, device))
+            .transpose()?;
+        Ok(DecoderLm {
+            embed_tokens: w.embedding("model.embed_tokens", c.vocab_size, hidden, device)?,
+            layers,
+            norm: w.rms_norm("model.norm", hidden, eps, device)?,
+            lm_head,
+            config,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    fn run(&self, input: LmInput<B>, tap: &mut Tap<B>) -> Result<Tensor<B, 3>, Stopped> {
+        let device = input.input_ids.device();
+        let [b, t] = input.input_ids.dims();
+        let mask_host: Option<Vec<i64>> = input.attention_mask.map(|m| {
+            m.into_data()
+                .convert::<i64>()
+                .into_vec()
+                .expect("converted")
+        });
+        // Positions count real tokens only (left padding starts at 0 on the first real token).
+        let positions: Vec<i64> = match &mask_host {
+            Some(m) => m
+                .chunks(t)
+                .flat_map(|row| {
+                    let mut seen = 0i64;
+                    row.iter()
+                        .map(move |&v| {
+                            seen += v;
+                            (seen - 1).max(0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            None => (0..b).flat_map(|_| 0..t as i64).collect(),
+        };
+        let rope = Rope::new(
+            &positions,
+            b,
+            t,
+            self.config.head_dim,
+            self.config.rope_theta,
+            &device,
+        );
+        let mask = attention_mask(mask_host.as_deref(), b, t, &device);
+
+        let mut x = self.embed_tokens.forward(input.input_ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, &mask, tap, &format!("model.layers.{i}"))?;
+        }
+        let x = tap.call("model.norm", self.norm.forward(x))?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed_tokens.weight.val().transpose().unsqueeze_dim(0)),
+        };
+        tap.call("lm_head", logits)
+    }
+}
+
+/// The additive attention mask `[batch, 1, tokens, tokens]`: 0 where a query may attend (causal,
+/// not padding), the most negative float elsewhere (as transformers, so no row is all `-inf`).
+fn attention_mask<B: Backend>(
+    padding: Option<&[i64]>,
+    b: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let mut mask = vec![0f32; b * t * t];
+    for batch in 0..b {
+        for q in 0..t {
+            for k in 0..t {
+                let padded = padding.is_some_and(|m| m[batch * t + k] == 0);
+                if k > q || padded {
+                    mask[(batch * t + q) * t + k] = f32::MIN;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [b, 1, t, t]), device)
+}
+
+impl<B: Backend> HookedModule<B> for DecoderLm<B> {
+    type Input = LmInput<B>;
+    type Output = LmOutput<B>;
+
+    fn hook_points(&self) -> Vec<HookPoint> {
+        let c = &self.config;
+        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
+        let (q_dim, kv_dim) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let mut points = Vec::new();
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let attn = HookKind::Attention;
+            let mlp = HookKind::Mlp;
+            points.extend([
+                HookPoint::new(format!("{p}.input_layernorm"), hidden, HookKind::Other),
+                HookPoint::linear(format!("{p}.self_attn.q_proj"), hidden, q_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.k_proj"), hidden, kv_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.v_proj"), hidden, kv_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.o_proj"), q_dim, hidden, attn),
+                HookPoint::new(format!("{p}.self_attn"), hidden, attn),
+                HookPoint::new(
+                    format!("{p}.post_attention_layernorm"),
+                    hidden,
+                    HookKind::Other,
+                ),
+                HookPoint::linear(format!("{p}.mlp.gate_proj"), hidden, inter, mlp),
+                HookPoint::linear(format!("{p}.mlp.up_proj"), hidden, inter, mlp),
+                HookPoint::linear(format!("{p}.mlp.down_proj"), inter, hidden, mlp),
+                HookPoint::new(format!("{p}.mlp"), hidden, mlp),
+                HookPoint::new(p, hidden, HookKind::Residual),
+            ]);
+        }
+        points.push(HookPoint::new("model.norm", hidden, HookKind::Other));
+        points.push(HookPoint::linear(
+            "lm_head",
+            hidden,
+            c.vocab_size,
+            HookKind::Other,
+        ));
+        points
+    }
+
+    fn forward_hooked(&self, input: LmInput<B>, hooks: &mut dyn Hooks<B>) -> LmOutput<B> {
+        let logits = self.run(input, &mut Tap { hooks }).ok();
+        LmOutput { logits }
+    }
+}

@@ -1,0 +1,33 @@
+//! The error type of `sae-models`.
+
+use std::path::PathBuf;
+
+/// What can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A `model_type` we have no port of.
+    #[error("model type {found:?} is not supported; supported: {supported}")]
+    UnsupportedArchitecture { found: String, supported: String },
+    /// A config value we cannot honour.
+    #[error("{file}: {message}")]
+    BadConfig { file: PathBuf, message: String },
+    /// A weight whose shape disagrees with the config.
+    #[error("weight {name:?} has shape {got:?}, but the config implies {expected:?}")]
+    WeightShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// A weight that no checkpoint file holds.
+    #[error("no checkpoint file in {dir} holds weight {name:?}")]
+    MissingWeight { dir: PathBuf, name: String },
+    /// A folder without `model.safetensors` or `model.safetensors.index.json`.
+    #[error("{0} has neither model.safetensors nor model.safetensors.index.json")]
+    NoWeights(PathBuf),
+    /// Reading a checkpoint or config file failed (the cause says why).
+    #[error(transparent)]
+    Checkpoint(#[from] sae_core::SaeError),
+}
+
+/// `Result` with [`ModelError`].
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,163 @@
+//! Parity with transformers on the `qwen2_tiny` and `llama_tiny` fixtures: logits and every
+//! recorded hook output within 1e-4 relative (`max |ours - ref| / max |ref|`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use sae_core::{HookedModule, Hooks, TensorFile};
+use sae_models::{DecoderLm, LmInput};
+
+type B = burn::backend::Flex;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// Records the output of every hook point, passing it on unchanged.
+#[derive(Default)]
+struct Record(BTreeMap<String, Vec<f32>>);
+
+impl Hooks<B> for Record {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.0.insert(path.to_string(), values(x.clone()));
+        x
+    }
+}
+
+fn input_ids(reference: &TensorFile) -> Vec<i64> {
+    match reference.get("inputs.input_ids").unwrap().data {
+        sae_core::HostData::I64(v) => v,
+        other => panic!("input ids should be int64: {other:?}"),
+    }
+}
+
+fn check(model_dir: &str) {
+    let device = Default::default();
+    let model = DecoderLm::<B>::load(&fixture(model_dir), &device).unwrap();
+    let reference =
+        TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
+    let ids = input_ids(&reference);
+    let mut record = Record::default();
+    let out = model.forward_hooked(LmInput::from_ids(&ids, &device), &mut record);
+
+    let logits = reference.get("logits").unwrap().to_f32();
+    let err = max_rel_diff(&values(out.logits.unwrap()), &logits);
+    assert!(err < 1e-4, "{model_dir}: logits differ by {err}");
+    let mut checked = 0;
+    for name in reference
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hook."))
+    {
+        let path = &name["hook.".len()..];
+        let ours = record
+            .0
+            .get(path)
+            .unwrap_or_else(|| panic!("no hook point {path}"));
+        let err = max_rel_diff(ours, &reference.get(&name).unwrap().to_f32());
+        assert!(err < 1e-4, "{model_dir}: {path} differs by {err}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6, "the fixture records six hook outputs");
+    // Every hook point the model lists is called, in the listed order.
+    let listed: Vec<String> = model.hook_points().into_iter().map(|p| p.path).collect();
+    assert_eq!(
+        record
+            .0
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        listed.iter().cloned().collect()
+    );
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check("qwen2_tiny");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check("llama_tiny");
+}
+
+#[test]
+fn left_padding_gives_the_same_logits_as_no_padding() {
+    let device = Default::default();
+    let model = DecoderLm::<B>::load(&fixture("qwen2_tiny"), &device).unwrap();
+    let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
+    let ids = input_ids(&reference);
+    let t = ids.len();
+    let mut padded = vec![1024i64; 3];
+    padded.extend(&ids);
+    let mut mask = vec![0i64; 3];
+    mask.extend(vec![1i64; t]);
+    let input = LmInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [1, t + 3]), &device),
+        attention_mask: Some(Tensor::from_data(
+            TensorData::new(mask, [1, t + 3]),
+            &device,
+        )),
+    };
+    let logits = model
+        .forward_plain(input)
+        .logits
+        .unwrap()
+        .slice([0..1, 3..t + 3, 0..1034]);
+    let expected = reference.get("logits").unwrap().to_f32();
+    assert!(max_rel_diff(&values(logits), &expected) < 1e-4);
+}
+
+#[test]
+fn the_pass_stops_after_the_last_needed_hook() {
+    struct StopAt(Vec<String>);
+    impl Hooks<B> for StopAt {
+        fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+            self.0.push(path.to_string());
+            x
+        }
+        fn stop_after(&self) -> Option<&str> {
+            Some("model.layers.0.mlp.down_proj")
+        }
+    }
+    let device = Default::default();
+    let model = DecoderLm::<B>::load(&fixture("llama_tiny"), &device).unwrap();
+    let mut hooks = StopAt(Vec::new());
+    let out = model.forward_hooked(LmInput::from_ids(&[1, 2, 3], &device), &mut hooks);
+    assert!(out.logits.is_none());
+    assert_eq!(hooks.0.last().unwrap(), "model.layers.0.mlp.down_proj");
+    assert!(!hooks.0.iter().any(|p| p.starts_with("model.layers.1")));
+}
+
+#[test]
+fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
+    let device = Default::default();
+    let model = DecoderLm::<B>::load(&fixture("qwen2_tiny"), &device).unwrap();
+    let sae_model =
+        sae_core::SaeModel::from_pretrained(model, &fixture("smez_qwen2/adapter"), &device)
+            .unwrap();
+    let reference = TensorFile::open(fixture("smez_qwen2/reference.safetensors")).unwrap();
+    let ids = input_ids(&reference);
+    let logits = sae_model
+        .forward(LmInput::from_ids(&ids, &device))
+        .unwrap()
+        .output
+        .logits
+        .unwrap();
+    let expected = reference.get("logits_with_sae").unwrap().to_f32();
+    let err = max_rel_diff(&values(logits), &expected);
+    assert!(err < 1e-4, "logits with the SAE differ by {err}");
+}
