@@ -101,14 +101,14 @@ impl DecoderConfig {
             .or(raw.rope_theta)
             .unwrap_or(10_000.0);
         if raw.num_attention_heads == 0
-            || raw.hidden_size % raw.num_attention_heads != 0 && raw.head_dim.is_none()
+            || (!raw.hidden_size.is_multiple_of(raw.num_attention_heads) && raw.head_dim.is_none())
         {
             return Err(bad(
                 "hidden_size is not a multiple of num_attention_heads".into()
             ));
         }
         let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if kv_heads == 0 || raw.num_attention_heads % kv_heads != 0 {
+        if kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(kv_heads) {
             return Err(bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv_heads}",
                 raw.num_attention_heads
