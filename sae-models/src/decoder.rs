@@ -98,6 +98,44 @@ impl<B: Backend> Rope<B> {
     }
 }
 
+/// What a layer needs besides its input: RoPE tables, the additive mask, and its keys and
+/// values of earlier positions (taken and put back by attention).
+struct LayerContext<'a, B: Backend> {
+    rope: &'a Rope<B>,
+    mask: &'a Tensor<B, 4>,
+    past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+/// Keys and values of the positions seen so far, per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// The attention mask of every cached position, `[batch, len]` row-major.
+    mask: Vec<i64>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache {
+            layers: Vec::new(),
+            mask: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Multi-head attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -117,8 +155,7 @@ impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        mask: &Tensor<B, 4>,
+        ctx: &mut LayerContext<'_, B>,
         tap: &mut Tap<B>,
         prefix: &str,
     ) -> Result<Tensor<B, 3>, Stopped> {
@@ -137,15 +174,21 @@ impl<B: Backend> Attention<B> {
             tap.linear(&format!("{prefix}.v_proj"), &self.v_proj, x)?,
             kv,
         );
-        let (q, k) = (rope.apply(q), rope.apply(k));
+        let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
+        let (k, v) = match ctx.past.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        ctx.past = Some((k.clone(), v.clone()));
+        let total = k.dims()[2];
         // Each key/value head serves h / kv query heads.
         let repeat = |y: Tensor<B, 4>| {
             y.unsqueeze_dim::<5>(2)
                 .repeat_dim(2, h / kv)
-                .reshape([b, h, t, d])
+                .reshape([b, h, total, d])
         };
         let (k, v) = (repeat(k), repeat(v));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()) + mask.clone();
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()) + ctx.mask.clone();
         let out = softmax(scores, 3)
             .matmul(v)
             .swap_dims(1, 2)
@@ -194,8 +237,7 @@ impl<B: Backend> DecoderLayer<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope<B>,
-        mask: &Tensor<B, 4>,
+        ctx: &mut LayerContext<'_, B>,
         tap: &mut Tap<B>,
         prefix: &str,
     ) -> Result<Tensor<B, 3>, Stopped> {
@@ -203,10 +245,9 @@ impl<B: Backend> DecoderLayer<B> {
             &format!("{prefix}.input_layernorm"),
             self.input_layernorm.forward(x.clone()),
         )?;
-        let x =
-            x + self
-                .self_attn
-                .forward(normed, rope, mask, tap, &format!("{prefix}.self_attn"))?;
+        let x = x + self
+            .self_attn
+            .forward(normed, ctx, tap, &format!("{prefix}.self_attn"))?;
         let normed = tap.call(
             &format!("{prefix}.post_attention_layernorm"),
             self.post_attention_layernorm.forward(x.clone()),
@@ -322,36 +363,67 @@ impl<B: Backend> DecoderLm<B> {
         })
     }
 
+    /// The forward pass over new tokens after those in `cache`, which it extends (incremental
+    /// decoding); hooks see the new tokens only.
+    pub fn forward_cached(
+        &self,
+        input: LmInput<B>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> LmOutput<B> {
+        let logits = self.run(input, &mut Tap { hooks }, cache).ok();
+        LmOutput { logits }
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &DecoderConfig {
         &self.config
     }
 
-    fn run(&self, input: LmInput<B>, tap: &mut Tap<B>) -> Result<Tensor<B, 3>, Stopped> {
+    /// The forward pass over new tokens, after those in `cache` (which it extends).
+    fn run(
+        &self,
+        input: LmInput<B>,
+        tap: &mut Tap<B>,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 3>, Stopped> {
         let device = input.input_ids.device();
         let [b, t] = input.input_ids.dims();
-        let mask_host: Option<Vec<i64>> = input.attention_mask.map(|m| {
-            m.into_data()
+        let new_mask: Vec<i64> = match input.attention_mask {
+            Some(m) => m
+                .into_data()
                 .convert::<i64>()
                 .into_vec()
-                .expect("converted")
-        });
-        // Positions count real tokens only (left padding starts at 0 on the first real token).
-        let positions: Vec<i64> = match &mask_host {
-            Some(m) => m
-                .chunks(t)
-                .flat_map(|row| {
-                    let mut seen = 0i64;
-                    row.iter()
-                        .map(move |&v| {
-                            seen += v;
-                            (seen - 1).max(0)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-            None => (0..b).flat_map(|_| 0..t as i64).collect(),
+                .expect("converted"),
+            None => vec![1; b * t],
         };
+        // The mask over every position, cached ones first.
+        let past = cache.len;
+        let total = past + t;
+        let full: Vec<i64> = (0..b)
+            .flat_map(|r| {
+                let old = cache.mask.get(r * past..(r + 1) * past).unwrap_or_default();
+                old.iter()
+                    .chain(&new_mask[r * t..(r + 1) * t])
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Positions count real tokens only (left padding starts at 0 on the first real token).
+        let positions: Vec<i64> = full
+            .chunks(total)
+            .flat_map(|row| {
+                let mut seen = 0i64;
+                let counts: Vec<i64> = row
+                    .iter()
+                    .map(|&v| {
+                        seen += v;
+                        (seen - 1).max(0)
+                    })
+                    .collect();
+                counts[past..].to_vec()
+            })
+            .collect();
         let rope = Rope::new(
             &positions,
             b,
@@ -360,11 +432,21 @@ impl<B: Backend> DecoderLm<B> {
             self.config.rope_theta,
             &device,
         );
-        let mask = attention_mask(mask_host.as_deref(), b, t, &device);
+        let mask = attention_mask(&full, b, t, past, &device);
+        cache.layers.resize(self.layers.len(), None);
+        cache.mask = full;
+        cache.len = total;
 
         let mut x = self.embed_tokens.forward(input.input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, &mask, tap, &format!("model.layers.{i}"))?;
+            let mut ctx = LayerContext {
+                rope: &rope,
+                mask: &mask,
+                past: cache.layers[i].take(),
+            };
+            let out = layer.forward(x, &mut ctx, tap, &format!("model.layers.{i}"));
+            cache.layers[i] = ctx.past;
+            x = out?;
         }
         let x = tap.call("model.norm", self.norm.forward(x))?;
         let logits = match &self.lm_head {
@@ -375,26 +457,28 @@ impl<B: Backend> DecoderLm<B> {
     }
 }
 
-/// The additive attention mask `[batch, 1, tokens, tokens]`: 0 where a query may attend (causal,
-/// not padding), the most negative float elsewhere (as transformers, so no row is all `-inf`).
+/// The additive attention mask `[batch, 1, new, past + new]` for `new` queries after `past`
+/// cached positions: 0 where a query may attend (causal, not padding), the most negative float
+/// elsewhere (as transformers, so no row is all `-inf`). `full` is `[batch, past + new]`.
 fn attention_mask<B: Backend>(
-    padding: Option<&[i64]>,
+    full: &[i64],
     b: usize,
-    t: usize,
+    new: usize,
+    past: usize,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let mut mask = vec![0f32; b * t * t];
+    let total = past + new;
+    let mut mask = vec![0f32; b * new * total];
     for batch in 0..b {
-        for q in 0..t {
-            for k in 0..t {
-                let padded = padding.is_some_and(|m| m[batch * t + k] == 0);
-                if k > q || padded {
-                    mask[(batch * t + q) * t + k] = f32::MIN;
+        for q in 0..new {
+            for k in 0..total {
+                if k > past + q || full[batch * total + k] == 0 {
+                    mask[(batch * new + q) * total + k] = f32::MIN;
                 }
             }
         }
     }
-    Tensor::from_data(TensorData::new(mask, [b, 1, t, t]), device)
+    Tensor::from_data(TensorData::new(mask, [b, 1, new, total]), device)
 }
 
 impl<B: Backend> HookedModule<B> for DecoderLm<B> {
@@ -443,7 +527,6 @@ impl<B: Backend> HookedModule<B> for DecoderLm<B> {
     }
 
     fn forward_hooked(&self, input: LmInput<B>, hooks: &mut dyn Hooks<B>) -> LmOutput<B> {
-        let logits = self.run(input, &mut Tap { hooks }).ok();
-        LmOutput { logits }
+        self.forward_cached(input, &mut KvCache::new(), hooks)
     }
 }

@@ -24,6 +24,28 @@ pub enum ModelError {
     /// A folder without `model.safetensors` or `model.safetensors.index.json`.
     #[error("{0} has neither model.safetensors nor model.safetensors.index.json")]
     NoWeights(PathBuf),
+    /// A model folder without `tokenizer.json`.
+    #[error("{0} has no tokenizer.json")]
+    MissingTokenizer(PathBuf),
+    /// A tokenizer file the `tokenizers` crate cannot read.
+    #[error("cannot read tokenizer {file}: {message}")]
+    BadTokenizer { file: PathBuf, message: String },
+    /// Encoding or decoding failed.
+    #[error("tokenization failed: {0}")]
+    Tokenize(String),
+    /// `--chat` on a model without a chat template.
+    #[error(
+        "the model has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)"
+    )]
+    NoChatTemplate,
+    /// The chat template does not render.
+    #[error("the chat template failed: {0}")]
+    ChatTemplate(String),
+    /// A prompt longer than the model's context.
+    #[error(
+        "the prompt plus generation needs {needed} positions, but the model's context is {limit}"
+    )]
+    TooLong { needed: usize, limit: usize },
     /// Reading a checkpoint or config file failed (the cause says why).
     #[error(transparent)]
     Checkpoint(#[from] sae_core::SaeError),

@@ -9,9 +9,13 @@
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod generate;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::DecoderConfig;
-pub use decoder::{DecoderLm, LmInput, LmOutput};
+pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
+pub use generate::{GenerateConfig, Sampling, generate};
+pub use tokenizer::{Message, Tokenizer};
 pub use weights::Weights;

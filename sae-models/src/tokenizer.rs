@@ -1,0 +1,187 @@
+//! The tokenizer (`tokenizer.json` through the `tokenizers` crate), its special tokens
+//! (`tokenizer_config.json`) and the chat template (`chat_template.jinja` or the config's
+//! `chat_template`), rendered with minijinja the way transformers renders it with jinja2.
+
+use std::path::Path;
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, context};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// One chat message: `content` is a string or a list of `{type: "image"}` / `{type: "text",
+/// text}` parts, as in transformers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// A string or a list of parts.
+    pub content: Value,
+}
+
+impl Message {
+    /// A user turn: the images first, then the text (what `sae activations --chat` sends).
+    pub fn user(text: &str, images: usize) -> Self {
+        let content = if images == 0 {
+            Value::String(text.to_string())
+        } else {
+            let mut parts: Vec<Value> = (0..images)
+                .map(|_| serde_json::json!({"type": "image"}))
+                .collect();
+            parts.push(serde_json::json!({"type": "text", "text": text}));
+            Value::Array(parts)
+        };
+        Message {
+            role: "user".into(),
+            content,
+        }
+    }
+}
+
+/// A model's tokenizer, special tokens and chat template.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    pad_token: Option<String>,
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(ModelError::MissingTokenizer(dir.to_path_buf()));
+        }
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::BadTokenizer {
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Value = if config_path.is_file() {
+            sae_core::tensor_file::read_json(&config_path)?
+        } else {
+            Value::Null
+        };
+        let template_path = dir.join("chat_template.jinja");
+        let chat_template = if template_path.is_file() {
+            Some(
+                std::fs::read_to_string(&template_path)
+                    .map_err(sae_core::SaeError::io(&template_path))?,
+            )
+        } else {
+            config
+                .get("chat_template")
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        Ok(Tokenizer {
+            inner,
+            chat_template,
+            bos_token: token_string(config.get("bos_token")),
+            eos_token: token_string(config.get("eos_token")),
+            pad_token: token_string(config.get("pad_token")),
+        })
+    }
+
+    /// Builds one from parts (e.g. a GGUF file's metadata).
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        chat_template: Option<String>,
+        bos: Option<String>,
+        eos: Option<String>,
+    ) -> Self {
+        Tokenizer {
+            inner,
+            chat_template,
+            bos_token: bos,
+            eos_token: eos,
+            pad_token: None,
+        }
+    }
+
+    /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (BOS).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    /// The text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// The end-of-sequence token's id.
+    pub fn eos_token_id(&self) -> Option<i64> {
+        self.eos_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// The padding token's id (else the end-of-sequence one).
+    pub fn pad_token_id(&self) -> Option<i64> {
+        self.pad_token
+            .as_deref()
+            .and_then(|t| self.token_id(t))
+            .or(self.eos_token_id())
+    }
+
+    /// Renders the chat template (as `apply_chat_template(..., tokenize=False)`).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or(ModelError::NoChatTemplate)?;
+        let mut env = Environment::new();
+        // transformers renders with trim_blocks and lstrip_blocks.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("the default delimiters are valid");
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        let render = |e: JinjaError| ModelError::ChatTemplate(e.to_string());
+        env.add_template("chat", template).map_err(render)?;
+        env.get_template("chat")
+            .map_err(render)?
+            .render(context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.clone().unwrap_or_default(),
+                eos_token => self.eos_token.clone().unwrap_or_default(),
+            })
+            .map_err(render)
+    }
+}
