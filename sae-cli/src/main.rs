@@ -10,11 +10,14 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Sparse autoencoders for multimodal models: encode, convert and inspect SAE checkpoints
-/// (SAE Made Easy PEFT adapters, EleutherAI sparsify, SAELens).
+/// Sparse autoencoders for multimodal models: run models with hook points, encode
+/// activations, and convert or inspect SAE checkpoints (SAE Made Easy PEFT adapters,
+/// EleutherAI sparsify, SAELens).
 #[derive(Parser)]
 #[command(name = "sae", version, propagate_version = true)]
 #[command(after_help = "Examples:
+  sae activations --model ./qwen2 --text \"Hello\" --hooks 'model\\.layers\\.1' --out acts.safetensors
+  sae generate --model ./smollm2 --chat \"Hi\" --max-new-tokens 32
   sae inspect runs/qwen-sae
   sae encode --sae runs/qwen-sae --input acts.safetensors --key hook.model.layers.1 --out latents.safetensors
   sae convert --sae runs/qwen-sae --to sparsify --out runs/qwen-sae-sparsify
@@ -27,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Activations(commands::activations::Args),
+    Generate(commands::generate::Args),
     Encode(commands::encode::Args),
     Convert(commands::convert::Args),
     Inspect(commands::inspect::Args),
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
+        Command::Activations(args) => commands::activations::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Encode(args) => commands::encode::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Inspect(args) => commands::inspect::run(args),

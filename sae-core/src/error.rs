@@ -18,7 +18,7 @@ pub enum SaeError {
     #[error("target_modules {targets} matched no hook point; available hook points: {available}")]
     NoTargetMatched { targets: String, available: String },
     /// A `target_modules` string is not a valid regular expression.
-    #[error("target_modules regex {pattern:?} is invalid: {source}")]
+    #[error("target_modules regex {pattern:?} is invalid")]
     BadTargetRegex {
         pattern: String,
         #[source]
@@ -57,21 +57,21 @@ pub enum SaeError {
     #[error("cannot save as {layout}: {reason}")]
     CannotSave { layout: String, reason: String },
     /// A config file that is not valid JSON, or lacks a required key.
-    #[error("cannot parse {file}: {source}")]
+    #[error("cannot parse {file}")]
     BadJson {
         file: PathBuf,
         #[source]
         source: serde_json::Error,
     },
     /// A safetensors file that is truncated or otherwise corrupt.
-    #[error("cannot read safetensors file {file}: {source}")]
+    #[error("cannot read safetensors file {file}")]
     BadSafetensors {
         file: PathBuf,
         #[source]
         source: safetensors::SafeTensorError,
     },
     /// An I/O failure, with the path involved.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         path: PathBuf,
         #[source]

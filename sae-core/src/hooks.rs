@@ -99,3 +99,52 @@ pub trait HookedModule<B: Backend> {
         self.forward_hooked(input, &mut NoHooks)
     }
 }
+
+/// Runs `first`, then `second` on what `first` returns (e.g. SAEs, then a recorder). The pass
+/// never stops early.
+pub struct Chain<'a, B: Backend>(pub &'a mut dyn Hooks<B>, pub &'a mut dyn Hooks<B>);
+
+impl<B: Backend> Hooks<B> for Chain<'_, B> {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.0.call(path, x);
+        self.1.call(path, x)
+    }
+}
+
+/// Records the output of every hook point whose path one of the patterns matches (full-match
+/// regexes, as `sae activations --hooks`), passing it on unchanged.
+pub struct Recorder<B: Backend> {
+    patterns: Vec<crate::targets::TargetModules>,
+    /// `(path, output)` in the order the forward pass reached them.
+    pub records: Vec<(String, Tensor<B, 3>)>,
+}
+
+impl<B: Backend> Recorder<B> {
+    /// A recorder for these regexes; an error names a pattern that does not compile.
+    pub fn new(patterns: &[String]) -> crate::Result<Self> {
+        let patterns: Vec<_> = patterns
+            .iter()
+            .map(|p| crate::targets::TargetModules::Regex(p.clone()))
+            .collect();
+        for p in &patterns {
+            p.matches("")?;
+        }
+        Ok(Recorder {
+            patterns,
+            records: Vec::new(),
+        })
+    }
+}
+
+impl<B: Backend> Hooks<B> for Recorder<B> {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self
+            .patterns
+            .iter()
+            .any(|p| p.matches(path).unwrap_or(false))
+        {
+            self.records.push((path.to_string(), x.clone()));
+        }
+        x
+    }
+}

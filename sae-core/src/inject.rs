@@ -224,6 +224,17 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
         input: M::Input,
         dead_masks: &BTreeMap<String, Vec<bool>>,
     ) -> Result<Forward<B, M::Output>> {
+        let mut hooks = self.hooks(dead_masks);
+        let output = self.model.forward_hooked(input, &mut hooks);
+        Ok(Forward {
+            output,
+            records: hooks.finish()?,
+        })
+    }
+
+    /// The hooks that run the active SAEs in the current mode, for a forward pass driven from
+    /// outside (generation with a KV cache, recording other hook points alongside).
+    pub fn hooks<'a>(&'a self, dead_masks: &'a BTreeMap<String, Vec<bool>>) -> SaeHooks<'a, B> {
         let mut by_path: BTreeMap<&str, Vec<(&str, &Sae<B>)>> = BTreeMap::new();
         for name in &self.active {
             for (path, sae) in &self.adapters[name].saes {
@@ -240,21 +251,13 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
                 .map(|p| p.path.as_str()),
             Mode::Eval => None,
         };
-        let mut hooks = SaeHooks {
+        SaeHooks {
             by_path,
             mode: self.mode,
             dead_masks,
             stop,
             records: Vec::new(),
             error: None,
-        };
-        let output = self.model.forward_hooked(input, &mut hooks);
-        match hooks.error {
-            Some(e) => Err(e),
-            None => Ok(Forward {
-                output,
-                records: hooks.records,
-            }),
         }
     }
 
@@ -326,8 +329,8 @@ impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
     }
 }
 
-/// The hooks an [`SaeModel`] runs its model with.
-struct SaeHooks<'a, B: Backend> {
+/// The hooks an [`SaeModel`] runs its model with (see [`SaeModel::hooks`]).
+pub struct SaeHooks<'a, B: Backend> {
     by_path: BTreeMap<&'a str, Vec<(&'a str, &'a Sae<B>)>>,
     mode: Mode,
     dead_masks: &'a BTreeMap<String, Vec<bool>>,
@@ -337,6 +340,14 @@ struct SaeHooks<'a, B: Backend> {
 }
 
 impl<B: Backend> SaeHooks<'_, B> {
+    /// What the SAEs recorded (train mode), or the first error any of them met.
+    pub fn finish(self) -> Result<Vec<Record<B>>> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.records),
+        }
+    }
+
     fn run(&mut self, path: &str, x: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
         let Some(saes) = self.by_path.get(path) else {
             return Ok(x);

@@ -25,7 +25,7 @@ pub use config::{Architecture, SaeConfig};
 pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
-pub use hooks::{HookKind, HookPoint, HookedModule, Hooks, NoHooks};
+pub use hooks::{Chain, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };

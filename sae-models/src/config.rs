@@ -77,17 +77,19 @@ struct RopeParameters {
 impl DecoderConfig {
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw: RawConfig = sae_core::tensor_file::read_json(path)?;
+        let json: serde_json::Value = sae_core::tensor_file::read_json(path)?;
         let bad = |message: String| ModelError::BadConfig {
             file: path.to_path_buf(),
             message,
         };
-        if !SUPPORTED.contains(&raw.model_type.as_str()) {
+        let model_type = json["model_type"].as_str().unwrap_or_default();
+        if !SUPPORTED.contains(&model_type) {
             return Err(ModelError::UnsupportedArchitecture {
-                found: raw.model_type,
+                found: model_type.to_string(),
                 supported: SUPPORTED.join(", "),
             });
         }
+        let raw: RawConfig = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
         let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         if let Some(kind) = rope.and_then(|r| r.rope_type.as_ref().or(r.legacy_type.as_ref()))
             && kind != "default"

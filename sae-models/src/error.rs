@@ -24,6 +24,15 @@ pub enum ModelError {
     /// A folder without `model.safetensors` or `model.safetensors.index.json`.
     #[error("{0} has neither model.safetensors nor model.safetensors.index.json")]
     NoWeights(PathBuf),
+    /// A `--model` path that is not a model folder.
+    #[error("{0} is not a model folder (no config.json)")]
+    NotAModel(PathBuf),
+    /// GGUF files are not supported yet.
+    #[error("{0}: loading GGUF files is not implemented yet; use a Hugging Face folder or hub id")]
+    GgufNotYet(PathBuf),
+    /// The hub could not provide a model.
+    #[error("cannot get {id} from the Hugging Face hub: {message}")]
+    Hub { id: String, message: String },
     /// A model folder without `tokenizer.json`.
     #[error("{0} has no tokenizer.json")]
     MissingTokenizer(PathBuf),

@@ -10,6 +10,8 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod language_model;
+pub mod source;
 pub mod tokenizer;
 pub mod weights;
 
@@ -17,5 +19,7 @@ pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampling, generate};
+pub use language_model::{LanguageModel, Prompt};
+pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
 pub use weights::Weights;

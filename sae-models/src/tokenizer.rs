@@ -40,6 +40,7 @@ impl Message {
 }
 
 /// A model's tokenizer, special tokens and chat template.
+#[derive(Debug)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,

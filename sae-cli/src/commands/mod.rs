@@ -1,8 +1,11 @@
 //! One module per subcommand: argument parsing and wiring to the libraries.
 
+pub mod activations;
 pub mod convert;
 pub mod encode;
+pub mod generate;
 pub mod inspect;
+mod model_args;
 
 use std::path::Path;
 

@@ -1,0 +1,86 @@
+//! `sae generate`: generate text, greedy or sampled, optionally with an SAE injected.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sae_core::{NoHooks, SaeModel};
+use sae_models::{GenerateConfig, Sampling, generate};
+
+use super::model_args::ModelArgs;
+use crate::backend;
+
+/// Generate text from a prompt with a KV cache; greedy unless --temperature, --top-p or --seed
+/// is given.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sae generate --model ./smollm2 --chat \"What is a sparse autoencoder?\" --max-new-tokens 64
+  sae generate --model ./qwen2 --text \"Shall I compare thee\" --max-new-tokens 8 --json
+  sae generate --model ./qwen2 --text \"Once\" --max-new-tokens 20 --temperature 0.8 --top-p 0.9 --seed 1
+
+--json prints {\"tokens\": [ids of the generated tokens only], \"text\": \"...\"}.")]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "N")]
+    max_new_tokens: usize,
+    /// Print JSON: the generated token ids and their text.
+    #[arg(long)]
+    json: bool,
+    /// Sampling temperature (default 1.0 when sampling).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling threshold (default 1.0 when sampling).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Random seed for sampling (default 0 when sampling).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Inject this SAE checkpoint (eval mode) while generating.
+    #[arg(long, value_name = "DIR")]
+    sae: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let lm = args.model.load()?;
+    let ids = args.model.prompt_ids(&lm)?;
+    let sampling = (args.temperature.is_some() || args.top_p.is_some() || args.seed.is_some())
+        .then(|| Sampling {
+            temperature: args.temperature.unwrap_or(1.0),
+            top_p: args.top_p.unwrap_or(1.0),
+            seed: args.seed.unwrap_or(0),
+        });
+    if let Some(s) = sampling {
+        anyhow::ensure!(s.temperature > 0.0, "--temperature must be positive");
+        anyhow::ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "--top-p must be in (0, 1]");
+    }
+    let config = GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        stop_tokens: lm.stop_tokens.clone(),
+        pad_token: lm.tokenizer.pad_token_id().unwrap_or(0),
+    };
+    let device = backend::device();
+    let prompts = [ids];
+    let tokens = match &args.sae {
+        Some(dir) => {
+            let sae_model = SaeModel::from_pretrained(lm.model, dir, &device)
+                .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
+            let empty = BTreeMap::new();
+            let mut hooks = sae_model.hooks(&empty);
+            let tokens = generate(sae_model.model(), &prompts, &config, &mut hooks, &device)?;
+            hooks.finish().context("the SAE failed")?;
+            tokens
+        }
+        None => generate(&lm.model, &prompts, &config, &mut NoHooks, &device)?,
+    };
+    let tokens = tokens.into_iter().next().unwrap_or_default();
+    let text = lm.tokenizer.decode(&tokens)?;
+    if args.json {
+        println!("{}", serde_json::json!({"tokens": tokens, "text": text}));
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! `sae activations` and `sae generate` against the transformers fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sae_core::{HostData, TensorFile};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sae-models/tests/fixtures")
+        .join(rel)
+}
+
+const PROMPT: &str = "Shall I compare thee to a summer's day?";
+
+fn sae(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sae"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    ok_with(args, &[])
+}
+
+fn ok_with(args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = sae(args, env);
+    assert!(
+        out.status.success(),
+        "sae {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = sae(args, &[]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn ints(file: &Path, name: &str) -> Vec<i64> {
+    match TensorFile::open(file).unwrap().get(name).unwrap().data {
+        HostData::I64(v) => v,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn activations_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let model = fixture("qwen2_tiny");
+    ok(&[
+        "activations",
+        "--model",
+        s(&model),
+        "--text",
+        PROMPT,
+        "--hooks",
+        r"model\.layers\.\d+",
+        "--hooks",
+        r".*(o|down)_proj",
+        "--out",
+        s(&out),
+    ]);
+    let reference = fixture("qwen2_tiny/reference.safetensors");
+    assert_eq!(
+        ints(&out, "inputs.input_ids"),
+        ints(&reference, "inputs.input_ids")
+    );
+    let ours = TensorFile::open(&out).unwrap();
+    let theirs = TensorFile::open(&reference).unwrap();
+    let names: Vec<String> = ours
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hook.") || n == "logits")
+        .collect();
+    let expected: Vec<String> = theirs
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hook.") || n == "logits")
+        .collect();
+    assert_eq!(names, expected, "exactly the hook points the regexes match");
+    for name in names {
+        let err = max_rel_diff(
+            &ours.get(&name).unwrap().to_f32(),
+            &theirs.get(&name).unwrap().to_f32(),
+        );
+        assert!(err < 1e-4, "{name} differs by {err}");
+        assert_eq!(ours.shape(&name).unwrap(), theirs.shape(&name).unwrap());
+    }
+}
+
+#[test]
+fn activations_with_an_injected_sae_match_sae_made_easy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let adapter = fixture("smez_qwen2/adapter");
+    ok(&[
+        "activations",
+        "--model",
+        s(&fixture("qwen2_tiny")),
+        "--text",
+        PROMPT,
+        "--sae",
+        s(&adapter),
+        "--out",
+        s(&out),
+    ]);
+    let reference = fixture("smez_qwen2/reference.safetensors");
+    assert_eq!(
+        ints(&out, "inputs.input_ids"),
+        ints(&reference, "inputs.input_ids")
+    );
+    let logits = TensorFile::open(&out)
+        .unwrap()
+        .get("logits")
+        .unwrap()
+        .to_f32();
+    let expected = TensorFile::open(&reference)
+        .unwrap()
+        .get("logits_with_sae")
+        .unwrap()
+        .to_f32();
+    assert!(max_rel_diff(&logits, &expected) < 1e-4);
+}
+
+#[test]
+fn generate_json_gives_the_greedy_tokens_of_transformers() {
+    for model in ["qwen2_tiny", "llama_tiny"] {
+        let text = ok(&[
+            "generate",
+            "--model",
+            s(&fixture(model)),
+            "--text",
+            PROMPT,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let tokens: Vec<i64> = json["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            tokens,
+            ints(
+                &fixture(&format!("{model}/reference.safetensors")),
+                "generate.greedy"
+            ),
+            "{model}"
+        );
+        assert!(json["text"].is_string());
+    }
+}
+
+#[test]
+fn a_hub_id_is_found_in_the_cache_offline() {
+    // The layout huggingface_hub writes: hub/models--ORG--NAME/{refs/main, snapshots/REV/...}.
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--test--qwen2-tiny");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(fixture("qwen2_tiny").join(f), snapshot.join(f)).unwrap();
+    }
+    let offline = Path::new("1");
+    let env = [("HF_HOME", home.path()), ("HF_HUB_OFFLINE", offline)];
+    let text = ok_with(
+        &[
+            "generate",
+            "--model",
+            "test/qwen2-tiny",
+            "--text",
+            PROMPT,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ],
+        &env,
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 8);
+    let out = sae(
+        &[
+            "generate",
+            "--model",
+            "test/other",
+            "--text",
+            PROMPT,
+            "--max-new-tokens",
+            "8",
+        ],
+        &env,
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success()
+            && stderr.contains("not in the Hugging Face cache and HF_HUB_OFFLINE is set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn chat_prompts_use_the_chat_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.safetensors");
+    ok(&[
+        "activations",
+        "--model",
+        s(&fixture("llama_tiny")),
+        "--chat",
+        "Hi",
+        "--out",
+        s(&out),
+    ]);
+    let ids = ints(&out, "inputs.input_ids");
+    // <|im_start|> user \n Hi <|im_end|> \n <|im_start|> assistant \n: starts and ends with the template's tokens.
+    assert_eq!(ids[0], 1025, "<|im_start|>");
+    assert!(ids.contains(&1026), "<|im_end|>");
+}
+
+#[test]
+fn bad_model_input_gives_one_clear_error() {
+    let err = fails(&[
+        "generate",
+        "--model",
+        "model.gguf",
+        "--text",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(err.contains("GGUF"), "{err}");
+    let err = fails(&[
+        "activations",
+        "--model",
+        s(&fixture("qwen2_tiny")),
+        "--text",
+        "hi",
+        "--image",
+        "x.png",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
+    assert!(err.contains("takes no --image"), "{err}");
+    let err = fails(&[
+        "activations",
+        "--model",
+        s(&fixture("qwen2_tiny")),
+        "--text",
+        "hi",
+        "--hooks",
+        "nothing",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
+    assert!(err.contains("no hook point matches"), "{err}");
+    let err = fails(&[
+        "activations",
+        "--model",
+        s(&fixture("sae_missing")),
+        "--text",
+        "hi",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
+    assert!(err.contains("is not a model folder"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    std::fs::copy(
+        fixture("qwen2_tiny/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let err = fails(&[
+        "generate",
+        "--model",
+        s(dir.path()),
+        "--text",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(err.contains("gpt2"), "{err}");
+}
