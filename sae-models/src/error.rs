@@ -30,6 +30,9 @@ pub enum ModelError {
     /// GGUF files are not supported yet.
     #[error("{0}: loading GGUF files is not implemented yet; use a Hugging Face folder or hub id")]
     GgufNotYet(PathBuf),
+    /// A GGUF file that is corrupt, truncated or uses something we cannot read.
+    #[error("{file}: {message}")]
+    BadGguf { file: PathBuf, message: String },
     /// The hub could not provide a model.
     #[error("cannot get {id} from the Hugging Face hub: {message}")]
     Hub { id: String, message: String },

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod language_model;
 pub mod source;
 pub mod tokenizer;
