@@ -253,16 +253,24 @@ fn chat_prompts_use_the_chat_template() {
 
 #[test]
 fn bad_model_input_gives_one_clear_error() {
-    let err = fails(&[
-        "generate",
-        "--model",
-        "model.gguf",
-        "--text",
-        "hi",
-        "--max-new-tokens",
-        "2",
-    ]);
-    assert!(err.contains("GGUF"), "{err}");
+    let generate = |model: &str| {
+        fails(&[
+            "generate",
+            "--model",
+            model,
+            "--text",
+            "hi",
+            "--max-new-tokens",
+            "2",
+        ])
+    };
+    let err = generate("missing.gguf");
+    assert!(err.contains("cannot access missing.gguf"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake.gguf");
+    std::fs::write(&fake, b"GGUF\x03\x00\x00\x00").unwrap();
+    let err = generate(s(&fake));
+    assert!(err.contains("truncated header"), "{err}");
     let err = fails(&[
         "activations",
         "--model",

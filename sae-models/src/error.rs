@@ -27,9 +27,6 @@ pub enum ModelError {
     /// A `--model` path that is not a model folder.
     #[error("{0} is not a model folder (no config.json)")]
     NotAModel(PathBuf),
-    /// GGUF files are not supported yet.
-    #[error("{0}: loading GGUF files is not implemented yet; use a Hugging Face folder or hub id")]
-    GgufNotYet(PathBuf),
     /// A GGUF file that is corrupt, truncated or uses something we cannot read.
     #[error("{file}: {message}")]
     BadGguf { file: PathBuf, message: String },

@@ -289,7 +289,7 @@ impl GgufFile {
             ),
         })?;
         let n: usize = info.dims.iter().product();
-        if n % block != 0 {
+        if !n.is_multiple_of(block) {
             return Err(ModelError::BadGguf {
                 file: self.path.clone(),
                 message: format!(

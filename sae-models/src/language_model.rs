@@ -35,7 +35,19 @@ pub struct LanguageModel<B: Backend> {
 impl<B: Backend> LanguageModel<B> {
     /// Loads `--model` `spec`: a folder, a hub id or a GGUF file.
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
-        let dir = ModelSource::parse(spec).local_dir()?;
+        let source = ModelSource::parse(spec);
+        if let ModelSource::Gguf(path) = &source {
+            let (model, tokenizer, mut stop_tokens) = crate::gguf_model::load(path, device)?;
+            stop_tokens.extend(tokenizer.eos_token_id());
+            stop_tokens.sort();
+            stop_tokens.dedup();
+            return Ok(LanguageModel {
+                model,
+                tokenizer,
+                stop_tokens,
+            });
+        }
+        let dir = source.local_dir()?;
         let tokenizer = Tokenizer::load(&dir)?;
         let mut stop_tokens = generation_eos(&dir)?;
         stop_tokens.extend(tokenizer.eos_token_id());

@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_model;
 pub mod language_model;
 pub mod source;
 pub mod tokenizer;

@@ -39,12 +39,13 @@ impl ModelSource {
         }
     }
 
-    /// The local folder with the model's files, fetching hub files that are not cached yet.
+    /// The local folder with the model's files, fetching hub files that are not cached yet
+    /// (a GGUF file has no folder: load it with [`crate::gguf_model::load`]).
     pub fn local_dir(&self) -> Result<PathBuf> {
         match self {
             ModelSource::Dir(dir) if dir.join("config.json").is_file() => Ok(dir.clone()),
             ModelSource::Dir(dir) => Err(ModelError::NotAModel(dir.clone())),
-            ModelSource::Gguf(path) => Err(ModelError::GgufNotYet(path.clone())),
+            ModelSource::Gguf(path) => Err(ModelError::NotAModel(path.clone())),
             ModelSource::Hub(id) => hub_snapshot(id),
         }
     }

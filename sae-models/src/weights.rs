@@ -1,5 +1,6 @@
-//! Weights of a Hugging Face model folder: `model.safetensors`, or shards listed in
-//! `model.safetensors.index.json`; F32, F16 and BF16 are read as f32.
+//! Model weights by Hugging Face tensor name, from a model folder (`model.safetensors`, or shards
+//! listed in `model.safetensors.index.json`; F32, F16 and BF16) or from a GGUF file (names
+//! mapped, tensors dequantised, llama.cpp's q/k row permutation undone).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,25 @@ use sae_core::TensorFile;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 
-/// The weights of one model folder, by tensor name.
+/// Model weights, by Hugging Face tensor name.
 pub struct Weights {
-    dir: PathBuf,
-    files: Vec<TensorFile>,
-    /// Tensor name -> index into `files`.
-    index: HashMap<String, usize>,
+    origin: PathBuf,
+    store: Store,
+}
+
+enum Store {
+    Safetensors {
+        files: Vec<TensorFile>,
+        /// Tensor name -> index into `files`.
+        index: HashMap<String, usize>,
+    },
+    Gguf {
+        file: GgufFile,
+        /// Query and key/value heads, when llama.cpp permuted the q/k rows (llama).
+        permuted_heads: Option<(usize, usize)>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -52,35 +65,77 @@ impl Weights {
             files.push(file);
         }
         Ok(Weights {
-            dir: dir.to_path_buf(),
-            files,
-            index,
+            origin: dir.to_path_buf(),
+            store: Store::Safetensors { files, index },
         })
     }
 
-    /// True if some file holds `name`.
+    /// The weights of a GGUF file; `permuted_heads` (query heads, key/value heads) undoes the
+    /// q/k row permutation llama.cpp applies to llama-architecture models.
+    pub fn from_gguf(path: &Path, file: GgufFile, permuted_heads: Option<(usize, usize)>) -> Self {
+        Weights {
+            origin: path.to_path_buf(),
+            store: Store::Gguf {
+                file,
+                permuted_heads,
+            },
+        }
+    }
+
+    /// True if the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        match &self.store {
+            Store::Safetensors { index, .. } => index.contains_key(name),
+            Store::Gguf { file, .. } => {
+                gguf_name(name).is_some_and(|n| file.tensors.contains_key(&n))
+            }
+        }
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        ModelError::MissingWeight {
+            dir: self.origin.clone(),
+            name: name.to_string(),
+        }
     }
 
     /// The values of `name`, which must have `shape`.
     fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let file = self
-            .index
-            .get(name)
-            .ok_or_else(|| ModelError::MissingWeight {
-                dir: self.dir.clone(),
-                name: name.to_string(),
-            })?;
-        let t = self.files[*file].get(name)?;
-        if t.shape != shape {
+        let (got, values) = match &self.store {
+            Store::Safetensors { files, index } => {
+                let file = index.get(name).ok_or_else(|| self.missing(name))?;
+                let t = files[*file].get(name)?;
+                (t.shape.clone(), t.to_f32())
+            }
+            Store::Gguf {
+                file,
+                permuted_heads,
+            } => {
+                let gguf = gguf_name(name).ok_or_else(|| self.missing(name))?;
+                if !file.tensors.contains_key(&gguf) {
+                    return Err(self.missing(name));
+                }
+                let (got, values) = file.dequantize(&gguf)?;
+                let heads = match permuted_heads {
+                    Some((q, _)) if name.contains(".q_proj.") => Some(*q),
+                    Some((_, kv)) if name.contains(".k_proj.") => Some(*kv),
+                    _ => None,
+                };
+                let values = match heads {
+                    Some(heads) => unpermute_rows(&values, got[0], heads),
+                    None => values,
+                };
+                (got, values)
+            }
+        };
+        if got != shape {
             return Err(ModelError::WeightShape {
                 name: name.to_string(),
                 expected: shape.to_vec(),
-                got: t.shape,
+                got,
             });
         }
-        Ok(t.to_f32())
+        Ok(values)
     }
 
     /// A tensor of rank `D` with a checked shape.
@@ -146,5 +201,99 @@ impl Weights {
         Ok(Embedding {
             weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [n, d], device)?),
         })
+    }
+}
+
+/// The GGUF (llama.cpp) name of a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let (module, kind) = module.rsplit_once('.')?;
+    let gguf = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
+}
+
+/// Undoes llama.cpp's permutation of q/k rows: within each head, GGUF row `2j + t` is
+/// Hugging Face row `t * head_dim / 2 + j` (interleaved vs rotate-half RoPE layouts).
+fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+    let cols = values.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for t in 0..2 {
+            for j in 0..half {
+                let hf = h * head_dim + t * half + j;
+                let gg = h * head_dim + 2 * j + t;
+                out[hf * cols..(hf + 1) * cols]
+                    .copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.o_proj.weight").unwrap(),
+            "blk.12.attn_output.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.q_proj.bias").unwrap(),
+            "blk.0.attn_q.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.down_proj.weight").unwrap(),
+            "blk.3.ffn_down.weight"
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").unwrap(),
+            "token_embd.weight"
+        );
+        assert_eq!(gguf_name("model.layers.3.mlp.other.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, head_dim / 2, cols).swapaxes(1, 2).reshape(rows, cols).
+        let (heads, head_dim, cols) = (2, 4, 3);
+        let rows = heads * head_dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut permuted = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for t in 0..2 {
+                for j in 0..head_dim / 2 {
+                    let src = (h * head_dim + t * head_dim / 2 + j) * cols;
+                    let dst = (h * head_dim + j * 2 + t) * cols;
+                    permuted[dst..dst + cols].copy_from_slice(&hf[src..src + cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&permuted, rows, heads), hf);
     }
 }

@@ -7,14 +7,19 @@ use sae_core::TensorFile;
 use sae_models::gguf::GgufFile;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf_quants").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf_quants")
+        .join(rel)
 }
 
 #[test]
 fn every_supported_type_dequantises_like_gguf_py() {
     let file = GgufFile::open(&fixture("quants.gguf")).unwrap();
     let expected = TensorFile::open(fixture("expected.safetensors")).unwrap();
-    assert_eq!(file.get("general.architecture").and_then(|v| v.as_str()), Some("llama"));
+    assert_eq!(
+        file.get("general.architecture").and_then(|v| v.as_str()),
+        Some("llama")
+    );
     let names = expected.names();
     assert_eq!(names.len(), 8);
     for name in names {
@@ -23,7 +28,11 @@ fn every_supported_type_dequantises_like_gguf_py() {
         assert_eq!(shape, reference.shape, "{name}");
         let theirs = reference.to_f32();
         let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = ours.iter().zip(&theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        let err = ours
+            .iter()
+            .zip(&theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
         assert!(err < 1e-6, "{name}: {err}");
     }
 }
@@ -33,9 +42,16 @@ fn corrupt_files_are_errors() {
     let bytes = std::fs::read(fixture("quants.gguf")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.gguf");
-    for (cut, what) in [(bytes.len() - 100, "truncated"), (40, "truncated"), (3, "bad magic")] {
+    for (cut, what) in [
+        (bytes.len() - 100, "truncated"),
+        (40, "truncated"),
+        (3, "bad magic"),
+    ] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        let err = GgufFile::open(&path).err().expect("a cut file must not parse").to_string();
+        let err = GgufFile::open(&path)
+            .err()
+            .expect("a cut file must not parse")
+            .to_string();
         assert!(err.contains(what), "{cut}: {err}");
     }
 }
