@@ -44,11 +44,25 @@ impl<B: Backend> Tap<'_, B> {
         layer: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Result<Tensor<B, 3>, Stopped> {
-        self.call(path, layer.forward(x))
+        self.call(path, linear(layer, x))
     }
 }
 
-/// Rotary position embedding tables for one batch: `cos` and `sin`, `[batch, 1, tokens, head_dim]`.
+/// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's
+/// broadcasting batched matmul is several times slower on the CPU backends).
+fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = x.reshape([b * t, d]).matmul(layer.weight.val());
+    let y = match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze_dim(0),
+        None => y,
+    };
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
+/// Rotary position embedding tables for one batch: `cos` and `sin`, `[batch, tokens, 1, head_dim]`
+/// (applied to `[batch, tokens, heads, head_dim]`, before heads move forward: contiguous is fast).
 struct Rope<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
@@ -80,7 +94,7 @@ impl<B: Backend> Rope<B> {
             }
         }
         let table = |v: Vec<f32>| {
-            Tensor::from_data(TensorData::new(v, [batch, 1, tokens, head_dim]), device)
+            Tensor::from_data(TensorData::new(v, [batch, tokens, 1, head_dim]), device)
         };
         Rope {
             cos: table(cos),
@@ -90,9 +104,9 @@ impl<B: Backend> Rope<B> {
 
     /// `x cos + rotate_half(x) sin`, with `rotate_half([a, b]) = [-b, a]`.
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, t, d] = x.dims();
-        let first = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
-        let second = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+        let [b, t, h, d] = x.dims();
+        let first = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
+        let second = x.clone().slice([0..b, 0..t, 0..h, d / 2..d]);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
@@ -161,7 +175,7 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Tensor<B, 3>, Stopped> {
         let [b, t, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
         let q = split(
             tap.linear(&format!("{prefix}.q_proj"), &self.q_proj, x.clone())?,
             h,
@@ -174,7 +188,12 @@ impl<B: Backend> Attention<B> {
             tap.linear(&format!("{prefix}.v_proj"), &self.v_proj, x)?,
             kv,
         );
-        let (q, k) = (ctx.rope.apply(q), ctx.rope.apply(k));
+        let heads_first = |y: Tensor<B, 4>| y.swap_dims(1, 2);
+        let (q, k) = (
+            heads_first(ctx.rope.apply(q)),
+            heads_first(ctx.rope.apply(k)),
+        );
+        let v = heads_first(v);
         let (k, v) = match ctx.past.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
@@ -188,9 +207,18 @@ impl<B: Backend> Attention<B> {
                 .reshape([b, h, total, d])
         };
         let (k, v) = (repeat(k), repeat(v));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt()) + ctx.mask.clone();
-        let out = softmax(scores, 3)
-            .matmul(v)
+        // Batched 3-D matmuls over (batch x head): much faster than 4-D ones on the CPU backends.
+        let q = q.reshape([b * h, t, d]);
+        let k_t = k.reshape([b * h, total, d]).swap_dims(1, 2);
+        let scores = q
+            .matmul(k_t)
+            .reshape([b, h, t, total])
+            .div_scalar((d as f64).sqrt())
+            + ctx.mask.clone();
+        let probs = softmax(scores, 3).reshape([b * h, t, total]);
+        let out = probs
+            .matmul(v.reshape([b * h, total, d]))
+            .reshape([b, h, t, d])
             .swap_dims(1, 2)
             .reshape([b, t, h * d]);
         let out = tap.linear(&format!("{prefix}.o_proj"), &self.o_proj, out)?;
@@ -450,8 +478,14 @@ impl<B: Backend> DecoderLm<B> {
         }
         let x = tap.call("model.norm", self.norm.forward(x))?;
         let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embed_tokens.weight.val().transpose().unsqueeze_dim(0)),
+            Some(head) => linear(head, x),
+            None => {
+                let [b, t, d] = x.dims();
+                let logits = x
+                    .reshape([b * t, d])
+                    .matmul(self.embed_tokens.weight.val().transpose());
+                logits.reshape([b, t, self.config.vocab_size])
+            }
         };
         tap.call("lm_head", logits)
     }

@@ -1,4 +1,6 @@
-//! The SAE training-step benchmark, ours and (optionally) sparsify's in the same run.
+//! Benchmarks, ours and (when `SAE_BENCH_PYTHON` names a Python with the references) the
+//! PyTorch reference in the same run: the SAE training step against sparsify, and SmolLM2-135M's
+//! forward pass against transformers.
 
 use std::process::Command;
 use std::time::Instant;
@@ -60,29 +62,27 @@ fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
 
 /// sparsify's tokens/s for the same step, when `SAE_BENCH_PYTHON` is set.
 fn reference() -> Result<Option<f64>> {
+    let args = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
+    python_reference("bench_sparsify_step.py", &args)
+}
+
+/// Runs `tools/<script> args...` with `SAE_BENCH_PYTHON` and parses the tokens/s it prints
+/// last; `None` when the variable is not set.
+fn python_reference(script: &str, args: &[String]) -> Result<Option<f64>> {
     let Ok(python) = std::env::var("SAE_BENCH_PYTHON") else {
-        eprintln!("SAE_BENCH_PYTHON is not set: skipping the sparsify reference");
+        eprintln!("SAE_BENCH_PYTHON is not set: skipping the PyTorch reference");
         return Ok(None);
     };
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tools/bench_sparsify_step.py"
-    );
+    let script = format!("{}/../tools/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(&python)
-        .args([
-            script,
-            &D.to_string(),
-            &LATENTS.to_string(),
-            &K.to_string(),
-            &TOKENS.to_string(),
-        ])
-        .args([WARMUP.to_string(), STEPS.to_string()])
+        .arg(&script)
+        .args(args)
         .env("SPARSIFY_DISABLE_TRITON", "1")
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "the sparsify reference failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -94,4 +94,77 @@ fn reference() -> Result<Option<f64>> {
         .parse()
         .with_context(|| format!("unexpected reference output {text:?}"))?;
     Ok(Some(value))
+}
+
+const LM_BATCH: usize = 8;
+const LM_TOKENS: usize = 256;
+const LM_RUNS: usize = 3;
+
+/// SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantised to f32) forward pass on 8 x 256 tokens.
+pub fn lm_forward() -> Result<()> {
+    let gguf = smollm2_gguf()?;
+    let device = Default::default();
+    let lm = sae_models::LanguageModel::<Flex>::load(&gguf, &device)?;
+    let vocab = lm.model.config().vocab_size as u64;
+    // Deterministic pseudo-random ids (a fixed LCG) so the reference sees the same input.
+    let ids: Vec<i64> = (0..(LM_BATCH * LM_TOKENS) as u64)
+        .map(|i| {
+            ((i.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 33)
+                % vocab) as i64
+        })
+        .collect();
+    let input = || sae_models::LmInput::<Flex> {
+        input_ids: Tensor::from_data(
+            burn::tensor::TensorData::new(ids.clone(), [LM_BATCH, LM_TOKENS]),
+            &device,
+        ),
+        attention_mask: None,
+    };
+    use sae_core::HookedModule;
+    let _ = lm
+        .model
+        .forward_plain(input())
+        .logits
+        .map(|l| l.slice([0..1, 0..1, 0..1]).into_data());
+    let start = Instant::now();
+    for _ in 0..LM_RUNS {
+        let logits = lm.model.forward_plain(input()).logits.expect("a full pass");
+        let _ = logits.slice([0..1, 0..1, 0..1]).into_data();
+    }
+    let ours = (LM_BATCH * LM_TOKENS * LM_RUNS) as f64 / start.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "backend flex (f32, {threads} threads), allocator mimalloc, SmolLM2-135M, batch {LM_BATCH} x {LM_TOKENS} tokens"
+    );
+    let args = [
+        gguf,
+        LM_BATCH.to_string(),
+        LM_TOKENS.to_string(),
+        LM_RUNS.to_string(),
+    ];
+    match python_reference("bench_lm_forward.py", &args)? {
+        Some(r) => println!("lm-forward ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
+        None => println!("lm-forward ours={ours:.0}"),
+    }
+    Ok(())
+}
+
+/// The SmolLM2 GGUF: `SAE_SMOLLM2_GGUF`, or fetched by tools/fetch_smollm2.sh.
+fn smollm2_gguf() -> Result<String> {
+    if let Ok(path) = std::env::var("SAE_SMOLLM2_GGUF") {
+        return Ok(path);
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/fetch_smollm2.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .context("cannot run tools/fetch_smollm2.sh")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fetching SmolLM2 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }

@@ -6,6 +6,10 @@
 //! `sae-step ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`. When `SAE_BENCH_PYTHON` names a Python
 //! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
 //! reference (`tools/bench_sparsify_step.py`).
+//!
+//! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
+//! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
+//! `cargo xtask bench` runs every case.
 
 mod bench;
 
@@ -14,7 +18,7 @@ use anyhow::{Result, bail};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask bench [sae-step] [--backend flex|ndarray]";
+const USAGE: &str = "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | lm-forward]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +28,9 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["bench"] | ["bench", "sae-step"] => bench::sae_step("flex"),
+        ["bench"] => bench::sae_step("flex").and_then(|()| bench::lm_forward()),
+        ["bench", "sae-step"] => bench::sae_step("flex"),
+        ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
         ["help"] | ["--help"] | ["-h"] | [] => {
             println!("{USAGE}");
