@@ -1,58 +1,14 @@
 //! The `sae` command line as outside scripts call it (DESIGN.md's contract).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::PathBuf;
+
+use common::{fails, floats, max_rel_diff, ok, s};
 use sae_core::{HostData, TensorFile};
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../sae-core/tests/fixtures")
-        .join(rel)
-}
-
-fn sae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sae(args);
-    assert!(
-        out.status.success(),
-        "sae {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail cleanly; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let out = sae(args);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "sae {args:?}: {stderr}");
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    stderr
-}
-
-fn floats(file: &Path, name: &str) -> Vec<f32> {
-    TensorFile::open(file).unwrap().get(name).unwrap().to_f32()
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::fixture("sae-core", rel)
 }
 
 #[test]

@@ -1,68 +1,17 @@
 //! `sae activations` and `sae generate` against the transformers fixtures.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use sae_core::{HostData, TensorFile};
+use std::path::{Path, PathBuf};
+
+use common::{fails, ints, max_rel_diff, ok, ok_with, s, sae_with};
+use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../sae-models/tests/fixtures")
-        .join(rel)
+    common::fixture("sae-models", rel)
 }
 
 const PROMPT: &str = "Shall I compare thee to a summer's day?";
-
-fn sae(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sae"));
-    cmd.args(args).env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    ok_with(args, &[])
-}
-
-fn ok_with(args: &[&str], env: &[(&str, &Path)]) -> String {
-    let out = sae(args, env);
-    assert!(
-        out.status.success(),
-        "sae {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = sae(args, &[]);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    stderr
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn ints(file: &Path, name: &str) -> Vec<i64> {
-    match TensorFile::open(file).unwrap().get(name).unwrap().data {
-        HostData::I64(v) => v,
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn activations_match_transformers() {
@@ -212,7 +161,7 @@ fn a_hub_id_is_found_in_the_cache_offline() {
     );
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["tokens"].as_array().unwrap().len(), 8);
-    let out = sae(
+    let out = sae_with(
         &[
             "generate",
             "--model",

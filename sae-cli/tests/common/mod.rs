@@ -1,0 +1,80 @@
+//! Helpers shared by the command-line tests: running `sae`, reading its outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sae_core::{HostData, TensorFile};
+
+/// A file under `<crate>/tests/fixtures` of the workspace crate `krate`.
+pub fn fixture(krate: &str, rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(krate)
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// Runs `sae args...` with extra environment variables.
+pub fn sae_with(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sae"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok_with(args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = sae_with(args, env);
+    assert!(
+        out.status.success(),
+        "sae {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// [`ok_with`] without extra environment.
+pub fn ok(args: &[&str]) -> String {
+    ok_with(args, &[])
+}
+
+/// Runs a command that must fail cleanly (exit 1, one `error:` report, no panic); returns its
+/// stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = sae_with(args, &[]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "sae {args:?}: {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    stderr
+}
+
+/// A float tensor of a safetensors file.
+pub fn floats(file: &Path, name: &str) -> Vec<f32> {
+    TensorFile::open(file).unwrap().get(name).unwrap().to_f32()
+}
+
+/// An int64 tensor of a safetensors file.
+pub fn ints(file: &Path, name: &str) -> Vec<i64> {
+    match TensorFile::open(file).unwrap().get(name).unwrap().data {
+        HostData::I64(v) => v,
+        other => panic!("{name} should be int64: {other:?}"),
+    }
+}
+
+/// `max |a - b| / max |b|`.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
