@@ -353,7 +353,11 @@ impl<B: Backend> SaeHooks<'_, B> {
             return Ok(x);
         };
         let [b, t, d] = x.dims();
-        let flat = x.clone().reshape([b * t, d]);
+        // SAEs keep their own dtype (f32); a model computing in f16/bf16 is cast, as SAE Made
+        // Easy casts to the encoder's dtype and back.
+        let model_dtype = x.dtype();
+        let sae_dtype = saes[0].1.w_enc.val().dtype();
+        let flat = x.clone().reshape([b * t, d]).cast(sae_dtype);
         match self.mode {
             Mode::Eval => {
                 let mut sum: Option<Tensor<B, 2>> = None;
@@ -367,7 +371,7 @@ impl<B: Backend> SaeHooks<'_, B> {
                 let mean = sum
                     .expect("a hooked path has an SAE")
                     .div_scalar(saes.len() as f32);
-                Ok(mean.reshape([b, t, d]))
+                Ok(mean.reshape([b, t, d]).cast(model_dtype))
             }
             Mode::Train => {
                 for (adapter, sae) in saes {

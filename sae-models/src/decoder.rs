@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;
@@ -215,7 +215,11 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, t, total])
             .div_scalar((d as f64).sqrt())
             + ctx.mask.clone();
-        let probs = softmax(scores, 3).reshape([b * h, t, total]);
+        // Softmax in f32 whatever the compute dtype, as transformers does.
+        let dtype = scores.dtype();
+        let probs = softmax(scores.cast(DType::F32), 3)
+            .cast(dtype)
+            .reshape([b * h, t, total]);
         let out = probs
             .matmul(v.reshape([b * h, total, d]))
             .reshape([b, h, t, d])
@@ -326,8 +330,13 @@ pub struct DecoderLm<B: Backend> {
 impl<B: Backend> DecoderLm<B> {
     /// Loads a Hugging Face model folder (`config.json` + safetensors).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_as(dir, DType::F32, device)
+    }
+
+    /// Loads a Hugging Face model folder computing in `dtype` (F32, F16 or BF16).
+    pub fn load_as(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?;
+        let weights = Weights::open(dir)?.with_dtype(dtype);
         Self::from_weights(config, &weights, device)
     }
 
@@ -403,6 +412,11 @@ impl<B: Backend> DecoderLm<B> {
         LmOutput { logits }
     }
 
+    /// The dtype the model computes in (that of its weights).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &DecoderConfig {
         &self.config
@@ -452,7 +466,8 @@ impl<B: Backend> DecoderLm<B> {
                 counts[past..].to_vec()
             })
             .collect();
-        let rope = Rope::new(
+        let dtype = self.dtype();
+        let mut rope = Rope::new(
             &positions,
             b,
             t,
@@ -460,7 +475,11 @@ impl<B: Backend> DecoderLm<B> {
             self.config.rope_theta,
             &device,
         );
-        let mask = attention_mask(&full, b, t, past, &device);
+        if dtype != DType::F32 {
+            rope.cos = rope.cos.cast(dtype);
+            rope.sin = rope.sin.cast(dtype);
+        }
+        let mask = attention_mask::<B>(&full, b, t, past, &device).cast(dtype);
         cache.layers.resize(self.layers.len(), None);
         cache.mask = full;
         cache.len = total;

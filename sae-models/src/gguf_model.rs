@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use serde_json::{Value as Json, json};
 
@@ -16,9 +17,10 @@ use crate::weights::Weights;
 /// Qwen2's pre-tokenizer split (as in its tokenizer.json).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The network, tokenizer and stop tokens of a GGUF file.
+/// The network (computing in `dtype`), tokenizer and stop tokens of a GGUF file.
 pub fn load<B: Backend>(
     path: &Path,
+    dtype: DType,
     device: &B::Device,
 ) -> Result<(DecoderLm<B>, Tokenizer, Vec<i64>)> {
     let file = GgufFile::open(path)?;
@@ -32,7 +34,7 @@ pub fn load<B: Backend>(
     // llama.cpp permutes llama's q/k rows for its interleaved RoPE; Qwen2 is stored as is.
     let permuted = (config.model_type == "llama")
         .then_some((config.num_attention_heads, config.num_key_value_heads));
-    let weights = Weights::from_gguf(path, file, permuted);
+    let weights = Weights::from_gguf(path, file, permuted).with_dtype(dtype);
     let config = DecoderConfig {
         tie_word_embeddings: !weights.contains("lm_head.weight"),
         ..config

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
@@ -35,9 +36,14 @@ pub struct LanguageModel<B: Backend> {
 impl<B: Backend> LanguageModel<B> {
     /// Loads `--model` `spec`: a folder, a hub id or a GGUF file.
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
+        Self::load_as(spec, DType::F32, device)
+    }
+
+    /// Loads `spec` computing in `dtype` (F32, F16 or BF16; weights are cast once at load).
+    pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
         let source = ModelSource::parse(spec);
         if let ModelSource::Gguf(path) = &source {
-            let (model, tokenizer, mut stop_tokens) = crate::gguf_model::load(path, device)?;
+            let (model, tokenizer, mut stop_tokens) = crate::gguf_model::load(path, dtype, device)?;
             stop_tokens.extend(tokenizer.eos_token_id());
             stop_tokens.sort();
             stop_tokens.dedup();
@@ -54,7 +60,7 @@ impl<B: Backend> LanguageModel<B> {
         stop_tokens.sort();
         stop_tokens.dedup();
         Ok(LanguageModel {
-            model: DecoderLm::load(&dir, device)?,
+            model: DecoderLm::load_as(&dir, dtype, device)?,
             tokenizer,
             stop_tokens,
         })

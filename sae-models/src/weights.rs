@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use sae_core::TensorFile;
 use serde::Deserialize;
 
@@ -19,6 +19,8 @@ use crate::gguf::GgufFile;
 pub struct Weights {
     origin: PathBuf,
     store: Store,
+    /// The dtype tensors are created in (values are read as f32, then cast).
+    dtype: DType,
 }
 
 enum Store {
@@ -67,6 +69,7 @@ impl Weights {
         Ok(Weights {
             origin: dir.to_path_buf(),
             store: Store::Safetensors { files, index },
+            dtype: DType::F32,
         })
     }
 
@@ -79,7 +82,13 @@ impl Weights {
                 file,
                 permuted_heads,
             },
+            dtype: DType::F32,
         }
+    }
+
+    /// The same weights, created as `dtype` (the model's compute dtype: F32, F16 or BF16).
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        Weights { dtype, ..self }
     }
 
     /// True if the checkpoint holds `name`.
@@ -146,7 +155,21 @@ impl Weights {
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
         let values = self.values(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+        Ok(self.create(TensorData::new(values, shape), device))
+    }
+
+    /// A tensor in the compute dtype.
+    fn create<B: Backend, const D: usize>(
+        &self,
+        data: TensorData,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let t = Tensor::from_data(data, device);
+        if self.dtype == DType::F32 {
+            t
+        } else {
+            t.cast(self.dtype)
+        }
     }
 
     /// A linear layer from torch's `weight [out, in]` (and `bias [out]` when `bias`).
@@ -166,7 +189,7 @@ impl Weights {
                 t[i * d_out + o] = w[o * d_in + i];
             }
         }
-        let weight = Tensor::from_data(TensorData::new(t, [d_in, d_out]), device);
+        let weight = self.create(TensorData::new(t, [d_in, d_out]), device);
         let bias = bias
             .then(|| self.tensor(&format!("{prefix}.bias"), [d_out], device))
             .transpose()?;

@@ -161,3 +161,50 @@ fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
     let err = max_rel_diff(&values(logits), &expected);
     assert!(err < 1e-4, "logits with the SAE differ by {err}");
 }
+
+#[test]
+fn reduced_precision_compute_stays_close_to_float32() {
+    let device = Default::default();
+    let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
+    let ids = input_ids(&reference);
+    let expected = reference.get("logits").unwrap().to_f32();
+    // Bounds: four units of each format's epsilon (f16 2^-10, bf16 2^-7) relative to max |logit|
+    // (measured: 0.7 units for both).
+    for (dtype, bound) in [
+        (burn::tensor::DType::F16, 4e-3),
+        (burn::tensor::DType::BF16, 3e-2),
+    ] {
+        let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
+        assert_eq!(model.dtype(), dtype);
+        let logits = model
+            .forward_plain(LmInput::from_ids(&ids, &device))
+            .logits
+            .unwrap();
+        assert_eq!(logits.dtype(), dtype);
+        let err = max_rel_diff(&values(logits), &expected);
+        assert!(err < bound, "{dtype:?}: logits differ by {err}");
+    }
+}
+
+#[test]
+fn an_f32_sae_runs_inside_a_bf16_model() {
+    let device = Default::default();
+    let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), burn::tensor::DType::BF16, &device)
+        .unwrap();
+    let sae_model =
+        sae_core::SaeModel::from_pretrained(model, &fixture("smez_qwen2/adapter"), &device)
+            .unwrap();
+    let reference = TensorFile::open(fixture("smez_qwen2/reference.safetensors")).unwrap();
+    let ids = input_ids(&reference);
+    let logits = sae_model
+        .forward(LmInput::from_ids(&ids, &device))
+        .unwrap()
+        .output
+        .logits
+        .unwrap();
+    assert_eq!(logits.dtype(), burn::tensor::DType::BF16);
+    let expected = reference.get("logits_with_sae").unwrap().to_f32();
+    // The bf16 bound of the test above: four units of bf16's epsilon.
+    let err = max_rel_diff(&values(logits), &expected);
+    assert!(err < 3e-2, "logits with the SAE differ by {err}");
+}

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::DType;
+use sae_core::StorageDtype;
 use sae_models::{LanguageModel, Prompt};
 
 use crate::backend::{self, Backend};
@@ -24,13 +26,21 @@ pub struct ModelArgs {
     /// An image to put before the text (vision-language models).
     #[arg(long, value_name = "P")]
     pub image: Vec<PathBuf>,
+    /// The dtype the model computes in: f32, f16 or bf16 (weights are cast once at load).
+    #[arg(long, default_value = "f32")]
+    pub dtype: StorageDtype,
 }
 
 impl ModelArgs {
     /// Loads the model.
     pub fn load(&self) -> Result<LanguageModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
-        let lm = LanguageModel::load(&self.model, &backend::device())
+        let dtype = match self.dtype {
+            StorageDtype::F32 => DType::F32,
+            StorageDtype::F16 => DType::F16,
+            StorageDtype::BF16 => DType::BF16,
+        };
+        let lm = LanguageModel::load_as(&self.model, dtype, &backend::device())
             .with_context(|| format!("cannot load model {}", self.model))?;
         tracing::info!(backend = backend::NAME, "model loaded");
         Ok(lm)

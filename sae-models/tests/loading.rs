@@ -1,0 +1,159 @@
+//! Loading model folders: half-precision storage, sharded checkpoints, and bad input (a clear
+//! error naming what is wrong, never a panic).
+
+use std::path::{Path, PathBuf};
+
+use sae_core::{HookedModule, HostTensor, StorageDtype, TensorFile};
+use sae_models::gguf::GgufFile;
+use sae_models::{DecoderLm, LmInput, Tokenizer};
+
+type B = burn::backend::Flex;
+
+fn model_copy() -> tempfile::TempDir {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    DecoderLm::<B>::load(dir, &Default::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_weight_that_disagrees_with_the_config_is_named() {
+    let dir = model_copy();
+    let path = dir.path().join("config.json");
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"intermediate_size\": 128", "\"intermediate_size\": 100");
+    std::fs::write(&path, config).unwrap();
+    assert_eq!(
+        load_err(dir.path()),
+        "weight \"model.layers.0.mlp.gate_proj.weight\" has shape [128, 64], but the config implies [100, 64]"
+    );
+}
+
+#[test]
+fn a_missing_tokenizer_is_reported() {
+    let dir = model_copy();
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let err = Tokenizer::load(dir.path()).unwrap_err().to_string();
+    assert!(err.ends_with("has no tokenizer.json"), "{err}");
+}
+
+#[test]
+fn a_truncated_checkpoint_is_reported() {
+    let dir = model_copy();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(load_err(dir.path()).starts_with("cannot read safetensors file"));
+}
+
+#[test]
+fn an_unsupported_gguf_quantisation_is_named() {
+    // A hand-made GGUF v3: no metadata, one tensor "t" of 256 values in Q2_K (ggml type 10).
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes()); // tensors
+    bytes.extend(0u64.to_le_bytes()); // metadata entries
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend(b"t");
+    bytes.extend(1u32.to_le_bytes()); // dims
+    bytes.extend(256u64.to_le_bytes());
+    bytes.extend(10u32.to_le_bytes()); // Q2_K
+    bytes.extend(0u64.to_le_bytes()); // offset
+    bytes.resize(bytes.len().div_ceil(32) * 32 + 84, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q2k.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let err = file.dequantize("t").unwrap_err().to_string();
+    assert!(
+        err.ends_with("tensor t has quantisation Q2_K, which is not supported"),
+        "{err}"
+    );
+}
+
+/// Logits of the fixture prompt, and the relative error against transformers' f32 logits.
+fn logits_error(dir: &Path) -> f32 {
+    let device = Default::default();
+    let model = DecoderLm::<B>::load(dir, &device).unwrap();
+    let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
+    let ids = match reference.get("inputs.input_ids").unwrap().data {
+        sae_core::HostData::I64(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let logits = model
+        .forward_plain(LmInput::from_ids(&ids, &device))
+        .logits
+        .unwrap();
+    let ours = HostTensor::from_float(logits).to_f32();
+    let theirs = reference.get("logits").unwrap().to_f32();
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    ours.iter()
+        .zip(&theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+#[test]
+fn half_precision_checkpoints_load() {
+    for (dtype, bound) in [(StorageDtype::F16, 4e-3), (StorageDtype::BF16, 3e-2)] {
+        let dir = model_copy();
+        let path = dir.path().join("model.safetensors");
+        let file = TensorFile::open(&path).unwrap();
+        let tensors: Vec<_> = file
+            .names()
+            .into_iter()
+            .map(|n| (n.clone(), file.get(&n).unwrap()))
+            .collect();
+        sae_core::tensor_file::write_tensors(&path, &tensors, dtype, None).unwrap();
+        // Rounded weights, f32 compute: within four units of the storage format's epsilon.
+        let err = logits_error(dir.path());
+        assert!(err < bound, "{dtype:?}: {err}");
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load() {
+    let dir = model_copy();
+    let path = dir.path().join("model.safetensors");
+    let file = TensorFile::open(&path).unwrap();
+    let names = file.names();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let tensors: Vec<_> = part
+            .iter()
+            .map(|n| (n.clone(), file.get(n).unwrap()))
+            .collect();
+        sae_core::tensor_file::write_tensors(
+            &dir.path().join(shard),
+            &tensors,
+            StorageDtype::F32,
+            None,
+        )
+        .unwrap();
+        for n in part {
+            map.insert(n.clone(), serde_json::json!(shard));
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    assert!(logits_error(dir.path()) < 1e-4);
+}
