@@ -157,3 +157,31 @@ fn sharded_checkpoints_load() {
     .unwrap();
     assert!(logits_error(dir.path()) < 1e-4);
 }
+
+#[test]
+fn legacy_rope_config_keys_load() {
+    // Older configs keep rope_theta at top level and `rope_scaling: {type: ...}`.
+    let dir = model_copy();
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let theta = config["rope_parameters"]["rope_theta"].clone();
+    config.as_object_mut().unwrap().remove("rope_parameters");
+    config["rope_theta"] = theta;
+    config["rope_scaling"] = serde_json::json!({"type": "default"});
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert!(logits_error(dir.path()) < 1e-4);
+    // The top-level value is the one read (the default is also 10000, so check another).
+    config["rope_theta"] = serde_json::json!(12345.0);
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_eq!(
+        sae_models::DecoderConfig::from_file(&path)
+            .unwrap()
+            .rope_theta,
+        12345.0
+    );
+    // A RoPE type we do not implement is refused by name.
+    config["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert!(load_err(dir.path()).contains("rope type \"yarn\" is not supported"));
+}
