@@ -220,39 +220,24 @@ fn bad_model_input_gives_one_clear_error() {
     std::fs::write(&fake, b"GGUF\x03\x00\x00\x00").unwrap();
     let err = generate(s(&fake));
     assert!(err.contains("truncated header"), "{err}");
-    let err = fails(&[
-        "activations",
-        "--model",
-        s(&fixture("qwen2_tiny")),
-        "--text",
-        "hi",
-        "--image",
-        "x.png",
-        "--out",
-        "/tmp/x.safetensors",
-    ]);
+    let activations = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "activations",
+            "--model",
+            s(model),
+            "--text",
+            "hi",
+            "--out",
+            "/tmp/x.safetensors",
+        ];
+        args.extend(extra);
+        fails(&args)
+    };
+    let err = activations(&fixture("qwen2_tiny"), &["--image", "x.png"]);
     assert!(err.contains("takes no --image"), "{err}");
-    let err = fails(&[
-        "activations",
-        "--model",
-        s(&fixture("qwen2_tiny")),
-        "--text",
-        "hi",
-        "--hooks",
-        "nothing",
-        "--out",
-        "/tmp/x.safetensors",
-    ]);
+    let err = activations(&fixture("qwen2_tiny"), &["--hooks", "nothing"]);
     assert!(err.contains("no hook point matches"), "{err}");
-    let err = fails(&[
-        "activations",
-        "--model",
-        s(&fixture("sae_missing")),
-        "--text",
-        "hi",
-        "--out",
-        "/tmp/x.safetensors",
-    ]);
+    let err = activations(&fixture("sae_missing"), &[]);
     assert!(err.contains("is not a model folder"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();

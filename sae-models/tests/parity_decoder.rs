@@ -142,23 +142,25 @@ fn the_pass_stops_after_the_last_needed_hook() {
     assert!(!hooks.0.iter().any(|p| p.starts_with("model.layers.1")));
 }
 
-#[test]
-fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
+/// Logits of qwen2_tiny computing in `dtype` with SAE Made Easy's adapter injected, and their
+/// relative error against SAE Made Easy's own (f32) logits.
+fn logits_with_sae(dtype: burn::tensor::DType) -> (burn::tensor::DType, f32) {
     let device = Default::default();
-    let model = DecoderLm::<B>::load(&fixture("qwen2_tiny"), &device).unwrap();
+    let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
     let sae_model =
         sae_core::SaeModel::from_pretrained(model, &fixture("smez_qwen2/adapter"), &device)
             .unwrap();
     let reference = TensorFile::open(fixture("smez_qwen2/reference.safetensors")).unwrap();
     let ids = input_ids(&reference);
-    let logits = sae_model
-        .forward(LmInput::from_ids(&ids, &device))
-        .unwrap()
-        .output
-        .logits
-        .unwrap();
+    let forward = sae_model.forward(LmInput::from_ids(&ids, &device)).unwrap();
+    let logits = forward.output.logits.unwrap();
     let expected = reference.get("logits_with_sae").unwrap().to_f32();
-    let err = max_rel_diff(&values(logits), &expected);
+    (logits.dtype(), max_rel_diff(&values(logits), &expected))
+}
+
+#[test]
+fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
+    let (_, err) = logits_with_sae(burn::tensor::DType::F32);
     assert!(err < 1e-4, "logits with the SAE differ by {err}");
 }
 
@@ -188,23 +190,8 @@ fn reduced_precision_compute_stays_close_to_float32() {
 
 #[test]
 fn an_f32_sae_runs_inside_a_bf16_model() {
-    let device = Default::default();
-    let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), burn::tensor::DType::BF16, &device)
-        .unwrap();
-    let sae_model =
-        sae_core::SaeModel::from_pretrained(model, &fixture("smez_qwen2/adapter"), &device)
-            .unwrap();
-    let reference = TensorFile::open(fixture("smez_qwen2/reference.safetensors")).unwrap();
-    let ids = input_ids(&reference);
-    let logits = sae_model
-        .forward(LmInput::from_ids(&ids, &device))
-        .unwrap()
-        .output
-        .logits
-        .unwrap();
-    assert_eq!(logits.dtype(), burn::tensor::DType::BF16);
-    let expected = reference.get("logits_with_sae").unwrap().to_f32();
+    let (dtype, err) = logits_with_sae(burn::tensor::DType::BF16);
+    assert_eq!(dtype, burn::tensor::DType::BF16);
     // The bf16 bound of the test above: four units of bf16's epsilon.
-    let err = max_rel_diff(&values(logits), &expected);
     assert!(err < 3e-2, "logits with the SAE differ by {err}");
 }
