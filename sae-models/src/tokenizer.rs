@@ -173,6 +173,7 @@ impl Tokenizer {
                 Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        env.add_function("strftime_now", |format: String| strftime_now(&format));
         let render = |e: JinjaError| ModelError::ChatTemplate(e.to_string());
         env.add_template("chat", template).map_err(render)?;
         env.get_template("chat")
@@ -184,5 +185,103 @@ impl Tokenizer {
                 eos_token => self.eos_token.clone().unwrap_or_default(),
             })
             .map_err(render)
+    }
+}
+
+/// transformers' `strftime_now(format)` for chat templates (Llama 3 puts today's date in its
+/// system prompt): the current UTC date with `%d`, `%m`, `%y`, `%Y`, `%b`, `%B` and `%%`.
+fn strftime_now(format: &str) -> std::result::Result<String, JinjaError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    format_date(format, year, month, day)
+}
+
+/// `format` with the date's fields filled in.
+fn format_date(
+    format: &str,
+    year: i64,
+    month: u32,
+    day: u32,
+) -> std::result::Result<String, JinjaError> {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "strftime_now: unsupported directive %{}",
+                        other.unwrap_or(' ')
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_from_day_counts() {
+        // Hand-checked: day 0 is 1970-01-01, 11016 is 2000-02-29, 20784 is 2026-11-27.
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+    }
+
+    #[test]
+    fn dates_format_like_strftime() {
+        assert_eq!(format_date("%d %b %Y", 2026, 11, 7).unwrap(), "07 Nov 2026");
+        assert_eq!(
+            format_date("%B %d, %y (%m) 100%%", 2024, 7, 26).unwrap(),
+            "July 26, 24 (07) 100%"
+        );
+        assert!(format_date("%H", 2024, 1, 1).is_err());
     }
 }
