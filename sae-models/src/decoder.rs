@@ -103,6 +103,16 @@ impl<B: Backend> Rope<B> {
     }
 
     /// `x cos + rotate_half(x) sin`, with `rotate_half([a, b]) = [-b, a]`.
+    /// The tables repeated for `heads` heads, `[batch, tokens, heads, head_dim]`: the products in
+    /// [`apply`](Self::apply) are then elementwise on equal shapes (broadcasting is slow on the
+    /// CPU backends), and each layer reuses them.
+    fn for_heads(&self, heads: usize) -> Self {
+        Rope {
+            cos: self.cos.clone().repeat_dim(2, heads),
+            sin: self.sin.clone().repeat_dim(2, heads),
+        }
+    }
+
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, t, h, d] = x.dims();
         let first = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
@@ -115,7 +125,9 @@ impl<B: Backend> Rope<B> {
 /// What a layer needs besides its input: RoPE tables, the additive mask, and its keys and
 /// values of earlier positions (taken and put back by attention).
 struct LayerContext<'a, B: Backend> {
-    rope: &'a Rope<B>,
+    /// RoPE tables for the query heads and for the key/value heads.
+    rope_q: &'a Rope<B>,
+    rope_k: &'a Rope<B>,
     mask: &'a Tensor<B, 4>,
     past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
@@ -190,8 +202,8 @@ impl<B: Backend> Attention<B> {
         );
         let heads_first = |y: Tensor<B, 4>| y.swap_dims(1, 2);
         let (q, k) = (
-            heads_first(ctx.rope.apply(q)),
-            heads_first(ctx.rope.apply(k)),
+            heads_first(ctx.rope_q.apply(q)),
+            heads_first(ctx.rope_k.apply(k)),
         );
         let v = heads_first(v);
         let (k, v) = match ctx.past.take() {
@@ -479,7 +491,14 @@ impl<B: Backend> DecoderLm<B> {
             rope.cos = rope.cos.cast(dtype);
             rope.sin = rope.sin.cast(dtype);
         }
-        let mask = attention_mask::<B>(&full, b, t, past, &device).cast(dtype);
+        let (rope_q, rope_k) = (
+            rope.for_heads(self.config.num_attention_heads),
+            rope.for_heads(self.config.num_key_value_heads),
+        );
+        // Repeated over heads once, so every layer adds it without broadcasting.
+        let mask = attention_mask::<B>(&full, b, t, past, &device)
+            .cast(dtype)
+            .repeat_dim(1, self.config.num_attention_heads);
         cache.layers.resize(self.layers.len(), None);
         cache.mask = full;
         cache.len = total;
@@ -487,7 +506,8 @@ impl<B: Backend> DecoderLm<B> {
         let mut x = self.embed_tokens.forward(input.input_ids);
         for (i, layer) in self.layers.iter().enumerate() {
             let mut ctx = LayerContext {
-                rope: &rope,
+                rope_q: &rope_q,
+                rope_k: &rope_k,
                 mask: &mask,
                 past: cache.layers[i].take(),
             };
