@@ -9,6 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
@@ -202,20 +203,41 @@ impl<B: Backend> Sae<B> {
         x - self.b_dec.val().unsqueeze_dim(0)
     }
 
-    /// Dense pre-activations `[tokens, num_latents]` (ReLU'd if configured); with `track`
-    /// false, nothing is recorded for the backward pass.
-    fn dense_pre_activations(&self, x_c: Tensor<B, 2>, track: bool) -> Tensor<B, 2> {
-        let param = |t: Tensor<B, 2>| if track { t } else { t.detach() };
-        let mut pre = param(x_c).matmul(param(self.w_enc.val()).transpose());
+    /// Dense pre-activations `[tokens, num_latents]` (ReLU'd if configured), differentiable.
+    fn dense_pre_activations(&self, x_c: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mut pre = x_c.matmul(self.w_enc.val().transpose());
         if let Some(b) = &self.b_enc {
-            pre = pre + param(b.val().unsqueeze_dim(0));
+            pre = pre + b.val().unsqueeze_dim(0);
         }
         if self.config.relu { relu(pre) } else { pre }
     }
 
-    /// The dense pre-activations on the host, without gradient tracking, for selection.
+    /// The dense pre-activations on the host, without gradient tracking, for selection. Only
+    /// the matmul runs on the backend; bias, ReLU and the finiteness check are one host pass
+    /// (a broadcast bias add over `[tokens, latents]` is slow on the CPU backends).
     fn host_pre_activations(&self, x_c: &Tensor<B, 2>) -> Result<Vec<f32>> {
-        finite_on_host(self.dense_pre_activations(x_c.clone(), false))
+        let product = x_c
+            .clone()
+            .detach()
+            .matmul(self.w_enc.val().detach().transpose());
+        let mut values = to_host(product);
+        let bias = self.b_enc.as_ref().map(|b| to_host(b.val()));
+        let relu = self.config.relu;
+        let finite = values.par_chunks_mut(self.num_latents()).all(|row| {
+            if let Some(bias) = &bias {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+            // Check before the ReLU: `f32::max` would turn NaN into 0.
+            let finite = row.iter().all(|v| v.is_finite());
+            if relu {
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            finite
+        });
+        if !finite {
+            return Err(SaeError::NonFinite("the SAE input".into()));
+        }
+        Ok(values)
     }
 
     /// The latents this SAE's architecture keeps, from host pre-activations.
@@ -294,7 +316,7 @@ impl<B: Backend> Sae<B> {
             == Architecture::Relu
         {
             // Every positive latent is active and the L1 penalty needs all of them: dense.
-            let pre = self.dense_pre_activations(x_c.clone(), true);
+            let pre = self.dense_pre_activations(x_c.clone());
             let host = finite_on_host(pre.clone().detach())?;
             let selection = self.select(&host);
             let latents = self.gather_dense(&pre, &selection);

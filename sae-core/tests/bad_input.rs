@@ -135,6 +135,14 @@ fn nan_or_inf_input_is_an_error() {
         let x = Tensor::<B, 2>::from_data(TensorData::new(v, [2, 10]), &device);
         assert!(matches!(sae.forward(x, None), Err(SaeError::NonFinite(_))));
     }
+    // A ReLU SAE too (the ReLU must not hide a NaN).
+    let relu_sae = formats::load(&fixture("sparsify_topk")).unwrap().saes["layers.1"]
+        .to_sae::<B>(&device)
+        .unwrap();
+    let mut v = vec![0.5f32; 64];
+    v[3] = f32::NAN;
+    let x = Tensor::<B, 2>::from_data(TensorData::new(v, [1, 64]), &device);
+    assert!(matches!(relu_sae.encode(x), Err(SaeError::NonFinite(_))));
     // Through an injected model too: the error comes out of the forward pass.
     let model = SaeModel::<B, _>::from_pretrained(
         dummy_model::DummyModel::new(&device),
