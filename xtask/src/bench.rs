@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use sae_core::{Sae, SaeConfig};
 
@@ -58,6 +58,33 @@ fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
         }
     }
     Ok((TOKENS * STEPS) as f64 / elapsed)
+}
+
+/// SAE inference: encode (select the top-k latents) and decode `TOKENS` tokens, no autodiff.
+pub fn sae_encode() -> Result<()> {
+    let device = Default::default();
+    Flex::seed(&device, 0);
+    let sae = Sae::<Flex>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
+    let x = Tensor::<Flex, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
+    let mut elapsed = 0.0;
+    for step in 0..WARMUP + STEPS {
+        let start = Instant::now();
+        let recon = sae.decode(&sae.encode(x.clone())?);
+        let _ = recon.slice([0..1, 0..1]).into_data();
+        if step >= WARMUP {
+            elapsed += start.elapsed().as_secs_f64();
+        }
+    }
+    let ours = (TOKENS * STEPS) as f64 / elapsed;
+    eprintln!(
+        "backend flex (f32), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
+    );
+    let args = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
+    match python_reference("bench_sparsify_encode.py", &args)? {
+        Some(r) => println!("sae-encode ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
+        None => println!("sae-encode ours={ours:.0}"),
+    }
+    Ok(())
 }
 
 /// sparsify's tokens/s for the same step, when `SAE_BENCH_PYTHON` is set.

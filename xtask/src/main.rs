@@ -7,6 +7,9 @@
 //! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
 //! reference (`tools/bench_sparsify_step.py`).
 //!
+//! `cargo xtask bench sae-encode` times SAE inference (encode + decode) at the same shapes against
+//! sparsify's (`tools/bench_sparsify_encode.py`).
+//!
 //! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
 //! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
 //! `cargo xtask bench` runs every case.
@@ -18,7 +21,8 @@ use anyhow::{Result, bail};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | lm-forward]";
+const USAGE: &str =
+    "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +32,10 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["bench"] => bench::sae_step("flex").and_then(|()| bench::lm_forward()),
+        ["bench"] => bench::sae_step("flex")
+            .and_then(|()| bench::sae_encode())
+            .and_then(|()| bench::lm_forward()),
+        ["bench", "sae-encode"] => bench::sae_encode(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
