@@ -93,6 +93,17 @@ impl HostTensor {
     }
 }
 
+/// The transpose of a row-major `[rows, cols]` matrix (row-major `[cols, rows]`).
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
 /// A safetensors file held in memory.
 pub struct TensorFile {
     path: PathBuf,

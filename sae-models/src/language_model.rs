@@ -41,26 +41,20 @@ impl<B: Backend> LanguageModel<B> {
 
     /// Loads `spec` computing in `dtype` (F32, F16 or BF16; weights are cast once at load).
     pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
-        let source = ModelSource::parse(spec);
-        if let ModelSource::Gguf(path) = &source {
-            let (model, tokenizer, mut stop_tokens) = crate::gguf_model::load(path, dtype, device)?;
-            stop_tokens.extend(tokenizer.eos_token_id());
-            stop_tokens.sort();
-            stop_tokens.dedup();
-            return Ok(LanguageModel {
-                model,
-                tokenizer,
-                stop_tokens,
-            });
-        }
-        let dir = source.local_dir()?;
-        let tokenizer = Tokenizer::load(&dir)?;
-        let mut stop_tokens = generation_eos(&dir)?;
+        let (model, tokenizer, mut stop_tokens) = match ModelSource::parse(spec) {
+            ModelSource::Gguf(path) => crate::gguf_model::load(&path, dtype, device)?,
+            source => {
+                let dir = source.local_dir()?;
+                let tokenizer = Tokenizer::load(&dir)?;
+                let stop = generation_eos(&dir)?;
+                (DecoderLm::load_as(&dir, dtype, device)?, tokenizer, stop)
+            }
+        };
         stop_tokens.extend(tokenizer.eos_token_id());
         stop_tokens.sort();
         stop_tokens.dedup();
         Ok(LanguageModel {
-            model: DecoderLm::load_as(&dir, dtype, device)?,
+            model,
             tokenizer,
             stop_tokens,
         })

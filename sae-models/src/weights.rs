@@ -183,12 +183,7 @@ impl Weights {
     ) -> Result<Linear<B>> {
         let w = self.values(&format!("{prefix}.weight"), &[d_out, d_in])?;
         // Burn's Linear keeps [in, out]: transpose once here, on the host.
-        let mut t = vec![0f32; w.len()];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                t[i * d_out + o] = w[o * d_in + i];
-            }
-        }
+        let t = sae_core::tensor_file::transpose(&w, d_out, d_in);
         let weight = self.create(TensorData::new(t, [d_in, d_out]), device);
         let bias = bias
             .then(|| self.tensor(&format!("{prefix}.bias"), [d_out], device))

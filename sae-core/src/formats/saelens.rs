@@ -10,7 +10,7 @@ use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_k
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
 use crate::tensor_file::{
-    HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors,
+    HostTensor, StorageDtype, TensorFile, read_json, transpose, write_json, write_tensors,
 };
 
 /// Reads the SAE in `dir`; its hook point is `metadata.hook_name` (or `hook_name`), else the
@@ -46,13 +46,7 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
         },
     };
     let file = TensorFile::open(dir.join("sae_weights.safetensors"))?;
-    let w_enc_t = float(&file, "W_enc", &[d_in, latents])?;
-    let mut w_enc = vec![0.0f32; latents * d_in];
-    for j in 0..d_in {
-        for i in 0..latents {
-            w_enc[i * d_in + j] = w_enc_t[j * latents + i];
-        }
-    }
+    let w_enc = transpose(&float(&file, "W_enc", &[d_in, latents])?, d_in, latents);
     let b_dec = float(&file, "b_dec", &[d_in])?;
     let mut b_enc = float(&file, "b_enc", &[latents])?;
     let centred: Option<bool> = json_key(&cfg, "apply_b_dec_to_input", &cfg_path)?;
@@ -92,12 +86,7 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
 pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) -> Result<()> {
     let config = &sae.config;
     let (l, d) = (sae.num_latents(), sae.d_in);
-    let mut w_enc_t = vec![0.0f32; l * d];
-    for i in 0..l {
-        for j in 0..d {
-            w_enc_t[j * l + i] = sae.w_enc[i * d + j];
-        }
-    }
+    let w_enc_t = transpose(&sae.w_enc, l, d);
     let mut tensors = vec![
         ("W_enc".to_string(), HostTensor::f32(vec![d, l], w_enc_t)),
         (
