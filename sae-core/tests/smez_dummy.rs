@@ -22,6 +22,16 @@ fn reference_model(device: &burn::tensor::Device<B>) -> DummyModel<B> {
     )
 }
 
+/// The DummyModel with SAE Made Easy's saved adapter loaded into it.
+fn reference_sae_model(device: &burn::tensor::Device<B>) -> SaeModel<B, DummyModel<B>> {
+    SaeModel::from_pretrained(
+        reference_model(device),
+        &fixture("smez_dummy/adapter"),
+        device,
+    )
+    .unwrap()
+}
+
 #[test]
 fn eval_output_matches_sae_made_easy() {
     let device = Default::default();
@@ -48,12 +58,7 @@ fn eval_output_matches_sae_made_easy() {
 #[test]
 fn what_we_save_loads_back_bit_exactly() {
     let device = Default::default();
-    let sae_model = SaeModel::from_pretrained(
-        reference_model(&device),
-        &fixture("smez_dummy/adapter"),
-        &device,
-    )
-    .unwrap();
+    let sae_model = reference_sae_model(&device);
     let dir = tempfile::tempdir().unwrap();
     sae_model.save_pretrained(dir.path()).unwrap();
     assert_eq!(formats::detect(dir.path()).unwrap(), Layout::Peft);
@@ -130,12 +135,7 @@ fn seed_example_inject_forward_save_load() {
 #[test]
 fn train_mode_passes_the_original_through_and_records() {
     let device = Default::default();
-    let mut sae_model = SaeModel::from_pretrained(
-        reference_model(&device),
-        &fixture("smez_dummy/adapter"),
-        &device,
-    )
-    .unwrap();
+    let mut sae_model = reference_sae_model(&device);
     sae_model.train();
     let x: Tensor<B, 3> = reference("smez_dummy/reference.safetensors", "x").to_float(&device);
     let forward = sae_model.forward(x).unwrap();
@@ -154,12 +154,7 @@ fn train_mode_passes_the_original_through_and_records() {
 #[test]
 fn several_active_adapters_average_their_reconstructions() {
     let device = Default::default();
-    let mut sae_model = SaeModel::from_pretrained(
-        reference_model(&device),
-        &fixture("smez_dummy/adapter"),
-        &device,
-    )
-    .unwrap();
+    let mut sae_model = reference_sae_model(&device);
     let config = AdapterConfig {
         sae: SaeConfig::topk(3, 6),
         target_modules: TargetModules::Regex("lin.*".into()),
