@@ -31,10 +31,7 @@ pub fn sae_step(backend: &str) -> Result<()> {
     eprintln!(
         "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
     );
-    match reference()? {
-        Some(r) => println!("sae-step ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
-        None => println!("sae-step ours={ours:.0}"),
-    }
+    report("sae-step", ours, sparsify_reference("step")?);
     Ok(())
 }
 
@@ -79,18 +76,24 @@ pub fn sae_encode() -> Result<()> {
     eprintln!(
         "backend flex (f32), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
     );
-    let args = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
-    match python_reference("bench_sparsify_encode.py", &args)? {
-        Some(r) => println!("sae-encode ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
-        None => println!("sae-encode ours={ours:.0}"),
-    }
+    report("sae-encode", ours, sparsify_reference("encode")?);
     Ok(())
 }
 
-/// sparsify's tokens/s for the same step, when `SAE_BENCH_PYTHON` is set.
-fn reference() -> Result<Option<f64>> {
-    let args = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
-    python_reference("bench_sparsify_step.py", &args)
+/// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`.
+fn report(case: &str, ours: f64, reference: Option<f64>) {
+    match reference {
+        Some(r) => println!("{case} ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
+        None => println!("{case} ours={ours:.0}"),
+    }
+}
+
+/// sparsify's tokens/s at the same shapes (`mode` is `step` or `encode`), when
+/// `SAE_BENCH_PYTHON` is set.
+fn sparsify_reference(mode: &str) -> Result<Option<f64>> {
+    let shapes = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
+    let args: Vec<String> = std::iter::once(mode.to_string()).chain(shapes).collect();
+    python_reference("bench_sparsify.py", &args)
 }
 
 /// Runs `tools/<script> args...` with `SAE_BENCH_PYTHON` and parses the tokens/s it prints
@@ -171,10 +174,11 @@ pub fn lm_forward() -> Result<()> {
         LM_TOKENS.to_string(),
         LM_RUNS.to_string(),
     ];
-    match python_reference("bench_lm_forward.py", &args)? {
-        Some(r) => println!("lm-forward ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
-        None => println!("lm-forward ours={ours:.0}"),
-    }
+    report(
+        "lm-forward",
+        ours,
+        python_reference("bench_lm_forward.py", &args)?,
+    );
     Ok(())
 }
 

@@ -5,10 +5,10 @@
 //! `--backend ndarray`), and prints
 //! `sae-step ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`. When `SAE_BENCH_PYTHON` names a Python
 //! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
-//! reference (`tools/bench_sparsify_step.py`).
+//! reference (`tools/bench_sparsify.py step`).
 //!
 //! `cargo xtask bench sae-encode` times SAE inference (encode + decode) at the same shapes against
-//! sparsify's (`tools/bench_sparsify_encode.py`).
+//! sparsify's (`tools/bench_sparsify.py encode`).
 //!
 //! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
 //! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
