@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use sae_core::TensorFile;
 use sae_models::gguf::GgufFile;
 
+mod common;
+
+use common::max_rel_diff;
+
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/gguf_quants")
@@ -26,13 +30,7 @@ fn every_supported_type_dequantises_like_gguf_py() {
         let (shape, ours) = file.dequantize(&name).unwrap();
         let reference = expected.get(&name).unwrap();
         assert_eq!(shape, reference.shape, "{name}");
-        let theirs = reference.to_f32();
-        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = ours
-            .iter()
-            .zip(&theirs)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-            / scale;
+        let err = max_rel_diff(&ours, &reference.to_f32());
         assert!(err < 1e-6, "{name}: {err}");
     }
 }

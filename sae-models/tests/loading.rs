@@ -7,7 +7,9 @@ use sae_core::{HookedModule, HostTensor, StorageDtype, TensorFile};
 use sae_models::gguf::GgufFile;
 use sae_models::{DecoderLm, LmInput, Tokenizer};
 
-type B = burn::backend::Flex;
+mod common;
+
+use common::{B, ints, max_rel_diff};
 
 fn model_copy() -> tempfile::TempDir {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_tiny");
@@ -86,21 +88,13 @@ fn logits_error(dir: &Path) -> f32 {
     let device = Default::default();
     let model = DecoderLm::<B>::load(dir, &device).unwrap();
     let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
-    let ids = match reference.get("inputs.input_ids").unwrap().data {
-        sae_core::HostData::I64(v) => v,
-        other => panic!("{other:?}"),
-    };
+    let ids = ints(&reference, "inputs.input_ids");
     let logits = model
         .forward_plain(LmInput::from_ids(&ids, &device))
         .logits
         .unwrap();
     let ours = HostTensor::from_float(logits).to_f32();
-    let theirs = reference.get("logits").unwrap().to_f32();
-    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    ours.iter()
-        .zip(&theirs)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
+    max_rel_diff(&ours, &reference.get("logits").unwrap().to_f32())
 }
 
 #[test]

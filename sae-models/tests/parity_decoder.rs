@@ -2,29 +2,14 @@
 //! recorded hook output within 1e-4 relative (`max |ours - ref| / max |ref|`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::{DecoderLm, LmInput};
 
-type B = burn::backend::Flex;
+mod common;
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
+use common::{B, fixture, ints, max_rel_diff, values};
 
 /// Records the output of every hook point, passing it on unchanged.
 #[derive(Default)]
@@ -37,19 +22,12 @@ impl Hooks<B> for Record {
     }
 }
 
-fn input_ids(reference: &TensorFile) -> Vec<i64> {
-    match reference.get("inputs.input_ids").unwrap().data {
-        sae_core::HostData::I64(v) => v,
-        other => panic!("input ids should be int64: {other:?}"),
-    }
-}
-
 fn check(model_dir: &str) {
     let device = Default::default();
     let model = DecoderLm::<B>::load(&fixture(model_dir), &device).unwrap();
     let reference =
         TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
-    let ids = input_ids(&reference);
+    let ids = ints(&reference, "inputs.input_ids");
     let mut record = Record::default();
     let out = model.forward_hooked(LmInput::from_ids(&ids, &device), &mut record);
 
@@ -99,7 +77,7 @@ fn left_padding_gives_the_same_logits_as_no_padding() {
     let device = Default::default();
     let model = DecoderLm::<B>::load(&fixture("qwen2_tiny"), &device).unwrap();
     let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
-    let ids = input_ids(&reference);
+    let ids = ints(&reference, "inputs.input_ids");
     let t = ids.len();
     let mut padded = vec![1024i64; 3];
     padded.extend(&ids);
@@ -151,7 +129,7 @@ fn logits_with_sae(dtype: burn::tensor::DType) -> (burn::tensor::DType, f32) {
         sae_core::SaeModel::from_pretrained(model, &fixture("smez_qwen2/adapter"), &device)
             .unwrap();
     let reference = TensorFile::open(fixture("smez_qwen2/reference.safetensors")).unwrap();
-    let ids = input_ids(&reference);
+    let ids = ints(&reference, "inputs.input_ids");
     let forward = sae_model.forward(LmInput::from_ids(&ids, &device)).unwrap();
     let logits = forward.output.logits.unwrap();
     let expected = reference.get("logits_with_sae").unwrap().to_f32();
@@ -168,7 +146,7 @@ fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
 fn reduced_precision_compute_stays_close_to_float32() {
     let device = Default::default();
     let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
-    let ids = input_ids(&reference);
+    let ids = ints(&reference, "inputs.input_ids");
     let expected = reference.get("logits").unwrap().to_f32();
     // Bounds: four units of each format's epsilon (f16 2^-10, bf16 2^-7) relative to max |logit|
     // (measured: 0.7 units for both).

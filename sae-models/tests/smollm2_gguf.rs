@@ -9,10 +9,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use sae_core::{HookedModule, HostData, NoHooks, TensorFile};
+use sae_core::{HookedModule, NoHooks, TensorFile};
 use sae_models::{GenerateConfig, LanguageModel, LmInput, Prompt, generate};
 
-type B = burn::backend::Flex;
+mod common;
+
+use common::{B, ints, max_rel_diff, values};
 
 fn gguf() -> PathBuf {
     if let Ok(path) = std::env::var("SAE_SMOLLM2_GGUF") {
@@ -29,13 +31,6 @@ fn gguf() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn ints(file: &TensorFile, name: &str) -> Vec<i64> {
-    match file.get(name).unwrap().data {
-        HostData::I64(v) => v,
-        other => panic!("{name}: {other:?}"),
-    }
 }
 
 #[test]
@@ -65,19 +60,8 @@ fn smollm2_gguf_matches_transformers() {
         .logits
         .unwrap();
     let [_, t, v] = logits.dims();
-    let last: Vec<f32> = logits
-        .slice([0..1, t - 2..t, 0..v])
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .unwrap();
-    let expected = reference.get("logits_last").unwrap().to_f32();
-    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = last
-        .iter()
-        .zip(&expected)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale;
+    let last = values(logits.slice([0..1, t - 2..t, 0..v]));
+    let err = max_rel_diff(&last, &reference.get("logits_last").unwrap().to_f32());
     assert!(err < 2e-3, "logits differ by {err} relative");
 
     let config = GenerateConfig {

@@ -1,30 +1,17 @@
 //! Tokenizer, chat template and KV-cache generation against the transformers fixtures.
 
-use std::path::PathBuf;
-
-use sae_core::{HostData, NoHooks, TensorFile};
+use sae_core::{NoHooks, TensorFile};
 use sae_models::{DecoderLm, GenerateConfig, Message, Sampling, Tokenizer, generate};
 
-type B = burn::backend::Flex;
+mod common;
+
+use common::{B, fixture};
 
 const PROMPT: &str = "Shall I compare thee to a summer's day?";
 
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
-}
-
+/// The int64 tensor `name` of fixture file `file`.
 fn ints(file: &str, name: &str) -> Vec<i64> {
-    match TensorFile::open(fixture(file))
-        .unwrap()
-        .get(name)
-        .unwrap()
-        .data
-    {
-        HostData::I64(v) => v,
-        other => panic!("{name} should be int64: {other:?}"),
-    }
+    common::ints(&TensorFile::open(fixture(file)).unwrap(), name)
 }
 
 fn greedy(max_new_tokens: usize, tokenizer: &Tokenizer) -> GenerateConfig {
