@@ -21,6 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
   sae inspect runs/qwen-sae
   sae encode --sae runs/qwen-sae --input acts.safetensors --key hook.model.layers.1 --out latents.safetensors
   sae convert --sae runs/qwen-sae --to sparsify --out runs/qwen-sae-sparsify
+  sae preprocess --format text --input shakespeare/ --output data/shakespeare
 
 Logging: RUST_LOG=debug for more detail.")]
 struct Cli {
@@ -35,6 +36,7 @@ enum Command {
     Encode(commands::encode::Args),
     Convert(commands::convert::Args),
     Inspect(commands::inspect::Args),
+    Preprocess(commands::preprocess::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Encode(args) => commands::encode::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Preprocess(args) => commands::preprocess::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod encode;
 pub mod generate;
 pub mod inspect;
 mod model_args;
+pub mod preprocess;
 
 use std::path::Path;
 

@@ -1,0 +1,115 @@
+//! The crate's error type: one clear sentence naming the file, the row and the cause.
+
+use std::path::PathBuf;
+
+/// What can go wrong reading, converting or batching a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or folder could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Polars could not read or write a Parquet file.
+    #[error("{path} is not a readable Parquet file: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: polars::error::PolarsError,
+    },
+    /// A column the format needs is absent.
+    #[error("{path} has no column `{column}` (its schema: {schema})")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        schema: String,
+    },
+    /// A column has another type than the format needs.
+    #[error("column `{column}` of {path} is {found}, expected {expected} (its schema: {schema})")]
+    WrongType {
+        path: PathBuf,
+        column: String,
+        expected: String,
+        found: String,
+        schema: String,
+    },
+    /// One row cannot be used; `--on-error skip` skips such rows.
+    #[error("row {row} of {path}: {reason}")]
+    BadRow {
+        path: PathBuf,
+        row: usize,
+        reason: RowProblem,
+    },
+    /// A folder holds no input the format reads.
+    #[error("found no {what} in {path}")]
+    NoInput { path: PathBuf, what: String },
+    /// An input file does not have the layout its format needs.
+    #[error("{path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// A saved cursor does not belong to this dataset or stream.
+    #[error("the saved data cursor does not fit this dataset: {0}")]
+    Cursor(String),
+    /// Tokenizing or rendering a chat template failed.
+    #[error(transparent)]
+    Model(#[from] sae_models::ModelError),
+}
+
+/// Why a single row was rejected (counted by kind when rows are skipped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowProblem {
+    /// The row has no turns, or no text.
+    #[error("the conversation is empty")]
+    EmptyConversation,
+    /// The text is empty.
+    #[error("the text is empty")]
+    EmptyText,
+    /// An image cannot be decoded.
+    #[error("image {index} cannot be decoded: {reason}")]
+    Image { index: usize, reason: String },
+    /// The row names images it does not hold, or holds images it never shows.
+    #[error("the messages show {shown} image(s) but the row holds {held}")]
+    ImageCount { shown: usize, held: usize },
+    /// A required value is null.
+    #[error("`{0}` is null")]
+    Null(String),
+    /// A JSONL line is not a JSON object.
+    #[error("not a JSON object: {0}")]
+    Json(String),
+    /// The tokenized row is longer than the context.
+    #[error("{tokens} tokens do not fit the context of {max}")]
+    TooLong { tokens: usize, max: usize },
+}
+
+impl RowProblem {
+    /// A short name for summaries (`skipped: 3 image, 1 too_long`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RowProblem::EmptyConversation => "empty_conversation",
+            RowProblem::EmptyText => "empty_text",
+            RowProblem::Image { .. } => "image",
+            RowProblem::ImageCount { .. } => "image_count",
+            RowProblem::Null(_) => "null",
+            RowProblem::Json(_) => "json",
+            RowProblem::TooLong { .. } => "too_long",
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// `map_err` helper for I/O on `path`.
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
+    let path = path.into();
+    move |source| DataError::Io { path, source }
+}
+
+/// `map_err` helper for polars on `path`.
+pub(crate) fn parquet(
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(polars::error::PolarsError) -> DataError {
+    let path = path.into();
+    move |source| DataError::Parquet { path, source }
+}

@@ -1,0 +1,251 @@
+//! Batches for training and caching: a stream's rows through a model's tokenizer (and chat
+//! template), either packed into fixed-length contexts (text, as sparsify and SAELens do) or
+//! one row per sequence, right-padded, with attention masks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::convert::OnError;
+use crate::dataset::{Cursor, Dataset, RowId, Stream, StreamConfig};
+use crate::error::{DataError, Result, RowProblem};
+use crate::record::{Body, Record, to_chat_messages};
+use sae_models::Tokenizer;
+
+/// How rows become sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Documents joined by the end-of-sequence token (which also starts the stream), cut into
+    /// contexts of exactly `context` tokens; the tail that does not fill a context is carried
+    /// into the next one (sparsify's `chunk_and_tokenize`, streamed).
+    Pack { context: usize },
+    /// One row per sequence, padded on the right to the longest of the batch; rows longer than
+    /// `max_len` are cut when `truncate`, else rejected (fail or skip, as the stream's
+    /// `on_error`).
+    Pad { max_len: usize, truncate: bool },
+}
+
+/// A batch of token sequences, row-major `[batch, seq_len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Token ids, padding included.
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// Sequences in the batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// The rows each sequence holds (packed contexts may span several).
+    pub rows: Vec<Vec<RowId>>,
+    /// The encoded images of each sequence's row, for a model's image processor.
+    pub images: Vec<Vec<Vec<u8>>>,
+}
+
+impl Batch {
+    /// Real (unpadded) tokens in the batch.
+    pub fn tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m != 0).count()
+    }
+}
+
+/// A loader's saved place: the stream's cursor and the packed tokens not yet emitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderCursor {
+    stream: Cursor,
+    carry: Vec<i64>,
+    carry_rows: Vec<(RowId, usize)>,
+}
+
+/// Batches from a dataset through a tokenizer.
+pub struct Loader<'a> {
+    stream: Stream<'a>,
+    tokenizer: &'a Tokenizer,
+    batch_size: usize,
+    batching: Batching,
+    separator: Option<i64>,
+    carry: Vec<i64>,
+    carry_rows: Vec<(RowId, usize)>,
+    too_long: usize,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader from the start of `dataset` (or from `cursor`).
+    pub fn new(
+        dataset: &'a Dataset,
+        tokenizer: &'a Tokenizer,
+        stream: StreamConfig,
+        batching: Batching,
+        batch_size: usize,
+        cursor: Option<LoaderCursor>,
+    ) -> Result<Self> {
+        let (stream_cursor, carry, carry_rows) = match cursor {
+            Some(c) => (Some(c.stream), c.carry, c.carry_rows),
+            None => (None, Vec::new(), Vec::new()),
+        };
+        let separator = match batching {
+            Batching::Pack { .. } => Some(tokenizer.eos_token_id().ok_or_else(|| {
+                DataError::Cursor("packing needs the tokenizer's end-of-sequence token".into())
+            })?),
+            Batching::Pad { .. } => None,
+        };
+        Ok(Loader {
+            stream: dataset.stream_from(stream, stream_cursor)?,
+            tokenizer,
+            batch_size,
+            batching,
+            separator,
+            carry,
+            carry_rows,
+            too_long: 0,
+        })
+    }
+
+    /// Where the loader is: resuming from it yields exactly the batches not yet yielded.
+    pub fn cursor(&self) -> LoaderCursor {
+        LoaderCursor {
+            stream: self.stream.cursor(),
+            carry: self.carry.clone(),
+            carry_rows: self.carry_rows.clone(),
+        }
+    }
+
+    /// Rows skipped as unusable or too long.
+    pub fn skipped(&self) -> usize {
+        self.stream.skipped() + self.too_long
+    }
+
+    /// The epoch being read.
+    pub fn epoch(&self) -> u64 {
+        self.stream.epoch()
+    }
+
+    /// The text a record shows the model: the text, or the chat rendered by the template.
+    fn render(&self, record: &Record) -> Result<(String, bool)> {
+        Ok(match &record.body {
+            Body::Text(text) => (text.clone(), true),
+            Body::Chat { messages, .. } => {
+                let messages = to_chat_messages(messages);
+                (self.tokenizer.apply_chat_template(&messages, false)?, false)
+            }
+        })
+    }
+
+    /// The next batch, or `None` at the end of the data (a last partial batch is dropped).
+    pub fn next_batch(&mut self) -> Result<Option<Batch>> {
+        match self.batching {
+            Batching::Pack { context } => self.next_packed(context),
+            Batching::Pad { max_len, truncate } => self.next_padded(max_len, truncate),
+        }
+    }
+
+    fn next_packed(&mut self, context: usize) -> Result<Option<Batch>> {
+        let need = context * self.batch_size;
+        while self.carry.len() < need {
+            let Some(example) = self.stream.next().transpose()? else {
+                return Ok(None);
+            };
+            let (text, _) = self.render(&example.record)?;
+            self.carry_rows.push((example.id, self.carry.len()));
+            self.carry
+                .push(self.separator.expect("packing has a separator"));
+            self.carry.extend(self.tokenizer.encode(&text, false)?);
+        }
+        let input_ids: Vec<i64> = self.carry.drain(..need).collect();
+        // Row i spans [start_i, start_{i+1}); each context lists the rows it overlaps.
+        let ends: Vec<usize> = self.carry_rows[1..]
+            .iter()
+            .map(|&(_, start)| start)
+            .chain([usize::MAX])
+            .collect();
+        let rows = (0..self.batch_size)
+            .map(|s| {
+                let (lo, hi) = (s * context, (s + 1) * context);
+                self.carry_rows
+                    .iter()
+                    .zip(&ends)
+                    .filter(|&(&(_, start), &end)| start < hi && end > lo)
+                    .map(|(&(id, _), _)| id)
+                    .collect()
+            })
+            .collect();
+        self.carry_rows = self
+            .carry_rows
+            .iter()
+            .zip(&ends)
+            .filter(|&(_, &end)| end > need && !self.carry.is_empty())
+            .map(|(&(id, start), _)| (id, start.saturating_sub(need)))
+            .collect();
+        Ok(Some(Batch {
+            attention_mask: vec![1; need],
+            input_ids,
+            batch_size: self.batch_size,
+            seq_len: context,
+            rows,
+            images: vec![Vec::new(); self.batch_size],
+        }))
+    }
+
+    fn next_padded(&mut self, max_len: usize, truncate: bool) -> Result<Option<Batch>> {
+        let mut sequences = Vec::with_capacity(self.batch_size);
+        while sequences.len() < self.batch_size {
+            let Some(example) = self.stream.next().transpose()? else {
+                return Ok(None);
+            };
+            let (text, special) = self.render(&example.record)?;
+            let mut ids = self.tokenizer.encode(&text, special)?;
+            if ids.len() > max_len {
+                if truncate {
+                    ids.truncate(max_len);
+                } else {
+                    let reason = RowProblem::TooLong {
+                        tokens: ids.len(),
+                        max: max_len,
+                    };
+                    if self.stream.config().on_error == OnError::Skip {
+                        self.too_long += 1;
+                        continue;
+                    }
+                    return Err(self.stream.dataset().bad_row(example.id, reason));
+                }
+            }
+            let images = match example.record.body {
+                Body::Chat { images, .. } => images,
+                Body::Text(_) => Vec::new(),
+            };
+            sequences.push((example.id, ids, images));
+        }
+        let seq_len = sequences
+            .iter()
+            .map(|(_, ids, _)| ids.len())
+            .max()
+            .unwrap_or(0);
+        let pad = self.tokenizer.pad_token_id().unwrap_or(0);
+        let mut batch = Batch {
+            input_ids: Vec::with_capacity(self.batch_size * seq_len),
+            attention_mask: Vec::with_capacity(self.batch_size * seq_len),
+            batch_size: self.batch_size,
+            seq_len,
+            rows: Vec::with_capacity(self.batch_size),
+            images: Vec::with_capacity(self.batch_size),
+        };
+        for (id, ids, images) in sequences {
+            let padding = seq_len - ids.len();
+            batch
+                .attention_mask
+                .extend(std::iter::repeat_n(1, ids.len()));
+            batch.attention_mask.extend(std::iter::repeat_n(0, padding));
+            batch.input_ids.extend(ids);
+            batch.input_ids.extend(std::iter::repeat_n(pad, padding));
+            batch.rows.push(vec![id]);
+            batch.images.push(images);
+        }
+        Ok(Some(batch))
+    }
+}
+
+impl Iterator for Loader<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
