@@ -6,14 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or folder could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// Polars could not read or write a Parquet file.
-    #[error("{path} is not a readable Parquet file: {source}")]
+    #[error("{path} is not a readable Parquet file")]
     Parquet {
         path: PathBuf,
         #[source]

@@ -142,6 +142,23 @@ pub fn preprocess(
 ) -> Result<Summary> {
     let start = std::time::Instant::now();
     refuse_existing(&options.output)?;
+    let created = !options.output.exists();
+    let result = convert(options, progress, start);
+    if result.is_err() {
+        // Leave no empty folders behind (shards of this run are already removed).
+        let _ = std::fs::remove_dir(options.output.join("data"));
+        if created {
+            let _ = std::fs::remove_dir(&options.output);
+        }
+    }
+    result
+}
+
+fn convert(
+    options: &PreprocessOptions,
+    progress: &mut dyn FnMut(Progress),
+    start: std::time::Instant,
+) -> Result<Summary> {
     let mut writer = ShardWriter::new(
         &options.output,
         options.format.kind(),
@@ -181,13 +198,13 @@ pub fn preprocess(
         let full = options.limit.is_some_and(|l| writer.rows() >= l);
         Ok(if full { Flow::Stop } else { Flow::Continue })
     };
-    match options.format {
-        Format::LlavaOv => llava_ov::convert(&options.input, &mut emit)?,
-        Format::Text => text::convert(&options.input, &options.text_column, &mut emit)?,
-        Format::EasyVqa => easy_vqa::convert(&options.input, &options.shards.split, &mut emit)?,
-    }
+    let converted = match options.format {
+        Format::LlavaOv => llava_ov::convert(&options.input, &mut emit),
+        Format::Text => text::convert(&options.input, &options.text_column, &mut emit),
+        Format::EasyVqa => easy_vqa::convert(&options.input, &options.shards.split, &mut emit),
+    };
     progress(Progress { read, total });
-    if let Some(error) = failure {
+    if let Some(error) = converted.err().or(failure) {
         writer.abandon();
         return Err(error);
     }
