@@ -42,6 +42,9 @@ pub enum DataError {
         row: usize,
         reason: RowProblem,
     },
+    /// The output folder already holds a dataset.
+    #[error("{path} already holds a dataset; choose another --output or remove it")]
+    OutputExists { path: PathBuf },
     /// A folder holds no input the format reads.
     #[error("found no {what} in {path}")]
     NoInput { path: PathBuf, what: String },

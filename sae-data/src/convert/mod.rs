@@ -228,12 +228,8 @@ fn refuse_existing(output: &Path) -> Result<()> {
             .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
     });
     if holds_shards || output.join(crate::writer::INFO_FILE).exists() {
-        return Err(DataError::Io {
+        return Err(DataError::OutputExists {
             path: output.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "it already holds a dataset; choose another --output or remove it",
-            ),
         });
     }
     Ok(())
