@@ -91,22 +91,37 @@ pub fn image_parts(messages: &[Turn]) -> usize {
         .count()
 }
 
-/// The turns as chat-template messages (`{role, content: [{type: ...}]}`, as transformers takes
-/// them).
+/// The turns as chat-template messages, as transformers takes them: a turn without images has
+/// its text as a string (what text-only templates such as SmolLM2's expect), a turn with images
+/// has the list of `{type: ...}` parts.
 pub fn to_chat_messages(messages: &[Turn]) -> Vec<sae_models::Message> {
     messages
         .iter()
-        .map(|turn| sae_models::Message {
-            role: turn.role.clone(),
-            content: Value::Array(
-                turn.content
-                    .iter()
-                    .map(|part| match part {
-                        Part::Image => json!({"type": "image"}),
-                        Part::Text(text) => json!({"type": "text", "text": text}),
-                    })
-                    .collect(),
-            ),
+        .map(|turn| {
+            let texts: Option<Vec<&str>> = turn
+                .content
+                .iter()
+                .map(|part| match part {
+                    Part::Image => None,
+                    Part::Text(text) => Some(text.as_str()),
+                })
+                .collect();
+            let content = match texts {
+                Some(texts) => Value::String(texts.concat()),
+                None => Value::Array(
+                    turn.content
+                        .iter()
+                        .map(|part| match part {
+                            Part::Image => json!({"type": "image"}),
+                            Part::Text(text) => json!({"type": "text", "text": text}),
+                        })
+                        .collect(),
+                ),
+            };
+            sae_models::Message {
+                role: turn.role.clone(),
+                content,
+            }
         })
         .collect()
 }

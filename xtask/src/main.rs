@@ -12,9 +12,13 @@
 //!
 //! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
 //! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
+//! `cargo xtask bench data` times `sae preprocess` (easy-VQA, Shakespeare) and the loader
+//! (packed Shakespeare, padded easy-VQA chats, SmolLM2's tokenizer) against SmolLM2's forward
+//! tokens/s in the same run.
 //! `cargo xtask bench` runs every case.
 
 mod bench;
+mod bench_data;
 
 use anyhow::{Result, bail};
 
@@ -22,7 +26,7 @@ use anyhow::{Result, bail};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str =
-    "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward]";
+    "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,10 +38,12 @@ fn main() -> Result<()> {
     {
         ["bench"] => bench::sae_step("flex")
             .and_then(|()| bench::sae_encode())
-            .and_then(|()| bench::lm_forward()),
+            .and_then(|()| bench::lm_forward())
+            .and_then(|()| bench_data::data()),
         ["bench", "sae-encode"] => bench::sae_encode(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
+        ["bench", "data"] => bench_data::data(),
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
         ["help"] | ["--help"] | ["-h"] | [] => {
             println!("{USAGE}");
