@@ -177,16 +177,7 @@ impl<'a> Reader<'a> {
     }
 
     fn wrong_type(&self, column: &str, expected: &str) -> DataError {
-        let schema = self.frame.schema();
-        DataError::WrongType {
-            path: self.path.to_path_buf(),
-            column: column.into(),
-            expected: expected.into(),
-            found: schema
-                .get(column)
-                .map_or("absent".into(), |d| d.to_string()),
-            schema: schema_text(schema),
-        }
+        wrong_type(self.path, self.frame.schema(), column, expected)
     }
 
     fn optional_strings(&self, name: &str) -> Result<Option<Vec<Option<String>>>> {
@@ -351,6 +342,19 @@ pub(crate) fn missing(path: &Path, column: &str, schema: &Schema) -> DataError {
     DataError::MissingColumn {
         path: path.to_path_buf(),
         column: column.into(),
+        schema: schema_text(schema),
+    }
+}
+
+/// The error for a column of another type than `expected`.
+pub(crate) fn wrong_type(path: &Path, schema: &Schema, column: &str, expected: &str) -> DataError {
+    DataError::WrongType {
+        path: path.to_path_buf(),
+        column: column.into(),
+        expected: expected.into(),
+        found: schema
+            .get(column)
+            .map_or("absent".into(), |d| d.to_string()),
         schema: schema_text(schema),
     }
 }

@@ -8,10 +8,10 @@ use std::path::Path;
 use polars::prelude::*;
 
 use super::{Flow, Origin, SourceRow};
-use crate::error::{DataError, Result, RowProblem};
+use crate::error::{Result, RowProblem};
 use crate::parquet_file::{ParquetFile, parquet_files};
 use crate::record::{Body, Part, Record, RowResult, Turn, image_parts};
-use crate::table::{missing, schema_text};
+use crate::table::{missing, wrong_type};
 
 const COLUMNS: [&str; 4] = ["id", "image", "conversations", "data_source"];
 
@@ -51,15 +51,7 @@ pub(super) fn convert(input: &Path, emit: &mut dyn FnMut(SourceRow) -> Result<Fl
 /// The rows of one row group.
 fn rows(path: &Path, frame: &DataFrame) -> Result<Vec<RowResult>> {
     let schema = frame.schema();
-    let wrong = |column: &str, expected: &str| DataError::WrongType {
-        path: path.to_path_buf(),
-        column: column.into(),
-        expected: expected.into(),
-        found: schema
-            .get(column)
-            .map_or("absent".into(), |d| d.to_string()),
-        schema: schema_text(schema),
-    };
+    let wrong = |column: &str, expected: &str| wrong_type(path, schema, column, expected);
     let strings = |name: &str| -> Result<Vec<Option<String>>> {
         match frame.column(name) {
             Err(_) => Ok(vec![None; frame.height()]),

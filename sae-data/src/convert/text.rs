@@ -7,10 +7,10 @@ use std::path::Path;
 use polars::prelude::DataType;
 
 use super::{Flow, Origin, SourceRow};
-use crate::error::{DataError, Result, RowProblem, io};
+use crate::error::{Result, RowProblem, io};
 use crate::parquet_file::{ParquetFile, files_with};
 use crate::record::{Body, Record};
-use crate::table::{missing, schema_text};
+use crate::table::{missing, wrong_type};
 
 /// Converts the text files under `input`; `column` names the text in JSONL and Parquet.
 pub(super) fn convert(
@@ -102,15 +102,7 @@ fn parquet(
     match file.schema().get(column) {
         None => return Err(missing(path, column, file.schema())),
         Some(DataType::String) => {}
-        Some(other) => {
-            return Err(DataError::WrongType {
-                path: path.to_path_buf(),
-                column: column.into(),
-                expected: "string".into(),
-                found: other.to_string(),
-                schema: schema_text(file.schema()),
-            });
-        }
+        Some(_) => return Err(wrong_type(path, file.schema(), column, "string")),
     }
     for group in 0..file.groups() {
         let frame = file.read_group(group, Some(&[column, "id"]))?;
