@@ -22,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
   sae encode --sae runs/qwen-sae --input acts.safetensors --key hook.model.layers.1 --out latents.safetensors
   sae convert --sae runs/qwen-sae --to sparsify --out runs/qwen-sae-sparsify
   sae preprocess --format text --input shakespeare/ --output data/shakespeare
+  sae train --model ./smollm2 --data data/shakespeare --hook model.layers.15 --k 32 --num-latents 4608 --out runs/smollm2
 
 Logging: RUST_LOG=debug for more detail.")]
 struct Cli {
@@ -37,6 +38,7 @@ enum Command {
     Convert(commands::convert::Args),
     Inspect(commands::inspect::Args),
     Preprocess(commands::preprocess::Args),
+    Train(commands::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Preprocess(args) => commands::preprocess::run(args),
+        Command::Train(args) => commands::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

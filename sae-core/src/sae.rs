@@ -179,10 +179,7 @@ impl<B: Backend> Sae<B> {
 
     /// The same SAE with each decoder row divided by `(its norm + eps)`, as sparsify does.
     pub fn with_unit_norm_decoder(mut self) -> Self {
-        let w = self.w_dec.val();
-        let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt();
-        let w = w.div(norm.add_scalar(f32::EPSILON));
-        self.w_dec = self.w_dec.map(|_| w);
+        self.w_dec = self.w_dec.map(unit_norm_rows);
         self
     }
 
@@ -382,6 +379,12 @@ impl<B: Backend> Sae<B> {
         let values = zero_padding(dense.clone().gather(1, indices.clone()), selection);
         SparseLatents { values, indices }
     }
+}
+
+/// Each row divided by `(its L2 norm + eps)`, as sparsify normalises decoder rows.
+pub fn unit_norm_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = w.clone().powi_scalar(2).sum_dim(1).sqrt();
+    w.div(norm.add_scalar(f32::EPSILON))
 }
 
 /// `values` (`[rows, width]`) with the selection's padding slots set to zero.

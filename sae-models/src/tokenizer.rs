@@ -135,6 +135,19 @@ impl Tokenizer {
         self.inner.token_to_id(token).map(i64::from)
     }
 
+    /// Ids of every special token (BOS, EOS, chat markers, image placeholders), sorted.
+    pub fn special_token_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| i64::from(id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The end-of-sequence token's id.
     pub fn eos_token_id(&self) -> Option<i64> {
         self.eos_token.as_deref().and_then(|t| self.token_id(t))

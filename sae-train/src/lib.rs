@@ -1,1 +1,22 @@
-//! Training loop, metrics, checkpoints, data parallel and ZeRO. Filled by the training issue.
+//! Training sparse autoencoders on frozen models: the trainer (AdamW, schedules, decoder
+//! normalisation, dead latents and AuxK), the TOML run configuration, metrics, checkpoints with
+//! exact resume, TensorBoard logs, and evaluation (FVU, L0, CE and KL loss recovered).
+
+pub mod activations;
+pub mod adamw;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod metrics;
+pub mod plot;
+pub mod run;
+pub mod schedule;
+pub mod tensorboard;
+pub mod trainer;
+
+pub use config::{BiasInit, Schedule, TrainConfig};
+pub use error::{Result, TrainError};
+pub use metrics::StepRecord;
+pub use run::{RunSummary, resume, train};
+pub use trainer::{HookMetrics, HookTrainer, Trainer};

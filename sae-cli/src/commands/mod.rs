@@ -7,6 +7,7 @@ pub mod generate;
 pub mod inspect;
 mod model_args;
 pub mod preprocess;
+pub mod train;
 
 use std::path::Path;
 

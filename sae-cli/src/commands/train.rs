@@ -1,0 +1,176 @@
+//! `sae train`: train SAEs on a frozen model, from a TOML config and/or flags, or resume a run.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use sae_train::TrainConfig;
+use sae_train::config::parse_value;
+
+use crate::backend;
+
+/// Train one SAE per hook point on a frozen model. Flags override the config file's keys; the
+/// run folder gets config.toml, metrics.jsonl (one JSON object per step), tensorboard/,
+/// curves.svg, checkpoints/step-N/ (PEFT adapter + training state) and, at the end, sae/ (the
+/// trained SAEs as a PEFT adapter).
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sae train --config examples/train/smollm2_shakespeare.toml
+  sae train --model smollm2.gguf --data data/shakespeare --hook model.layers.15 --k 32 \\
+      --num-latents 4608 --steps 200 --batch-size 8 --out runs/smollm2
+  sae train --config run.toml --set train.lr=1e-3 --set train.schedule=cosine
+  sae train --config run.toml --stop-at 1000      # preemptible: train in chunks
+  sae train --resume runs/smollm2                 # continue exactly from the last checkpoint
+
+Every config key can be set with --set SECTION.KEY=VALUE (TOML values); see docs/src/training.md.")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint, with its saved configuration.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// Model: a local HF folder, a hub id or a .gguf file (model.name).
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// Dataset folder written by `sae preprocess` (data.path).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Hook point to train an SAE on (a path or suffix; repeat for several) (target_modules).
+    #[arg(long = "hook", value_name = "PATH")]
+    hooks: Vec<String>,
+    /// Active latents per token (sae.k).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Dictionary size (sae.num_latents).
+    #[arg(long, value_name = "L")]
+    num_latents: Option<usize>,
+    /// Optimiser steps, the run's total length (train.steps).
+    #[arg(long, value_name = "N")]
+    steps: Option<u64>,
+    /// Sequences per micro-batch (train.batch_size).
+    #[arg(long, value_name = "B")]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimiser step (train.grad_acc_steps).
+    #[arg(long, value_name = "N")]
+    grad_acc_steps: Option<usize>,
+    /// Peak learning rate (train.lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of the initialisation and the data order (train.seed).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Tokens per packed context for text data (data.context).
+    #[arg(long, value_name = "TOKENS")]
+    context: Option<usize>,
+    /// Run folder (out).
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+    /// Checkpoint every N steps (checkpoint.save_every).
+    #[arg(long, value_name = "N")]
+    save_every: Option<u64>,
+    /// End the run at this step with a checkpoint (checkpoint.stop_at).
+    #[arg(long, value_name = "STEP")]
+    stop_at: Option<u64>,
+    /// Any config key, as SECTION.KEY=VALUE with a TOML value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Devices to train on (data parallel).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    devices: usize,
+    /// Data-parallel strategy with --devices > 1: ddp, zero1, zero2 or zero3.
+    #[arg(long, value_name = "MODE")]
+    parallel: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.devices != 1 || args.parallel.is_some() {
+        bail!(
+            "data-parallel training (--devices, --parallel) is not implemented yet; train on one device"
+        );
+    }
+    let device = backend::device();
+    let summary = match &args.resume {
+        Some(run_dir) => {
+            let flags = flag_overrides(&args)?;
+            if flags.iter().any(|(k, _)| k != "checkpoint.stop_at") {
+                bail!(
+                    "--resume continues a run with its saved configuration: only --stop-at may be given with it"
+                );
+            }
+            sae_train::resume::<Autodiff<backend::Backend>>(run_dir, args.stop_at, &device)
+                .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?
+        }
+        None => {
+            let config = load_config(&args)?;
+            tracing::info!(
+                "training on {} into {}",
+                backend::NAME,
+                config.out.display()
+            );
+            sae_train::train::<Autodiff<backend::Backend>>(config, &device)
+                .context("training failed")?
+        }
+    };
+    let sae_dir = summary.run_dir.join(sae_train::run::SAE_DIR);
+    let report = serde_json::json!({
+        "run_dir": summary.run_dir,
+        "step": summary.step,
+        "finished": summary.finished,
+        "checkpoint": summary.checkpoint,
+        "sae": summary.finished.then_some(sae_dir),
+        "last": summary.last,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// The configuration from the file (if any) with the flags applied on top.
+fn load_config(args: &Args) -> Result<TrainConfig> {
+    let overrides = flag_overrides(args)?;
+    Ok(match &args.config {
+        Some(path) => TrainConfig::load(path, &overrides)?,
+        None => TrainConfig::parse("", "the command-line flags", &overrides)?,
+    })
+}
+
+/// Each given flag as a dotted config key and TOML value, then the --set pairs.
+fn flag_overrides(args: &Args) -> Result<Vec<(String, toml::Value)>> {
+    use toml::Value;
+    let mut out: Vec<(String, Value)> = Vec::new();
+    let mut set = |key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            out.push((key.to_string(), v));
+        }
+    };
+    let int = |v: Option<u64>| v.map(|v| Value::Integer(v as i64));
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| Value::String(p.display().to_string()));
+    set("model.name", args.model.clone().map(Value::String));
+    set("data.path", path(&args.data));
+    set(
+        "target_modules",
+        (!args.hooks.is_empty())
+            .then(|| Value::Array(args.hooks.iter().cloned().map(Value::String).collect())),
+    );
+    set("sae.k", int(args.k.map(|v| v as u64)));
+    set("sae.num_latents", int(args.num_latents.map(|v| v as u64)));
+    set("train.steps", int(args.steps));
+    set("train.batch_size", int(args.batch_size.map(|v| v as u64)));
+    set(
+        "train.grad_acc_steps",
+        int(args.grad_acc_steps.map(|v| v as u64)),
+    );
+    set("train.lr", args.lr.map(Value::Float));
+    set("train.seed", int(args.seed));
+    set("data.context", int(args.context.map(|v| v as u64)));
+    set("out", path(&args.out));
+    set("checkpoint.save_every", int(args.save_every));
+    set("checkpoint.stop_at", int(args.stop_at));
+    for pair in &args.set {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--set {pair:?} is not KEY=VALUE"))?;
+        out.push((key.trim().to_string(), parse_value(value.trim())));
+    }
+    Ok(out)
+}

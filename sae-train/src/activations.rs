@@ -1,0 +1,90 @@
+//! Activations for training and evaluation: hooks that capture the outputs of chosen hook
+//! points (stopping the forward pass after the deepest), and the selection of the tokens that
+//! count (not padding, not excluded ids).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::Hooks;
+
+/// Captures the outputs of `paths` and lets the forward pass stop after the deepest one.
+pub struct Capture<B: Backend> {
+    paths: Vec<String>,
+    stop: Option<String>,
+    /// The captured outputs, in the order of `paths`.
+    pub outputs: Vec<Option<Tensor<B, 3>>>,
+}
+
+impl<B: Backend> Capture<B> {
+    /// Captures `paths` (given in the model's hook order); `stop_early` ends the pass after
+    /// the last of them.
+    pub fn new(paths: Vec<String>, stop_early: bool) -> Self {
+        let stop = stop_early.then(|| paths.last().cloned()).flatten();
+        let outputs = vec![None; paths.len()];
+        Capture {
+            paths,
+            stop,
+            outputs,
+        }
+    }
+}
+
+impl<B: Backend> Hooks<B> for Capture<B> {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(i) = self.paths.iter().position(|p| p == path) {
+            self.outputs[i] = Some(x.clone());
+        }
+        x
+    }
+
+    fn stop_after(&self) -> Option<&str> {
+        self.stop.as_deref()
+    }
+}
+
+/// Which of a batch's tokens count: real (mask 1) and not in `excluded` (sorted).
+pub fn counted_tokens(input_ids: &[i64], attention_mask: &[i64], excluded: &[i64]) -> Vec<i64> {
+    input_ids
+        .iter()
+        .zip(attention_mask)
+        .enumerate()
+        .filter(|&(_, (id, &m))| m != 0 && excluded.binary_search(id).is_err())
+        .map(|(i, _)| i as i64)
+        .collect()
+}
+
+/// The rows `tokens` of a `[batch, seq, d]` activation, as f32 `[tokens.len(), d]`.
+pub fn select_tokens<B: Backend>(x: Tensor<B, 3>, tokens: &[i64]) -> Tensor<B, 2> {
+    let [b, t, d] = x.dims();
+    let flat = x.reshape([b * t, d]).cast(DType::F32);
+    if tokens.len() == b * t {
+        return flat;
+    }
+    let device = flat.device();
+    let index =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(tokens.to_vec(), [tokens.len()]), &device);
+    flat.select(0, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn padding_and_excluded_ids_do_not_count() {
+        // Two sequences of 3: the second is padded after one token; id 7 is excluded.
+        let ids = [5, 7, 6, 8, 0, 0];
+        let mask = [1, 1, 1, 1, 0, 0];
+        let tokens = counted_tokens(&ids, &mask, &[7]);
+        assert_eq!(tokens, vec![0, 2, 3]);
+        let device = Default::default();
+        let x = Tensor::<Flex, 1>::arange(0..12, &device)
+            .float()
+            .reshape([2, 3, 2]);
+        let rows = select_tokens(x, &tokens)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert_eq!(rows, vec![0.0, 1.0, 4.0, 5.0, 6.0, 7.0]);
+    }
+}

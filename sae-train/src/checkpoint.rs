@@ -1,0 +1,299 @@
+//! Checkpoints. `RUN_DIR/checkpoints/step-00000100/` holds `adapter/` (the SAEs in SAE Made
+//! Easy's PEFT layout, activation scale folded in: what anyone loads), `state.safetensors` (the
+//! raw parameters, AdamW moments and dead-latent counters, bit for bit) and `state.json` (step,
+//! data cursor, scales). Each is written into a hidden temporary folder, synced, then renamed
+//! into place, so a crash or a full disk never leaves a half checkpoint where a good one was;
+//! the last `keep` checkpoints are kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use sae_core::formats::{self, Checkpoint, HostSae, Layout};
+use sae_core::tensor_file::{HostData, HostTensor, StorageDtype, TensorFile, read_json};
+use sae_core::{Sae, SaeConfig, TargetModules};
+use sae_data::LoaderCursor;
+use serde::{Deserialize, Serialize};
+
+use crate::adamw::Moments;
+use crate::config::OptimConfig;
+use crate::error::{Result, TrainError, io};
+use crate::trainer::{HookTrainer, PARAMS, Trainer, param_value};
+
+/// The folder of a run's checkpoints.
+pub const CHECKPOINTS: &str = "checkpoints";
+const STATE_JSON: &str = "state.json";
+const STATE_TENSORS: &str = "state.safetensors";
+/// The PEFT adapter inside a checkpoint.
+pub const ADAPTER: &str = "adapter";
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The first batch has initialised `b_dec` and the scales.
+    pub initialised: bool,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+    /// Training seconds so far.
+    pub elapsed_s: f64,
+    /// Where the data loader is.
+    pub cursor: LoaderCursor,
+    /// Each SAE: hook path, configuration and activation scale.
+    pub hooks: Vec<HookState>,
+}
+
+/// One SAE's entry in [`State`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookState {
+    /// The hook path.
+    pub path: String,
+    /// Its configuration (`num_latents` resolved).
+    pub config: SaeConfig,
+    /// The activation scale.
+    pub scale: f32,
+}
+
+/// The name of the checkpoint after `step` steps.
+fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(CHECKPOINTS).join(format!("step-{step:08}"))
+}
+
+/// Completed checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = run_dir.join(CHECKPOINTS);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let path = entry.map_err(io(&dir))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse().ok())
+            && path.join(STATE_JSON).is_file()
+        {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest completed checkpoint, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(list(run_dir)?.pop().map(|(_, p)| p))
+}
+
+/// Writes the trainer's checkpoint and prunes older ones beyond `keep`.
+pub fn save<B: AutodiffBackend>(
+    run_dir: &Path,
+    trainer: &Trainer<B>,
+    state: &State,
+    target_modules: &TargetModules,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = step_dir(run_dir, state.step);
+    write_dir_atomically(&dir, |tmp| {
+        save_adapter(trainer, target_modules, &tmp.join(ADAPTER))?;
+        let tensors = trainer
+            .hooks
+            .iter()
+            .flat_map(hook_tensors)
+            .collect::<Vec<_>>();
+        sae_core::tensor_file::write_tensors(
+            &tmp.join(STATE_TENSORS),
+            &tensors,
+            StorageDtype::F32,
+            None,
+        )?;
+        sae_core::tensor_file::write_json(&tmp.join(STATE_JSON), state)?;
+        Ok(())
+    })?;
+    let all = list(run_dir)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(old).map_err(io(old))?;
+    }
+    Ok(dir)
+}
+
+/// Writes the SAEs, for raw activations, to `dir` in the PEFT adapter layout.
+pub fn save_adapter<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    target_modules: &TargetModules,
+    dir: &Path,
+) -> Result<()> {
+    let saes = trainer
+        .hooks
+        .iter()
+        .map(|h| Ok((h.path.clone(), HostSae::from_sae(&h.export()?))))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let checkpoint = Checkpoint {
+        layout: Layout::Peft,
+        saes,
+        target_modules: Some(target_modules.clone()),
+    };
+    formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32)?;
+    Ok(())
+}
+
+/// Runs `write` on a fresh hidden folder beside `dir`, syncs what it wrote and renames it to
+/// `dir` (replacing an older `dir`). On any error the temporary folder is removed and `dir` is
+/// untouched.
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        write(&tmp)?;
+        sync_tree(&tmp)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(io(parent))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Flushes every file under `dir` to disk.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        }
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
+/// and `<path>.tokens_since_fired`.
+fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
+    let mut out = Vec::new();
+    for name in PARAMS {
+        if let Some(value) = param_value(&hook.sae, name) {
+            out.push((
+                format!("{}.{name}", hook.path),
+                HostTensor::from_float(value),
+            ));
+        }
+        if let Some(m) = hook.moments.get(name) {
+            let key = format!("{}.{name}", hook.path);
+            out.push((
+                format!("{key}.exp_avg"),
+                HostTensor::from_float(m.exp_avg.clone()),
+            ));
+            out.push((
+                format!("{key}.exp_avg_sq"),
+                HostTensor::from_float(m.exp_avg_sq.clone()),
+            ));
+        }
+    }
+    let counts = hook.tokens_since_fired.iter().map(|&c| c as i64).collect();
+    out.push((
+        format!("{}.tokens_since_fired", hook.path),
+        HostTensor::i64(vec![hook.tokens_since_fired.len()], counts),
+    ));
+    out
+}
+
+/// Restores the trainer and state of the checkpoint in `dir`.
+pub fn load<B: AutodiffBackend>(
+    dir: &Path,
+    optim: &OptimConfig,
+    device: &B::Device,
+) -> Result<(Trainer<B>, State)> {
+    let state: State = read_json(&dir.join(STATE_JSON))?;
+    let file = TensorFile::open(dir.join(STATE_TENSORS))?;
+    let bad = |message: String| TrainError::BadCheckpoint {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let hooks = state
+        .hooks
+        .iter()
+        .map(|h| {
+            let get = |name: &str| -> Result<Option<HostTensor>> {
+                let key = format!("{}.{name}", h.path);
+                Ok(if file.contains(&key) {
+                    Some(file.get(&key)?)
+                } else {
+                    None
+                })
+            };
+            let two = |name: &str| -> Result<Option<burn::tensor::Tensor<B, 2>>> {
+                Ok(get(name)?.map(|t| t.to_float::<B, 2>(device)))
+            };
+            let one = |name: &str| -> Result<Option<burn::tensor::Tensor<B, 1>>> {
+                Ok(two(name)?.map(|t| t.flatten(0, 1)))
+            };
+            let need = |t: Option<burn::tensor::Tensor<B, 2>>, name: &str| {
+                t.ok_or_else(|| bad(format!("{}.{name} is missing", h.path)))
+            };
+            let w_enc = need(two("w_enc")?, "w_enc")?;
+            let w_dec = need(two("w_dec")?, "w_dec")?;
+            let b_dec = one("b_dec")?.ok_or_else(|| bad(format!("{}.b_dec is missing", h.path)))?;
+            let sae = Sae::from_tensors(
+                h.config.clone(),
+                w_enc,
+                one("b_enc")?,
+                w_dec,
+                b_dec,
+                one("threshold")?,
+            )?;
+            let mut moments = BTreeMap::new();
+            for name in PARAMS {
+                let m = get(&format!("{name}.exp_avg"))?;
+                let v = get(&format!("{name}.exp_avg_sq"))?;
+                if let (Some(m), Some(v)) = (m, v) {
+                    moments.insert(
+                        name.to_string(),
+                        Moments {
+                            exp_avg: m.to_float(device),
+                            exp_avg_sq: v.to_float(device),
+                        },
+                    );
+                }
+            }
+            let counts = match get("tokens_since_fired")?.map(|t| t.data) {
+                Some(HostData::I64(v)) => v.into_iter().map(|c| c as u64).collect(),
+                _ => return Err(bad(format!("{}.tokens_since_fired is missing", h.path))),
+            };
+            Ok(HookTrainer::restore(
+                h.path.clone(),
+                sae,
+                h.scale,
+                counts,
+                moments,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let trainer = Trainer::from_parts(hooks, state.step, state.initialised, optim);
+    Ok((trainer, state))
+}
+
+/// The state entries of a trainer's SAEs.
+pub fn hook_states<B: AutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
+    trainer
+        .hooks
+        .iter()
+        .map(|h| HookState {
+            path: h.path.clone(),
+            config: h.sae.config.clone(),
+            scale: h.scale,
+        })
+        .collect()
+}

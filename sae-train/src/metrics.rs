@@ -1,0 +1,161 @@
+//! Per-step metrics: the record written to `RUN_DIR/metrics.jsonl` (one JSON object per line)
+//! and how the file is kept consistent with the checkpoint a run resumes from.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Result, io};
+use crate::trainer::HookMetrics;
+
+/// The metrics file of a run.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One line of `metrics.jsonl`: the means over the run's SAEs, and each SAE's own numbers when
+/// there are several.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Optimiser steps done (1 for the first step).
+    pub step: u64,
+    /// The training objective.
+    pub loss: f64,
+    /// Fraction of variance unexplained.
+    pub fvu: f64,
+    /// Active latents per token.
+    pub l0: f64,
+    /// Percentage of dead latents.
+    pub dead_pct: f64,
+    /// AuxK loss.
+    pub auxk: f64,
+    /// Multi-TopK FVU, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_topk_fvu: Option<f64>,
+    /// Learning rate.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens trained on in this step.
+    pub tokens: u64,
+    /// Tokens trained on per second of this step (model forward and SAE step).
+    pub tokens_per_s: f64,
+    /// Training seconds since the run started.
+    pub elapsed_s: f64,
+    /// Each SAE's metrics, by hook path (only when the run trains several).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, HookMetrics>,
+}
+
+impl StepRecord {
+    /// Combines the SAEs' metrics of step `step`.
+    pub fn new(step: u64, paths: &[String], per_hook: Vec<HookMetrics>, seconds: f64) -> Self {
+        let n = per_hook.len().max(1) as f64;
+        let mean = |f: fn(&HookMetrics) -> f64| per_hook.iter().map(f).sum::<f64>() / n;
+        let multi: Vec<f64> = per_hook.iter().filter_map(|h| h.multi_topk_fvu).collect();
+        let tokens = per_hook.first().map_or(0, |h| h.tokens);
+        StepRecord {
+            step,
+            loss: mean(|h| h.loss),
+            fvu: mean(|h| h.fvu),
+            l0: mean(|h| h.l0),
+            dead_pct: mean(|h| h.dead_pct),
+            auxk: mean(|h| h.auxk),
+            multi_topk_fvu: (!multi.is_empty())
+                .then(|| multi.iter().sum::<f64>() / multi.len() as f64),
+            lr: per_hook.first().map_or(0.0, |h| h.lr),
+            grad_norm: mean(|h| h.grad_norm),
+            tokens,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+            elapsed_s: 0.0,
+            hooks: if per_hook.len() > 1 {
+                paths.iter().cloned().zip(per_hook).collect()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+
+    /// The scalars TensorBoard shows, by tag.
+    pub fn scalars(&self) -> Vec<(String, f32)> {
+        let mut out = vec![
+            ("train/loss".to_string(), self.loss as f32),
+            ("train/fvu".to_string(), self.fvu as f32),
+            ("train/l0".to_string(), self.l0 as f32),
+            ("train/dead_pct".to_string(), self.dead_pct as f32),
+            ("train/auxk".to_string(), self.auxk as f32),
+            ("train/lr".to_string(), self.lr as f32),
+            ("train/grad_norm".to_string(), self.grad_norm as f32),
+            ("train/tokens_per_s".to_string(), self.tokens_per_s as f32),
+        ];
+        for (path, h) in &self.hooks {
+            out.push((format!("{path}/fvu"), h.fvu as f32));
+            out.push((format!("{path}/l0"), h.l0 as f32));
+            out.push((format!("{path}/dead_pct"), h.dead_pct as f32));
+        }
+        out
+    }
+}
+
+/// Appends step records to `metrics.jsonl`, flushing each line.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens the run's metrics file for appending, first dropping every line after step
+    /// `keep_through` (a resumed run recomputes them) and any line a crash cut short.
+    pub fn open(run_dir: &Path, keep_through: u64) -> Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        let kept: Vec<String> = read_lines(&path)?
+            .into_iter()
+            .filter(|(step, _)| *step <= keep_through)
+            .map(|(_, line)| line)
+            .collect();
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        sae_core::tensor_file::write_atomic(&path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(MetricsLog { path, file })
+    }
+
+    /// Appends one record.
+    pub fn append(&mut self, record: &StepRecord) -> Result<()> {
+        let line = serde_json::to_string(record).expect("metrics always serialise");
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .map_err(io(&self.path))
+    }
+}
+
+/// The complete lines of a metrics file with their steps (none if the file does not exist).
+pub fn read_lines(path: &Path) -> Result<Vec<(u64, String)>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some((value["step"].as_u64()?, line.to_string()))
+        })
+        .collect())
+}
+
+/// `(step, value)` of one numeric field over a metrics file, for plots.
+pub fn series(path: &Path, field: &str) -> Result<Vec<(f64, f64)>> {
+    Ok(read_lines(path)?
+        .into_iter()
+        .filter_map(|(step, line)| {
+            let value: serde_json::Value = serde_json::from_str(&line).ok()?;
+            Some((step as f64, value[field].as_f64()?))
+        })
+        .collect())
+}

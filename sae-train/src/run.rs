@@ -1,0 +1,357 @@
+//! A training run end to end: load the frozen model and the data, train the SAEs step by step
+//! (metrics to `metrics.jsonl` and TensorBoard, a progress bar), checkpoint every `save_every`
+//! steps and at the end, and write the trained SAEs and the loss curves to the run folder.
+//! [`resume`] continues a run from its last checkpoint exactly.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use sae_core::{HookPoint, HookedModule};
+use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
+use sae_models::{LanguageModel, LmInput};
+
+use crate::activations::{Capture, counted_tokens, select_tokens};
+use crate::checkpoint::{self, State};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError, io};
+use crate::metrics::{METRICS_FILE, MetricsLog, StepRecord};
+use crate::plot::{Series, write_svg};
+use crate::tensorboard::EventWriter;
+use crate::trainer::Trainer;
+
+/// The run's saved configuration.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The trained SAEs (PEFT adapter layout), written when the run reaches its last step.
+pub const SAE_DIR: &str = "sae";
+/// Loss and FVU curves.
+pub const CURVES_FILE: &str = "curves.svg";
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Steps done.
+    pub step: u64,
+    /// The run reached `train.steps` (else it stopped at `stop_at`).
+    pub finished: bool,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// The last step's metrics.
+    pub last: Option<StepRecord>,
+}
+
+/// Starts a new run in `config.out`; refuses a folder that already holds one.
+pub fn train<B: AutodiffBackend>(config: TrainConfig, device: &B::Device) -> Result<RunSummary> {
+    let run_dir = config.out.clone();
+    let saved = run_dir.join(CONFIG_FILE);
+    if saved.exists() {
+        return Err(TrainError::BadCheckpoint {
+            path: run_dir,
+            message: "already holds a run; continue it with --resume, or choose another --out"
+                .into(),
+        });
+    }
+    std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
+    sae_core::tensor_file::write_atomic(&saved, config.to_toml().as_bytes())?;
+    Session::<B>::open(config, None, device)?.run()
+}
+
+/// Continues the run in `run_dir` from its last checkpoint with its saved configuration, to
+/// the end or to `stop_at` (the saved run's own `stop_at` applied to its first part only).
+pub fn resume<B: AutodiffBackend>(
+    run_dir: &Path,
+    stop_at: Option<u64>,
+    device: &B::Device,
+) -> Result<RunSummary> {
+    let saved = run_dir.join(CONFIG_FILE);
+    if !saved.is_file() {
+        return Err(TrainError::BadCheckpoint {
+            path: run_dir.to_path_buf(),
+            message: format!("is not a run folder (no {CONFIG_FILE})"),
+        });
+    }
+    let mut config = TrainConfig::load(&saved, &[])?;
+    config.out = run_dir.to_path_buf();
+    config.checkpoint.stop_at = stop_at;
+    let latest = checkpoint::latest(run_dir)?;
+    Session::<B>::open(config, latest, device)?.run()
+}
+
+/// The model's compute dtype from its name in the configuration.
+fn dtype(name: &str) -> DType {
+    match name {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// Everything a run holds while it trains.
+struct Session<B: AutodiffBackend> {
+    config: TrainConfig,
+    model: LanguageModel<B::InnerBackend>,
+    dataset: Dataset,
+    points: Vec<HookPoint>,
+    trainer: Trainer<B>,
+    cursor: Option<LoaderCursor>,
+    tokens: u64,
+    elapsed_s: f64,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> Session<B> {
+    /// Loads the model and data, and the trainer (fresh, or from `checkpoint`).
+    fn open(config: TrainConfig, checkpoint: Option<PathBuf>, device: &B::Device) -> Result<Self> {
+        tracing::info!("loading model {}", config.model.name);
+        let model = LanguageModel::<B::InnerBackend>::load_as(
+            &config.model.name,
+            dtype(&config.model.dtype),
+            device,
+        )?;
+        let points = config.target_modules.resolve(&model.model.hook_points())?;
+        let dataset = Dataset::open(&config.data.path)?;
+        let (trainer, cursor, tokens, elapsed_s) = match &checkpoint {
+            Some(dir) => {
+                tracing::info!("resuming from {}", dir.display());
+                let (trainer, state) = checkpoint::load::<B>(dir, &config.train, device)?;
+                let paths: Vec<&str> = points.iter().map(|p| p.path.as_str()).collect();
+                let saved: Vec<&str> = state.hooks.iter().map(|h| h.path.as_str()).collect();
+                if paths != saved {
+                    return Err(TrainError::BadCheckpoint {
+                        path: dir.clone(),
+                        message: format!(
+                            "holds SAEs for {saved:?}, but the configuration targets {paths:?}"
+                        ),
+                    });
+                }
+                (trainer, Some(state.cursor), state.tokens, state.elapsed_s)
+            }
+            None => (
+                Trainer::new(&points, &config.sae, &config.train, device)?,
+                None,
+                0,
+                0.0,
+            ),
+        };
+        Ok(Session {
+            config,
+            model,
+            dataset,
+            points,
+            trainer,
+            cursor,
+            tokens,
+            elapsed_s,
+            device: device.clone(),
+        })
+    }
+
+    /// Trains to the end (or `stop_at`).
+    fn run(mut self) -> Result<RunSummary> {
+        let run_dir = self.config.out.clone();
+        let total = self.config.train.steps;
+        let end = self.config.checkpoint.stop_at.unwrap_or(total).min(total);
+        let mut metrics = MetricsLog::open(&run_dir, self.trainer.step)?;
+        let mut board = if self.config.log.tensorboard {
+            let dir = run_dir.join("tensorboard");
+            Some(EventWriter::create(&dir).map_err(io(&dir))?)
+        } else {
+            None
+        };
+        let excluded = self.excluded_tokens();
+        let batching = match self.dataset.kind() {
+            Kind::Text => Batching::Pack {
+                context: self.config.data.context,
+            },
+            Kind::Chat => Batching::Pad {
+                max_len: self.config.data.max_len,
+                truncate: self.config.data.truncate,
+            },
+        };
+        let stream = StreamConfig {
+            seed: self.config.train.seed,
+            shuffle: self.config.data.shuffle,
+            epochs: None,
+            ..StreamConfig::default()
+        };
+        let mut loader = Loader::new(
+            &self.dataset,
+            &self.model.tokenizer,
+            stream,
+            batching,
+            self.config.train.batch_size,
+            self.cursor.take(),
+        )?;
+        let paths: Vec<String> = self.points.iter().map(|p| p.path.clone()).collect();
+        let bar = progress_bar(self.config.log.progress, self.trainer.step, end);
+        let mut last = None;
+        let mut newest = checkpoint::latest(&run_dir)?;
+        while self.trainer.step < end {
+            let start = Instant::now();
+            for _ in 0..self.config.train.grad_acc_steps {
+                let batch = loader
+                    .next_batch()?
+                    .ok_or_else(|| TrainError::NoData(self.config.data.path.clone()))?;
+                let acts = self.activations(&batch, &paths, &excluded)?;
+                self.trainer.accumulate(acts)?;
+            }
+            let per_hook = self.trainer.finish_step()?;
+            let seconds = start.elapsed().as_secs_f64();
+            self.elapsed_s += seconds;
+            let step = self.trainer.step;
+            let mut record = StepRecord::new(step, &paths, per_hook, seconds);
+            record.elapsed_s = self.elapsed_s;
+            self.tokens += record.tokens;
+            metrics.append(&record)?;
+            if let Some(board) = &mut board {
+                let scalars = record.scalars();
+                let tagged: Vec<(&str, f32)> =
+                    scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+                let dir = run_dir.join("tensorboard");
+                board.add_scalars(step as i64, &tagged).map_err(io(&dir))?;
+            }
+            bar.set_message(format!(
+                "loss {:.4}  fvu {:.4}  l0 {:.1}  dead {:.1}%  {:.0} tok/s",
+                record.loss, record.fvu, record.l0, record.dead_pct, record.tokens_per_s
+            ));
+            bar.inc(1);
+            let save_every = self.config.checkpoint.save_every;
+            if step == end || (save_every > 0 && step % save_every == 0) {
+                let state = State {
+                    step,
+                    initialised: self.trainer.initialised,
+                    tokens: self.tokens,
+                    elapsed_s: self.elapsed_s,
+                    cursor: loader.cursor(),
+                    hooks: checkpoint::hook_states(&self.trainer),
+                };
+                let dir = checkpoint::save(
+                    &run_dir,
+                    &self.trainer,
+                    &state,
+                    &self.config.target_modules,
+                    self.config.checkpoint.keep,
+                )?;
+                bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
+                newest = Some(dir);
+                draw_curves(&run_dir)?;
+            }
+            last = Some(record);
+        }
+        bar.finish_and_clear();
+        let finished = self.trainer.step >= total;
+        if finished {
+            let sae_dir = run_dir.join(SAE_DIR);
+            checkpoint::write_dir_atomically(&sae_dir, |tmp| {
+                checkpoint::save_adapter(&self.trainer, &self.config.target_modules, tmp)
+            })?;
+            tracing::info!("trained SAEs in {}", sae_dir.display());
+        }
+        Ok(RunSummary {
+            run_dir,
+            step: self.trainer.step,
+            finished,
+            checkpoint: newest,
+            last,
+        })
+    }
+
+    /// The sorted token ids left out of the loss.
+    fn excluded_tokens(&self) -> Vec<i64> {
+        let mut ids = self.config.train.exclude_tokens.clone();
+        if self.config.train.exclude_special_tokens {
+            ids.extend(self.model.tokenizer.special_token_ids());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The frozen model's activations at every hook point, for the tokens that count.
+    fn activations(
+        &self,
+        batch: &Batch,
+        paths: &[String],
+        excluded: &[i64],
+    ) -> Result<Vec<Tensor<B::InnerBackend, 2>>> {
+        let input = lm_input::<B::InnerBackend>(batch, &self.device);
+        let mut capture = Capture::new(paths.to_vec(), true);
+        self.model.model.forward_hooked(input, &mut capture);
+        let tokens = counted_tokens(&batch.input_ids, &batch.attention_mask, excluded);
+        capture
+            .outputs
+            .into_iter()
+            .zip(paths)
+            .map(|(out, path)| {
+                out.map(|x| select_tokens(x, &tokens)).ok_or_else(|| {
+                    TrainError::Unsupported(format!("the model never reached hook point {path}"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A batch as the model's input (the attention mask only where there is padding).
+pub fn lm_input<B: burn::tensor::backend::Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> LmInput<B> {
+    let shape = [batch.batch_size, batch.seq_len];
+    let ids =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), shape), device);
+    let padded = batch.attention_mask.iter().any(|&m| m == 0);
+    LmInput {
+        input_ids: ids,
+        attention_mask: padded.then(|| {
+            Tensor::from_data(TensorData::new(batch.attention_mask.clone(), shape), device)
+        }),
+    }
+}
+
+/// The console progress bar (hidden when `show` is off or stderr is not a terminal).
+fn progress_bar(show: bool, done: u64, end: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(end);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_position(done);
+    bar
+}
+
+/// Draws the loss and FVU curves of `metrics.jsonl` to `curves.svg`.
+fn draw_curves(run_dir: &Path) -> Result<()> {
+    let metrics = run_dir.join(METRICS_FILE);
+    let loss = crate::metrics::series(&metrics, "loss")?;
+    let fvu = crate::metrics::series(&metrics, "fvu")?;
+    let path = run_dir.join(CURVES_FILE);
+    write_svg(
+        &path,
+        &[
+            (
+                "loss",
+                vec![Series {
+                    name: "loss",
+                    points: &loss,
+                }],
+            ),
+            (
+                "FVU",
+                vec![Series {
+                    name: "fvu",
+                    points: &fvu,
+                }],
+            ),
+        ],
+    )
+    .map_err(io(&path))
+}
