@@ -77,6 +77,7 @@ pub fn resume<B: AutodiffBackend>(
     let mut config = TrainConfig::load(&saved, &[])?;
     config.out = run_dir.to_path_buf();
     config.checkpoint.stop_at = stop_at;
+    checkpoint::remove_partial(run_dir)?;
     let latest = checkpoint::latest(run_dir)?;
     Session::<B>::open(config, latest, device)?.run()
 }

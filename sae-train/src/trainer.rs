@@ -12,7 +12,7 @@ use burn::module::Param;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use sae_core::sae::unit_norm_rows;
-use sae_core::{HookPoint, Sae, SaeConfig, SaeError};
+use sae_core::{Architecture, HookPoint, Sae, SaeConfig, SaeError};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
@@ -258,10 +258,15 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         let indices = out.latents.indices.clone().into_data().convert::<i64>();
         let values = values.as_slice::<f32>().expect("f32");
         let indices = indices.as_slice::<i64>().expect("i64");
+        // As sparsify, every latent TopK selects counts as fired (even at a ReLU'd zero); the
+        // other architectures pad their selections with zeros, so there only non-zeros count.
+        let all_selected = config.architecture == Architecture::TopK;
         let mut active = 0usize;
         for (&v, &i) in values.iter().zip(indices) {
             if v != 0.0 {
                 active += 1;
+            }
+            if v != 0.0 || all_selected {
                 self.did_fire[i as usize] = true;
             }
         }

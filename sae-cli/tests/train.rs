@@ -1,0 +1,341 @@
+//! `sae train` as scripts call it: a run's outputs, exact resume (after `--stop-at` and after
+//! SIGKILL), and bad input that must stop a run cleanly without losing what it wrote.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fails, fixture, ok, s};
+
+/// A small packed-text dataset (12 pseudo-random documents) written by `sae preprocess`.
+fn dataset(root: &Path) -> PathBuf {
+    let texts = root.join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    let words = [
+        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "stars",
+        "shine", "far", "away",
+    ];
+    let mut state = 12345u64;
+    for doc in 0..12 {
+        let text: Vec<&str> = (0..300)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                words[(state >> 33) as usize % words.len()]
+            })
+            .collect();
+        std::fs::write(texts.join(format!("doc{doc}.txt")), text.join(" ")).unwrap();
+    }
+    let out = root.join("data");
+    ok(&[
+        "preprocess",
+        "--format",
+        "text",
+        "--input",
+        s(&texts),
+        "--output",
+        s(&out),
+    ]);
+    out
+}
+
+/// Arguments of a small run on the tiny Qwen2 fixture: 2 x 32 tokens per step, 2 SAEs.
+fn run_args(model: &Path, data: &Path, out: &Path, steps: &str) -> Vec<String> {
+    [
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--hook",
+        "model.layers.0.mlp",
+        "--hook",
+        "model.layers.1",
+        "--k",
+        "4",
+        "--num-latents",
+        "256",
+        "--batch-size",
+        "2",
+        "--context",
+        "32",
+        "--steps",
+        steps,
+        "--save-every",
+        "5",
+        "--set",
+        "sae.dead_tokens_threshold=200",
+        "--set",
+        "checkpoint.keep=100",
+        "--out",
+        s(out),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `(step, loss)` of every line of a run's metrics.jsonl.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn state_bytes(run: &Path, step: u64) -> Vec<u8> {
+    std::fs::read(
+        run.join("checkpoints")
+            .join(format!("step-{step:08}"))
+            .join("state.safetensors"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_run_writes_metrics_checkpoints_logs_and_the_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    let run = dir.path().join("run");
+    let stdout = ok(&strs(&run_args(&model, &data, &run, "6")));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["step"], 6);
+    assert_eq!(summary["finished"], true);
+
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["step"], i as u64 + 1);
+        for key in [
+            "loss",
+            "fvu",
+            "l0",
+            "dead_pct",
+            "auxk",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+        ] {
+            assert!(r[key].is_number(), "{key} missing in {r}");
+        }
+        // k = 4 latents per token, and 64 tokens per step for each of the two SAEs.
+        assert!(r["l0"].as_f64().unwrap() <= 4.0);
+        assert_eq!(r["tokens"], 64);
+        assert_eq!(r["hooks"].as_object().unwrap().len(), 2);
+    }
+
+    // The trained SAEs load as a PEFT adapter with both hook points.
+    let sae = sae_core::formats::load(&run.join("sae")).unwrap();
+    assert_eq!(sae.layout, sae_core::Layout::Peft);
+    let paths: Vec<&String> = sae.saes.keys().collect();
+    assert_eq!(paths, ["model.layers.0.mlp", "model.layers.1"]);
+    assert!(sae.saes.values().all(|s| s.num_latents() == 256));
+
+    // Checkpoints at 5 and at the end; TensorBoard holds one loss per step; the curves exist.
+    assert!(
+        run.join("checkpoints/step-00000005/adapter/adapter_config.json")
+            .is_file()
+    );
+    assert!(run.join("checkpoints/step-00000006/state.json").is_file());
+    let board = std::fs::read_dir(run.join("tensorboard"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let scalars = sae_train::tensorboard::read_scalars(&board).unwrap();
+    let logged: Vec<(i64, f32)> = scalars
+        .iter()
+        .filter(|(_, tag, _)| tag == "train/loss")
+        .map(|(step, _, v)| (*step, *v))
+        .collect();
+    let expected: Vec<(i64, f32)> = losses(&run)
+        .iter()
+        .map(|&(step, loss)| (step as i64, loss as f32))
+        .collect();
+    assert_eq!(logged, expected);
+    let svg = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+
+    // A second run into the same folder is refused and leaves it as it was.
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let stderr = fails(&strs(&run_args(&model, &data, &run, "6")));
+    assert!(stderr.contains("already holds a run"), "{stderr}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
+}
+
+#[test]
+fn resumed_runs_equal_the_uninterrupted_run_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    // A long run (so that SIGKILL finds it training), compared over its first 30 steps.
+    let steps = "20000";
+    let reference = dir.path().join("reference");
+    ok(&strs(
+        &[
+            run_args(&model, &data, &reference, steps),
+            vec!["--stop-at".into(), "30".into()],
+        ]
+        .concat(),
+    ));
+    let expected = losses(&reference);
+    assert_eq!(expected.len(), 30);
+
+    // Stopped at 13 (a checkpoint between the save points), then resumed to 30.
+    let chunked = dir.path().join("chunked");
+    ok(&strs(
+        &[
+            run_args(&model, &data, &chunked, steps),
+            vec!["--stop-at".into(), "13".into()],
+        ]
+        .concat(),
+    ));
+    ok(&["train", "--resume", s(&chunked), "--stop-at", "30"]);
+    assert_eq!(losses(&chunked), expected);
+    assert_eq!(state_bytes(&chunked, 30), state_bytes(&reference, 30));
+
+    // Killed with SIGKILL once it is past step 12, then resumed from its last checkpoint.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(strs(&run_args(&model, &data, &killed, steps)))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while losses_or_empty(&killed).len() < 12 {
+        assert!(Instant::now() < deadline, "the run never reached step 12");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&["train", "--resume", s(&killed), "--stop-at", "30"]);
+    assert_eq!(losses(&killed), expected);
+    assert_eq!(state_bytes(&killed, 30), state_bytes(&reference, 30));
+}
+
+fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
+    let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn unknown_keys_and_impossible_values_are_rejected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "target_modules = [\"model.layers.1\"]\n[model]\nname = \"m\"\n[data]\npath = \"d\"\n[train]\nlearning_rate = 0.1\n",
+    )
+    .unwrap();
+    let stderr = fails(&["train", "--config", s(&config)]);
+    assert!(stderr.contains("unknown field `learning_rate`"), "{stderr}");
+    let stderr = fails(&["train", "--config", s(&config), "--set", "sae.kk=3"]);
+    assert!(stderr.contains("kk"), "{stderr}");
+    let stderr = fails(&[
+        "train", "--model", "m", "--data", "d", "--hook", "x", "--steps", "0",
+    ]);
+    assert!(
+        stderr.contains("train.steps must be at least 1"),
+        "{stderr}"
+    );
+    let stderr = fails(&["train", "--model", "m", "--data", "d"]);
+    assert!(
+        stderr.contains("missing field `target_modules`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_finite_activations_stop_the_run_and_keep_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    // A copy of the tiny model whose weights go bad between the two parts of the run.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let source = fixture("sae-models", "qwen2_tiny");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let run = dir.path().join("run");
+    ok(&strs(
+        &[
+            run_args(&model, &data, &run, "20"),
+            vec!["--stop-at".into(), "5".into()],
+        ]
+        .concat(),
+    ));
+    poison(
+        &model.join("model.safetensors"),
+        "model.layers.0.mlp.down_proj.weight",
+    );
+    let checkpoint =
+        std::fs::read(run.join("checkpoints/step-00000005/state.safetensors")).unwrap();
+    let stderr = fails(&["train", "--resume", s(&run)]);
+    assert!(
+        stderr.contains("step 6: the activations at model.layers.0.mlp is not finite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoints/step-00000005/state.safetensors")).unwrap(),
+        checkpoint
+    );
+    assert_eq!(losses(&run).len(), 5);
+}
+
+/// Rewrites one f32 tensor of a safetensors file with infinities.
+fn poison(file: &Path, name: &str) {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let mut data = t.data().to_vec();
+            if n == name {
+                for chunk in data.chunks_exact_mut(4) {
+                    chunk.copy_from_slice(&f32::INFINITY.to_le_bytes());
+                }
+            }
+            (n, t.dtype(), t.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
+}
