@@ -177,6 +177,9 @@ config = {
     "auxk_gradient_note": "sparsify's FusedEncoder.backward ignores the gradient w.r.t. pre_acts, "
     "so AuxK's gradient reaches only W_dec (rows of the selected dead latents), never the "
     "encoder or b_dec; e is detached",
+    "auxk_ties_note": "pre_acts are post-ReLU, so many dead latents sit at exactly 0 and the top-k_aux "
+    "choice among those zeros is implementation-defined; they add nothing to e_hat and get a zero "
+    "W_dec gradient, so only the positive dead activations matter",
     "fvu": "||y - sae_out||^2 / total_variance, total_variance = sum((y - y.mean(0))^2)",
     "loss": "fvu + auxk_alpha * auxk + multi_topk_fvu / 8 (multi_topk_fvu = 0 here)",
     "b_dec_init": "step 0 only, before set_decoder_norm_to_unit_norm: b_dec = x[0].mean(0)",

@@ -23,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
   sae convert --sae runs/qwen-sae --to sparsify --out runs/qwen-sae-sparsify
   sae preprocess --format text --input shakespeare/ --output data/shakespeare
   sae train --model ./smollm2 --data data/shakespeare --hook model.layers.15 --k 32 --num-latents 4608 --out runs/smollm2
+  sae eval --model ./smollm2 --sae runs/smollm2/sae --data data/shakespeare-test
 
 Logging: RUST_LOG=debug for more detail.")]
 struct Cli {
@@ -39,6 +40,7 @@ enum Command {
     Inspect(commands::inspect::Args),
     Preprocess(commands::preprocess::Args),
     Train(commands::train::Args),
+    Eval(commands::eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Preprocess(args) => commands::preprocess::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

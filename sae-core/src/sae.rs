@@ -288,17 +288,21 @@ impl<B: Backend> Sae<B> {
     /// Sparse decode: gathers the decoder rows of the active latents and combines them with a
     /// batched `[N,1,w] x [N,w,d]` matmul, then adds `b_dec`.
     pub fn decode(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
+        self.decode_directions(latents) + self.b_dec.val().unsqueeze_dim(0)
+    }
+
+    /// `sum_i f_i W_dec[i]` over the active latents, without `b_dec`.
+    fn decode_directions(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
         let [n, w] = latents.values.dims();
         let d = self.d_in();
         let flat = latents.indices.clone().reshape([n * w]);
         let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);
-        let out = latents
+        latents
             .values
             .clone()
             .reshape([n, 1, w])
             .matmul(rows)
-            .reshape([n, d]);
-        out + self.b_dec.val().unsqueeze_dim(0)
+            .reshape([n, d])
     }
 
     /// Encodes and decodes `[tokens, d_in]` activations and computes the losses.
@@ -347,7 +351,15 @@ impl<B: Backend> Sae<B> {
             let scale = (num_dead as f32 / k_aux as f32).min(1.0);
             let k_aux = k_aux.min(num_dead);
             let selection = select::top_k_among(&pre, self.num_latents(), k_aux, Some(mask));
-            let e_hat = self.decode(&self.activations_at(x_c.clone(), &selection));
+            // As sparsify: the residual already holds b_dec, so the dead latents' prediction
+            // has none; and only the decoder learns from AuxK (sparsify's fused encoder drops
+            // the gradient of the pre-activations AuxK selects from).
+            let aux = self.activations_at(x_c.clone(), &selection);
+            let aux = SparseLatents {
+                values: aux.values.detach(),
+                indices: aux.indices,
+            };
+            let e_hat = self.decode_directions(&aux);
             let loss = (e_hat - residual.clone().detach()).powi_scalar(2).sum();
             Some((loss / total_variance.clone()).mul_scalar(scale))
         });

@@ -73,7 +73,9 @@ fn dense_loss(sae: &Sae<AB>, x: Tensor<AB, 2>, dead: Option<&[bool]>) -> Tensor<
         );
         let masked = pre.clone().mask_fill(alive.clone(), f32::NEG_INFINITY);
         let (v, i) = masked.topk_with_indices(k_aux.min(num_dead), 1);
-        let e_hat = decode(scatter(&pre, i, v));
+        // sparsify 1.3.3: no b_dec in the dead latents' prediction, and no gradient to the
+        // encoder through the pre-activations AuxK selects from.
+        let e_hat = scatter(&pre, i, v.detach()).matmul(sae.w_dec.val());
         let auxk = (e_hat - residual.detach()).powi_scalar(2).sum() / tv.clone();
         loss = loss + auxk.mul_scalar(scale * c.aux_k_alpha);
     }

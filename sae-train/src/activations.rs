@@ -78,9 +78,8 @@ mod tests {
         let tokens = counted_tokens(&ids, &mask, &[7]);
         assert_eq!(tokens, vec![0, 2, 3]);
         let device = Default::default();
-        let x = Tensor::<Flex, 1>::arange(0..12, &device)
-            .float()
-            .reshape([2, 3, 2]);
+        let values: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let x = Tensor::<Flex, 3>::from_data(TensorData::new(values, [2, 3, 2]), &device);
         let rows = select_tokens(x, &tokens)
             .into_data()
             .to_vec::<f32>()

@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod init;
 pub mod metrics;
 pub mod plot;
@@ -17,6 +18,7 @@ pub mod trainer;
 
 pub use config::{BiasInit, Schedule, TrainConfig};
 pub use error::{Result, TrainError};
+pub use eval::{EvalConfig, EvalReport, evaluate};
 pub use metrics::StepRecord;
 pub use run::{RunSummary, resume, train};
 pub use trainer::{HookMetrics, HookTrainer, Trainer};

@@ -210,6 +210,11 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             let bias = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(bias, [d]), &device);
             set_param(&mut self.sae, "b_dec", bias.reshape([1, d]));
         }
+        // sparsify normalises before every forward pass, the first one included; after this,
+        // `apply` does it after every step, which is the same sequence.
+        if self.sae.config.normalize_decoder {
+            self.normalize_decoder();
+        }
         Ok(())
     }
 
@@ -328,8 +333,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             set_param(&mut self.sae, name, updated);
         }
         if config.normalize_decoder {
-            let w = param_value(&self.sae, "w_dec").expect("an SAE has a decoder");
-            set_param(&mut self.sae, "w_dec", unit_norm_rows(w));
+            self.normalize_decoder();
         }
 
         let tokens = self.sums.tokens;
@@ -356,6 +360,12 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             lr,
             tokens,
         })
+    }
+
+    /// Divides each decoder row by its norm (plus epsilon).
+    fn normalize_decoder(&mut self) {
+        let w = param_value(&self.sae, "w_dec").expect("an SAE has a decoder");
+        set_param(&mut self.sae, "w_dec", unit_norm_rows(w));
     }
 
     /// The SAE for raw activations: the activation scale folded into the weights

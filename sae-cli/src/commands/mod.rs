@@ -3,6 +3,7 @@
 pub mod activations;
 pub mod convert;
 pub mod encode;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 mod model_args;

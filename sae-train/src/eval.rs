@@ -1,0 +1,350 @@
+//! Evaluation of trained SAEs on held-out data: per hook point FVU, L0, dead and dense latents;
+//! for the model, next-token cross-entropy clean, with every SAE's reconstruction spliced in,
+//! and with the hooked outputs zero-ablated, giving the CE and KL loss recovered.
+//!
+//! `ce_loss_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)` and
+//! `kl_loss_recovered = (kl_zero - kl_sae) / kl_zero`, with `kl_x` the mean over tokens of
+//! `KL(p_clean || p_x)` of the next-token distributions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::{HookedModule, Hooks, SaeModel};
+use sae_data::{Batching, Dataset, Kind, Loader, StreamConfig};
+use sae_models::{DecoderLm, LanguageModel};
+use serde::Serialize;
+
+use crate::activations::{Capture, counted_tokens, select_tokens};
+use crate::error::{Result, TrainError};
+use crate::run::lm_input;
+
+/// What to evaluate on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// Batches to evaluate (fewer if the data ends first).
+    pub batches: usize,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Tokens per packed context (text data).
+    pub context: usize,
+    /// Longest sequence (chat data).
+    pub max_len: usize,
+    /// A latent firing on more than this fraction of tokens counts as dense.
+    pub dense_threshold: f64,
+    /// Leave special tokens out of the SAE metrics.
+    pub exclude_special_tokens: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            batches: 16,
+            batch_size: 8,
+            context: 256,
+            max_len: 2048,
+            dense_threshold: 0.1,
+            exclude_special_tokens: false,
+        }
+    }
+}
+
+/// One SAE's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HookEval {
+    /// Fraction of variance unexplained over all evaluated tokens.
+    pub fvu: f64,
+    /// Active latents per token.
+    pub l0: f64,
+    /// Dictionary size.
+    pub num_latents: usize,
+    /// Latents that never fired.
+    pub dead_latents: usize,
+    /// Percentage of latents that never fired.
+    pub dead_pct: f64,
+    /// Latents firing on more than `dense_threshold` of the tokens.
+    pub dense_latents: usize,
+    /// Percentage of dense latents.
+    pub dense_pct: f64,
+}
+
+/// The evaluation report (`sae eval` prints it as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Tokens the SAE metrics cover.
+    pub tokens: u64,
+    /// Next-token predictions the CE and KL numbers cover.
+    pub predictions: u64,
+    /// Mean next-token cross-entropy of the clean model.
+    pub ce_clean: f64,
+    /// ... with the SAE reconstructions spliced in.
+    pub ce_sae: f64,
+    /// ... with the hooked outputs replaced by zeros.
+    pub ce_zero: f64,
+    /// `(ce_zero - ce_sae) / (ce_zero - ce_clean)`.
+    pub ce_loss_recovered: f64,
+    /// Mean KL divergence from the clean distribution with the SAEs spliced in.
+    pub kl_sae: f64,
+    /// ... with zero ablation.
+    pub kl_zero: f64,
+    /// `(kl_zero - kl_sae) / kl_zero`.
+    pub kl_loss_recovered: f64,
+    /// Per hook point.
+    pub hooks: BTreeMap<String, HookEval>,
+}
+
+/// Running sums of one SAE's metrics.
+#[derive(Default)]
+struct HookSums {
+    tokens: u64,
+    residual_sq: f64,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    active: u64,
+    fires: Vec<u64>,
+}
+
+/// Replaces the outputs of the given hook points by zeros.
+struct ZeroAblation<'a> {
+    paths: &'a [String],
+}
+
+impl<B: Backend> Hooks<B> for ZeroAblation<'_> {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.paths.iter().any(|p| p == path) {
+            x.zeros_like()
+        } else {
+            x
+        }
+    }
+}
+
+/// Evaluates the SAEs in `sae_dir` (any layout) on `model` over `data`.
+pub fn evaluate<B: Backend>(
+    model: LanguageModel<B>,
+    sae_dir: &Path,
+    data: &Path,
+    config: &EvalConfig,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    let LanguageModel {
+        model, tokenizer, ..
+    } = model;
+    let sae_model: SaeModel<B, DecoderLm<B>> = SaeModel::from_pretrained(model, sae_dir, device)?;
+    let adapter = &sae_model.adapters()[sae_core::DEFAULT_ADAPTER];
+    // In the model's hook order, so the clean pass records them as it goes.
+    let paths: Vec<String> = sae_model
+        .hook_points()
+        .iter()
+        .filter(|p| adapter.saes.contains_key(&p.path))
+        .map(|p| p.path.clone())
+        .collect();
+    let dataset = Dataset::open(data)?;
+    let batching = match dataset.kind() {
+        Kind::Text => Batching::Pack {
+            context: config.context,
+        },
+        Kind::Chat => Batching::Pad {
+            max_len: config.max_len,
+            truncate: true,
+        },
+    };
+    let stream = StreamConfig {
+        shuffle: false,
+        ..StreamConfig::default()
+    };
+    let mut loader = Loader::new(
+        &dataset,
+        &tokenizer,
+        stream,
+        batching,
+        config.batch_size,
+        None,
+    )?;
+    let excluded = if config.exclude_special_tokens {
+        tokenizer.special_token_ids()
+    } else {
+        Vec::new()
+    };
+    let mut sums: Vec<HookSums> = paths
+        .iter()
+        .map(|p| {
+            let sae = &adapter.saes[p];
+            HookSums {
+                sum: vec![0.0; sae.d_in()],
+                sum_sq: vec![0.0; sae.d_in()],
+                fires: vec![0; sae.num_latents()],
+                ..HookSums::default()
+            }
+        })
+        .collect();
+    let (mut ce, mut kl, mut predictions) = ([0f64; 3], [0f64; 2], 0u64);
+    for _ in 0..config.batches {
+        let Some(batch) = loader.next_batch()? else {
+            break;
+        };
+        let mut capture = Capture::new(paths.clone(), false);
+        let clean = sae_model
+            .model()
+            .forward_hooked(lm_input(&batch, device), &mut capture)
+            .logits;
+        let spliced = sae_model.forward(lm_input(&batch, device))?.output.logits;
+        let zero = sae_model
+            .model()
+            .forward_hooked(
+                lm_input(&batch, device),
+                &mut ZeroAblation { paths: &paths },
+            )
+            .logits;
+        let (Some(clean), Some(spliced), Some(zero)) = (clean, spliced, zero) else {
+            return Err(TrainError::Unsupported(
+                "the model returned no logits".into(),
+            ));
+        };
+        let tokens = counted_tokens(&batch.input_ids, &batch.attention_mask, &excluded);
+        for ((out, path), s) in capture.outputs.into_iter().zip(&paths).zip(&mut sums) {
+            let x = select_tokens(out.expect("the clean pass reaches every hook"), &tokens);
+            accumulate_sae(s, &adapter.saes[path], x)?;
+        }
+        let targets = next_token_targets(&batch.input_ids, &batch.attention_mask, batch.seq_len);
+        let lp_clean = log_softmax(clean.clone().cast(DType::F32), 2);
+        let p_clean = lp_clean.clone().exp();
+        for (i, logits) in [clean, spliced, zero].into_iter().enumerate() {
+            let lp = log_softmax(logits.cast(DType::F32), 2);
+            ce[i] += masked_sum(&gather_target(lp.clone(), &batch, &targets), &targets);
+            if i > 0 {
+                let div = (p_clean.clone() * (lp_clean.clone() - lp)).sum_dim(2);
+                kl[i - 1] += masked_sum(&host(div), &targets);
+            }
+        }
+        predictions += targets.iter().filter(|t| t.is_some()).count() as u64;
+    }
+    if predictions == 0 {
+        return Err(TrainError::NoData(data.to_path_buf()));
+    }
+    let n = predictions as f64;
+    let [ce_clean, ce_sae, ce_zero] = ce.map(|v| -v / n);
+    let [kl_sae, kl_zero] = kl.map(|v| v / n);
+    let hooks = paths
+        .iter()
+        .zip(&sums)
+        .map(|(p, s)| (p.clone(), finish_hook(s, config.dense_threshold)))
+        .collect();
+    Ok(EvalReport {
+        tokens: sums.first().map_or(0, |s| s.tokens),
+        predictions,
+        ce_clean,
+        ce_sae,
+        ce_zero,
+        ce_loss_recovered: (ce_zero - ce_sae) / (ce_zero - ce_clean),
+        kl_sae,
+        kl_zero,
+        kl_loss_recovered: (kl_zero - kl_sae) / kl_zero,
+        hooks,
+    })
+}
+
+/// Adds one batch of activations `[n, d]` to an SAE's sums.
+fn accumulate_sae<B: Backend>(
+    s: &mut HookSums,
+    sae: &sae_core::Sae<B>,
+    x: Tensor<B, 2>,
+) -> Result<()> {
+    let [n, d] = x.dims();
+    if n == 0 {
+        return Ok(());
+    }
+    let latents = sae.encode(x.clone())?;
+    let recon = host(sae.decode(&latents));
+    let xs = host(x);
+    for (row, rrow) in xs.chunks_exact(d).zip(recon.chunks_exact(d)) {
+        for j in 0..d {
+            let v = f64::from(row[j]);
+            s.sum[j] += v;
+            s.sum_sq[j] += v * v;
+            s.residual_sq += (v - f64::from(rrow[j])).powi(2);
+        }
+    }
+    let values = host(latents.values);
+    let indices = latents.indices.into_data().convert::<i64>();
+    for (&v, &i) in values.iter().zip(indices.as_slice::<i64>().expect("i64")) {
+        if v != 0.0 {
+            s.active += 1;
+            s.fires[i as usize] += 1;
+        }
+    }
+    s.tokens += n as u64;
+    Ok(())
+}
+
+/// An SAE's final numbers from its sums.
+fn finish_hook(s: &HookSums, dense_threshold: f64) -> HookEval {
+    let n = s.tokens.max(1) as f64;
+    let variance: f64 = s
+        .sum
+        .iter()
+        .zip(&s.sum_sq)
+        .map(|(sum, sq)| sq - sum * sum / n)
+        .sum();
+    let dead = s.fires.iter().filter(|&&f| f == 0).count();
+    let dense = s
+        .fires
+        .iter()
+        .filter(|&&f| f as f64 > dense_threshold * n)
+        .count();
+    let latents = s.fires.len();
+    HookEval {
+        fvu: s.residual_sq / variance,
+        l0: s.active as f64 / n,
+        num_latents: latents,
+        dead_latents: dead,
+        dead_pct: 100.0 * dead as f64 / latents as f64,
+        dense_latents: dense,
+        dense_pct: 100.0 * dense as f64 / latents as f64,
+    }
+}
+
+/// For each position, the next token when both it and the next are real tokens.
+fn next_token_targets(ids: &[i64], mask: &[i64], seq_len: usize) -> Vec<Option<i64>> {
+    (0..ids.len())
+        .map(|i| {
+            let last = i % seq_len == seq_len - 1;
+            (!last && mask[i] != 0 && mask[i + 1] != 0).then(|| ids[i + 1])
+        })
+        .collect()
+}
+
+/// `lp[b, t, target[b, t]]` for every position (0 where there is no target).
+fn gather_target<B: Backend>(
+    lp: Tensor<B, 3>,
+    batch: &sae_data::Batch,
+    targets: &[Option<i64>],
+) -> Vec<f32> {
+    let device = lp.device();
+    let ids: Vec<i64> = targets.iter().map(|t| t.unwrap_or(0)).collect();
+    let index = Tensor::<B, 3, Int>::from_data(
+        TensorData::new(ids, [batch.batch_size, batch.seq_len, 1]),
+        &device,
+    );
+    host(lp.gather(2, index))
+}
+
+/// The sum of `values` where there is a target.
+fn masked_sum(values: &[f32], targets: &[Option<i64>]) -> f64 {
+    values
+        .iter()
+        .zip(targets)
+        .filter(|(_, t)| t.is_some())
+        .map(|(&v, _)| f64::from(v))
+        .sum()
+}
+
+/// A float tensor's values on the host.
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32")
+}
