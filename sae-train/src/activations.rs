@@ -41,15 +41,30 @@ impl<B: Backend> Hooks<B> for Capture<B> {
     }
 }
 
-/// Which of a batch's tokens count: real (mask 1) and not in `excluded` (sorted).
-pub fn counted_tokens(input_ids: &[i64], attention_mask: &[i64], excluded: &[i64]) -> Vec<i64> {
-    input_ids
-        .iter()
-        .zip(attention_mask)
-        .enumerate()
-        .filter(|&(_, (id, &m))| m != 0 && excluded.binary_search(id).is_err())
-        .map(|(i, _)| i as i64)
-        .collect()
+/// Which tokens of a batch count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFilter {
+    /// Token ids left out (sorted).
+    pub excluded: Vec<i64>,
+    /// The first this many positions of every sequence are left out (attention sinks: the
+    /// first position's activations are often hundreds of times larger than the rest).
+    pub skip_first: usize,
+}
+
+impl TokenFilter {
+    /// The flat indices of the tokens that count in a `[batch, seq_len]` batch: real (mask 1),
+    /// not excluded, not among the first `skip_first` of their sequence.
+    pub fn select(&self, input_ids: &[i64], attention_mask: &[i64], seq_len: usize) -> Vec<i64> {
+        input_ids
+            .iter()
+            .zip(attention_mask)
+            .enumerate()
+            .filter(|&(i, (id, &m))| {
+                m != 0 && i % seq_len >= self.skip_first && self.excluded.binary_search(id).is_err()
+            })
+            .map(|(i, _)| i as i64)
+            .collect()
+    }
 }
 
 /// The rows `tokens` of a `[batch, seq, d]` activation, as f32 `[tokens.len(), d]`.
@@ -71,12 +86,21 @@ mod tests {
     use burn::backend::Flex;
 
     #[test]
-    fn padding_and_excluded_ids_do_not_count() {
+    fn padding_excluded_ids_and_first_positions_do_not_count() {
         // Two sequences of 3: the second is padded after one token; id 7 is excluded.
         let ids = [5, 7, 6, 8, 0, 0];
         let mask = [1, 1, 1, 1, 0, 0];
-        let tokens = counted_tokens(&ids, &mask, &[7]);
+        let filter = TokenFilter {
+            excluded: vec![7],
+            skip_first: 0,
+        };
+        let tokens = filter.select(&ids, &mask, 3);
         assert_eq!(tokens, vec![0, 2, 3]);
+        let skip = TokenFilter {
+            excluded: vec![],
+            skip_first: 1,
+        };
+        assert_eq!(skip.select(&ids, &mask, 3), vec![1, 2]);
         let device = Default::default();
         let values: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let x = Tensor::<Flex, 3>::from_data(TensorData::new(values, [2, 3, 2]), &device);

@@ -313,3 +313,33 @@ pub fn hook_states<B: AutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A disk that fills up halfway through a checkpoint (ENOSPC from the writer) must leave the
+    // previous checkpoint as it was and no temporary folder behind.
+    #[test]
+    fn a_failed_write_keeps_the_previous_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("step-00000001");
+        let write = |text: &'static str| {
+            move |tmp: &Path| std::fs::write(tmp.join("a"), text).map_err(io(tmp))
+        };
+        write_dir_atomically(&dir, write("good")).unwrap();
+        let full_disk = |tmp: &Path| {
+            write("half")(tmp)?;
+            Err(TrainError::Io {
+                path: tmp.join("b"),
+                source: std::io::Error::from_raw_os_error(28),
+            })
+        };
+        let err = write_dir_atomically(&dir, full_disk).unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("No space left on device"), "{cause}");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "good");
+        let entries = std::fs::read_dir(root.path()).unwrap().count();
+        assert_eq!(entries, 1);
+    }
+}

@@ -35,6 +35,43 @@ pub struct TrainConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Data parallelism.
+    #[serde(default)]
+    pub parallel: ParallelConfig,
+}
+
+/// How the SAEs' work is spread over devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every device holds the SAEs and optimiser; gradients are averaged.
+    #[default]
+    Ddp,
+    /// Optimiser state sharded (ZeRO stage 1).
+    Zero1,
+    /// Optimiser state and gradients sharded (ZeRO stage 2).
+    Zero2,
+    /// Optimiser state, gradients and parameters sharded (ZeRO stage 3).
+    Zero3,
+}
+
+/// Devices and strategy (`--devices`, `--parallel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelConfig {
+    /// Devices to train on.
+    pub devices: usize,
+    /// The data-parallel strategy.
+    pub strategy: Strategy,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            devices: 1,
+            strategy: Strategy::Ddp,
+        }
+    }
 }
 
 fn default_out() -> PathBuf {
@@ -149,6 +186,9 @@ pub struct OptimConfig {
     pub exclude_special_tokens: bool,
     /// Token ids left out of the loss (e.g. image placeholder tokens).
     pub exclude_tokens: Vec<i64>,
+    /// Leave the first this many positions of every sequence out of the loss (attention
+    /// sinks, whose huge activations would dominate the FVU).
+    pub skip_first_tokens: usize,
     /// Seed of the SAE initialisation and the data order.
     pub seed: u64,
 }
@@ -171,6 +211,7 @@ impl Default for OptimConfig {
             normalize_activations: false,
             exclude_special_tokens: false,
             exclude_tokens: Vec::new(),
+            skip_first_tokens: 0,
             seed: 0,
         }
     }

@@ -17,7 +17,7 @@ use sae_data::{Batching, Dataset, Kind, Loader, StreamConfig};
 use sae_models::{DecoderLm, LanguageModel};
 use serde::Serialize;
 
-use crate::activations::{Capture, counted_tokens, select_tokens};
+use crate::activations::{Capture, TokenFilter, select_tokens};
 use crate::error::{Result, TrainError};
 use crate::run::lm_input;
 
@@ -36,6 +36,8 @@ pub struct EvalConfig {
     pub dense_threshold: f64,
     /// Leave special tokens out of the SAE metrics.
     pub exclude_special_tokens: bool,
+    /// Leave the first this many positions of every sequence out of the SAE metrics.
+    pub skip_first_tokens: usize,
 }
 
 impl Default for EvalConfig {
@@ -47,6 +49,7 @@ impl Default for EvalConfig {
             max_len: 2048,
             dense_threshold: 0.1,
             exclude_special_tokens: false,
+            skip_first_tokens: 0,
         }
     }
 }
@@ -163,10 +166,13 @@ pub fn evaluate<B: Backend>(
         config.batch_size,
         None,
     )?;
-    let excluded = if config.exclude_special_tokens {
-        tokenizer.special_token_ids()
-    } else {
-        Vec::new()
+    let filter = TokenFilter {
+        excluded: if config.exclude_special_tokens {
+            tokenizer.special_token_ids()
+        } else {
+            Vec::new()
+        },
+        skip_first: config.skip_first_tokens,
     };
     let mut sums: Vec<HookSums> = paths
         .iter()
@@ -203,7 +209,7 @@ pub fn evaluate<B: Backend>(
                 "the model returned no logits".into(),
             ));
         };
-        let tokens = counted_tokens(&batch.input_ids, &batch.attention_mask, &excluded);
+        let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         for ((out, path), s) in capture.outputs.into_iter().zip(&paths).zip(&mut sums) {
             let x = select_tokens(out.expect("the clean pass reaches every hook"), &tokens);
             accumulate_sae(s, &adapter.saes[path], x)?;

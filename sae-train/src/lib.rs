@@ -16,7 +16,7 @@ pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
 
-pub use config::{BiasInit, Schedule, TrainConfig};
+pub use config::{BiasInit, Schedule, Strategy, TrainConfig};
 pub use error::{Result, TrainError};
 pub use eval::{EvalConfig, EvalReport, evaluate};
 pub use metrics::StepRecord;

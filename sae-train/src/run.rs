@@ -13,7 +13,7 @@ use sae_core::{HookPoint, HookedModule};
 use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
 use sae_models::{LanguageModel, LmInput};
 
-use crate::activations::{Capture, counted_tokens, select_tokens};
+use crate::activations::{Capture, TokenFilter, select_tokens};
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError, io};
@@ -107,6 +107,12 @@ struct Session<B: AutodiffBackend> {
 impl<B: AutodiffBackend> Session<B> {
     /// Loads the model and data, and the trainer (fresh, or from `checkpoint`).
     fn open(config: TrainConfig, checkpoint: Option<PathBuf>, device: &B::Device) -> Result<Self> {
+        if config.parallel.devices != 1 {
+            return Err(TrainError::Unsupported(format!(
+                "data-parallel training ({} devices, {:?}) is not implemented yet; set parallel.devices = 1",
+                config.parallel.devices, config.parallel.strategy
+            )));
+        }
         tracing::info!("loading model {}", config.model.name);
         let model = LanguageModel::<B::InnerBackend>::load_as(
             &config.model.name,
@@ -163,7 +169,7 @@ impl<B: AutodiffBackend> Session<B> {
         } else {
             None
         };
-        let excluded = self.excluded_tokens();
+        let filter = self.token_filter();
         let batching = match self.dataset.kind() {
             Kind::Text => Batching::Pack {
                 context: self.config.data.context,
@@ -197,7 +203,7 @@ impl<B: AutodiffBackend> Session<B> {
                 let batch = loader
                     .next_batch()?
                     .ok_or_else(|| TrainError::NoData(self.config.data.path.clone()))?;
-                let acts = self.activations(&batch, &paths, &excluded)?;
+                let acts = self.activations(&batch, &paths, &filter)?;
                 self.trainer.accumulate(acts)?;
             }
             let per_hook = self.trainer.finish_step()?;
@@ -261,15 +267,18 @@ impl<B: AutodiffBackend> Session<B> {
         })
     }
 
-    /// The sorted token ids left out of the loss.
-    fn excluded_tokens(&self) -> Vec<i64> {
-        let mut ids = self.config.train.exclude_tokens.clone();
+    /// Which tokens the loss sees.
+    fn token_filter(&self) -> TokenFilter {
+        let mut excluded = self.config.train.exclude_tokens.clone();
         if self.config.train.exclude_special_tokens {
-            ids.extend(self.model.tokenizer.special_token_ids());
+            excluded.extend(self.model.tokenizer.special_token_ids());
         }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        excluded.sort_unstable();
+        excluded.dedup();
+        TokenFilter {
+            excluded,
+            skip_first: self.config.train.skip_first_tokens,
+        }
     }
 
     /// The frozen model's activations at every hook point, for the tokens that count.
@@ -277,12 +286,12 @@ impl<B: AutodiffBackend> Session<B> {
         &self,
         batch: &Batch,
         paths: &[String],
-        excluded: &[i64],
+        filter: &TokenFilter,
     ) -> Result<Vec<Tensor<B::InnerBackend, 2>>> {
         let input = lm_input::<B::InnerBackend>(batch, &self.device);
         let mut capture = Capture::new(paths.to_vec(), true);
         self.model.model.forward_hooked(input, &mut capture);
-        let tokens = counted_tokens(&batch.input_ids, &batch.attention_mask, excluded);
+        let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         capture
             .outputs
             .into_iter()

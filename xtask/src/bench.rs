@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
-use sae_core::{Sae, SaeConfig};
+use sae_core::{HookKind, HookPoint, Sae, SaeConfig};
+use sae_train::Trainer;
+use sae_train::config::{BiasInit, OptimConfig};
 
 const D: usize = 576;
 const LATENTS: usize = 9216;
@@ -35,21 +36,30 @@ pub fn sae_step(backend: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tokens per second of the SAE training step on backend `B`.
+/// Tokens per second of the SAE training step on backend `B`: `sae-train`'s trainer (forward,
+/// backward, AdamW with the decoder kept at unit norm, dead-latent bookkeeping, metrics).
 fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
     let device = Default::default();
-    B::seed(&device, 0);
-    let mut sae = Sae::<B>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B, Sae<B>>();
-    let x = Tensor::<B, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
+    let point = HookPoint::new("x", D, HookKind::Other);
+    let optim = OptimConfig {
+        lr: Some(1e-4),
+        b_dec_init: BiasInit::Zeros,
+        ..OptimConfig::default()
+    };
+    let mut trainer = Trainer::<B>::new(
+        &[point],
+        &SaeConfig::sparsify_topk(K, LATENTS),
+        &optim,
+        &device,
+    )?;
+    let x =
+        Tensor::<B::InnerBackend, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
     let mut elapsed = 0.0;
     for step in 0..WARMUP + STEPS {
         let start = Instant::now();
-        let loss = sae.forward(x.clone(), None)?.fvu;
-        let grads = GradientsParams::from_grads(loss.backward(), &sae);
-        sae = optim.step(1e-4, sae, grads);
-        // Make sure the step's work is done before the clock stops.
-        let _ = sae.w_dec.val().slice([0..1, 0..1]).into_data();
+        trainer.accumulate(vec![x.clone()])?;
+        // The metrics read the loss back, so the step's work is done when this returns.
+        trainer.finish_step()?;
         if step >= WARMUP {
             elapsed += start.elapsed().as_secs_f64();
         }

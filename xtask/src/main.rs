@@ -1,4 +1,6 @@
-//! Project tasks: `cargo xtask bench [CASE]`.
+//! Project tasks: `cargo xtask demo` (train and evaluate an SAE on SmolLM2-135M + Shakespeare
+//! on the CPU), `cargo xtask train <recipe>` (a recipe of `examples/train/`) and
+//! `cargo xtask bench [CASE]`.
 //!
 //! `cargo xtask bench sae-step` times one TopK SAE training step (forward, backward, Adam) at
 //! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on a CPU backend (flex, or ndarray with
@@ -15,18 +17,22 @@
 //! `cargo xtask bench data` times `sae preprocess` (easy-VQA, Shakespeare) and the loader
 //! (packed Shakespeare, padded easy-VQA chats, SmolLM2's tokenizer) against SmolLM2's forward
 //! tokens/s in the same run.
+//! `cargo xtask bench train` times end-to-end training of the SmolLM2 + Shakespeare recipe
+//! (tokens/s of model forward plus SAE step).
 //! `cargo xtask bench` runs every case.
 
 mod bench;
 mod bench_data;
+mod train;
 
 use anyhow::{Result, bail};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str =
-    "usage: cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data]";
+const USAGE: &str = "usage: cargo xtask demo
+       cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
+       cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data | train]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,12 +45,16 @@ fn main() -> Result<()> {
         ["bench"] => bench::sae_step("flex")
             .and_then(|()| bench::sae_encode())
             .and_then(|()| bench::lm_forward())
-            .and_then(|()| bench_data::data()),
+            .and_then(|()| bench_data::data())
+            .and_then(|()| train::bench()),
         ["bench", "sae-encode"] => bench::sae_encode(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "data"] => bench_data::data(),
+        ["bench", "train"] => train::bench(),
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
+        ["demo"] => train::demo(),
+        ["train", ..] => train::train(&args[1..]),
         ["help"] | ["--help"] | ["-h"] | [] => {
             println!("{USAGE}");
             Ok(())

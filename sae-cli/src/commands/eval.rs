@@ -40,6 +40,12 @@ pub struct Args {
     /// A latent firing on more than this fraction of tokens counts as dense.
     #[arg(long, default_value_t = 0.1)]
     dense_threshold: f64,
+    /// Leave special tokens out of the SAE metrics.
+    #[arg(long)]
+    exclude_special_tokens: bool,
+    /// Leave the first N positions of every sequence out of the SAE metrics (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_first_tokens: usize,
     /// Also write the report to this file.
     #[arg(long, value_name = "F.json")]
     out: Option<PathBuf>,
@@ -54,6 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         batch_size: args.batch_size,
         context: args.context,
         dense_threshold: args.dense_threshold,
+        exclude_special_tokens: args.exclude_special_tokens,
+        skip_first_tokens: args.skip_first_tokens,
         ..EvalConfig::default()
     };
     let report = sae_train::evaluate(model, &args.sae, &args.data, &config, &device)

@@ -75,20 +75,15 @@ pub struct Args {
     /// Any config key, as SECTION.KEY=VALUE with a TOML value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Devices to train on (data parallel).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    devices: usize,
-    /// Data-parallel strategy with --devices > 1: ddp, zero1, zero2 or zero3.
+    /// Devices to train on, data parallel (parallel.devices; only 1 for now).
+    #[arg(long, value_name = "N")]
+    devices: Option<usize>,
+    /// Data-parallel strategy: ddp, zero1, zero2 or zero3 (parallel.strategy).
     #[arg(long, value_name = "MODE")]
     parallel: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.devices != 1 || args.parallel.is_some() {
-        bail!(
-            "data-parallel training (--devices, --parallel) is not implemented yet; train on one device"
-        );
-    }
     let device = backend::device();
     let summary = match &args.resume {
         Some(run_dir) => {
@@ -166,6 +161,11 @@ fn flag_overrides(args: &Args) -> Result<Vec<(String, toml::Value)>> {
     set("out", path(&args.out));
     set("checkpoint.save_every", int(args.save_every));
     set("checkpoint.stop_at", int(args.stop_at));
+    set("parallel.devices", int(args.devices.map(|v| v as u64)));
+    set(
+        "parallel.strategy",
+        args.parallel.clone().map(Value::String),
+    );
     for pair in &args.set {
         let (key, value) = pair
             .split_once('=')
