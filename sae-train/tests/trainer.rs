@@ -1,0 +1,134 @@
+//! The trainer's options against hand-derived expectations: gradient accumulation, gradient
+//! clipping (seen through Adam's first moment), activation scaling folded into the saved SAE,
+//! and non-finite activations.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{Distribution, Tensor, TensorData};
+use sae_core::{HookKind, HookPoint, SaeConfig};
+use sae_train::config::{BiasInit, OptimConfig};
+use sae_train::trainer::param_value;
+use sae_train::{TrainError, Trainer};
+
+type AB = Autodiff<Flex>;
+const D: usize = 12;
+
+fn trainer(sae: SaeConfig, optim: OptimConfig) -> Trainer<AB> {
+    let point = HookPoint::new("h", D, HookKind::Residual);
+    Trainer::new(&[point], &sae, &optim, &Default::default()).unwrap()
+}
+
+fn acts(seed: u64, n: usize, scale: f32) -> Tensor<Flex, 2> {
+    let device = Default::default();
+    <Flex as burn::tensor::backend::Backend>::seed(&device, seed);
+    Tensor::<Flex, 2>::random([n, D], Distribution::Normal(0.0, 1.0), &device).mul_scalar(scale)
+}
+
+fn host(t: Tensor<Flex, 2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn weights(t: &Trainer<AB>) -> Vec<f32> {
+    ["w_enc", "b_enc", "w_dec", "b_dec"]
+        .iter()
+        .flat_map(|n| host(param_value(&t.hooks[0].sae, n).unwrap()))
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+// The same micro-batch accumulated twice with grad_acc_steps = 2 gives the gradient
+// (g + g) / 2 = g: the same step as that batch alone.
+#[test]
+fn accumulating_one_batch_twice_equals_one_step() {
+    let sae = SaeConfig::sparsify_topk(3, 48);
+    let once = OptimConfig {
+        lr: Some(1e-2),
+        ..OptimConfig::default()
+    };
+    let twice = OptimConfig {
+        grad_acc_steps: 2,
+        ..once.clone()
+    };
+    let (mut a, mut b) = (trainer(sae.clone(), once), trainer(sae, twice));
+    assert_eq!(weights(&a), weights(&b));
+    let x = acts(1, 40, 1.0);
+    a.accumulate(vec![x.clone()]).unwrap();
+    let ma = a.finish_step().unwrap();
+    b.accumulate(vec![x.clone()]).unwrap();
+    b.accumulate(vec![x]).unwrap();
+    let mb = b.finish_step().unwrap();
+    assert!((ma[0].loss - mb[0].loss).abs() < 1e-7);
+    assert!((ma[0].grad_norm - mb[0].grad_norm).abs() < 1e-6 * ma[0].grad_norm);
+    assert!(max_abs_diff(&weights(&a), &weights(&b)) < 1e-6);
+}
+
+// After one step Adam's first moment is (1 - beta1) times the (clipped) gradient, so its global
+// norm is 0.1 x the clip norm when the gradient was larger.
+#[test]
+fn clipping_bounds_the_gradient_adam_sees() {
+    let clip = 1e-3;
+    let optim = OptimConfig {
+        grad_clip: Some(clip),
+        ..OptimConfig::default()
+    };
+    let mut t = trainer(SaeConfig::sparsify_topk(3, 48), optim);
+    t.accumulate(vec![acts(2, 40, 1.0)]).unwrap();
+    let m = t.finish_step().unwrap();
+    assert!(m[0].grad_norm > 100.0 * clip, "the test needs a large gradient");
+    let norm_sq: f32 = t.hooks[0]
+        .moments
+        .values()
+        .map(|m| host(m.exp_avg.clone()).iter().map(|v| v * v).sum::<f32>())
+        .sum();
+    let expected = 0.1 * clip / (1.0 + 1e-6 / m[0].grad_norm);
+    assert!((f64::from(norm_sq.sqrt()) - expected).abs() < 1e-6 * expected);
+}
+
+// With normalize_activations the SAE trains on s x; the exported SAE takes raw x and must give
+// exactly the scaled SAE's reconstruction divided by s (W_enc s, W_dec / s, b_dec / s).
+#[test]
+fn the_activation_scale_is_folded_into_the_saved_sae() {
+    let optim = OptimConfig {
+        normalize_activations: true,
+        b_dec_init: BiasInit::GeometricMedian,
+        ..OptimConfig::default()
+    };
+    let mut t = trainer(SaeConfig::sparsify_topk(3, 48), optim);
+    let x = acts(3, 40, 50.0);
+    for _ in 0..3 {
+        t.accumulate(vec![x.clone()]).unwrap();
+        t.finish_step().unwrap();
+    }
+    let hook = &t.hooks[0];
+    // Mean norm of x is about 50 sqrt(12); the scale brings it to sqrt(12).
+    assert!((hook.scale - 0.02).abs() < 0.002, "scale {}", hook.scale);
+    let exported = hook.export().unwrap();
+    let raw = exported.forward(x.clone(), None).unwrap();
+    let scaled_x = Tensor::<AB, 2>::from_inner(x.clone().mul_scalar(hook.scale));
+    let scaled = hook.sae.forward(scaled_x, None).unwrap();
+    let expected = host(scaled.reconstruction.inner().div_scalar(hook.scale));
+    let got = host(raw.reconstruction);
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&got, &expected) < 1e-5 * scale);
+    let fvu = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap()[0];
+    assert!((fvu(raw.fvu) - fvu(scaled.fvu.inner())).abs() < 1e-5);
+}
+
+#[test]
+fn non_finite_activations_are_an_error_naming_the_hook() {
+    let mut t = trainer(SaeConfig::sparsify_topk(3, 48), OptimConfig::default());
+    t.accumulate(vec![acts(4, 8, 1.0)]).unwrap();
+    t.finish_step().unwrap();
+    let mut bad = vec![1.0f32; 8 * D];
+    bad[5] = f32::NAN;
+    let x = Tensor::<Flex, 2>::from_data(TensorData::new(bad, [8, D]), &Default::default());
+    match t.accumulate(vec![x]) {
+        Err(TrainError::NonFinite { step, what }) => {
+            assert_eq!(step, 2);
+            assert_eq!(what, "the activations at h");
+        }
+        other => panic!("expected a non-finite error, got {other:?}"),
+    }
+}
