@@ -1,4 +1,6 @@
-"""EleutherAI sparsify's TopK SAE on CPU, timed: one training step (forward, backward, Adam) or
+"""EleutherAI sparsify's TopK SAE on CPU, timed: one training step as its Trainer takes it
+(unit-norm decoder, forward with AuxK's dead mask, backward, parallel gradient removed, Adam,
+dead-latent counters) or
 inference (encode, then decode).
 
 Usage: python bench_sparsify.py step|encode D LATENTS K TOKENS WARMUP STEPS
@@ -23,10 +25,23 @@ opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 x = torch.randn(tokens, d)
 
 
+num_tokens_since_fired = torch.zeros(latents, dtype=torch.long)
+
+
 def train_step():
-    sae(x).fvu.backward()
+    # One step of sparsify's Trainer.fit: unit-norm decoder, forward with the dead mask (AuxK),
+    # backward, the decoder gradient made orthogonal to its rows, Adam, dead-latent counters.
+    sae.set_decoder_norm_to_unit_norm()
+    dead_mask = num_tokens_since_fired > 10_000_000
+    out = sae(x, dead_mask=dead_mask)
+    (out.fvu + out.auxk_loss / 32).backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    did_fire = torch.zeros(latents, dtype=torch.bool)
+    did_fire[out.latent_indices.flatten()] = True
+    num_tokens_since_fired.add_(tokens)
+    num_tokens_since_fired[did_fire] = 0
 
 
 @torch.no_grad()

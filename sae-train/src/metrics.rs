@@ -13,31 +13,15 @@ use crate::trainer::HookMetrics;
 /// The metrics file of a run.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
-/// One line of `metrics.jsonl`: the means over the run's SAEs, and each SAE's own numbers when
-/// there are several.
+/// One line of `metrics.jsonl`: the step's metrics averaged over the run's SAEs (learning rate
+/// and tokens from the first), and each SAE's own when there are several.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     /// Optimiser steps done (1 for the first step).
     pub step: u64,
-    /// The training objective.
-    pub loss: f64,
-    /// Fraction of variance unexplained.
-    pub fvu: f64,
-    /// Active latents per token.
-    pub l0: f64,
-    /// Percentage of dead latents.
-    pub dead_pct: f64,
-    /// AuxK loss.
-    pub auxk: f64,
-    /// Multi-TopK FVU, when on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub multi_topk_fvu: Option<f64>,
-    /// Learning rate.
-    pub lr: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Tokens trained on in this step.
-    pub tokens: u64,
+    /// Loss, FVU, L0, dead %, AuxK, learning rate, gradient norm, tokens.
+    #[serde(flatten)]
+    pub metrics: HookMetrics,
     /// Tokens trained on per second of this step (model forward and SAE step).
     pub tokens_per_s: f64,
     /// Training seconds since the run started.
@@ -54,8 +38,7 @@ impl StepRecord {
         let mean = |f: fn(&HookMetrics) -> f64| per_hook.iter().map(f).sum::<f64>() / n;
         let multi: Vec<f64> = per_hook.iter().filter_map(|h| h.multi_topk_fvu).collect();
         let tokens = per_hook.first().map_or(0, |h| h.tokens);
-        StepRecord {
-            step,
+        let metrics = HookMetrics {
             loss: mean(|h| h.loss),
             fvu: mean(|h| h.fvu),
             l0: mean(|h| h.l0),
@@ -63,9 +46,13 @@ impl StepRecord {
             auxk: mean(|h| h.auxk),
             multi_topk_fvu: (!multi.is_empty())
                 .then(|| multi.iter().sum::<f64>() / multi.len() as f64),
-            lr: per_hook.first().map_or(0.0, |h| h.lr),
             grad_norm: mean(|h| h.grad_norm),
+            lr: per_hook.first().map_or(0.0, |h| h.lr),
             tokens,
+        };
+        StepRecord {
+            step,
+            metrics,
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
             elapsed_s: 0.0,
             hooks: if per_hook.len() > 1 {
@@ -78,14 +65,15 @@ impl StepRecord {
 
     /// The scalars TensorBoard shows, by tag.
     pub fn scalars(&self) -> Vec<(String, f32)> {
+        let m = &self.metrics;
         let mut out = vec![
-            ("train/loss".to_string(), self.loss as f32),
-            ("train/fvu".to_string(), self.fvu as f32),
-            ("train/l0".to_string(), self.l0 as f32),
-            ("train/dead_pct".to_string(), self.dead_pct as f32),
-            ("train/auxk".to_string(), self.auxk as f32),
-            ("train/lr".to_string(), self.lr as f32),
-            ("train/grad_norm".to_string(), self.grad_norm as f32),
+            ("train/loss".to_string(), m.loss as f32),
+            ("train/fvu".to_string(), m.fvu as f32),
+            ("train/l0".to_string(), m.l0 as f32),
+            ("train/dead_pct".to_string(), m.dead_pct as f32),
+            ("train/auxk".to_string(), m.auxk as f32),
+            ("train/lr".to_string(), m.lr as f32),
+            ("train/grad_norm".to_string(), m.grad_norm as f32),
             ("train/tokens_per_s".to_string(), self.tokens_per_s as f32),
         ];
         for (path, h) in &self.hooks {

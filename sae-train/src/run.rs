@@ -212,7 +212,7 @@ impl<B: AutodiffBackend> Session<B> {
             let step = self.trainer.step;
             let mut record = StepRecord::new(step, &paths, per_hook, seconds);
             record.elapsed_s = self.elapsed_s;
-            self.tokens += record.tokens;
+            self.tokens += record.metrics.tokens;
             metrics.append(&record)?;
             if let Some(board) = &mut board {
                 let scalars = record.scalars();
@@ -223,11 +223,15 @@ impl<B: AutodiffBackend> Session<B> {
             }
             bar.set_message(format!(
                 "loss {:.4}  fvu {:.4}  l0 {:.1}  dead {:.1}%  {:.0} tok/s",
-                record.loss, record.fvu, record.l0, record.dead_pct, record.tokens_per_s
+                record.metrics.loss,
+                record.metrics.fvu,
+                record.metrics.l0,
+                record.metrics.dead_pct,
+                record.tokens_per_s
             ));
             bar.inc(1);
             let save_every = self.config.checkpoint.save_every;
-            if step == end || (save_every > 0 && step % save_every == 0) {
+            if step == end || (save_every > 0 && step.is_multiple_of(save_every)) {
                 let state = State {
                     step,
                     initialised: self.trainer.initialised,
@@ -313,7 +317,7 @@ pub fn lm_input<B: burn::tensor::backend::Backend>(
     let shape = [batch.batch_size, batch.seq_len];
     let ids =
         Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), shape), device);
-    let padded = batch.attention_mask.iter().any(|&m| m == 0);
+    let padded = batch.attention_mask.contains(&0);
     LmInput {
         input_ids: ids,
         attention_mask: padded.then(|| {

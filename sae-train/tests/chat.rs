@@ -14,7 +14,8 @@ use sae_train::config::parse_value;
 #[test]
 fn padding_and_special_tokens_stay_out_of_the_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_tiny");
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_tiny");
     let questions = [
         "What colour is the circle?",
         "How many shapes are there in this picture, counting every small one?",
@@ -25,7 +26,12 @@ fn padding_and_special_tokens_stay_out_of_the_loss() {
     ];
     let conversations: Vec<Vec<Turn>> = questions
         .iter()
-        .map(|q| vec![Turn::text("user", *q), Turn::text("assistant", "A blue square.")])
+        .map(|q| {
+            vec![
+                Turn::text("user", *q),
+                Turn::text("assistant", "A blue square."),
+            ]
+        })
         .collect();
     let data = dir.path().join("chat");
     let mut writer = ShardWriter::new(&data, Kind::Chat, ShardOptions::default()).unwrap();
@@ -62,7 +68,10 @@ fn padding_and_special_tokens_stay_out_of_the_loss() {
     .map(|(k, v)| (k.to_string(), parse_value(&v)))
     .collect();
     let config = TrainConfig::parse("", "test", &overrides).unwrap();
-    assert_eq!(config.target_modules, TargetModules::Names(vec!["model.layers.1".into()]));
+    assert_eq!(
+        config.target_modules,
+        TargetModules::Names(vec!["model.layers.1".into()])
+    );
     let summary = sae_train::train::<Autodiff<Flex>>(config, &Default::default()).unwrap();
     assert!(summary.finished);
 
@@ -73,7 +82,9 @@ fn padding_and_special_tokens_stay_out_of_the_loss() {
     let counted: Vec<u64> = conversations
         .iter()
         .map(|turns| {
-            let text = tokenizer.apply_chat_template(&to_chat_messages(turns), false).unwrap();
+            let text = tokenizer
+                .apply_chat_template(&to_chat_messages(turns), false)
+                .unwrap();
             let ids = tokenizer.encode(&text, false).unwrap();
             ids.iter().filter(|id| !special.contains(id)).count() as u64
         })
@@ -81,7 +92,14 @@ fn padding_and_special_tokens_stay_out_of_the_loss() {
     let metrics = std::fs::read_to_string(summary.run_dir.join("metrics.jsonl")).unwrap();
     let tokens: Vec<u64> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(tokens, vec![counted[..3].iter().sum::<u64>(), counted[3..].iter().sum()]);
+    assert_eq!(
+        tokens,
+        vec![counted[..3].iter().sum::<u64>(), counted[3..].iter().sum()]
+    );
 }

@@ -76,7 +76,10 @@ fn clipping_bounds_the_gradient_adam_sees() {
     let mut t = trainer(SaeConfig::sparsify_topk(3, 48), optim);
     t.accumulate(vec![acts(2, 40, 1.0)]).unwrap();
     let m = t.finish_step().unwrap();
-    assert!(m[0].grad_norm > 100.0 * clip, "the test needs a large gradient");
+    assert!(
+        m[0].grad_norm > 100.0 * clip,
+        "the test needs a large gradient"
+    );
     let norm_sq: f32 = t.hooks[0]
         .moments
         .values()

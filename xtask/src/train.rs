@@ -125,7 +125,7 @@ fn run(config: TrainConfig) -> Result<sae_train::RunSummary> {
     if let Some(last) = &summary.last {
         eprintln!(
             "step {}: loss {:.4}, fvu {:.4}, l0 {:.1}, dead {:.1}%",
-            last.step, last.loss, last.fvu, last.l0, last.dead_pct
+            last.step, last.metrics.loss, last.metrics.fvu, last.metrics.l0, last.metrics.dead_pct
         );
     }
     Ok(summary)
