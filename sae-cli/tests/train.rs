@@ -339,3 +339,99 @@ fn poison(file: &Path, name: &str) {
         .collect();
     std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
 }
+
+/// A tmpfs of `size` mounted at `dir` for the test's lifetime (needs root, as CI runs here).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_a_checkpoint_keeps_the_previous_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    let Some(disk) = SmallDisk::mount(&dir.path().join("disk"), "6m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    // Checkpoints (about 1 MB each) every step fill the 6 MiB disk after a few steps.
+    let run = disk.0.join("run");
+    let mut args = run_args(&model, &data, &run, "200");
+    args.extend(
+        [
+            "--set",
+            "checkpoint.save_every=1",
+            "--set",
+            "log.tensorboard=false",
+        ]
+        .map(String::from),
+    );
+    let stderr = fails(&strs(&args));
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    // Every checkpoint left is complete and loads; no temporary folder is left behind.
+    let checkpoints = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect::<Vec<_>>();
+    assert!(checkpoints.len() >= 2, "{checkpoints:?}");
+    for c in &checkpoints {
+        let name = c.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.starts_with("step-"), "left behind: {name}");
+        sae_core::TensorFile::open(c.join("state.safetensors")).unwrap();
+        sae_core::formats::load(&c.join("adapter")).unwrap();
+    }
+    // With room again, the run resumes from its last checkpoint and matches a run that never
+    // stopped.
+    let last = checkpoints
+        .iter()
+        .map(|c| c.file_name().unwrap().to_owned())
+        .max()
+        .unwrap();
+    let last_step: u64 = last.to_string_lossy()["step-".len()..].parse().unwrap();
+    let moved = dir.path().join("run");
+    copy_tree(&run, &moved);
+    drop(disk);
+    let stop = (last_step + 3).to_string();
+    ok(&["train", "--resume", s(&moved), "--stop-at", &stop]);
+    let reference = dir.path().join("reference");
+    let mut args = run_args(&model, &data, &reference, "200");
+    args.extend(["--set", "checkpoint.save_every=1", "--stop-at", &stop].map(String::from));
+    ok(&strs(&args));
+    assert_eq!(losses(&moved), losses(&reference));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
