@@ -15,6 +15,7 @@ pub mod encode_file;
 pub mod error;
 pub mod formats;
 pub mod hooks;
+pub mod host_grad;
 pub mod inject;
 pub mod sae;
 pub mod select;
@@ -26,6 +27,7 @@ pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{Chain, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
+pub use host_grad::{HostGrads, HostStep};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };

@@ -196,7 +196,7 @@ impl<B: Backend> Sae<B> {
     }
 
     /// `x - b_dec`.
-    fn center(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub(crate) fn center(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         x - self.b_dec.val().unsqueeze_dim(0)
     }
 
@@ -212,7 +212,7 @@ impl<B: Backend> Sae<B> {
     /// The dense pre-activations on the host, without gradient tracking, for selection. Only
     /// the matmul runs on the backend; bias, ReLU and the finiteness check are one host pass
     /// (a broadcast bias add over `[tokens, latents]` is slow on the CPU backends).
-    fn host_pre_activations(&self, x_c: &Tensor<B, 2>) -> Result<Vec<f32>> {
+    pub(crate) fn host_pre_activations(&self, x_c: &Tensor<B, 2>) -> Result<Vec<f32>> {
         let product = x_c
             .clone()
             .detach()
@@ -238,7 +238,7 @@ impl<B: Backend> Sae<B> {
     }
 
     /// The latents this SAE's architecture keeps, from host pre-activations.
-    fn select(&self, pre: &[f32]) -> Selection {
+    pub(crate) fn select(&self, pre: &[f32]) -> Selection {
         let cols = self.num_latents();
         match self.config.architecture {
             Architecture::TopK => select::top_k(pre, cols, self.config.k),

@@ -1,5 +1,6 @@
 //! Gradient checks: the sparse paths (host selection, gathered encoder rows, gathered decoder
-//! rows) against a dense reference built from Burn's own differentiable top-k and scatter.
+//! rows) and the hand-derived host gradients against a dense reference built from Burn's own
+//! differentiable top-k and scatter.
 
 mod common;
 
@@ -105,7 +106,19 @@ fn check(config: SaeConfig, dead: Option<&[bool]>) {
     let x = Tensor::<AB, 2>::random([N, D], Distribution::Normal(0.0, 1.0), &Default::default());
     let sparse = sae.forward(x.clone(), dead).unwrap().loss(&sae.config);
     let (sparse_loss, sparse_grads) = loss_and_grads(&sae, sparse);
-    let (dense_loss, dense_grads) = loss_and_grads(&sae, dense_loss(&sae, x, dead));
+    let (dense_loss, dense_grads) = loss_and_grads(&sae, dense_loss(&sae, x.clone(), dead));
+    if sae.has_host_gradients() {
+        // The hand-derived host gradients against autodiff of the same loss.
+        let host = sae.loss_and_grads(x, dead, 1.0).unwrap();
+        assert!(max_rel_diff(&[host.loss], &dense_loss) < 1e-5);
+        let g = host.grads;
+        let mut host_grads = vec![g.w_enc, g.w_dec, g.b_dec];
+        host_grads.extend(g.b_enc);
+        for (i, (h, d)) in host_grads.iter().zip(&dense_grads).enumerate() {
+            let err = max_rel_diff(h, d);
+            assert!(err < 1e-5, "host gradient {i} differs by {err}");
+        }
+    }
     assert!(
         max_rel_diff(&sparse_loss, &dense_loss) < 1e-5,
         "{sparse_loss:?} vs {dense_loss:?}"

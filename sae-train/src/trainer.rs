@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::Param;
+use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use sae_core::sae::unit_norm_rows;
@@ -46,6 +46,17 @@ pub struct HookMetrics {
     pub lr: f64,
     /// Tokens the SAE trained on in the step.
     pub tokens: u64,
+}
+
+/// What one micro-batch gives an SAE: its loss terms, selected latents and gradients.
+struct MicroStep<B: burn::tensor::backend::Backend> {
+    loss: f64,
+    fvu: f64,
+    auxk: f64,
+    multi_topk_fvu: Option<f64>,
+    values: Vec<f32>,
+    indices: Vec<i64>,
+    grads: Vec<(&'static str, Tensor<B, 2>)>,
 }
 
 /// One SAE being trained, with its optimiser and bookkeeping.
@@ -243,31 +254,30 @@ impl<B: AutodiffBackend> HookTrainer<B> {
                 .map(|&t| t > config.dead_tokens_threshold)
                 .collect()
         });
-        let out = match self.sae.forward(Tensor::from_inner(x), dead.as_deref()) {
+        let weight = 1.0 / acc as f32;
+        let micro = if self.sae.has_host_gradients() {
+            self.host_micro_step(x, dead.as_deref(), weight)
+        } else {
+            self.autodiff_micro_step(x, dead.as_deref(), weight)
+        };
+        let micro = match micro {
             Err(SaeError::NonFinite(_)) => return Err(self.non_finite(step, "the activations")),
             other => other?,
         };
-        let loss = out.loss(&config);
-        let host = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
-        let loss_value = host(&loss);
-        if !loss_value.is_finite() {
+        if !micro.loss.is_finite() {
             return Err(self.non_finite(step, "the loss"));
         }
-        self.sums.loss += loss_value;
-        self.sums.fvu += host(&out.fvu);
-        self.sums.auxk += out.auxk_loss.as_ref().map_or(0.0, host);
-        if let Some(mt) = &out.multi_topk_fvu {
-            *self.sums.multi_topk_fvu.get_or_insert(0.0) += host(mt);
+        self.sums.loss += micro.loss;
+        self.sums.fvu += micro.fvu;
+        self.sums.auxk += micro.auxk;
+        if let Some(mt) = micro.multi_topk_fvu {
+            *self.sums.multi_topk_fvu.get_or_insert(0.0) += mt;
         }
-        let values = out.latents.values.clone().into_data().convert::<f32>();
-        let indices = out.latents.indices.clone().into_data().convert::<i64>();
-        let values = values.as_slice::<f32>().expect("f32");
-        let indices = indices.as_slice::<i64>().expect("i64");
         // As sparsify, every latent TopK selects counts as fired (even at a ReLU'd zero); the
         // other architectures pad their selections with zeros, so there only non-zeros count.
         let all_selected = config.architecture == Architecture::TopK;
         let mut active = 0usize;
-        for (&v, &i) in values.iter().zip(indices) {
+        for (&v, &i) in micro.values.iter().zip(&micro.indices) {
             if v != 0.0 {
                 active += 1;
             }
@@ -278,18 +288,83 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         self.sums.l0 += active as f64 / n as f64;
         self.sums.tokens += n as u64;
         self.micro_batches += 1;
-
-        let grads = loss.div_scalar(acc as f32).backward();
-        for name in PARAMS {
-            if let Some(g) = param_grad(&self.sae, name, &grads) {
-                let sum = match self.grads.remove(name) {
-                    Some(prev) => prev + g,
-                    None => g,
-                };
-                self.grads.insert(name, sum);
-            }
+        for (name, g) in micro.grads {
+            let sum = match self.grads.remove(name) {
+                Some(prev) => prev + g,
+                None => g,
+            };
+            self.grads.insert(name, sum);
         }
         Ok(())
+    }
+
+    /// Loss, selection and gradients (of `weight x loss`) by Burn's autodiff.
+    fn autodiff_micro_step(
+        &self,
+        x: Tensor<B::InnerBackend, 2>,
+        dead: Option<&[bool]>,
+        weight: f32,
+    ) -> Result<MicroStep<B::InnerBackend>, SaeError> {
+        let out = self.sae.forward(Tensor::from_inner(x), dead)?;
+        let loss = out.loss(&self.sae.config);
+        let host = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
+        let grads = loss.clone().mul_scalar(weight).backward();
+        Ok(MicroStep {
+            loss: host(&loss),
+            fvu: host(&out.fvu),
+            auxk: out.auxk_loss.as_ref().map_or(0.0, host),
+            multi_topk_fvu: out.multi_topk_fvu.as_ref().map(host),
+            values: out
+                .latents
+                .values
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .expect("f32"),
+            indices: out
+                .latents
+                .indices
+                .into_data()
+                .convert::<i64>()
+                .into_vec()
+                .expect("i64"),
+            grads: PARAMS
+                .iter()
+                .filter_map(|&name| param_grad(&self.sae, name, &grads).map(|g| (name, g)))
+                .collect(),
+        })
+    }
+
+    /// The same from sae-core's hand-derived host gradients (TopK, BatchTopK).
+    fn host_micro_step(
+        &self,
+        x: Tensor<B::InnerBackend, 2>,
+        dead: Option<&[bool]>,
+        weight: f32,
+    ) -> Result<MicroStep<B::InnerBackend>, SaeError> {
+        let device = x.device();
+        let sae = self.sae.valid();
+        let (latents, d) = (sae.num_latents(), sae.d_in());
+        let out = sae.loss_and_grads(x, dead, weight)?;
+        let tensor = |values: Vec<f32>, rows: usize, cols: usize| {
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(values, [rows, cols]), &device)
+        };
+        let g = out.grads;
+        let mut grads = vec![
+            ("w_enc", tensor(g.w_enc, latents, d)),
+            ("w_dec", tensor(g.w_dec, latents, d)),
+            ("b_dec", tensor(g.b_dec, 1, d)),
+        ];
+        grads.extend(g.b_enc.map(|b| ("b_enc", tensor(b, 1, latents))));
+        Ok(MicroStep {
+            loss: f64::from(out.loss),
+            fvu: f64::from(out.fvu),
+            auxk: out.auxk.map_or(0.0, f64::from),
+            multi_topk_fvu: out.multi_topk_fvu.map(f64::from),
+            values: out.values,
+            indices: out.indices,
+            grads,
+        })
     }
 
     /// The optimiser step and the step's metrics.

@@ -1,0 +1,355 @@
+//! The training loss of TopK and BatchTopK SAEs and its gradients, derived by hand and computed
+//! on the host: the same numbers as [`Sae::forward`](crate::Sae::forward) plus autodiff, without
+//! the autodiff graph. Only the dense selection matmul runs on the backend; the rest is
+//! O(tokens x k x d) work in parallel loops where every output element is summed by one thread
+//! in a fixed order, so results are deterministic.
+//!
+//! With `a` the selected activations (indices `idx`), `x_c = x - b_dec`, `x_hat = sum_j a_j
+//! W_dec[idx_j] + b_dec` and `G = dL/dx_hat`:
+//! `dW_dec[i] = sum a_j G` over the slots selecting `i`, `da_j = G . W_dec[idx_j]`,
+//! `dpre_j = da_j relu'(pre_j)`, `dW_enc[i] = sum dpre_j x_c`, `db_enc[i] = sum dpre_j`,
+//! `db_dec = sum_n G - sum_n sum_j dpre_j W_enc[idx_j]`. AuxK (as sparsify 1.3) reaches the
+//! decoder only and its prediction has no `b_dec`; Multi-TopK is a second full path.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use rayon::prelude::*;
+
+use crate::config::Architecture;
+use crate::error::{Result, SaeError};
+use crate::sae::{Sae, to_host};
+use crate::select::{self, Selection};
+
+/// Gradients of one SAE's parameters, row-major like the parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostGrads {
+    /// `[num_latents, d_in]`.
+    pub w_enc: Vec<f32>,
+    /// `[num_latents]`, when the SAE has an encoder bias.
+    pub b_enc: Option<Vec<f32>>,
+    /// `[num_latents, d_in]`.
+    pub w_dec: Vec<f32>,
+    /// `[d_in]`.
+    pub b_dec: Vec<f32>,
+}
+
+/// The loss terms, the selected latents and the gradients of one training micro-batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostStep {
+    /// The objective (`fvu + aux_k_alpha auxk + multi_topk_fvu / 8`), unweighted.
+    pub loss: f32,
+    /// Fraction of variance unexplained.
+    pub fvu: f32,
+    /// AuxK loss, when some latent is dead.
+    pub auxk: Option<f32>,
+    /// FVU of the top-`4k` reconstruction, when `multi_topk` is on.
+    pub multi_topk_fvu: Option<f32>,
+    /// Selected activations, `[tokens, width]` (padding slots 0).
+    pub values: Vec<f32>,
+    /// Their latent indices, `[tokens, width]`.
+    pub indices: Vec<i64>,
+    /// Gradients of `weight x loss`.
+    pub grads: HostGrads,
+}
+
+/// The parameters and inputs the host math reads.
+struct Host {
+    relu: bool,
+    n: usize,
+    d: usize,
+    latents: usize,
+    x: Vec<f32>,
+    x_c: Vec<f32>,
+    w_enc: Vec<f32>,
+    w_dec: Vec<f32>,
+    b_dec: Vec<f32>,
+}
+
+impl<B: Backend> Sae<B> {
+    /// True when [`loss_and_grads`](Self::loss_and_grads) handles this architecture.
+    pub fn has_host_gradients(&self) -> bool {
+        matches!(
+            self.config.architecture,
+            Architecture::TopK | Architecture::BatchTopK
+        )
+    }
+
+    /// The training loss on `[tokens, d_in]` activations and the gradients of
+    /// `weight x loss`; `dead_mask` turns on AuxK as in [`forward`](Self::forward).
+    pub fn loss_and_grads(
+        &self,
+        x: Tensor<B, 2>,
+        dead_mask: Option<&[bool]>,
+        weight: f32,
+    ) -> Result<HostStep> {
+        if !self.has_host_gradients() {
+            return Err(SaeError::InvalidConfig(format!(
+                "host gradients cover TopK and BatchTopK, not {:?}",
+                self.config.architecture
+            )));
+        }
+        let [n, d] = x.dims();
+        let pre = self.host_pre_activations(&self.center(x.clone()))?;
+        let b_dec = to_host(self.b_dec.val());
+        let xs = to_host(x);
+        let x_c: Vec<f32> = xs
+            .chunks_exact(d)
+            .flat_map(|row| row.iter().zip(&b_dec).map(|(v, b)| v - b))
+            .collect();
+        let h = Host {
+            relu: self.config.relu,
+            n,
+            d,
+            latents: self.num_latents(),
+            x: xs,
+            x_c,
+            w_enc: to_host(self.w_enc.val()),
+            w_dec: to_host(self.w_dec.val()),
+            b_dec,
+        };
+        let total_variance = total_variance(&h.x, n, d);
+        let mut grads = HostGrads {
+            w_enc: vec![0.0; h.latents * d],
+            b_enc: self.b_enc.as_ref().map(|_| vec![0.0; h.latents]),
+            w_dec: vec![0.0; h.latents * d],
+            b_dec: vec![0.0; d],
+        };
+
+        let selection = self.select(&pre);
+        let values = gather(&pre, h.latents, &selection);
+        let recon = decode(&h, &selection, &values, true);
+        let residual: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
+        let fvu = sum_sq(&residual) / total_variance;
+        let g = scaled(&residual, 2.0 * weight / total_variance as f32);
+        backprop(&h, &selection, &values, &g, &mut grads, true);
+
+        let auxk = dead_mask.and_then(|mask| {
+            let num_dead = mask.iter().filter(|&&m| m).count();
+            if num_dead == 0 {
+                return None;
+            }
+            let k_aux = self.config.aux_k.unwrap_or(d / 2).max(1);
+            let scale = (num_dead as f64 / k_aux as f64).min(1.0);
+            let aux = select::top_k_among(&pre, h.latents, k_aux.min(num_dead), Some(mask));
+            let aux_values = gather(&pre, h.latents, &aux);
+            let e_hat = decode(&h, &aux, &aux_values, false);
+            // The target is the residual x - x_hat, detached.
+            let diff: Vec<f32> = e_hat.iter().zip(&residual).map(|(e, r)| e + r).collect();
+            let loss = scale * sum_sq(&diff) / total_variance;
+            let coef = weight * self.config.aux_k_alpha * (2.0 * scale / total_variance) as f32;
+            backprop(
+                &h,
+                &aux,
+                &aux_values,
+                &scaled(&diff, coef),
+                &mut grads,
+                false,
+            );
+            Some(loss)
+        });
+
+        let multi_topk_fvu = self.config.multi_topk.then(|| {
+            let wide = select::top_k(&pre, h.latents, 4 * self.config.k);
+            let wide_values = gather(&pre, h.latents, &wide);
+            let recon = decode(&h, &wide, &wide_values, true);
+            let diff: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
+            let coef = weight / 8.0 * 2.0 / total_variance as f32;
+            backprop(
+                &h,
+                &wide,
+                &wide_values,
+                &scaled(&diff, coef),
+                &mut grads,
+                true,
+            );
+            sum_sq(&diff) / total_variance
+        });
+
+        let loss = fvu
+            + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
+            + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
+        Ok(HostStep {
+            loss: loss as f32,
+            fvu: fvu as f32,
+            auxk: auxk.map(|a| a as f32),
+            multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
+            values,
+            indices: selection.indices,
+            grads,
+        })
+    }
+}
+
+/// `sum((x - mean_0(x))^2)`, in f64.
+fn total_variance(x: &[f32], n: usize, d: usize) -> f64 {
+    let mut mean = vec![0f64; d];
+    for row in x.chunks_exact(d) {
+        mean.iter_mut()
+            .zip(row)
+            .for_each(|(m, &v)| *m += f64::from(v));
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    x.chunks_exact(d)
+        .map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (f64::from(v) - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+fn sum_sq(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+fn scaled(v: &[f32], s: f32) -> Vec<f32> {
+    v.iter().map(|x| x * s).collect()
+}
+
+/// The selected pre-activations, padding slots 0.
+fn gather(pre: &[f32], latents: usize, s: &Selection) -> Vec<f32> {
+    (0..s.rows * s.width)
+        .map(|slot| {
+            let valid = s.valid.as_ref().is_none_or(|v| v[slot]);
+            let row = slot / s.width;
+            if valid {
+                pre[row * latents + s.indices[slot] as usize]
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// `sum_j a_j W_dec[idx_j]` per token (plus `b_dec` when `with_bias`).
+fn decode(h: &Host, s: &Selection, values: &[f32], with_bias: bool) -> Vec<f32> {
+    let d = h.d;
+    let mut out = vec![0f32; h.n * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(n, row)| {
+        if with_bias {
+            row.copy_from_slice(&h.b_dec);
+        }
+        for j in 0..s.width {
+            let a = values[n * s.width + j];
+            if a != 0.0 {
+                let w = &h.w_dec[s.indices[n * s.width + j] as usize * d..][..d];
+                row.iter_mut().zip(w).for_each(|(o, &w)| *o += a * w);
+            }
+        }
+    });
+    out
+}
+
+/// Adds the gradients of a loss whose gradient with respect to a reconstruction
+/// `sum_j a_j W_dec[idx_j] (+ b_dec)` is `g` (`[tokens, d]`); `encoder` also propagates through
+/// the activations to the encoder and `b_dec` (decoder bias term included).
+fn backprop(
+    h: &Host,
+    s: &Selection,
+    values: &[f32],
+    g: &[f32],
+    grads: &mut HostGrads,
+    encoder: bool,
+) {
+    let (d, w) = (h.d, s.width);
+    let slots = groups(s, h.latents);
+    // dW_dec[i] += sum over the slots selecting i of a_slot g_token.
+    add_rows(&mut grads.w_dec, &slots, (d, w), |slot| values[slot], g);
+    if !encoder {
+        return;
+    }
+    grads
+        .b_dec
+        .iter_mut()
+        .enumerate()
+        .for_each(|(k, b)| *b += (0..h.n).map(|n| g[n * d + k]).sum::<f32>());
+    // dpre_slot = (g_token . W_dec[idx]) relu'(pre), zero on padding.
+    let dpre: Vec<f32> = (0..h.n)
+        .into_par_iter()
+        .flat_map_iter(|n| {
+            let g_row = &g[n * d..][..d];
+            (0..w).map(move |j| {
+                let slot = n * w + j;
+                let latent = s.indices[slot] as usize;
+                let valid = s.valid.as_ref().is_none_or(|v| v[slot]);
+                // ReLU passes no gradient where the selected activation is not positive.
+                if !valid || h.relu && values[slot] <= 0.0 {
+                    return 0.0;
+                }
+                let row = &h.w_dec[latent * d..][..d];
+                g_row.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()
+            })
+        })
+        .collect();
+    add_rows(&mut grads.w_enc, &slots, (d, w), |slot| dpre[slot], &h.x_c);
+    if let Some(b_enc) = &mut grads.b_enc {
+        b_enc
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b += slots.of(i).iter().map(|&slot| dpre[slot]).sum::<f32>());
+    }
+    // db_dec -= sum_token sum_j dpre_slot W_enc[idx] (x_c = x - b_dec).
+    let mut dx_c = vec![0f32; h.n * d];
+    dx_c.par_chunks_mut(d).enumerate().for_each(|(n, row)| {
+        for j in 0..w {
+            let coef = dpre[n * w + j];
+            if coef != 0.0 {
+                let enc = &h.w_enc[s.indices[n * w + j] as usize * d..][..d];
+                row.iter_mut().zip(enc).for_each(|(o, &e)| *o += coef * e);
+            }
+        }
+    });
+    for row in dx_c.chunks_exact(d) {
+        grads.b_dec.iter_mut().zip(row).for_each(|(b, v)| *b -= v);
+    }
+}
+
+/// The slots of a selection grouped by latent (slots in token order within a latent).
+struct Groups {
+    start: Vec<usize>,
+    slots: Vec<usize>,
+}
+
+impl Groups {
+    fn of(&self, latent: usize) -> &[usize] {
+        &self.slots[self.start[latent]..self.start[latent + 1]]
+    }
+}
+
+fn groups(s: &Selection, latents: usize) -> Groups {
+    let mut start = vec![0usize; latents + 1];
+    for &i in &s.indices {
+        start[i as usize + 1] += 1;
+    }
+    for i in 0..latents {
+        start[i + 1] += start[i];
+    }
+    let mut fill = start.clone();
+    let mut slots = vec![0usize; s.indices.len()];
+    for (slot, &i) in s.indices.iter().enumerate() {
+        slots[fill[i as usize]] = slot;
+        fill[i as usize] += 1;
+    }
+    Groups { start, slots }
+}
+
+/// `out[i] += sum over latent i's slots of coef(slot) rows[token(slot)]`, one thread per latent
+/// (`d` floats per row, `width` slots per token).
+fn add_rows(
+    out: &mut [f32],
+    groups: &Groups,
+    (d, width): (usize, usize),
+    coef: impl Fn(usize) -> f32 + Sync,
+    rows: &[f32],
+) {
+    out.par_chunks_mut(d).enumerate().for_each(|(i, out_row)| {
+        for &slot in groups.of(i) {
+            let c = coef(slot);
+            if c != 0.0 {
+                let row = &rows[(slot / width) * d..][..d];
+                out_row.iter_mut().zip(row).for_each(|(o, &r)| *o += c * r);
+            }
+        }
+    });
+}
