@@ -1,6 +1,7 @@
 //! The training loss of TopK and BatchTopK SAEs and its gradients, derived by hand and computed
 //! on the host: the same numbers as [`Sae::forward`](crate::Sae::forward) plus autodiff, without
-//! the autodiff graph. Only the dense selection matmul runs on the backend; the rest is
+//! the autodiff graph. Only the dense selection matmul runs on the backend (on the CPU
+//! backends, the `gemm` crate runs it on the host copies directly); the rest is
 //! O(tokens x k x d) work in parallel loops where every output element is summed by one thread
 //! in a fixed order, so results are deterministic.
 //!
@@ -89,7 +90,12 @@ impl<B: Backend> Sae<B> {
             )));
         }
         let [n, d] = x.dims();
-        let pre = self.host_pre_activations(&self.center(x.clone()))?;
+        let on_cpu = matches!(B::name(&x.device()).as_str(), "flex" | "ndarray");
+        let pre_on_backend = if on_cpu {
+            None
+        } else {
+            Some(self.host_pre_activations(&self.center(x.clone()))?)
+        };
         let b_dec = to_host(self.b_dec.val());
         let xs = to_host(x);
         let x_c: Vec<f32> = xs
@@ -106,6 +112,14 @@ impl<B: Backend> Sae<B> {
             w_enc: to_host(self.w_enc.val()),
             w_dec: to_host(self.w_dec.val()),
             b_dec,
+        };
+        let pre = match pre_on_backend {
+            Some(pre) => pre,
+            None => {
+                let mut pre = encoder_product(&h);
+                self.finish_pre_activations(&mut pre)?;
+                pre
+            }
         };
         let total_variance = total_variance(&h.x, n, d);
         let mut grads = HostGrads {
@@ -178,6 +192,40 @@ impl<B: Backend> Sae<B> {
             grads,
         })
     }
+}
+
+/// `x_c W_enc^T`, `[tokens, num_latents]`, by the `gemm` crate on the host copies (on the CPU
+/// backends this skips a copy of the product and runs at the machine's GEMM speed).
+fn encoder_product(h: &Host) -> Vec<f32> {
+    let (n, d, l) = (h.n, h.d, h.latents);
+    let mut out = vec![0f32; n * l];
+    // SAFETY: `out` is `[n, l]` row-major (column stride 1, row stride l); `x_c` is `[n, d]`
+    // row-major; `W_enc^T` is `[d, l]` read from `W_enc` `[l, d]` row-major (column stride d,
+    // row stride 1); all three buffers hold exactly those many elements and do not overlap.
+    unsafe {
+        gemm::gemm(
+            n,
+            l,
+            d,
+            out.as_mut_ptr(),
+            1,
+            l as isize,
+            false,
+            h.x_c.as_ptr(),
+            1,
+            d as isize,
+            h.w_enc.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    out
 }
 
 /// `sum((x - mean_0(x))^2)`, in f64.

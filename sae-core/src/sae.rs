@@ -218,6 +218,13 @@ impl<B: Backend> Sae<B> {
             .detach()
             .matmul(self.w_enc.val().detach().transpose());
         let mut values = to_host(product);
+        self.finish_pre_activations(&mut values)?;
+        Ok(values)
+    }
+
+    /// Adds the encoder bias to host `x_c W_enc^T` rows, checks they are finite and applies
+    /// the ReLU when configured.
+    pub(crate) fn finish_pre_activations(&self, values: &mut [f32]) -> Result<()> {
         let bias = self.b_enc.as_ref().map(|b| to_host(b.val()));
         let relu = self.config.relu;
         let finite = values.par_chunks_mut(self.num_latents()).all(|row| {
@@ -234,7 +241,7 @@ impl<B: Backend> Sae<B> {
         if !finite {
             return Err(SaeError::NonFinite("the SAE input".into()));
         }
-        Ok(values)
+        Ok(())
     }
 
     /// The latents this SAE's architecture keeps, from host pre-activations.
