@@ -138,13 +138,7 @@ impl<B: Backend> Sae<B> {
         backprop(&h, &selection, &values, &g, &mut grads, true);
 
         let auxk = dead_mask.and_then(|mask| {
-            let num_dead = mask.iter().filter(|&&m| m).count();
-            if num_dead == 0 {
-                return None;
-            }
-            let k_aux = self.config.aux_k.unwrap_or(d / 2).max(1);
-            let scale = (num_dead as f64 / k_aux as f64).min(1.0);
-            let aux = select::top_k_among(&pre, h.latents, k_aux.min(num_dead), Some(mask));
+            let (aux, scale) = self.auxk_selection(&pre, mask)?;
             let aux_values = gather(&pre, h.latents, &aux);
             let e_hat = decode(&h, &aux, &aux_values, false);
             // The target is the residual x - x_hat, detached.

@@ -318,7 +318,7 @@ impl<B: Backend> Sae<B> {
     /// are asked to reconstruct the residual `x - x_hat`, as in sparsify.
     pub fn forward(&self, x: Tensor<B, 2>, dead_mask: Option<&[bool]>) -> Result<SaeOutput<B>> {
         self.check_width(&x)?;
-        let [n, d] = x.dims();
+        let n = x.dims()[0];
         let x_c = self.center(x.clone());
         let (latents, reconstruction, pre, l1_loss) = if self.config.architecture
             == Architecture::Relu
@@ -350,14 +350,8 @@ impl<B: Backend> Sae<B> {
         let fvu = residual.clone().powi_scalar(2).sum() / total_variance.clone();
 
         let auxk_loss = dead_mask.and_then(|mask| {
-            let num_dead = mask.iter().filter(|&&m| m).count();
-            if num_dead == 0 {
-                return None;
-            }
-            let k_aux = self.config.aux_k.unwrap_or(d / 2).max(1);
-            let scale = (num_dead as f32 / k_aux as f32).min(1.0);
-            let k_aux = k_aux.min(num_dead);
-            let selection = select::top_k_among(&pre, self.num_latents(), k_aux, Some(mask));
+            let (selection, scale) = self.auxk_selection(&pre, mask)?;
+            let scale = scale as f32;
             // As sparsify: the residual already holds b_dec, so the dead latents' prediction
             // has none; and only the decoder learns from AuxK (sparsify's fused encoder drops
             // the gradient of the pre-activations AuxK selects from).
@@ -385,6 +379,20 @@ impl<B: Backend> Sae<B> {
             multi_topk_fvu,
             l1_loss,
         })
+    }
+
+    /// AuxK's latents (the top `aux_k` dead ones, `d_in / 2` by default, as sparsify) and its
+    /// loss scale `min(dead / aux_k, 1)`; `None` when no latent is dead.
+    pub(crate) fn auxk_selection(&self, pre: &[f32], dead: &[bool]) -> Option<(Selection, f64)> {
+        let num_dead = dead.iter().filter(|&&m| m).count();
+        if num_dead == 0 {
+            return None;
+        }
+        let k_aux = self.config.aux_k.unwrap_or(self.d_in() / 2).max(1);
+        let scale = (num_dead as f64 / k_aux as f64).min(1.0);
+        let selection =
+            select::top_k_among(pre, self.num_latents(), k_aux.min(num_dead), Some(dead));
+        Some((selection, scale))
     }
 
     /// The selected entries of a dense activation matrix, with padding zeroed.
