@@ -438,7 +438,7 @@ fn finite_on_host<B: Backend>(pre: Tensor<B, 2>) -> Result<Vec<f32>> {
 }
 
 /// A float tensor's values as `f32` on the host.
-pub(crate) fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()

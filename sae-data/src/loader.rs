@@ -8,6 +8,7 @@ use crate::convert::OnError;
 use crate::dataset::{Cursor, Dataset, RowId, Stream, StreamConfig};
 use crate::error::{DataError, Result, RowProblem};
 use crate::record::{Body, Record, to_chat_messages};
+use crate::table::Kind;
 use sae_models::Tokenizer;
 
 /// How rows become sequences.
@@ -21,6 +22,17 @@ pub enum Batching {
     /// `max_len` are cut when `truncate`, else rejected (fail or skip, as the stream's
     /// `on_error`).
     Pad { max_len: usize, truncate: bool },
+}
+
+impl Batching {
+    /// How rows of `kind` are batched: text packed into `context`-token contexts, chats one per
+    /// sequence up to `max_len` tokens (cut when `truncate`).
+    pub fn for_kind(kind: Kind, context: usize, max_len: usize, truncate: bool) -> Self {
+        match kind {
+            Kind::Text => Batching::Pack { context },
+            Kind::Chat => Batching::Pad { max_len, truncate },
+        }
+    }
 }
 
 /// A batch of token sequences, row-major `[batch, seq_len]`.

@@ -5,6 +5,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::Hooks;
+use sae_models::Tokenizer;
 
 /// Captures the outputs of `paths` and lets the forward pass stop after the deepest one.
 pub struct Capture<B: Backend> {
@@ -52,6 +53,21 @@ pub struct TokenFilter {
 }
 
 impl TokenFilter {
+    /// Leaves out the ids in `extra`, the tokenizer's special tokens when `special`, and the
+    /// first `skip_first` positions.
+    pub fn new(tokenizer: &Tokenizer, special: bool, extra: &[i64], skip_first: usize) -> Self {
+        let mut excluded = extra.to_vec();
+        if special {
+            excluded.extend(tokenizer.special_token_ids());
+        }
+        excluded.sort_unstable();
+        excluded.dedup();
+        TokenFilter {
+            excluded,
+            skip_first,
+        }
+    }
+
     /// The flat indices of the tokens that count in a `[batch, seq_len]` batch: real (mask 1),
     /// not excluded, not among the first `skip_first` of their sequence.
     pub fn select(&self, input_ids: &[i64], attention_mask: &[i64], seq_len: usize) -> Vec<i64> {

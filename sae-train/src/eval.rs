@@ -12,8 +12,9 @@ use std::path::Path;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::sae::to_host as host;
 use sae_core::{HookedModule, Hooks, SaeModel};
-use sae_data::{Batching, Dataset, Kind, Loader, StreamConfig};
+use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_models::{DecoderLm, LanguageModel};
 use serde::Serialize;
 
@@ -145,15 +146,7 @@ pub fn evaluate<B: Backend>(
         .map(|p| p.path.clone())
         .collect();
     let dataset = Dataset::open(data)?;
-    let batching = match dataset.kind() {
-        Kind::Text => Batching::Pack {
-            context: config.context,
-        },
-        Kind::Chat => Batching::Pad {
-            max_len: config.max_len,
-            truncate: true,
-        },
-    };
+    let batching = Batching::for_kind(dataset.kind(), config.context, config.max_len, true);
     let stream = StreamConfig {
         shuffle: false,
         ..StreamConfig::default()
@@ -166,14 +159,12 @@ pub fn evaluate<B: Backend>(
         config.batch_size,
         None,
     )?;
-    let filter = TokenFilter {
-        excluded: if config.exclude_special_tokens {
-            tokenizer.special_token_ids()
-        } else {
-            Vec::new()
-        },
-        skip_first: config.skip_first_tokens,
-    };
+    let filter = TokenFilter::new(
+        &tokenizer,
+        config.exclude_special_tokens,
+        &[],
+        config.skip_first_tokens,
+    );
     let mut sums: Vec<HookSums> = paths
         .iter()
         .map(|p| {
@@ -345,12 +336,4 @@ fn masked_sum(values: &[f32], targets: &[Option<i64>]) -> f64 {
         .filter(|(_, t)| t.is_some())
         .map(|(&v, _)| f64::from(v))
         .sum()
-}
-
-/// A float tensor's values on the host.
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
 }

@@ -122,8 +122,9 @@ impl MetricsLog {
     }
 }
 
-/// The complete lines of a metrics file with their steps (none if the file does not exist).
-pub fn read_lines(path: &Path) -> Result<Vec<(u64, String)>> {
+/// The complete records of a metrics file, parsed, with their steps and lines (none if the
+/// file does not exist; a line a crash cut short is left out).
+fn records(path: &Path) -> Result<Vec<(u64, String, serde_json::Value)>> {
     if !path.is_file() {
         return Ok(Vec::new());
     }
@@ -132,18 +133,29 @@ pub fn read_lines(path: &Path) -> Result<Vec<(u64, String)>> {
         .lines()
         .filter_map(|line| {
             let value: serde_json::Value = serde_json::from_str(line).ok()?;
-            Some((value["step"].as_u64()?, line.to_string()))
+            Some((value["step"].as_u64()?, line.to_string(), value))
         })
         .collect())
 }
 
-/// `(step, value)` of one numeric field over a metrics file, for plots.
-pub fn series(path: &Path, field: &str) -> Result<Vec<(f64, f64)>> {
-    Ok(read_lines(path)?
+/// The complete lines of a metrics file with their steps.
+fn read_lines(path: &Path) -> Result<Vec<(u64, String)>> {
+    Ok(records(path)?
         .into_iter()
-        .filter_map(|(step, line)| {
-            let value: serde_json::Value = serde_json::from_str(&line).ok()?;
-            Some((step as f64, value[field].as_f64()?))
+        .map(|(step, line, _)| (step, line))
+        .collect())
+}
+
+/// `(step, value)` of each of `fields` over a metrics file, for plots (one read).
+pub fn series(path: &Path, fields: &[&str]) -> Result<Vec<Vec<(f64, f64)>>> {
+    let records = records(path)?;
+    Ok(fields
+        .iter()
+        .map(|field| {
+            records
+                .iter()
+                .filter_map(|(step, _, value)| Some((*step as f64, value[*field].as_f64()?)))
+                .collect()
         })
         .collect())
 }

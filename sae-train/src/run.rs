@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::{HookPoint, HookedModule};
-use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
+use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
 use sae_models::{LanguageModel, LmInput};
 
 use crate::activations::{Capture, TokenFilter, select_tokens};
@@ -163,22 +163,20 @@ impl<B: AutodiffBackend> Session<B> {
         let total = self.config.train.steps;
         let end = self.config.checkpoint.stop_at.unwrap_or(total).min(total);
         let mut metrics = MetricsLog::open(&run_dir, self.trainer.step)?;
+        let board_dir = run_dir.join("tensorboard");
         let mut board = if self.config.log.tensorboard {
-            let dir = run_dir.join("tensorboard");
-            Some(EventWriter::create(&dir).map_err(io(&dir))?)
+            Some(EventWriter::create(&board_dir).map_err(io(&board_dir))?)
         } else {
             None
         };
         let filter = self.token_filter();
-        let batching = match self.dataset.kind() {
-            Kind::Text => Batching::Pack {
-                context: self.config.data.context,
-            },
-            Kind::Chat => Batching::Pad {
-                max_len: self.config.data.max_len,
-                truncate: self.config.data.truncate,
-            },
-        };
+        let data = &self.config.data;
+        let batching = Batching::for_kind(
+            self.dataset.kind(),
+            data.context,
+            data.max_len,
+            data.truncate,
+        );
         let stream = StreamConfig {
             seed: self.config.train.seed,
             shuffle: self.config.data.shuffle,
@@ -218,8 +216,9 @@ impl<B: AutodiffBackend> Session<B> {
                 let scalars = record.scalars();
                 let tagged: Vec<(&str, f32)> =
                     scalars.iter().map(|(t, v)| (t.as_str(), *v)).collect();
-                let dir = run_dir.join("tensorboard");
-                board.add_scalars(step as i64, &tagged).map_err(io(&dir))?;
+                board
+                    .add_scalars(step as i64, &tagged)
+                    .map_err(io(&board_dir))?;
             }
             bar.set_message(format!(
                 "loss {:.4}  fvu {:.4}  l0 {:.1}  dead {:.1}%  {:.0} tok/s",
@@ -273,16 +272,13 @@ impl<B: AutodiffBackend> Session<B> {
 
     /// Which tokens the loss sees.
     fn token_filter(&self) -> TokenFilter {
-        let mut excluded = self.config.train.exclude_tokens.clone();
-        if self.config.train.exclude_special_tokens {
-            excluded.extend(self.model.tokenizer.special_token_ids());
-        }
-        excluded.sort_unstable();
-        excluded.dedup();
-        TokenFilter {
-            excluded,
-            skip_first: self.config.train.skip_first_tokens,
-        }
+        let t = &self.config.train;
+        TokenFilter::new(
+            &self.model.tokenizer,
+            t.exclude_special_tokens,
+            &t.exclude_tokens,
+            t.skip_first_tokens,
+        )
     }
 
     /// The frozen model's activations at every hook point, for the tokens that count.
@@ -345,8 +341,9 @@ fn progress_bar(show: bool, done: u64, end: u64) -> ProgressBar {
 /// Draws the loss and FVU curves of `metrics.jsonl` to `curves.svg`.
 fn draw_curves(run_dir: &Path) -> Result<()> {
     let metrics = run_dir.join(METRICS_FILE);
-    let loss = crate::metrics::series(&metrics, "loss")?;
-    let fvu = crate::metrics::series(&metrics, "fvu")?;
+    let [loss, fvu]: [Vec<(f64, f64)>; 2] = crate::metrics::series(&metrics, &["loss", "fvu"])?
+        .try_into()
+        .expect("one series per field");
     let path = run_dir.join(CURVES_FILE);
     write_svg(
         &path,

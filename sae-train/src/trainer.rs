@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use sae_core::sae::unit_norm_rows;
+use sae_core::sae::{to_host, unit_norm_rows};
 use sae_core::{Architecture, HookPoint, Sae, SaeConfig, SaeError};
 use serde::Serialize;
 
@@ -88,7 +88,6 @@ pub struct Trainer<B: AutodiffBackend> {
     /// The first batch has set `b_dec` and the scales.
     pub initialised: bool,
     optim: OptimConfig,
-    grad_acc_steps: usize,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -130,7 +129,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             step,
             initialised,
             optim: optim.clone(),
-            grad_acc_steps: optim.grad_acc_steps,
         }
     }
 
@@ -144,7 +142,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             self.initialised = true;
         }
-        let acc = self.grad_acc_steps;
+        let acc = self.optim.grad_acc_steps;
         for (hook, x) in self.hooks.iter_mut().zip(acts) {
             hook.accumulate(x, acc, step)?;
         }
@@ -207,7 +205,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         if n == 0 {
             return Ok(());
         }
-        let rows = x.to_data().convert::<f32>().into_vec::<f32>().expect("f32");
+        let rows = to_host(x.clone());
         if rows.iter().any(|v| !v.is_finite()) {
             return Err(self.non_finite(1, "the activations"));
         }
@@ -314,13 +312,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             fvu: host(&out.fvu),
             auxk: out.auxk_loss.as_ref().map_or(0.0, host),
             multi_topk_fvu: out.multi_topk_fvu.as_ref().map(host),
-            values: out
-                .latents
-                .values
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .expect("f32"),
+            values: to_host(out.latents.values),
             indices: out
                 .latents
                 .indices

