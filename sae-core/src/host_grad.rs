@@ -12,18 +12,21 @@
 //! `db_dec = sum_n G - sum_n sum_j dpre_j W_enc[idx_j]`. AuxK (as sparsify 1.3) reaches the
 //! decoder only and its prediction has no `b_dec`; Multi-TopK is a second full path.
 
+use std::cell::RefCell;
+
+use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
 use crate::config::Architecture;
 use crate::error::{Result, SaeError};
-use crate::sae::{Sae, to_host};
+use crate::sae::{Sae, finish_pre_activations, to_host};
 use crate::select::{self, Selection};
 
-/// Gradients of one SAE's parameters, row-major like the parameters.
+/// An SAE's parameters, or their gradients, on the host, row-major like the parameters.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostGrads {
+pub struct HostParams {
     /// `[num_latents, d_in]`.
     pub w_enc: Vec<f32>,
     /// `[num_latents]`, when the SAE has an encoder bias.
@@ -32,9 +35,61 @@ pub struct HostGrads {
     pub w_dec: Vec<f32>,
     /// `[d_in]`.
     pub b_dec: Vec<f32>,
+    /// `[num_latents]`, JumpReLU's thresholds.
+    pub threshold: Option<Vec<f32>>,
 }
 
-/// The loss terms, the selected latents and the gradients of one training micro-batch.
+impl HostParams {
+    /// Zeros shaped like `self` (the same optional parameters present).
+    pub fn zeros_like(&self) -> Self {
+        let zeros = |v: &Vec<f32>| vec![0.0; v.len()];
+        HostParams {
+            w_enc: zeros(&self.w_enc),
+            b_enc: self.b_enc.as_ref().map(zeros),
+            w_dec: zeros(&self.w_dec),
+            b_dec: zeros(&self.b_dec),
+            threshold: self.threshold.as_ref().map(zeros),
+        }
+    }
+
+    /// The parameters present, by the names checkpoints use.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[f32])> {
+        [
+            ("w_enc", Some(&self.w_enc)),
+            ("b_enc", self.b_enc.as_ref()),
+            ("w_dec", Some(&self.w_dec)),
+            ("b_dec", Some(&self.b_dec)),
+            ("threshold", self.threshold.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v.as_slice())))
+    }
+
+    /// The parameter called `name`, when present.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The same, mutable.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        self.iter_mut().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The parameters present, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut Vec<f32>)> {
+        [
+            ("w_enc", Some(&mut self.w_enc)),
+            ("b_enc", self.b_enc.as_mut()),
+            ("w_dec", Some(&mut self.w_dec)),
+            ("b_dec", Some(&mut self.b_dec)),
+            ("threshold", self.threshold.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
+    }
+}
+
+/// The loss terms and the selected latents of one training micro-batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostStep {
     /// The objective (`fvu + aux_k_alpha auxk + multi_topk_fvu / 8`), unweighted.
@@ -49,21 +104,19 @@ pub struct HostStep {
     pub values: Vec<f32>,
     /// Their latent indices, `[tokens, width]`.
     pub indices: Vec<i64>,
-    /// Gradients of `weight x loss`.
-    pub grads: HostGrads,
 }
 
 /// The parameters and inputs the host math reads.
-struct Host {
+struct Host<'a> {
     relu: bool,
     n: usize,
     d: usize,
     latents: usize,
     x: Vec<f32>,
     x_c: Vec<f32>,
-    w_enc: Vec<f32>,
-    w_dec: Vec<f32>,
-    b_dec: Vec<f32>,
+    w_enc: &'a [f32],
+    w_dec: &'a [f32],
+    b_dec: &'a [f32],
 }
 
 impl<B: Backend> Sae<B> {
@@ -75,6 +128,18 @@ impl<B: Backend> Sae<B> {
         )
     }
 
+    /// This SAE's parameters, copied to the host.
+    pub fn host_params(&self) -> HostParams {
+        let one = |p: &Param<Tensor<B, 1>>| to_host(p.val());
+        HostParams {
+            w_enc: to_host(self.w_enc.val()),
+            b_enc: self.b_enc.as_ref().map(one),
+            w_dec: to_host(self.w_dec.val()),
+            b_dec: to_host(self.b_dec.val()),
+            threshold: self.threshold.as_ref().map(one),
+        }
+    }
+
     /// The training loss on `[tokens, d_in]` activations and the gradients of
     /// `weight x loss`; `dead_mask` turns on AuxK as in [`forward`](Self::forward).
     pub fn loss_and_grads(
@@ -82,6 +147,23 @@ impl<B: Backend> Sae<B> {
         x: Tensor<B, 2>,
         dead_mask: Option<&[bool]>,
         weight: f32,
+    ) -> Result<(HostStep, HostParams)> {
+        let params = self.host_params();
+        let mut grads = params.zeros_like();
+        let step = self.add_loss_grads(&params, x, dead_mask, weight, &mut grads)?;
+        Ok((step, grads))
+    }
+
+    /// As [`loss_and_grads`](Self::loss_and_grads), adding the gradients to `grads`. `params`
+    /// must hold this SAE's values ([`host_params`](Self::host_params)): a trainer that keeps
+    /// them on the host passes its copy, and on the CPU backends only that copy is read.
+    pub fn add_loss_grads(
+        &self,
+        params: &HostParams,
+        x: Tensor<B, 2>,
+        dead_mask: Option<&[bool]>,
+        weight: f32,
+        grads: &mut HostParams,
     ) -> Result<HostStep> {
         if !self.has_host_gradients() {
             return Err(SaeError::InvalidConfig(format!(
@@ -96,11 +178,10 @@ impl<B: Backend> Sae<B> {
         } else {
             Some(self.host_pre_activations(&self.center(x.clone()))?)
         };
-        let b_dec = to_host(self.b_dec.val());
         let xs = to_host(x);
         let x_c: Vec<f32> = xs
-            .chunks_exact(d)
-            .flat_map(|row| row.iter().zip(&b_dec).map(|(v, b)| v - b))
+            .par_chunks(d)
+            .flat_map_iter(|row| row.iter().zip(&params.b_dec).map(|(v, b)| v - b))
             .collect();
         let h = Host {
             relu: self.config.relu,
@@ -109,25 +190,19 @@ impl<B: Backend> Sae<B> {
             latents: self.num_latents(),
             x: xs,
             x_c,
-            w_enc: to_host(self.w_enc.val()),
-            w_dec: to_host(self.w_dec.val()),
-            b_dec,
+            w_enc: &params.w_enc,
+            w_dec: &params.w_dec,
+            b_dec: &params.b_dec,
         };
         let pre = match pre_on_backend {
             Some(pre) => pre,
             None => {
                 let mut pre = encoder_product(&h);
-                self.finish_pre_activations(&mut pre)?;
+                finish_pre_activations(&mut pre, h.latents, params.b_enc.as_deref(), h.relu)?;
                 pre
             }
         };
         let total_variance = total_variance(&h.x, n, d);
-        let mut grads = HostGrads {
-            w_enc: vec![0.0; h.latents * d],
-            b_enc: self.b_enc.as_ref().map(|_| vec![0.0; h.latents]),
-            w_dec: vec![0.0; h.latents * d],
-            b_dec: vec![0.0; d],
-        };
 
         let selection = self.select(&pre);
         let values = gather(&pre, h.latents, &selection);
@@ -135,7 +210,7 @@ impl<B: Backend> Sae<B> {
         let residual: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
         let fvu = sum_sq(&residual) / total_variance;
         let g = scaled(&residual, 2.0 * weight / total_variance as f32);
-        backprop(&h, &selection, &values, &g, &mut grads, true);
+        backprop(&h, &selection, &values, &g, grads, true);
 
         let auxk = dead_mask.and_then(|mask| {
             let (aux, scale) = self.auxk_selection(&pre, mask)?;
@@ -145,14 +220,7 @@ impl<B: Backend> Sae<B> {
             let diff: Vec<f32> = e_hat.iter().zip(&residual).map(|(e, r)| e + r).collect();
             let loss = scale * sum_sq(&diff) / total_variance;
             let coef = weight * self.config.aux_k_alpha * (2.0 * scale / total_variance) as f32;
-            backprop(
-                &h,
-                &aux,
-                &aux_values,
-                &scaled(&diff, coef),
-                &mut grads,
-                false,
-            );
+            backprop(&h, &aux, &aux_values, &scaled(&diff, coef), grads, false);
             Some(loss)
         });
 
@@ -162,17 +230,11 @@ impl<B: Backend> Sae<B> {
             let recon = decode(&h, &wide, &wide_values, true);
             let diff: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
             let coef = weight / 8.0 * 2.0 / total_variance as f32;
-            backprop(
-                &h,
-                &wide,
-                &wide_values,
-                &scaled(&diff, coef),
-                &mut grads,
-                true,
-            );
+            backprop(&h, &wide, &wide_values, &scaled(&diff, coef), grads, true);
             sum_sq(&diff) / total_variance
         });
 
+        PRODUCT.with(|cell| *cell.borrow_mut() = pre);
         let loss = fvu
             + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
             + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
@@ -183,16 +245,24 @@ impl<B: Backend> Sae<B> {
             multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
             values,
             indices: selection.indices,
-            grads,
         })
     }
+}
+
+thread_local! {
+    /// The last pre-activation buffer, reused by the next call on this thread: a fresh
+    /// `[tokens, latents]` buffer each step costs its page faults again (mimalloc returns large
+    /// blocks to the OS), about a fifth of the CPU step.
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `x_c W_enc^T`, `[tokens, num_latents]`, by the `gemm` crate on the host copies (on the CPU
 /// backends this skips a copy of the product and runs at the machine's GEMM speed).
 fn encoder_product(h: &Host) -> Vec<f32> {
     let (n, d, l) = (h.n, h.d, h.latents);
-    let mut out = vec![0f32; n * l];
+    let mut out = PRODUCT.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    // Every element is overwritten (the product does not read `out`).
+    out.resize(n * l, 0.0);
     // SAFETY: `out` is `[n, l]` row-major (column stride 1, row stride l); `x_c` is `[n, d]`
     // row-major; `W_enc^T` is `[d, l]` read from `W_enc` `[l, d]` row-major (column stride d,
     // row stride 1); all three buffers hold exactly those many elements and do not overlap.
@@ -270,7 +340,7 @@ fn decode(h: &Host, s: &Selection, values: &[f32], with_bias: bool) -> Vec<f32> 
     let mut out = vec![0f32; h.n * d];
     out.par_chunks_mut(d).enumerate().for_each(|(n, row)| {
         if with_bias {
-            row.copy_from_slice(&h.b_dec);
+            row.copy_from_slice(h.b_dec);
         }
         for j in 0..s.width {
             let a = values[n * s.width + j];
@@ -291,7 +361,7 @@ fn backprop(
     s: &Selection,
     values: &[f32],
     g: &[f32],
-    grads: &mut HostGrads,
+    grads: &mut HostParams,
     encoder: bool,
 ) {
     let (d, w) = (h.d, s.width);

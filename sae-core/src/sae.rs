@@ -218,30 +218,14 @@ impl<B: Backend> Sae<B> {
             .detach()
             .matmul(self.w_enc.val().detach().transpose());
         let mut values = to_host(product);
-        self.finish_pre_activations(&mut values)?;
-        Ok(values)
-    }
-
-    /// Adds the encoder bias to host `x_c W_enc^T` rows, checks they are finite and applies
-    /// the ReLU when configured.
-    pub(crate) fn finish_pre_activations(&self, values: &mut [f32]) -> Result<()> {
         let bias = self.b_enc.as_ref().map(|b| to_host(b.val()));
-        let relu = self.config.relu;
-        let finite = values.par_chunks_mut(self.num_latents()).all(|row| {
-            if let Some(bias) = &bias {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-            // Check before the ReLU: `f32::max` would turn NaN into 0.
-            let finite = row.iter().all(|v| v.is_finite());
-            if relu {
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-            finite
-        });
-        if !finite {
-            return Err(SaeError::NonFinite("the SAE input".into()));
-        }
-        Ok(())
+        finish_pre_activations(
+            &mut values,
+            self.num_latents(),
+            bias.as_deref(),
+            self.config.relu,
+        )?;
+        Ok(values)
     }
 
     /// The latents this SAE's architecture keeps, from host pre-activations.
@@ -435,6 +419,31 @@ fn finite_on_host<B: Backend>(pre: Tensor<B, 2>) -> Result<Vec<f32>> {
         return Err(SaeError::NonFinite("the SAE input".into()));
     }
     Ok(values)
+}
+
+/// Adds the encoder bias to host `x_c W_enc^T` rows (`cols` wide), checks they are finite and
+/// applies the ReLU when `relu`.
+pub(crate) fn finish_pre_activations(
+    values: &mut [f32],
+    cols: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<()> {
+    let finite = values.par_chunks_mut(cols).all(|row| {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+        // Check before the ReLU: `f32::max` would turn NaN into 0.
+        let finite = row.iter().all(|v| v.is_finite());
+        if relu {
+            row.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        finite
+    });
+    if !finite {
+        return Err(SaeError::NonFinite("the SAE input".into()));
+    }
+    Ok(())
 }
 
 /// A float tensor's values as `f32` on the host.

@@ -113,9 +113,8 @@ fn check(config: SaeConfig, dead: Option<&[bool]>) {
         // selection matmul on the backend (autodiff) and by gemm on the host (plain flex).
         let on_backend = sae.loss_and_grads(x.clone(), dead, 1.0).unwrap();
         let by_gemm = sae.valid().loss_and_grads(x.inner(), dead, 1.0).unwrap();
-        for host in [on_backend, by_gemm] {
+        for (host, g) in [on_backend, by_gemm] {
             assert!(max_rel_diff(&[host.loss], &dense_loss) < 1e-5);
-            let g = host.grads;
             let mut host_grads = vec![g.w_enc, g.w_dec, g.b_dec];
             host_grads.extend(g.b_enc);
             for (i, (h, d)) in host_grads.iter().zip(&dense_grads).enumerate() {

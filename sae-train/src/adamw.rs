@@ -1,9 +1,12 @@
 //! AdamW with PyTorch's arithmetic (bias-corrected moments, `eps` added after the square root,
-//! decoupled weight decay), on the non-autodiff backend. Its moments are plain tensors, so a
-//! checkpoint stores them exactly.
+//! decoupled weight decay), as one fused pass over host buffers. The trainer keeps parameters
+//! and moments on the host, so a checkpoint stores them exactly.
 
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
+use rayon::prelude::*;
+use sae_core::HostParams;
+
+/// Elements per parallel work item of an update.
+const CHUNK: usize = 1 << 14;
 
 /// Hyper-parameters of one update.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,79 +23,69 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
-/// The two moments of one parameter.
-#[derive(Debug, Clone)]
-pub struct Moments<B: Backend, const D: usize> {
+/// The two moments of every parameter of an SAE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
     /// Running mean of the gradient.
-    pub exp_avg: Tensor<B, D>,
+    pub exp_avg: HostParams,
     /// Running mean of the squared gradient.
-    pub exp_avg_sq: Tensor<B, D>,
+    pub exp_avg_sq: HostParams,
 }
 
-impl<B: Backend, const D: usize> Moments<B, D> {
-    /// Zero moments shaped like `param`.
-    pub fn zeros_like(param: &Tensor<B, D>) -> Self {
+impl Moments {
+    /// Zero moments shaped like `params`.
+    pub fn zeros_like(params: &HostParams) -> Self {
         Moments {
-            exp_avg: param.zeros_like(),
-            exp_avg_sq: param.zeros_like(),
+            exp_avg: params.zeros_like(),
+            exp_avg_sq: params.zeros_like(),
         }
     }
 }
 
 impl AdamW {
-    /// The parameter after update number `t` (1-based) with gradient `grad`; updates `moments`.
-    pub fn update<B: Backend, const D: usize>(
+    /// Update number `t` (1-based) of `param` with gradient `grad`, in place, moments included.
+    pub fn update(
         &self,
-        param: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        moments: &mut Moments<B, D>,
+        param: &mut [f32],
+        grad: &[f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
         t: u64,
-    ) -> Tensor<B, D> {
-        let param = if self.weight_decay != 0.0 {
-            param.mul_scalar(1.0 - self.lr * self.weight_decay)
-        } else {
-            param
-        };
-        moments.exp_avg = moments
-            .exp_avg
-            .clone()
-            .mul_scalar(self.beta1)
-            .add(grad.clone().mul_scalar(1.0 - self.beta1));
-        moments.exp_avg_sq = moments
-            .exp_avg_sq
-            .clone()
-            .mul_scalar(self.beta2)
-            .add(grad.clone().mul(grad).mul_scalar(1.0 - self.beta2));
-        let bias1 = 1.0 - self.beta1.powi(t as i32);
-        let bias2_sqrt = (1.0 - self.beta2.powi(t as i32)).sqrt();
-        let denom = moments
-            .exp_avg_sq
-            .clone()
-            .sqrt()
-            .div_scalar(bias2_sqrt)
-            .add_scalar(self.eps);
-        param.sub(
-            moments
-                .exp_avg
-                .clone()
-                .div(denom)
-                .mul_scalar(self.lr / bias1),
-        )
+    ) {
+        let decay = (1.0 - self.lr * self.weight_decay) as f32;
+        let (beta1, beta2) = (self.beta1 as f32, self.beta2 as f32);
+        let (one_m_beta1, one_m_beta2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
+        let bias2_sqrt = (1.0 - self.beta2.powi(t as i32)).sqrt() as f32;
+        let step_size = (self.lr / (1.0 - self.beta1.powi(t as i32))) as f32;
+        let eps = self.eps as f32;
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(exp_avg.par_chunks_mut(CHUNK))
+            .zip(exp_avg_sq.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    if self.weight_decay != 0.0 {
+                        *p *= decay;
+                    }
+                    *m = *m * beta1 + g * one_m_beta1;
+                    *v = *v * beta2 + g * g * one_m_beta2;
+                    let denom = v.sqrt() / bias2_sqrt + eps;
+                    *p -= *m / denom * step_size;
+                }
+            });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
-    use burn::tensor::TensorData;
 
     // Two AdamW steps on p = [1, -2] with gradients [0.5, 0.1] then [-0.2, 0.3], lr 0.1,
     // betas (0.9, 0.999), eps 1e-8, weight decay 0.01, computed by hand from torch.optim.AdamW's
     // documented algorithm (in f64, then compared at f32 precision).
     #[test]
     fn matches_the_adamw_algorithm() {
-        let device = Default::default();
         let hp = AdamW {
             lr: 0.1,
             beta1: 0.9,
@@ -100,9 +93,8 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.01,
         };
-        let t = |v: [f32; 2]| Tensor::<Flex, 1>::from_data(TensorData::from(v), &device);
-        let mut p = t([1.0, -2.0]);
-        let mut m = Moments::zeros_like(&p);
+        let mut p = [1.0f32, -2.0];
+        let (mut m, mut v) = ([0.0f32; 2], [0.0f32; 2]);
         let grads = [[0.5f64, 0.1], [-0.2, 0.3]];
         let mut expected = [1.0f64, -2.0];
         let (mut em, mut ev) = ([0.0f64; 2], [0.0f64; 2]);
@@ -116,10 +108,10 @@ mod tests {
                 let v_hat = ev[j] / (1.0 - 0.999f64.powi(step));
                 expected[j] -= 0.1 * m_hat / (v_hat.sqrt() + 1e-8);
             }
-            p = hp.update(p, t([g[0] as f32, g[1] as f32]), &mut m, step as u64);
+            let g32 = [g[0] as f32, g[1] as f32];
+            hp.update(&mut p, &g32, &mut m, &mut v, step as u64);
         }
-        let got = p.into_data().to_vec::<f32>().unwrap();
-        for (g, e) in got.iter().zip(expected) {
+        for (g, e) in p.iter().zip(expected) {
             assert!((f64::from(*g) - e).abs() < 1e-6, "{g} vs {e}");
         }
     }

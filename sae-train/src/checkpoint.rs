@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::adamw::Moments;
 use crate::config::OptimConfig;
 use crate::error::{Result, TrainError, io};
-use crate::trainer::{HookTrainer, PARAMS, Trainer, param_value};
+use crate::trainer::{HookTrainer, Trainer};
 
 /// The folder of a run's checkpoints.
 pub const CHECKPOINTS: &str = "checkpoints";
@@ -198,24 +198,25 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
 /// and `<path>.tokens_since_fired`.
 fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
+    let d = hook.sae().d_in();
+    // The matrices as `[latents, d]`, vectors as `[1, n]`.
+    let tensor = |name: &str, v: &[f32]| {
+        let shape = if name.starts_with("w_") {
+            vec![v.len() / d, d]
+        } else {
+            vec![1, v.len()]
+        };
+        HostTensor::f32(shape, v.to_vec())
+    };
     let mut out = Vec::new();
-    for name in PARAMS {
-        if let Some(value) = param_value(&hook.sae, name) {
-            out.push((
-                format!("{}.{name}", hook.path),
-                HostTensor::from_float(value),
-            ));
-        }
-        if let Some(m) = hook.moments.get(name) {
-            let key = format!("{}.{name}", hook.path);
-            out.push((
-                format!("{key}.exp_avg"),
-                HostTensor::from_float(m.exp_avg.clone()),
-            ));
-            out.push((
-                format!("{key}.exp_avg_sq"),
-                HostTensor::from_float(m.exp_avg_sq.clone()),
-            ));
+    for (name, value) in hook.params().iter() {
+        let key = format!("{}.{name}", hook.path);
+        out.push((key.clone(), tensor(name, value)));
+        if let Some(m) = hook.moments() {
+            for (suffix, moment) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
+                let values = moment.get(name).expect("moments mirror the params");
+                out.push((format!("{key}.{suffix}"), tensor(name, values)));
+            }
         }
     }
     let counts = hook.tokens_since_fired.iter().map(|&c| c as i64).collect();
@@ -270,20 +271,30 @@ pub fn load<B: AutodiffBackend>(
                 b_dec,
                 one("threshold")?,
             )?;
-            let mut moments = BTreeMap::new();
-            for name in PARAMS {
-                let m = get(&format!("{name}.exp_avg"))?;
-                let v = get(&format!("{name}.exp_avg_sq"))?;
-                if let (Some(m), Some(v)) = (m, v) {
-                    moments.insert(
-                        name.to_string(),
-                        Moments {
-                            exp_avg: m.to_float(device),
-                            exp_avg_sq: v.to_float(device),
-                        },
-                    );
+            // Moments are saved for every parameter once the first step is taken.
+            let moments = if file.contains(&format!("{}.w_enc.exp_avg", h.path)) {
+                let params = sae.host_params();
+                let mut m = Moments::zeros_like(&params);
+                for (name, _) in params.iter() {
+                    for (suffix, moment) in [
+                        ("exp_avg", &mut m.exp_avg),
+                        ("exp_avg_sq", &mut m.exp_avg_sq),
+                    ] {
+                        let key = format!("{name}.{suffix}");
+                        let values = get(&key)?
+                            .ok_or_else(|| bad(format!("{}.{key} is missing", h.path)))?
+                            .to_f32();
+                        let slot = moment.get_mut(name).expect("shaped like the params");
+                        if values.len() != slot.len() {
+                            return Err(bad(format!("{}.{key} has the wrong size", h.path)));
+                        }
+                        *slot = values;
+                    }
                 }
-            }
+                Some(m)
+            } else {
+                None
+            };
             let counts = match get("tokens_since_fired")?.map(|t| t.data) {
                 Some(HostData::I64(v)) => v.into_iter().map(|c| c as u64).collect(),
                 _ => return Err(bad(format!("{}.tokens_since_fired is missing", h.path))),
@@ -308,7 +319,7 @@ pub fn hook_states<B: AutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
         .iter()
         .map(|h| HookState {
             path: h.path.clone(),
-            config: h.sae.config.clone(),
+            config: h.sae().config.clone(),
             scale: h.scale,
         })
         .collect()

@@ -3,16 +3,17 @@
 //! extras (decoder rows kept at unit norm with the parallel gradient removed, dead-latent
 //! tracking feeding the AuxK loss) and reports the step's metrics.
 //!
-//! SAEs live on the autodiff backend `B`; activations, gradients and optimiser moments on its
-//! inner backend, so the frozen model never records a graph.
-
-use std::collections::BTreeMap;
+//! Activations come on the inner backend of the autodiff backend `B`, so the frozen model never
+//! records a graph. Each SAE's parameters, gradients and moments live on the host, where the
+//! optimiser updates them in one fused pass; the SAE on the backend is a copy of them, renewed
+//! after each step, for the forward passes that need it.
 
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use sae_core::sae::{to_host, unit_norm_rows};
-use sae_core::{Architecture, HookPoint, Sae, SaeConfig, SaeError};
+use rayon::prelude::*;
+use sae_core::sae::to_host;
+use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
@@ -20,9 +21,6 @@ use crate::config::{BiasInit, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::init;
 use crate::schedule::lr_factor;
-
-/// The trainable tensors of an SAE, by the names checkpoints use.
-pub const PARAMS: [&str; 5] = ["w_enc", "b_enc", "w_dec", "b_dec", "threshold"];
 
 /// One step's numbers for one SAE (means over the step's micro-batches).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -48,15 +46,14 @@ pub struct HookMetrics {
     pub tokens: u64,
 }
 
-/// What one micro-batch gives an SAE: its loss terms, selected latents and gradients.
-struct MicroStep<B: burn::tensor::backend::Backend> {
+/// What one micro-batch gives an SAE besides its gradients: loss terms and selected latents.
+struct MicroStep {
     loss: f64,
     fvu: f64,
     auxk: f64,
     multi_topk_fvu: Option<f64>,
     values: Vec<f32>,
     indices: Vec<i64>,
-    grads: Vec<(&'static str, Tensor<B, 2>)>,
 }
 
 /// One SAE being trained, with its optimiser and bookkeeping.
@@ -64,15 +61,19 @@ struct MicroStep<B: burn::tensor::backend::Backend> {
 pub struct HookTrainer<B: AutodiffBackend> {
     /// The hook path.
     pub path: String,
-    /// The SAE, in the scaled activation space when `scale != 1`.
-    pub sae: Sae<B>,
     /// Activations are multiplied by this before the SAE sees them.
     pub scale: f32,
     /// Tokens seen since each latent last fired.
     pub tokens_since_fired: Vec<u64>,
-    /// AdamW moments by parameter name (1-D parameters stored as `[1, n]`).
-    pub moments: BTreeMap<String, Moments<B::InnerBackend, 2>>,
-    grads: BTreeMap<&'static str, Tensor<B::InnerBackend, 2>>,
+    /// The SAE's parameters (in the scaled activation space when `scale != 1`), the
+    /// optimiser's master copy.
+    params: HostParams,
+    /// The same SAE on the backend.
+    sae: Sae<B>,
+    /// AdamW moments, from the first step on.
+    moments: Option<Moments>,
+    /// The step's gradients so far (one buffer kept for the whole run).
+    grads: HostParams,
     did_fire: Vec<bool>,
     sums: HookMetrics,
     micro_batches: usize,
@@ -171,10 +172,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 impl<B: AutodiffBackend> HookTrainer<B> {
-    /// A trainer for `sae` at `path`, with zero moments.
+    /// A trainer for `sae` at `path`, before its first step.
     pub fn new(path: String, sae: Sae<B>) -> Self {
         let latents = sae.num_latents();
-        Self::restore(path, sae, 1.0, vec![0; latents], BTreeMap::new())
+        Self::restore(path, sae, 1.0, vec![0; latents], None)
     }
 
     /// A trainer restored from a checkpoint's parts.
@@ -183,20 +184,37 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         sae: Sae<B>,
         scale: f32,
         tokens_since_fired: Vec<u64>,
-        moments: BTreeMap<String, Moments<B::InnerBackend, 2>>,
+        moments: Option<Moments>,
     ) -> Self {
         let latents = sae.num_latents();
+        let params = sae.host_params();
         HookTrainer {
             path,
-            sae,
             scale,
             tokens_since_fired,
+            grads: params.zeros_like(),
+            params,
+            sae,
             moments,
-            grads: BTreeMap::new(),
             did_fire: vec![false; latents],
             sums: HookMetrics::default(),
             micro_batches: 0,
         }
+    }
+
+    /// The SAE being trained (in the scaled activation space when `scale != 1`).
+    pub fn sae(&self) -> &Sae<B> {
+        &self.sae
+    }
+
+    /// Its parameters on the host.
+    pub fn params(&self) -> &HostParams {
+        &self.params
+    }
+
+    /// AdamW's moments, once a step has been taken.
+    pub fn moments(&self) -> Option<&Moments> {
+        self.moments.as_ref()
     }
 
     /// The first batch sets the scale and `b_dec`.
@@ -214,17 +232,36 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         }
         if optim.b_dec_init != BiasInit::Zeros {
             let scaled: Vec<f32> = rows.iter().map(|v| v * self.scale).collect();
-            let bias = init::decoder_bias(optim.b_dec_init, &scaled, d);
-            let device = x.device();
-            let bias = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(bias, [d]), &device);
-            set_param(&mut self.sae, "b_dec", bias.reshape([1, d]));
+            self.params.b_dec = init::decoder_bias(optim.b_dec_init, &scaled, d);
         }
         // sparsify normalises before every forward pass, the first one included; after this,
         // `apply` does it after every step, which is the same sequence.
         if self.sae.config.normalize_decoder {
-            self.normalize_decoder();
+            unit_norm_rows(&mut self.params.w_dec, d);
         }
+        self.sync();
         Ok(())
+    }
+
+    /// Copies the host parameters to the SAE on the backend.
+    fn sync(&mut self) {
+        let device = self.sae.w_enc.device();
+        let (latents, d) = (self.sae.num_latents(), self.sae.d_in());
+        let p = &self.params;
+        let two = |v: &Vec<f32>| {
+            let t = Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [latents, d]), &device);
+            Param::from_tensor(t)
+        };
+        let one = |v: &Vec<f32>| {
+            let t = Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
+            Param::from_tensor(t)
+        };
+        let sae = &mut self.sae;
+        sae.w_enc = two(&p.w_enc);
+        sae.w_dec = two(&p.w_dec);
+        sae.b_dec = one(&p.b_dec);
+        sae.b_enc = p.b_enc.as_ref().map(one);
+        sae.threshold = p.threshold.as_ref().map(one);
     }
 
     fn non_finite(&self, step: u64, what: &str) -> TrainError {
@@ -253,10 +290,14 @@ impl<B: AutodiffBackend> HookTrainer<B> {
                 .collect()
         });
         let weight = 1.0 / acc as f32;
+        let grads = &mut self.grads;
         let micro = if self.sae.has_host_gradients() {
-            self.host_micro_step(x, dead.as_deref(), weight)
+            self.sae
+                .valid()
+                .add_loss_grads(&self.params, x, dead.as_deref(), weight, grads)
+                .map(MicroStep::from)
         } else {
-            self.autodiff_micro_step(x, dead.as_deref(), weight)
+            autodiff_micro_step(&self.sae, x, dead.as_deref(), weight, grads)
         };
         let micro = match micro {
             Err(SaeError::NonFinite(_)) => return Err(self.non_finite(step, "the activations")),
@@ -286,93 +327,25 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         self.sums.l0 += active as f64 / n as f64;
         self.sums.tokens += n as u64;
         self.micro_batches += 1;
-        for (name, g) in micro.grads {
-            let sum = match self.grads.remove(name) {
-                Some(prev) => prev + g,
-                None => g,
-            };
-            self.grads.insert(name, sum);
-        }
         Ok(())
-    }
-
-    /// Loss, selection and gradients (of `weight x loss`) by Burn's autodiff.
-    fn autodiff_micro_step(
-        &self,
-        x: Tensor<B::InnerBackend, 2>,
-        dead: Option<&[bool]>,
-        weight: f32,
-    ) -> Result<MicroStep<B::InnerBackend>, SaeError> {
-        let out = self.sae.forward(Tensor::from_inner(x), dead)?;
-        let loss = out.loss(&self.sae.config);
-        let host = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
-        let grads = loss.clone().mul_scalar(weight).backward();
-        Ok(MicroStep {
-            loss: host(&loss),
-            fvu: host(&out.fvu),
-            auxk: out.auxk_loss.as_ref().map_or(0.0, host),
-            multi_topk_fvu: out.multi_topk_fvu.as_ref().map(host),
-            values: to_host(out.latents.values),
-            indices: out
-                .latents
-                .indices
-                .into_data()
-                .convert::<i64>()
-                .into_vec()
-                .expect("i64"),
-            grads: PARAMS
-                .iter()
-                .filter_map(|&name| param_grad(&self.sae, name, &grads).map(|g| (name, g)))
-                .collect(),
-        })
-    }
-
-    /// The same from sae-core's hand-derived host gradients (TopK, BatchTopK).
-    fn host_micro_step(
-        &self,
-        x: Tensor<B::InnerBackend, 2>,
-        dead: Option<&[bool]>,
-        weight: f32,
-    ) -> Result<MicroStep<B::InnerBackend>, SaeError> {
-        let device = x.device();
-        let sae = self.sae.valid();
-        let (latents, d) = (sae.num_latents(), sae.d_in());
-        let out = sae.loss_and_grads(x, dead, weight)?;
-        let tensor = |values: Vec<f32>, rows: usize, cols: usize| {
-            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(values, [rows, cols]), &device)
-        };
-        let g = out.grads;
-        let mut grads = vec![
-            ("w_enc", tensor(g.w_enc, latents, d)),
-            ("w_dec", tensor(g.w_dec, latents, d)),
-            ("b_dec", tensor(g.b_dec, 1, d)),
-        ];
-        grads.extend(g.b_enc.map(|b| ("b_enc", tensor(b, 1, latents))));
-        Ok(MicroStep {
-            loss: f64::from(out.loss),
-            fvu: f64::from(out.fvu),
-            auxk: out.auxk.map_or(0.0, f64::from),
-            multi_topk_fvu: out.multi_topk_fvu.map(f64::from),
-            values: out.values,
-            indices: out.indices,
-            grads,
-        })
     }
 
     /// The optimiser step and the step's metrics.
     fn apply(&mut self, optim: &OptimConfig, lr: f64, step: u64) -> Result<HookMetrics> {
         let config = self.sae.config.clone();
-        let mut grads = std::mem::take(&mut self.grads);
-        if config.normalize_decoder
-            && let (Some(g), Some(w)) = (grads.remove("w_dec"), param_value(&self.sae, "w_dec"))
-        {
-            // Remove the component of each row's gradient along the (unit) row itself.
-            let along = (g.clone() * w.clone()).sum_dim(1);
-            grads.insert("w_dec", g - w * along);
+        let d = self.sae.d_in();
+        let grads = &mut self.grads;
+        if config.normalize_decoder {
+            remove_parallel_component(&mut grads.w_dec, &self.params.w_dec, d);
         }
+        // One partial sum per row, added in order: the same total on any thread count.
         let norm_sq: f64 = grads
-            .values()
-            .map(|g| f64::from(g.clone().powi_scalar(2).sum().into_scalar().elem::<f32>()))
+            .iter()
+            .flat_map(|(_, g)| {
+                g.par_chunks(d)
+                    .map(|row| row.iter().map(|&v| f64::from(v * v)).sum::<f64>())
+                    .collect::<Vec<_>>()
+            })
             .sum();
         let grad_norm = norm_sq.sqrt();
         if !grad_norm.is_finite() {
@@ -381,27 +354,38 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         let clip = optim
             .grad_clip
             .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
-        for (name, g) in grads {
-            let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
-            let value = param_value(&self.sae, name).expect("a parameter with a gradient exists");
-            let decays = name.starts_with("w_");
+        let moments = self
+            .moments
+            .get_or_insert_with(|| Moments::zeros_like(&self.params));
+        for (name, g) in grads.iter() {
+            let scaled: Vec<f32>;
+            let g = if clip < 1.0 {
+                scaled = g.iter().map(|v| v * clip as f32).collect();
+                &scaled
+            } else {
+                g
+            };
             let hp = AdamW {
                 lr,
                 beta1: optim.beta1,
                 beta2: optim.beta2,
                 eps: optim.eps,
-                weight_decay: if decays { optim.weight_decay } else { 0.0 },
+                weight_decay: if name.starts_with("w_") {
+                    optim.weight_decay
+                } else {
+                    0.0
+                },
             };
-            let moments = self
-                .moments
-                .entry(name.to_string())
-                .or_insert_with(|| Moments::zeros_like(&value));
-            let updated = hp.update(value, g, moments, step);
-            set_param(&mut self.sae, name, updated);
+            let param = self.params.get_mut(name).expect("grads mirror the params");
+            let m = moments.exp_avg.get_mut(name).expect("moments too");
+            let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
+            hp.update(param, g, m, v, step);
         }
+        grads.iter_mut().for_each(|(_, g)| g.fill(0.0));
         if config.normalize_decoder {
-            self.normalize_decoder();
+            unit_norm_rows(&mut self.params.w_dec, d);
         }
+        self.sync();
 
         let tokens = self.sums.tokens;
         for (count, fired) in self.tokens_since_fired.iter_mut().zip(&mut self.did_fire) {
@@ -429,12 +413,6 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         })
     }
 
-    /// Divides each decoder row by its norm (plus epsilon).
-    fn normalize_decoder(&mut self) {
-        let w = param_value(&self.sae, "w_dec").expect("an SAE has a decoder");
-        set_param(&mut self.sae, "w_dec", unit_norm_rows(w));
-    }
-
     /// The SAE for raw activations: the activation scale folded into the weights
     /// (`W_enc s`, `W_dec / s`, `b_dec / s`), on the inner backend.
     pub fn export(&self) -> Result<Sae<B::InnerBackend>> {
@@ -452,75 +430,77 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     }
 }
 
-/// A parameter's value on the inner backend, 1-D ones as `[1, n]`.
-pub fn param_value<B: AutodiffBackend>(
-    sae: &Sae<B>,
-    name: &str,
-) -> Option<Tensor<B::InnerBackend, 2>> {
-    let row = |p: &Param<Tensor<B, 1>>| {
-        let t = p.val().inner();
-        let n = t.dims()[0];
-        t.reshape([1, n])
-    };
-    match name {
-        "w_enc" => Some(sae.w_enc.val().inner()),
-        "w_dec" => Some(sae.w_dec.val().inner()),
-        "b_dec" => Some(row(&sae.b_dec)),
-        "b_enc" => sae.b_enc.as_ref().map(row),
-        "threshold" => sae.threshold.as_ref().map(row),
-        _ => None,
+impl From<sae_core::HostStep> for MicroStep {
+    fn from(out: sae_core::HostStep) -> Self {
+        MicroStep {
+            loss: f64::from(out.loss),
+            fvu: f64::from(out.fvu),
+            auxk: out.auxk.map_or(0.0, f64::from),
+            multi_topk_fvu: out.multi_topk_fvu.map(f64::from),
+            values: out.values,
+            indices: out.indices,
+        }
     }
 }
 
-/// A parameter's gradient, 1-D ones as `[1, n]`.
-fn param_grad<B: AutodiffBackend>(
+/// Loss and selection by the SAE's forward pass, gradients (of `weight x loss`) by Burn's
+/// autodiff, added to `grads`.
+fn autodiff_micro_step<B: AutodiffBackend>(
     sae: &Sae<B>,
-    name: &str,
-    grads: &B::Gradients,
-) -> Option<Tensor<B::InnerBackend, 2>> {
-    let row = |p: &Param<Tensor<B, 1>>| {
-        p.grad(grads).map(|g| {
-            let n = g.dims()[0];
-            g.reshape([1, n])
-        })
+    x: Tensor<B::InnerBackend, 2>,
+    dead: Option<&[bool]>,
+    weight: f32,
+    grads: &mut HostParams,
+) -> Result<MicroStep, SaeError> {
+    let out = sae.forward(Tensor::from_inner(x), dead)?;
+    let loss = out.loss(&sae.config);
+    let host = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
+    let backward = loss.clone().mul_scalar(weight).backward();
+    let add = |sum: Option<&mut Vec<f32>>, g: Option<Vec<f32>>| {
+        if let (Some(sum), Some(g)) = (sum, g) {
+            sum.iter_mut().zip(g).for_each(|(s, v)| *s += v);
+        }
     };
-    match name {
-        "w_enc" => sae.w_enc.grad(grads),
-        "w_dec" => sae.w_dec.grad(grads),
-        "b_dec" => row(&sae.b_dec),
-        "b_enc" => sae.b_enc.as_ref().and_then(row),
-        "threshold" => sae.threshold.as_ref().and_then(row),
-        _ => None,
-    }
+    let two = |p: &Param<Tensor<B, 2>>| p.grad(&backward).map(to_host);
+    let one = |p: &Param<Tensor<B, 1>>| p.grad(&backward).map(to_host);
+    add(Some(&mut grads.w_enc), two(&sae.w_enc));
+    add(Some(&mut grads.w_dec), two(&sae.w_dec));
+    add(Some(&mut grads.b_dec), one(&sae.b_dec));
+    add(grads.b_enc.as_mut(), sae.b_enc.as_ref().and_then(one));
+    add(
+        grads.threshold.as_mut(),
+        sae.threshold.as_ref().and_then(one),
+    );
+    Ok(MicroStep {
+        loss: host(&loss),
+        fvu: host(&out.fvu),
+        auxk: out.auxk_loss.as_ref().map_or(0.0, host),
+        multi_topk_fvu: out.multi_topk_fvu.as_ref().map(host),
+        values: to_host(out.latents.values),
+        indices: out
+            .latents
+            .indices
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .expect("i64"),
+    })
 }
 
-/// Replaces a parameter's value (1-D ones given as `[1, n]`), keeping its id.
-pub fn set_param<B: AutodiffBackend>(
-    sae: &mut Sae<B>,
-    name: &str,
-    value: Tensor<B::InnerBackend, 2>,
-) {
-    let two = |p: &mut Param<Tensor<B, 2>>, v: Tensor<B::InnerBackend, 2>| {
-        *p = Param::initialized(p.id, Tensor::from_inner(v).require_grad());
-    };
-    let one = |p: &mut Param<Tensor<B, 1>>, v: Tensor<B::InnerBackend, 2>| {
-        let n = v.dims()[1];
-        *p = Param::initialized(p.id, Tensor::from_inner(v.reshape([n])).require_grad());
-    };
-    match name {
-        "w_enc" => two(&mut sae.w_enc, value),
-        "w_dec" => two(&mut sae.w_dec, value),
-        "b_dec" => one(&mut sae.b_dec, value),
-        "b_enc" => {
-            if let Some(p) = sae.b_enc.as_mut() {
-                one(p, value)
-            }
-        }
-        "threshold" => {
-            if let Some(p) = sae.threshold.as_mut() {
-                one(p, value)
-            }
-        }
-        _ => {}
-    }
+/// Removes from each row of `grad` (`d` wide) its component along the same (unit) row of `w`.
+fn remove_parallel_component(grad: &mut [f32], w: &[f32], d: usize) {
+    grad.par_chunks_mut(d)
+        .zip(w.par_chunks(d))
+        .for_each(|(g, w)| {
+            let along: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            g.iter_mut().zip(w).for_each(|(g, w)| *g -= w * along);
+        });
+}
+
+/// Divides each row (`d` wide) by `(its L2 norm + eps)`, as sparsify normalises decoder rows.
+fn unit_norm_rows(w: &mut [f32], d: usize) {
+    w.par_chunks_mut(d).for_each(|row| {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt() + f32::EPSILON;
+        row.iter_mut().for_each(|v| *v /= norm);
+    });
 }

@@ -105,8 +105,7 @@ fn six_steps_match_sparsify() {
     // Adam turns tiny gradients into full-size steps, so the encoder is the most sensitive:
     // sparsify's own float32 result differs from its float64 replay by 9.2e-6 here.
     let hook = &trainer.hooks[0];
-    let host = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
-    let value = |name| host(sae_train::trainer::param_value(&hook.sae, name).unwrap());
+    let value = |name| hook.params().get(name).unwrap().to_vec();
     for (ours, theirs) in [
         ("w_enc", "final.encoder.weight"),
         ("b_enc", "final.encoder.bias"),

@@ -6,7 +6,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use sae_core::{HookKind, HookPoint, SaeConfig};
 use sae_train::config::{BiasInit, OptimConfig};
-use sae_train::trainer::param_value;
 use sae_train::{HookTrainer, TrainError, Trainer};
 
 type AB = Autodiff<Flex>;
@@ -28,10 +27,8 @@ fn host(t: Tensor<Flex, 2>) -> Vec<f32> {
 }
 
 fn weights(t: &Trainer<AB>) -> Vec<f32> {
-    ["w_enc", "b_enc", "w_dec", "b_dec"]
-        .iter()
-        .flat_map(|n| host(param_value(&t.hooks[0].sae, n).unwrap()))
-        .collect()
+    let params = t.hooks[0].params();
+    params.iter().flat_map(|(_, v)| v.to_vec()).collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -53,7 +50,7 @@ fn accumulating_one_batch_twice_equals_one_step() {
     };
     let mut a = trainer(sae, once);
     // The same initial SAE (Burn's random seed is global, and tests run in parallel).
-    let copy = HookTrainer::new("h".into(), a.hooks[0].sae.clone());
+    let copy = HookTrainer::new("h".into(), a.hooks[0].sae().clone());
     let mut b = Trainer::from_parts(vec![copy], 0, false, &twice);
     assert_eq!(weights(&a), weights(&b));
     let x = acts(1, 40, 1.0);
@@ -83,10 +80,11 @@ fn clipping_bounds_the_gradient_adam_sees() {
         m[0].grad_norm > 100.0 * clip,
         "the test needs a large gradient"
     );
-    let norm_sq: f32 = t.hooks[0]
-        .moments
-        .values()
-        .map(|m| host(m.exp_avg.clone()).iter().map(|v| v * v).sum::<f32>())
+    let moments = t.hooks[0].moments().unwrap();
+    let norm_sq: f32 = moments
+        .exp_avg
+        .iter()
+        .map(|(_, m)| m.iter().map(|v| v * v).sum::<f32>())
         .sum();
     let expected = 0.1 * clip / (1.0 + 1e-6 / m[0].grad_norm);
     assert!((f64::from(norm_sq.sqrt()) - expected).abs() < 1e-6 * expected);
@@ -113,7 +111,7 @@ fn the_activation_scale_is_folded_into_the_saved_sae() {
     let exported = hook.export().unwrap();
     let raw = exported.forward(x.clone(), None).unwrap();
     let scaled_x = Tensor::<AB, 2>::from_inner(x.clone().mul_scalar(hook.scale));
-    let scaled = hook.sae.forward(scaled_x, None).unwrap();
+    let scaled = hook.sae().forward(scaled_x, None).unwrap();
     let expected = host(scaled.reconstruction.inner().div_scalar(hook.scale));
     let got = host(raw.reconstruction);
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
