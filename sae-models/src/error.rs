@@ -55,6 +55,12 @@ pub enum ModelError {
         "the prompt plus generation needs {needed} positions, but the model's context is {limit}"
     )]
     TooLong { needed: usize, limit: usize },
+    /// An image file that cannot be opened or decoded.
+    #[error("cannot read image {file}: {message}")]
+    BadImage { file: PathBuf, message: String },
+    /// An image the image processor cannot take (transformers refuses it too).
+    #[error("cannot preprocess the image: {0}")]
+    ImagePreprocess(String),
     /// Reading a checkpoint or config file failed (the cause says why).
     #[error(transparent)]
     Checkpoint(#[from] sae_core::SaeError),

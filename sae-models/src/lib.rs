@@ -2,7 +2,8 @@
 //! [`sae_core::HookedModule`] with hook paths named as Hugging Face names the modules in memory,
 //! so SAE Made Easy's `target_modules` work unchanged.
 //!
-//! Now: decoder-only LMs (Qwen2, Llama / SmolLM2) loaded from a Hugging Face folder.
+//! Now: decoder-only LMs (Qwen2, Llama / SmolLM2) loaded from a Hugging Face folder, and the
+//! Qwen2-VL and LLaVA-OneVision image processors.
 //! Next: tokenizer and chat templates, GGUF and hub loading, KV-cache generation, Qwen2-VL,
 //! Qwen2.5-VL and LLaVA-OneVision.
 
@@ -12,6 +13,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
+pub mod image_processor;
 pub mod language_model;
 pub mod source;
 pub mod tokenizer;
@@ -21,6 +23,10 @@ pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Sampling, generate};
+pub use image_processor::{
+    LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, Qwen2VlImageInputs,
+    Qwen2VlImageProcessor, load_image,
+};
 pub use language_model::{LanguageModel, Prompt};
 pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
