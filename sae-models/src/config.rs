@@ -41,6 +41,9 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// Longest sequence the model supports.
     pub max_position_embeddings: usize,
+    /// Multimodal RoPE (Qwen2-VL): how many of the `head_dim / 2` frequencies follow each of the
+    /// temporal, height and width positions; `None` for plain 1-D RoPE.
+    pub mrope_section: Option<Vec<usize>>,
 }
 
 /// The raw JSON, every field optional where some configs leave it out.
@@ -69,6 +72,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f64>,
+    mrope_section: Option<Vec<usize>>,
     rope_type: Option<String>,
     #[serde(rename = "type")]
     legacy_type: Option<String>,
@@ -78,10 +82,6 @@ impl DecoderConfig {
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let json: serde_json::Value = sae_core::tensor_file::read_json(path)?;
-        let bad = |message: String| ModelError::BadConfig {
-            file: path.to_path_buf(),
-            message,
-        };
         let model_type = json["model_type"].as_str().unwrap_or_default();
         if !SUPPORTED.contains(&model_type) {
             return Err(ModelError::UnsupportedArchitecture {
@@ -89,10 +89,22 @@ impl DecoderConfig {
                 supported: SUPPORTED.join(", "),
             });
         }
+        Self::from_json(json, path)
+    }
+
+    /// The language model described by a config object (`file` names it in errors): a whole
+    /// `config.json`, or a multimodal model's `text_config`.
+    pub fn from_json(json: serde_json::Value, file: &Path) -> Result<Self> {
+        let bad = |message: String| ModelError::BadConfig {
+            file: file.to_path_buf(),
+            message,
+        };
         let raw: RawConfig = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
         let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        // Older Qwen2-VL configs say `"type": "mrope"` for default RoPE with sections.
         if let Some(kind) = rope.and_then(|r| r.rope_type.as_ref().or(r.legacy_type.as_ref()))
             && kind != "default"
+            && kind != "mrope"
         {
             return Err(bad(format!(
                 "rope type {kind:?} is not supported (only \"default\")"
@@ -116,12 +128,24 @@ impl DecoderConfig {
                 raw.num_attention_heads
             )));
         }
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        let mrope_section = rope.and_then(|r| r.mrope_section.clone());
+        if let Some(sections) = &mrope_section
+            && sections.iter().sum::<usize>() != head_dim / 2
+        {
+            return Err(bad(format!(
+                "mrope_section {sections:?} does not add up to head_dim / 2 = {}",
+                head_dim / 2
+            )));
+        }
         Ok(DecoderConfig {
-            attention_bias: raw.attention_bias.unwrap_or(raw.model_type == "qwen2"),
+            attention_bias: raw
+                .attention_bias
+                .unwrap_or(raw.model_type.starts_with("qwen2")),
             model_type: raw.model_type,
-            head_dim: raw
-                .head_dim
-                .unwrap_or(raw.hidden_size / raw.num_attention_heads),
+            head_dim,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
             num_hidden_layers: raw.num_hidden_layers,
@@ -133,6 +157,7 @@ impl DecoderConfig {
             tie_word_embeddings: raw.tie_word_embeddings,
             mlp_bias: raw.mlp_bias,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(usize::MAX),
+            mrope_section,
         })
     }
 }

@@ -17,110 +17,9 @@ use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
+use crate::rope::Rope;
+use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
-
-/// The forward pass stopped early because nothing later was needed.
-#[derive(Debug)]
-struct Stopped;
-
-/// Calls hooks and reports when the pass may stop.
-struct Tap<'a, B: Backend> {
-    hooks: &'a mut dyn Hooks<B>,
-}
-
-impl<B: Backend> Tap<'_, B> {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, Stopped> {
-        let y = self.hooks.call(path, x);
-        if self.hooks.stop_after() == Some(path) {
-            return Err(Stopped);
-        }
-        Ok(y)
-    }
-
-    /// A hooked linear layer.
-    fn linear(
-        &mut self,
-        path: &str,
-        layer: &Linear<B>,
-        x: Tensor<B, 3>,
-    ) -> Result<Tensor<B, 3>, Stopped> {
-        self.call(path, linear(layer, x))
-    }
-}
-
-/// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's
-/// broadcasting batched matmul is several times slower on the CPU backends).
-fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    let y = x.reshape([b * t, d]).matmul(layer.weight.val());
-    let y = match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze_dim(0),
-        None => y,
-    };
-    let out = y.dims()[1];
-    y.reshape([b, t, out])
-}
-
-/// Rotary position embedding tables for one batch: `cos` and `sin`, `[batch, tokens, 1, head_dim]`
-/// (applied to `[batch, tokens, heads, head_dim]`, before heads move forward: contiguous is fast).
-struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-}
-
-impl<B: Backend> Rope<B> {
-    /// HF's default RoPE: `inv_freq_i = theta^(-2i/d)`, angles `pos x inv_freq` repeated twice.
-    fn new(
-        positions: &[i64],
-        batch: usize,
-        tokens: usize,
-        head_dim: usize,
-        theta: f64,
-        device: &B::Device,
-    ) -> Self {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
-            .collect();
-        let mut cos = Vec::with_capacity(positions.len() * head_dim);
-        let mut sin = Vec::with_capacity(positions.len() * head_dim);
-        for &p in positions {
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-        let table = |v: Vec<f32>| {
-            Tensor::from_data(TensorData::new(v, [batch, tokens, 1, head_dim]), device)
-        };
-        Rope {
-            cos: table(cos),
-            sin: table(sin),
-        }
-    }
-
-    /// `x cos + rotate_half(x) sin`, with `rotate_half([a, b]) = [-b, a]`.
-    /// The tables repeated for `heads` heads, `[batch, tokens, heads, head_dim]`: the products in
-    /// [`apply`](Self::apply) are then elementwise on equal shapes (broadcasting is slow on the
-    /// CPU backends), and each layer reuses them.
-    fn for_heads(&self, heads: usize) -> Self {
-        Rope {
-            cos: self.cos.clone().repeat_dim(2, heads),
-            sin: self.sin.clone().repeat_dim(2, heads),
-        }
-    }
-
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, t, h, d] = x.dims();
-        let first = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
-        let second = x.clone().slice([0..b, 0..t, 0..h, d / 2..d]);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
-    }
-}
 
 /// What a layer needs besides its input: RoPE tables, the additive mask, and its keys and
 /// values of earlier positions (taken and put back by attention).
@@ -139,6 +38,9 @@ pub struct KvCache<B: Backend> {
     /// The attention mask of every cached position, `[batch, len]` row-major.
     mask: Vec<i64>,
     len: usize,
+    /// Per row, what M-RoPE adds to a text token's position after the prompt (Qwen2-VL's
+    /// `rope_deltas`: image tokens take fewer positions than tokens); empty means 0.
+    rope_deltas: Vec<i64>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -148,6 +50,7 @@ impl<B: Backend> KvCache<B> {
             layers: Vec::new(),
             mask: Vec::new(),
             len: 0,
+            rope_deltas: Vec::new(),
         }
     }
 
@@ -337,6 +240,10 @@ pub struct DecoderLm<B: Backend> {
     lm_head: Option<Linear<B>>,
     #[module(skip)]
     config: DecoderConfig,
+    /// The module path of the decoder stack in memory: `model` for an LM,
+    /// `model.language_model` inside a multimodal model.
+    #[module(skip)]
+    prefix: String,
 }
 
 impl<B: Backend> DecoderLm<B> {
@@ -354,6 +261,19 @@ impl<B: Backend> DecoderLm<B> {
 
     /// Builds the model from its config and weights (HF tensor names).
     pub fn from_weights(config: DecoderConfig, w: &Weights, device: &B::Device) -> Result<Self> {
+        Self::from_weights_at(config, w, "model", "model", device)
+    }
+
+    /// The same with the decoder's tensors stored under `stored` (`model` in Qwen2-VL
+    /// checkpoints) and its modules at `prefix` in memory (`model.language_model`); the head is
+    /// `lm_head` in both.
+    pub fn from_weights_at(
+        config: DecoderConfig,
+        w: &Weights,
+        stored: &str,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = &config;
         let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
         let (q_dim, kv_dim) = (
@@ -362,7 +282,7 @@ impl<B: Backend> DecoderLm<B> {
         );
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
+                let p = format!("{stored}.layers.{i}");
                 let attn = |name: &str, d_in, d_out, bias| {
                     w.linear(&format!("{p}.self_attn.{name}"), d_in, d_out, bias, device)
                 };
@@ -404,11 +324,17 @@ impl<B: Backend> DecoderLm<B> {
             .then(|| w.linear("lm_head", hidden, c.vocab_size, false, device))
             .transpose()?;
         Ok(DecoderLm {
-            embed_tokens: w.embedding("model.embed_tokens", c.vocab_size, hidden, device)?,
+            embed_tokens: w.embedding(
+                &format!("{stored}.embed_tokens"),
+                c.vocab_size,
+                hidden,
+                device,
+            )?,
             layers,
-            norm: w.rms_norm("model.norm", hidden, eps, device)?,
+            norm: w.rms_norm(&format!("{stored}.norm"), hidden, eps, device)?,
             lm_head,
             config,
+            prefix: prefix.to_string(),
         })
     }
 
@@ -420,8 +346,22 @@ impl<B: Backend> DecoderLm<B> {
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> LmOutput<B> {
-        let logits = self.run(input, &mut Tap { hooks }, cache).ok();
+        let embeds = self.embed_tokens.forward(input.input_ids);
+        let logits = self
+            .run(
+                embeds,
+                input.attention_mask,
+                None,
+                &mut Tap { hooks },
+                cache,
+            )
+            .ok();
         LmOutput { logits }
+    }
+
+    /// The token embeddings of `ids`, `[batch, tokens, hidden]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_tokens.forward(ids)
     }
 
     /// The dtype the model computes in (that of its weights).
@@ -434,16 +374,21 @@ impl<B: Backend> DecoderLm<B> {
         &self.config
     }
 
-    /// The forward pass over new tokens, after those in `cache` (which it extends).
-    fn run(
+    /// The forward pass over new positions whose input embeddings are `embeds`, after those in
+    /// `cache` (which it extends). `positions` (`[batch x tokens]` of (t, h, w), with the rows'
+    /// M-RoPE deltas) replace the default ones, which count real tokens from 0 (so left padding
+    /// starts at 0 on the first real token) plus the cached delta.
+    pub(crate) fn run(
         &self,
-        input: LmInput<B>,
+        embeds: Tensor<B, 3>,
+        mask: Option<Tensor<B, 2, Int>>,
+        positions: Option<(Vec<[i64; 3]>, Vec<i64>)>,
         tap: &mut Tap<B>,
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, Stopped> {
-        let device = input.input_ids.device();
-        let [b, t] = input.input_ids.dims();
-        let new_mask: Vec<i64> = match input.attention_mask {
+        let device = embeds.device();
+        let [b, t, _] = embeds.dims();
+        let new_mask: Vec<i64> = match mask {
             Some(m) => m
                 .into_data()
                 .convert::<i64>()
@@ -463,26 +408,33 @@ impl<B: Backend> DecoderLm<B> {
                     .collect::<Vec<_>>()
             })
             .collect();
-        // Positions count real tokens only (left padding starts at 0 on the first real token).
-        let positions: Vec<i64> = full
-            .chunks(total)
-            .flat_map(|row| {
-                let mut seen = 0i64;
-                let counts: Vec<i64> = row
-                    .iter()
-                    .map(|&v| {
-                        seen += v;
-                        (seen - 1).max(0)
-                    })
-                    .collect();
-                counts[past..].to_vec()
-            })
-            .collect();
+        let positions = match positions {
+            Some((positions, deltas)) => {
+                cache.rope_deltas = deltas;
+                positions
+            }
+            None => full
+                .chunks(total)
+                .enumerate()
+                .flat_map(|(row, mask)| {
+                    let delta = cache.rope_deltas.get(row).copied().unwrap_or(0);
+                    let mut seen = 0i64;
+                    let counts: Vec<[i64; 3]> = mask
+                        .iter()
+                        .map(|&v| {
+                            seen += v;
+                            [(seen - 1).max(0) + delta; 3]
+                        })
+                        .collect();
+                    counts[past..].to_vec()
+                })
+                .collect(),
+        };
         let dtype = self.dtype();
         let mut rope = Rope::new(
             &positions,
-            b,
-            t,
+            self.config.mrope_section.as_deref(),
+            (b, t),
             self.config.head_dim,
             self.config.rope_theta,
             &device,
@@ -503,7 +455,7 @@ impl<B: Backend> DecoderLm<B> {
         cache.mask = full;
         cache.len = total;
 
-        let mut x = self.embed_tokens.forward(input.input_ids);
+        let mut x = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
             let mut ctx = LayerContext {
                 rope_q: &rope_q,
@@ -511,11 +463,11 @@ impl<B: Backend> DecoderLm<B> {
                 mask: &mask,
                 past: cache.layers[i].take(),
             };
-            let out = layer.forward(x, &mut ctx, tap, &format!("model.layers.{i}"));
+            let out = layer.forward(x, &mut ctx, tap, &format!("{}.layers.{i}", self.prefix));
             cache.layers[i] = ctx.past;
             x = out?;
         }
-        let x = tap.call("model.norm", self.norm.forward(x))?;
+        let x = tap.call(&format!("{}.norm", self.prefix), self.norm.forward(x))?;
         let logits = match &self.lm_head {
             Some(head) => linear(head, x),
             None => {
@@ -567,7 +519,7 @@ impl<B: Backend> HookedModule<B> for DecoderLm<B> {
         );
         let mut points = Vec::new();
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
+            let p = format!("{}.layers.{i}", self.prefix);
             let attn = HookKind::Attention;
             let mlp = HookKind::Mlp;
             points.extend([
@@ -589,7 +541,11 @@ impl<B: Backend> HookedModule<B> for DecoderLm<B> {
                 HookPoint::new(p, hidden, HookKind::Residual),
             ]);
         }
-        points.push(HookPoint::new("model.norm", hidden, HookKind::Other));
+        points.push(HookPoint::new(
+            format!("{}.norm", self.prefix),
+            hidden,
+            HookKind::Other,
+        ));
         points.push(HookPoint::linear(
             "lm_head",
             hidden,

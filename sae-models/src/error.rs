@@ -61,6 +61,9 @@ pub enum ModelError {
     /// An image the image processor cannot take (transformers refuses it too).
     #[error("cannot preprocess the image: {0}")]
     ImagePreprocess(String),
+    /// Model inputs that disagree with each other (image tokens against image features).
+    #[error("bad model input: {0}")]
+    BadInput(String),
     /// Reading a checkpoint or config file failed (the cause says why).
     #[error(transparent)]
     Checkpoint(#[from] sae_core::SaeError),

@@ -93,6 +93,7 @@ fn config(file: &GgufFile, path: &Path) -> Result<DecoderConfig> {
         attention_bias: arch == "qwen2",
         mlp_bias: false,
         max_position_embeddings: int("context_length").unwrap_or(usize::MAX),
+        mrope_section: None,
         model_type: arch,
     })
 }

@@ -15,7 +15,10 @@ pub mod gguf;
 pub mod gguf_model;
 pub mod image_processor;
 pub mod language_model;
+pub mod qwen2_vl;
+mod rope;
 pub mod source;
+mod tap;
 pub mod tokenizer;
 pub mod weights;
 

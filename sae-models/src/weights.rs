@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use sae_core::TensorFile;
@@ -206,6 +206,24 @@ impl Weights {
             gamma: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [d], device)?),
             epsilon: eps,
         })
+    }
+
+    /// A LayerNorm from `weight [d]` and `bias [d]`.
+    pub fn layer_norm<B: Backend>(
+        &self,
+        prefix: &str,
+        d: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Result<LayerNorm<B>> {
+        let mut norm = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        norm.gamma = Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [d], device)?);
+        norm.beta = Some(Param::from_tensor(self.tensor(
+            &format!("{prefix}.bias"),
+            [d],
+            device,
+        )?));
+        Ok(norm)
     }
 
     /// An embedding table from `weight [n, d]`.

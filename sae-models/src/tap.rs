@@ -1,0 +1,49 @@
+//! The hook tap every model's forward pass goes through: calls the hooks at a module boundary
+//! and ends the pass early after the last module anyone needs.
+
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use sae_core::Hooks;
+
+/// The forward pass stopped early because nothing later was needed.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+/// Calls hooks and reports when the pass may stop.
+pub(crate) struct Tap<'a, B: Backend> {
+    pub(crate) hooks: &'a mut dyn Hooks<B>,
+}
+
+impl<B: Backend> Tap<'_, B> {
+    pub(crate) fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Result<Tensor<B, 3>, Stopped> {
+        let y = self.hooks.call(path, x);
+        if self.hooks.stop_after() == Some(path) {
+            return Err(Stopped);
+        }
+        Ok(y)
+    }
+
+    /// A hooked linear layer.
+    pub(crate) fn linear(
+        &mut self,
+        path: &str,
+        layer: &Linear<B>,
+        x: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, Stopped> {
+        self.call(path, linear(layer, x))
+    }
+}
+
+/// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's
+/// broadcasting batched matmul is several times slower on the CPU backends).
+pub(crate) fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = x.reshape([b * t, d]).matmul(layer.weight.val());
+    let y = match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze_dim(0),
+        None => y,
+    };
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}

@@ -1,0 +1,114 @@
+//! Parity with transformers on the `qwen2_vl_tiny` and `qwen2_5_vl_tiny` fixtures: from the
+//! processor's `input_ids`, `pixel_values` and `image_grid_thw`, the logits and every recorded
+//! hook output (vision blocks, merger, language-model layers) within 1e-4 relative.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::{HookedModule, Hooks, TensorFile};
+use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
+
+mod common;
+
+use common::{B, fixture, ints, max_rel_diff, values};
+
+/// Records the output of every hook point, passing it on unchanged.
+#[derive(Default)]
+struct Record(BTreeMap<String, Vec<f32>>);
+
+impl Hooks<B> for Record {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.0.insert(path.to_string(), values(x.clone()));
+        x
+    }
+}
+
+/// The fixture's model, reference file and processor inputs.
+fn load(model_dir: &str) -> (Qwen2Vl<B>, TensorFile, VlInput<B>) {
+    let device = Default::default();
+    let model = Qwen2Vl::<B>::load_as(&fixture(model_dir), DType::F32, &device).unwrap();
+    let reference =
+        TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
+    let ids = ints(&reference, "inputs.input_ids");
+    let pixels = reference.get("inputs.pixel_values").unwrap();
+    let grid: Vec<usize> = ints(&reference, "inputs.image_grid_thw")
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    let input = VlInput {
+        input_ids: Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids.clone(), [1, ids.len()]),
+            &device,
+        ),
+        attention_mask: None,
+        images: Some(ImageInput {
+            pixel_values: Tensor::from_data(
+                TensorData::new(pixels.to_f32(), [pixels.shape[0], pixels.shape[1]]),
+                &device,
+            ),
+            grid_thw: grid.chunks(3).map(|g| [g[0], g[1], g[2]]).collect(),
+        }),
+    };
+    (model, reference, input)
+}
+
+fn check(model_dir: &str) {
+    let (model, reference, input) = load(model_dir);
+    let mut record = Record::default();
+    let out = model.forward_hooked(input, &mut record).unwrap();
+    let logits = reference.get("logits").unwrap().to_f32();
+    let err = max_rel_diff(&values(out.logits.unwrap()), &logits);
+    assert!(err < 1e-4, "{model_dir}: logits differ by {err}");
+    let mut checked = 0;
+    for name in reference
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hook."))
+    {
+        let path = &name["hook.".len()..];
+        let ours = record
+            .0
+            .get(path)
+            .unwrap_or_else(|| panic!("no hook point {path}"));
+        let err = max_rel_diff(ours, &reference.get(&name).unwrap().to_f32());
+        assert!(err < 1e-4, "{model_dir}: {path} differs by {err}");
+        checked += 1;
+    }
+    assert_eq!(checked, 9, "the fixture records nine hook outputs");
+    let listed: BTreeSet<String> = model.hook_points().into_iter().map(|p| p.path).collect();
+    assert_eq!(record.0.keys().cloned().collect::<BTreeSet<_>>(), listed);
+}
+
+#[test]
+fn qwen2_vl_matches_transformers() {
+    check("qwen2_vl_tiny");
+}
+
+#[test]
+fn qwen2_5_vl_matches_transformers() {
+    check("qwen2_5_vl_tiny");
+}
+
+// The processor's token types (0 text, 1 image) are what get_rope_index groups by; ours come
+// from the image token id, and must agree.
+#[test]
+fn image_tokens_are_where_the_processor_put_them() {
+    let (model, reference, _) = load("qwen2_vl_tiny");
+    let ids = ints(&reference, "inputs.input_ids");
+    let types = ints(&reference, "inputs.mm_token_type_ids");
+    let image = model.config().image_token_id;
+    let ours: Vec<i64> = ids.iter().map(|&id| i64::from(id == image)).collect();
+    assert_eq!(ours, types);
+}
+
+#[test]
+fn a_prompt_whose_image_tokens_do_not_match_the_images_is_an_error() {
+    let (model, _, mut input) = load("qwen2_vl_tiny");
+    let device = Default::default();
+    let ids: Vec<i64> = vec![1, 2, 3];
+    input.input_ids = Tensor::from_data(TensorData::new(ids, [1, 3]), &device);
+    let err = model
+        .forward_hooked(input, &mut sae_core::NoHooks)
+        .unwrap_err();
+    assert!(err.to_string().contains("image tokens"), "{err}");
+}
