@@ -371,11 +371,17 @@ fn backprop(
     if !encoder {
         return;
     }
+    // Column sums of g, accumulated row by row (the same order per column as summing each
+    // column, without striding through g once per column).
+    let mut column_sums = vec![0f32; d];
+    for row in g.chunks_exact(d) {
+        column_sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
     grads
         .b_dec
         .iter_mut()
-        .enumerate()
-        .for_each(|(k, b)| *b += (0..h.n).map(|n| g[n * d + k]).sum::<f32>());
+        .zip(column_sums)
+        .for_each(|(b, s)| *b += s);
     // dpre_slot = (g_token . W_dec[idx]) relu'(pre), zero on padding.
     let dpre: Vec<f32> = (0..h.n)
         .into_par_iter()

@@ -43,11 +43,12 @@ impl Moments {
 }
 
 impl AdamW {
-    /// Update number `t` (1-based) of `param` with gradient `grad`, in place, moments included.
+    /// Update number `t` (1-based) of `param` with gradient `grad`, in place, moments included;
+    /// `grad` is left at zero, ready to accumulate the next step's (in the same pass).
     pub fn update(
         &self,
         param: &mut [f32],
-        grad: &[f32],
+        grad: &mut [f32],
         exp_avg: &mut [f32],
         exp_avg_sq: &mut [f32],
         t: u64,
@@ -60,11 +61,12 @@ impl AdamW {
         let eps = self.eps as f32;
         param
             .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
+            .zip(grad.par_chunks_mut(CHUNK))
             .zip(exp_avg.par_chunks_mut(CHUNK))
             .zip(exp_avg_sq.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    let g = std::mem::take(g);
                     if self.weight_decay != 0.0 {
                         *p *= decay;
                     }
@@ -108,8 +110,9 @@ mod tests {
                 let v_hat = ev[j] / (1.0 - 0.999f64.powi(step));
                 expected[j] -= 0.1 * m_hat / (v_hat.sqrt() + 1e-8);
             }
-            let g32 = [g[0] as f32, g[1] as f32];
-            hp.update(&mut p, &g32, &mut m, &mut v, step as u64);
+            let mut g32 = [g[0] as f32, g[1] as f32];
+            hp.update(&mut p, &mut g32, &mut m, &mut v, step as u64);
+            assert_eq!(g32, [0.0; 2], "the gradient is consumed");
         }
         for (g, e) in p.iter().zip(expected) {
             assert!((f64::from(*g) - e).abs() < 1e-6, "{g} vs {e}");

@@ -338,12 +338,13 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         if config.normalize_decoder {
             remove_parallel_component(&mut grads.w_dec, &self.params.w_dec, d);
         }
-        // One partial sum per row, added in order: the same total on any thread count.
+        // One partial sum per row (f32 within a row), added in order: the same total on any
+        // thread count.
         let norm_sq: f64 = grads
             .iter()
             .flat_map(|(_, g)| {
                 g.par_chunks(d)
-                    .map(|row| row.iter().map(|&v| f64::from(v * v)).sum::<f64>())
+                    .map(|row| f64::from(row.iter().map(|v| v * v).sum::<f32>()))
                     .collect::<Vec<_>>()
             })
             .sum();
@@ -357,14 +358,10 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         let moments = self
             .moments
             .get_or_insert_with(|| Moments::zeros_like(&self.params));
-        for (name, g) in grads.iter() {
-            let scaled: Vec<f32>;
-            let g = if clip < 1.0 {
-                scaled = g.iter().map(|v| v * clip as f32).collect();
-                &scaled
-            } else {
-                g
-            };
+        for (name, g) in grads.iter_mut() {
+            if clip < 1.0 {
+                g.iter_mut().for_each(|v| *v *= clip as f32);
+            }
             let hp = AdamW {
                 lr,
                 beta1: optim.beta1,
@@ -381,7 +378,6 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
             hp.update(param, g, m, v, step);
         }
-        grads.iter_mut().for_each(|(_, g)| g.fill(0.0));
         if config.normalize_decoder {
             unit_norm_rows(&mut self.params.w_dec, d);
         }
