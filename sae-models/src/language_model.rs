@@ -76,7 +76,7 @@ impl<B: Backend> LanguageModel<B> {
 }
 
 /// `eos_token_id` of `generation_config.json` (a number or a list), if the file exists.
-fn generation_eos(dir: &Path) -> Result<Vec<i64>> {
+pub(crate) fn generation_eos(dir: &Path) -> Result<Vec<i64>> {
     let path = dir.join("generation_config.json");
     if !path.is_file() {
         return Ok(Vec::new());

@@ -20,6 +20,7 @@ mod rope;
 pub mod source;
 mod tap;
 pub mod tokenizer;
+pub mod vision_language_model;
 pub mod weights;
 
 pub use config::DecoderConfig;
@@ -33,4 +34,5 @@ pub use image_processor::{
 pub use language_model::{LanguageModel, Prompt};
 pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
+pub use vision_language_model::{ProcessedPrompt, VisionLanguageModel, is_vision_language};
 pub use weights::Weights;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
+use sae_models::{Prompt, VisionLanguageModel, load_image};
 
 mod common;
 
@@ -111,4 +112,58 @@ fn a_prompt_whose_image_tokens_do_not_match_the_images_is_an_error() {
         .forward_hooked(input, &mut sae_core::NoHooks)
         .unwrap_err();
     assert!(err.to_string().contains("image tokens"), "{err}");
+}
+
+// The whole path from files: the chat template with the image first, the placeholder expanded,
+// the image processed, then the model: the fixture's input ids exactly, its pixel values and
+// logits.
+#[test]
+fn a_chat_prompt_with_an_image_gives_the_processor_inputs_and_logits() {
+    for model_dir in ["qwen2_vl_tiny", "qwen2_5_vl_tiny"] {
+        let device = Default::default();
+        let vlm = VisionLanguageModel::<B>::load_as(
+            fixture(model_dir).to_str().unwrap(),
+            DType::F32,
+            &device,
+        )
+        .unwrap();
+        let image = load_image(&fixture("image_processors/images/image1.png")).unwrap();
+        let prompt = vlm
+            .process(Prompt::Chat("Describe this image."), &[image])
+            .unwrap();
+        let reference =
+            TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
+        assert_eq!(prompt.input_ids, ints(&reference, "inputs.input_ids"));
+        assert_eq!(
+            prompt.mm_token_type_ids,
+            ints(&reference, "inputs.mm_token_type_ids")
+        );
+        let pixels = prompt.pixel_values.clone().unwrap().to_f32();
+        let expected = reference.get("inputs.pixel_values").unwrap().to_f32();
+        assert!(max_rel_diff(&pixels, &expected) < 1e-5);
+        let out = vlm
+            .model
+            .forward_hooked(prompt.to_input(&device), &mut sae_core::NoHooks)
+            .unwrap();
+        let err = max_rel_diff(
+            &values(out.logits.unwrap()),
+            &reference.get("logits").unwrap().to_f32(),
+        );
+        assert!(err < 1e-4, "{model_dir}: logits differ by {err}");
+    }
+}
+
+#[test]
+fn a_text_prompt_needs_one_placeholder_per_image() {
+    let vlm = VisionLanguageModel::<B>::load_as(
+        fixture("qwen2_vl_tiny").to_str().unwrap(),
+        DType::F32,
+        &Default::default(),
+    )
+    .unwrap();
+    let image = load_image(&fixture("image_processors/images/image1.png")).unwrap();
+    let err = vlm
+        .process(Prompt::Text("no placeholder"), &[image])
+        .unwrap_err();
+    assert!(err.to_string().contains("placeholders"), "{err}");
 }
