@@ -167,3 +167,104 @@ fn a_text_prompt_needs_one_placeholder_per_image() {
         .unwrap_err();
     assert!(err.to_string().contains("placeholders"), "{err}");
 }
+
+/// One case of `extra.safetensors` (tools/make_qwen2_vl_fixture.py): the model input and the
+/// reference logits.
+fn extra_case(model_dir: &str, case: &str) -> (VlInput<B>, Vec<f32>, Vec<i64>) {
+    let device = Default::default();
+    let file = TensorFile::open(fixture(&format!("{model_dir}/extra.safetensors"))).unwrap();
+    let get = |name: &str| file.get(&format!("{case}.inputs.{name}")).unwrap();
+    let ids = get("input_ids");
+    let [b, t] = [ids.shape[0], ids.shape[1]];
+    let int2 = |name: &str| {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ints(&file, &format!("{case}.inputs.{name}")), [b, t]),
+            &device,
+        )
+    };
+    let pixels = get("pixel_values");
+    let grid: Vec<usize> = ints(&file, &format!("{case}.inputs.image_grid_thw"))
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    let input = VlInput {
+        input_ids: int2("input_ids"),
+        attention_mask: Some(int2("attention_mask")),
+        images: Some(ImageInput {
+            pixel_values: Tensor::from_data(
+                TensorData::new(pixels.to_f32(), [pixels.shape[0], pixels.shape[1]]),
+                &device,
+            ),
+            grid_thw: grid.chunks(3).map(|g| [g[0], g[1], g[2]]).collect(),
+        }),
+    };
+    let logits = file.get(&format!("{case}.logits")).unwrap().to_f32();
+    (
+        input,
+        logits,
+        ints(&file, &format!("{case}.inputs.attention_mask")),
+    )
+}
+
+// Several images in one prompt, another aspect ratio, and a left-padded batch of two prompts:
+// the logits of every real token within 1e-4 relative (padding positions are not compared).
+#[test]
+fn more_images_other_shapes_and_padded_batches_match_transformers() {
+    for model_dir in ["qwen2_vl_tiny", "qwen2_5_vl_tiny"] {
+        let model =
+            Qwen2Vl::<B>::load_as(&fixture(model_dir), DType::F32, &Default::default()).unwrap();
+        for case in ["two_images", "wide", "batch"] {
+            let (input, expected, mask) = extra_case(model_dir, case);
+            let out = model.forward_hooked(input, &mut sae_core::NoHooks).unwrap();
+            let ours = values(out.logits.unwrap());
+            let vocab = ours.len() / mask.len();
+            let real = |v: &[f32]| -> Vec<f32> {
+                v.chunks(vocab)
+                    .zip(&mask)
+                    .filter(|(_, m)| **m == 1)
+                    .flat_map(|(row, _)| row.to_vec())
+                    .collect()
+            };
+            let err = max_rel_diff(&real(&ours), &real(&expected));
+            assert!(err < 1e-4, "{model_dir} {case}: logits differ by {err}");
+        }
+    }
+}
+
+// The processor path on the same files gives the reference's input ids and pixel values for
+// several images and for another aspect ratio.
+#[test]
+fn the_prompt_path_matches_the_processor_on_more_images() {
+    let device = Default::default();
+    let vlm = VisionLanguageModel::<B>::load_as(
+        fixture("qwen2_vl_tiny").to_str().unwrap(),
+        DType::F32,
+        &device,
+    )
+    .unwrap();
+    let file = TensorFile::open(fixture("qwen2_vl_tiny/extra.safetensors")).unwrap();
+    let image =
+        |name: &str| load_image(&fixture(&format!("image_processors/images/{name}.png"))).unwrap();
+    let cases = [
+        (
+            "two_images",
+            vec![image("image1"), image("tall")],
+            "Compare these images.",
+        ),
+        ("wide", vec![image("wide")], "What is this?"),
+    ];
+    for (case, images, text) in cases {
+        let prompt = vlm.process(Prompt::Chat(text), &images).unwrap();
+        assert_eq!(
+            prompt.input_ids,
+            ints(&file, &format!("{case}.inputs.input_ids")),
+            "{case}"
+        );
+        let pixels = prompt.pixel_values.unwrap().to_f32();
+        let expected = file
+            .get(&format!("{case}.inputs.pixel_values"))
+            .unwrap()
+            .to_f32();
+        assert!(max_rel_diff(&pixels, &expected) < 1e-5, "{case}");
+    }
+}
