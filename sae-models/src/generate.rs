@@ -10,6 +10,45 @@ use sae_core::Hooks;
 use crate::decoder::{DecoderLm, KvCache, LmInput};
 use crate::error::{ModelError, Result};
 
+/// A model generation can drive: forward passes over new tokens after cached ones.
+pub trait Generator<B: Backend> {
+    /// Logits `[batch, new, vocab]` of `input_ids` (`[batch, new]`, `attention_mask` alike)
+    /// after the positions in `cache`, which the pass extends.
+    fn next_logits(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<Tensor<B, 3>>;
+
+    /// The most positions a sequence may have.
+    fn context(&self) -> usize;
+}
+
+impl<B: Backend> Generator<B> for DecoderLm<B> {
+    fn next_logits(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let input = LmInput {
+            input_ids,
+            attention_mask: Some(attention_mask),
+        };
+        Ok(self
+            .forward_cached(input, cache, hooks)
+            .logits
+            .expect("generation hooks do not stop the pass"))
+    }
+
+    fn context(&self) -> usize {
+        self.config().max_position_embeddings
+    }
+}
+
 /// Sampling instead of greedy decoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
@@ -37,7 +76,7 @@ pub struct GenerateConfig {
 /// Generates continuations of `prompts`; returns the generated token ids of each (its stop
 /// token included, nothing after it). `hooks` see every forward pass (e.g. injected SAEs).
 pub fn generate<B: Backend>(
-    model: &DecoderLm<B>,
+    model: &dyn Generator<B>,
     prompts: &[Vec<i64>],
     config: &GenerateConfig,
     hooks: &mut dyn Hooks<B>,
@@ -45,7 +84,7 @@ pub fn generate<B: Backend>(
 ) -> Result<Vec<Vec<i64>>> {
     let b = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let limit = model.config().max_position_embeddings;
+    let limit = model.context();
     if longest + config.max_new_tokens > limit {
         return Err(ModelError::TooLong {
             needed: longest + config.max_new_tokens,
@@ -62,22 +101,14 @@ pub fn generate<B: Backend>(
         ids.extend(std::iter::repeat_n(config.pad_token, pad).chain(p.iter().copied()));
         mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
     }
-    let mut input = LmInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, longest]), device),
-        attention_mask: Some(Tensor::from_data(
-            TensorData::new(mask, [b, longest]),
-            device,
-        )),
-    };
+    let mut input_ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, longest]), device);
+    let mut attention_mask = Tensor::from_data(TensorData::new(mask, [b, longest]), device);
     let mut rng = config.sampling.map(|s| StdRng::seed_from_u64(s.seed));
     let mut cache = KvCache::new();
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for _ in 0..config.max_new_tokens {
-        let logits = model
-            .forward_cached(input, &mut cache, hooks)
-            .logits
-            .expect("generation hooks do not stop the pass");
+        let logits = model.next_logits(input_ids, attention_mask, &mut cache, hooks)?;
         let [_, t, vocab] = logits.dims();
         let last = logits.slice([0..b, t - 1..t, 0..vocab]).reshape([b, vocab]);
         let last: Vec<f32> = last
@@ -102,13 +133,8 @@ pub fn generate<B: Backend>(
         if done.iter().all(|&d| d) {
             break;
         }
-        input = LmInput {
-            input_ids: Tensor::from_data(TensorData::new(next, [b, 1]), device),
-            attention_mask: Some(Tensor::from_data(
-                TensorData::new(vec![1i64; b], [b, 1]),
-                device,
-            )),
-        };
+        input_ids = Tensor::from_data(TensorData::new(next, [b, 1]), device);
+        attention_mask = Tensor::from_data(TensorData::new(vec![1i64; b], [b, 1]), device);
     }
     Ok(out)
 }

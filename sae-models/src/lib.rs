@@ -26,7 +26,7 @@ pub mod weights;
 pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
-pub use generate::{GenerateConfig, Sampling, generate};
+pub use generate::{GenerateConfig, Generator, Sampling, generate};
 pub use image_processor::{
     LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, Qwen2VlImageInputs,
     Qwen2VlImageProcessor, load_image,

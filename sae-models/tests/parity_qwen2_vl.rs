@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
-use sae_models::{Prompt, VisionLanguageModel, load_image};
+use sae_models::{GenerateConfig, Prompt, VisionLanguageModel, generate, load_image};
 
 mod common;
 
@@ -266,5 +266,30 @@ fn the_prompt_path_matches_the_processor_on_more_images() {
             .unwrap()
             .to_f32();
         assert!(max_rel_diff(&pixels, &expected) < 1e-5, "{case}");
+    }
+}
+
+// Greedy decoding with the KV cache (the images in the first pass only, M-RoPE positions of
+// the new tokens shifted by the prompt's delta) gives transformers' `generate` tokens.
+#[test]
+fn greedy_generation_matches_transformers() {
+    for model_dir in ["qwen2_vl_tiny", "qwen2_5_vl_tiny"] {
+        let (model, reference, input) = load(model_dir);
+        let device = Default::default();
+        let ids = ints(&reference, "inputs.input_ids");
+        let config = GenerateConfig {
+            max_new_tokens: 8,
+            sampling: None,
+            stop_tokens: Vec::new(),
+            pad_token: 1024,
+        };
+        let generator = model.generator(input.images);
+        let tokens =
+            generate(&generator, &[ids], &config, &mut sae_core::NoHooks, &device).unwrap();
+        assert_eq!(
+            tokens[0],
+            ints(&reference, "generate.greedy"),
+            "{model_dir}"
+        );
     }
 }
