@@ -40,7 +40,7 @@ impl Message {
 }
 
 /// A model's tokenizer, special tokens and chat template.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,

@@ -1,14 +1,14 @@
 //! `sae activations`: run a model and write hook outputs, logits and inputs to safetensors.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sae_core::{Chain, HookedModule, HostTensor, NoHooks, Recorder, SaeModel, StorageDtype};
-use sae_models::LmInput;
+use sae_models::{LmInput, qwen2_vl};
 
-use super::model_args::ModelArgs;
-use crate::backend;
+use super::model_args::{Loaded, ModelArgs, Processed};
+use crate::backend::{self, Backend};
 
 /// Run a model and write `inputs.input_ids`, `logits` and `hook.<path>` for each hook point a
 /// --hooks regex matches (full match) to a safetensors file.
@@ -17,6 +17,7 @@ use crate::backend;
   sae activations --model ./qwen2 --text \"Shall I compare thee\" --hooks 'model\\.layers\\.1' --out acts.safetensors
   sae activations --model HuggingFaceTB/SmolLM2-135M-Instruct --chat \"Hi\" --hooks '.*mlp' --out acts.safetensors
   sae activations --model ./qwen2 --text \"Hi\" --sae runs/sae --hooks '.*down_proj' --out with-sae.safetensors
+  sae activations --model ./qwen2-vl --image a.png --chat \"Describe this image.\" --hooks 'model\\.visual\\.merger' --out acts.safetensors
   sae activations --model ./qwen2 --list-hooks")]
 pub struct Args {
     #[command(flatten)]
@@ -40,57 +41,78 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let lm = args.model.load()?;
+    let loaded = args.model.load()?;
     if args.list_hooks {
-        for p in lm.model.hook_points() {
+        let points = match &loaded {
+            Loaded::Text(lm) => lm.model.hook_points(),
+            Loaded::Vision(vlm) => vlm.model.hook_points(),
+        };
+        for p in points {
             println!("{}\t{}\t{:?}", p.path, p.width, p.kind);
         }
         return Ok(());
     }
     let out = args.out.expect("clap requires --out");
-    let ids = args.model.prompt_ids(&lm)?;
+    let processed = args.model.process(&loaded)?;
     let device = backend::device();
     let mut recorder = Recorder::new(&args.hooks).context("bad --hooks pattern")?;
-    let input = LmInput::from_ids(&ids, &device);
-    let output = match &args.sae {
-        Some(dir) => {
-            let sae_model = SaeModel::from_pretrained(lm.model, dir, &device)
-                .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
-            let empty = BTreeMap::new();
-            let mut sae_hooks = sae_model.hooks(&empty);
-            let output = sae_model
-                .model()
-                .forward_hooked(input, &mut Chain(&mut sae_hooks, &mut recorder));
-            sae_hooks.finish().context("the SAE failed")?;
-            output
+    let sae = args.sae.as_deref();
+    // Hook outputs are written in the shapes transformers gives them.
+    let (logits, shape_of): (_, ShapeOf) = match (loaded, &processed) {
+        (Loaded::Text(lm), Processed::Text(ids)) => {
+            let input = LmInput::from_ids(ids, &device);
+            let out = run_hooked(lm.model, input, sae, &mut recorder)?;
+            (out.logits, |_, shape| shape.to_vec())
         }
-        None => lm
-            .model
-            .forward_hooked(input, &mut Chain(&mut NoHooks, &mut recorder)),
+        (Loaded::Vision(vlm), Processed::Vision(prompt)) => {
+            let input = prompt.to_input(&device);
+            let out = run_hooked(vlm.model, input, sae, &mut recorder)??;
+            (out.logits, qwen2_vl::transformers_shape)
+        }
+        _ => unreachable!("a prompt is processed for the model that was loaded"),
     };
     if !args.hooks.is_empty() && recorder.records.is_empty() {
         bail!("no hook point matches {:?}; see --list-hooks", args.hooks);
     }
-    let t = ids.len();
-    let mut tensors = vec![
-        (
-            "inputs.input_ids".to_string(),
-            HostTensor::i64(vec![1, t], ids),
-        ),
-        (
-            "inputs.attention_mask".to_string(),
-            HostTensor::i64(vec![1, t], vec![1; t]),
-        ),
-        (
-            "logits".to_string(),
-            HostTensor::from_float(output.logits.expect("the pass runs to the end")),
-        ),
-    ];
+    let mut tensors = processed.tensors();
+    tensors.push((
+        "logits".to_string(),
+        HostTensor::from_float(logits.expect("the pass runs to the end")),
+    ));
     let hooked = recorder.records.len();
     for (path, x) in recorder.records {
-        tensors.push((format!("hook.{path}"), HostTensor::from_float(x)));
+        let mut t = HostTensor::from_float(x);
+        t.shape = shape_of(&path, &t.shape);
+        tensors.push((format!("hook.{path}"), t));
     }
     sae_core::tensor_file::write_tensors(&out, &tensors, StorageDtype::F32, None)?;
-    tracing::info!(tokens = t, hooks = hooked, out = %out.display(), "wrote");
+    let tokens = processed.ids().len();
+    tracing::info!(tokens, hooks = hooked, out = %out.display(), "wrote");
     Ok(())
+}
+
+/// The shape transformers gives a hook's output, from its path and shape here.
+type ShapeOf = fn(&str, &[usize]) -> Vec<usize>;
+
+/// One forward pass of `model` with `recorder` (after the SAE in `sae`, when given, injected in
+/// eval mode).
+fn run_hooked<M: HookedModule<Backend>>(
+    model: M,
+    input: M::Input,
+    sae: Option<&Path>,
+    recorder: &mut Recorder<Backend>,
+) -> Result<M::Output> {
+    let Some(dir) = sae else {
+        return Ok(model.forward_hooked(input, &mut Chain(&mut NoHooks, recorder)));
+    };
+    let device = backend::device();
+    let sae_model = SaeModel::from_pretrained(model, dir, &device)
+        .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
+    let empty = BTreeMap::new();
+    let mut sae_hooks = sae_model.hooks(&empty);
+    let output = sae_model
+        .model()
+        .forward_hooked(input, &mut Chain(&mut sae_hooks, recorder));
+    sae_hooks.finish().context("the SAE failed")?;
+    Ok(output)
 }

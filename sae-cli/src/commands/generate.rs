@@ -1,14 +1,14 @@
 //! `sae generate`: generate text, greedy or sampled, optionally with an SAE injected.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sae_core::{NoHooks, SaeModel};
+use sae_core::{HookedModule, Hooks, NoHooks, SaeModel};
 use sae_models::{GenerateConfig, Sampling, generate};
 
-use super::model_args::ModelArgs;
-use crate::backend;
+use super::model_args::{Loaded, ModelArgs, Processed};
+use crate::backend::{self, Backend};
 
 /// Generate text from a prompt with a KV cache; greedy unless --temperature, --top-p or --seed
 /// is given.
@@ -17,6 +17,7 @@ use crate::backend;
   sae generate --model ./smollm2 --chat \"What is a sparse autoencoder?\" --max-new-tokens 64
   sae generate --model ./qwen2 --text \"Shall I compare thee\" --max-new-tokens 8 --json
   sae generate --model ./qwen2 --text \"Once\" --max-new-tokens 20 --temperature 0.8 --top-p 0.9 --seed 1
+  sae generate --model Qwen/Qwen2-VL-2B-Instruct --image cat.png --chat \"What is in the picture?\" --max-new-tokens 32
 
 --json prints {\"tokens\": [ids of the generated tokens only], \"text\": \"...\"}.")]
 pub struct Args {
@@ -43,8 +44,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let lm = args.model.load()?;
-    let ids = args.model.prompt_ids(&lm)?;
+    let loaded = args.model.load()?;
+    let processed = args.model.process(&loaded)?;
     let sampling = (args.temperature.is_some() || args.top_p.is_some() || args.seed.is_some())
         .then(|| Sampling {
             temperature: args.temperature.unwrap_or(1.0),
@@ -55,32 +56,56 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::ensure!(s.temperature > 0.0, "--temperature must be positive");
         anyhow::ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "--top-p must be in (0, 1]");
     }
+    let (stop_tokens, tokenizer) = match &loaded {
+        Loaded::Text(lm) => (lm.stop_tokens.clone(), lm.tokenizer.clone()),
+        Loaded::Vision(vlm) => (vlm.stop_tokens.clone(), vlm.tokenizer.clone()),
+    };
     let config = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
         sampling,
-        stop_tokens: lm.stop_tokens.clone(),
-        pad_token: lm.tokenizer.pad_token_id().unwrap_or(0),
+        stop_tokens,
+        pad_token: tokenizer.pad_token_id().unwrap_or(0),
     };
     let device = backend::device();
-    let prompts = [ids];
-    let tokens = match &args.sae {
-        Some(dir) => {
-            let sae_model = SaeModel::from_pretrained(lm.model, dir, &device)
-                .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
-            let empty = BTreeMap::new();
-            let mut hooks = sae_model.hooks(&empty);
-            let tokens = generate(sae_model.model(), &prompts, &config, &mut hooks, &device)?;
-            hooks.finish().context("the SAE failed")?;
-            tokens
+    let prompts = [processed.ids().to_vec()];
+    let sae = args.sae.as_deref();
+    let tokens = match (loaded, processed) {
+        (Loaded::Text(lm), _) => with_sae(lm.model, sae, |model, hooks| {
+            generate(model, &prompts, &config, hooks, &device)
+        })?,
+        (Loaded::Vision(vlm), Processed::Vision(prompt)) => {
+            let images = prompt.to_input::<Backend>(&device).images;
+            with_sae(vlm.model, sae, |model, hooks| {
+                generate(&model.generator(images), &prompts, &config, hooks, &device)
+            })?
         }
-        None => generate(&lm.model, &prompts, &config, &mut NoHooks, &device)?,
+        _ => unreachable!("a prompt is processed for the model that was loaded"),
     };
     let tokens = tokens.into_iter().next().unwrap_or_default();
-    let text = lm.tokenizer.decode(&tokens)?;
+    let text = tokenizer.decode(&tokens)?;
     if args.json {
         println!("{}", serde_json::json!({"tokens": tokens, "text": text}));
     } else {
         println!("{text}");
     }
     Ok(())
+}
+
+/// Runs `f` on `model` with the hooks of the SAE in `sae` injected (eval mode), or none.
+fn with_sae<M: HookedModule<Backend>, T>(
+    model: M,
+    sae: Option<&Path>,
+    f: impl FnOnce(&M, &mut dyn Hooks<Backend>) -> sae_models::Result<T>,
+) -> Result<T> {
+    let Some(dir) = sae else {
+        return Ok(f(&model, &mut NoHooks)?);
+    };
+    let device = backend::device();
+    let sae_model = SaeModel::from_pretrained(model, dir, &device)
+        .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
+    let empty = BTreeMap::new();
+    let mut hooks = sae_model.hooks(&empty);
+    let out = f(sae_model.model(), &mut hooks)?;
+    hooks.finish().context("the SAE failed")?;
+    Ok(out)
 }

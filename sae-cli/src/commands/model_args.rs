@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
-use sae_core::StorageDtype;
-use sae_models::{LanguageModel, Prompt};
+use sae_core::{HostTensor, StorageDtype};
+use sae_models::{
+    LanguageModel, ModelSource, ProcessedPrompt, Prompt, VisionLanguageModel, is_vision_language,
+    load_image,
+};
 
 use crate::backend::{self, Backend};
 
@@ -31,42 +34,117 @@ pub struct ModelArgs {
     pub dtype: StorageDtype,
 }
 
+/// A loaded model: a decoder LM, or a vision-language model with its image processor.
+pub enum Loaded {
+    /// Text only.
+    Text(Box<LanguageModel<Backend>>),
+    /// Qwen2-VL / Qwen2.5-VL.
+    Vision(Box<VisionLanguageModel<Backend>>),
+}
+
+/// A prompt ready for the model it was made for.
+pub enum Processed {
+    /// The token ids of a text model's prompt.
+    Text(Vec<i64>),
+    /// What a vision-language model's processor returns.
+    Vision(ProcessedPrompt),
+}
+
+impl Processed {
+    /// The token ids.
+    pub fn ids(&self) -> &[i64] {
+        match self {
+            Processed::Text(ids) => ids,
+            Processed::Vision(p) => &p.input_ids,
+        }
+    }
+
+    /// The inputs as transformers' processor names them, for an activations file.
+    pub fn tensors(&self) -> Vec<(String, HostTensor)> {
+        match self {
+            Processed::Vision(p) => p.tensors(),
+            Processed::Text(ids) => {
+                let t = ids.len();
+                vec![
+                    (
+                        "inputs.input_ids".into(),
+                        HostTensor::i64(vec![1, t], ids.clone()),
+                    ),
+                    (
+                        "inputs.attention_mask".into(),
+                        HostTensor::i64(vec![1, t], vec![1; t]),
+                    ),
+                ]
+            }
+        }
+    }
+}
+
 impl ModelArgs {
-    /// Loads the model.
-    pub fn load(&self) -> Result<LanguageModel<Backend>> {
-        let _span = tracing::info_span!("load", model = %self.model).entered();
-        let dtype = match self.dtype {
+    /// The compute dtype.
+    fn dtype(&self) -> DType {
+        match self.dtype {
             StorageDtype::F32 => DType::F32,
             StorageDtype::F16 => DType::F16,
             StorageDtype::BF16 => DType::BF16,
-        };
-        let lm = LanguageModel::load_as(&self.model, dtype, &backend::device())
-            .with_context(|| format!("cannot load model {}", self.model))?;
-        tracing::info!(backend = backend::NAME, "model loaded");
-        Ok(lm)
+        }
     }
 
-    /// The prompt's token ids.
-    pub fn prompt_ids(&self, lm: &LanguageModel<Backend>) -> Result<Vec<i64>> {
-        if !self.image.is_empty() {
-            bail!("{} is a text-only model: it takes no --image", self.model);
-        }
+    /// Loads the model, text-only or vision-language, whichever `config.json` names.
+    pub fn load(&self) -> Result<Loaded> {
+        let _span = tracing::info_span!("load", model = %self.model).entered();
+        let context = || format!("cannot load model {}", self.model);
+        let device = backend::device();
+        let vision = match ModelSource::parse(&self.model) {
+            ModelSource::Gguf(_) => false,
+            source => is_vision_language(&source.local_dir().with_context(context)?),
+        };
+        let loaded = if vision {
+            Loaded::Vision(Box::new(
+                VisionLanguageModel::load_as(&self.model, self.dtype(), &device)
+                    .with_context(context)?,
+            ))
+        } else {
+            Loaded::Text(Box::new(
+                LanguageModel::load_as(&self.model, self.dtype(), &device).with_context(context)?,
+            ))
+        };
+        tracing::info!(backend = backend::NAME, "model loaded");
+        Ok(loaded)
+    }
+
+    /// The prompt (and images) as `loaded` takes them.
+    pub fn process(&self, loaded: &Loaded) -> Result<Processed> {
         let prompt = match (&self.text, &self.chat) {
             (Some(t), None) => Prompt::Text(t),
             (None, Some(c)) => Prompt::Chat(c),
             _ => bail!("give the prompt with --text or --chat"),
         };
-        let ids = lm.prompt_ids(prompt)?;
-        if ids.is_empty() {
+        let (processed, limit) = match loaded {
+            Loaded::Text(lm) => {
+                if !self.image.is_empty() {
+                    bail!("{} is a text-only model: it takes no --image", self.model);
+                }
+                let limit = lm.model.config().max_position_embeddings;
+                (Processed::Text(lm.prompt_ids(prompt)?), limit)
+            }
+            Loaded::Vision(vlm) => {
+                let images = self
+                    .image
+                    .iter()
+                    .map(|path| load_image(path))
+                    .collect::<sae_models::Result<Vec<_>>>()?;
+                let limit = vlm.model.config().text.max_position_embeddings;
+                (Processed::Vision(vlm.process(prompt, &images)?), limit)
+            }
+        };
+        let n = processed.ids().len();
+        if n == 0 {
             bail!("the prompt has no tokens");
         }
-        let limit = lm.model.config().max_position_embeddings;
-        if ids.len() > limit {
-            bail!(
-                "the prompt has {} tokens, more than the model's context of {limit}",
-                ids.len()
-            );
+        if n > limit {
+            bail!("the prompt has {n} tokens, more than the model's context of {limit}");
         }
-        Ok(ids)
+        Ok(processed)
     }
 }

@@ -210,6 +210,15 @@ fn host_i64<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
         .expect("converted to i64")
 }
 
+/// The shape transformers gives the output of hook `path` that has `shape` here: the vision
+/// tower works on `[patches, width]`, without the batch dimension hooks carry.
+pub fn transformers_shape(path: &str, shape: &[usize]) -> Vec<usize> {
+    match shape {
+        [1, rest @ ..] if path.starts_with("model.visual.") => rest.to_vec(),
+        _ => shape.to_vec(),
+    }
+}
+
 /// `embeds` (`[batch, tokens, d]`) with the rows of `image_token` replaced, in order, by the
 /// rows of `features` (`[image tokens, d]`).
 fn scatter_image_tokens<B: Backend>(

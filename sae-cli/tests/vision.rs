@@ -1,0 +1,134 @@
+//! `sae activations` and `sae generate` with `--image` on the Qwen2-VL and Qwen2.5-VL fixtures:
+//! the file holds exactly what transformers' processor and model give (names, shapes, values).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{fails, ints, max_rel_diff, ok, s};
+use sae_core::TensorFile;
+
+fn fixture(rel: &str) -> PathBuf {
+    common::fixture("sae-models", rel)
+}
+
+const MODELS: [&str; 2] = ["qwen2_vl_tiny", "qwen2_5_vl_tiny"];
+
+#[test]
+fn activations_with_an_image_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixture("image_processors/images/image1.png");
+    for model in MODELS {
+        let out = dir.path().join(format!("{model}.safetensors"));
+        ok(&[
+            "activations",
+            "--model",
+            s(&fixture(model)),
+            "--image",
+            s(&image),
+            "--chat",
+            "Describe this image.",
+            "--hooks",
+            r"model\.visual\.(blocks\.\d+|merger)",
+            "--hooks",
+            r"model\.language_model\.layers\.\d+(\.self_attn\.o_proj|\.mlp\.down_proj)?",
+            "--out",
+            s(&out),
+        ]);
+        let ours = TensorFile::open(&out).unwrap();
+        let theirs = TensorFile::open(fixture(&format!("{model}/reference.safetensors"))).unwrap();
+        let mut names = ours.names();
+        names.sort();
+        let mut expected: Vec<String> = theirs
+            .names()
+            .into_iter()
+            .filter(|n| n != "generate.greedy")
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected, "{model}: the fixture's tensors, no more");
+        for name in names {
+            assert_eq!(
+                ours.shape(&name).unwrap(),
+                theirs.shape(&name).unwrap(),
+                "{model} {name}"
+            );
+            if name.starts_with("inputs.") && name != "inputs.pixel_values" {
+                assert_eq!(
+                    ints(&out, &name),
+                    ints(&fixture(&format!("{model}/reference.safetensors")), &name)
+                );
+                continue;
+            }
+            let err = max_rel_diff(
+                &ours.get(&name).unwrap().to_f32(),
+                &theirs.get(&name).unwrap().to_f32(),
+            );
+            assert!(err < 1e-4, "{model}: {name} differs by {err}");
+        }
+    }
+}
+
+#[test]
+fn generate_with_an_image_gives_the_greedy_tokens() {
+    let image = fixture("image_processors/images/image1.png");
+    for model in MODELS {
+        let text = ok(&[
+            "generate",
+            "--model",
+            s(&fixture(model)),
+            "--image",
+            s(&image),
+            "--chat",
+            "Describe this image.",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let tokens: Vec<i64> = json["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            tokens,
+            ints(
+                &fixture(&format!("{model}/reference.safetensors")),
+                "generate.greedy"
+            ),
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn bad_images_and_text_models_with_images_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let err = fails(&[
+        "generate",
+        "--model",
+        s(&fixture("qwen2_vl_tiny")),
+        "--image",
+        s(&corrupt),
+        "--chat",
+        "Hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert!(err.contains("corrupt.png"), "{err}");
+    let err = fails(&[
+        "generate",
+        "--model",
+        s(&fixture("qwen2_tiny")),
+        "--image",
+        s(&fixture("image_processors/images/image1.png")),
+        "--chat",
+        "Hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert!(err.contains("text-only model"), "{err}");
+}
