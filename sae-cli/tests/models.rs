@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ints, max_rel_diff, ok, ok_with, s, sae_with};
+use common::{fails, fake_hub_model, ints, max_rel_diff, ok, ok_with, s, sae_with};
 use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -127,23 +127,21 @@ fn generate_json_gives_the_greedy_tokens_of_transformers() {
 
 #[test]
 fn a_hub_id_is_found_in_the_cache_offline() {
-    // The layout huggingface_hub writes: hub/models--ORG--NAME/{refs/main, snapshots/REV/...}.
     let home = tempfile::tempdir().unwrap();
-    let repo = home.path().join("hub/models--test--qwen2-tiny");
-    let snapshot = repo.join("snapshots/0123abcd");
-    std::fs::create_dir_all(&snapshot).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    for f in [
+    let files = [
         "config.json",
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
         "chat_template.jinja",
-    ] {
-        std::fs::copy(fixture("qwen2_tiny").join(f), snapshot.join(f)).unwrap();
-    }
+    ];
+    fake_hub_model(
+        home.path(),
+        "test/qwen2-tiny",
+        &fixture("qwen2_tiny"),
+        &files,
+    );
     let offline = Path::new("1");
     let env = [("HF_HOME", home.path()), ("HF_HUB_OFFLINE", offline)];
     let text = ok_with(

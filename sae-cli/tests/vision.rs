@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fails, ints, max_rel_diff, ok, s};
+use common::{fails, fake_hub_model, ints, max_rel_diff, ok, ok_with, s};
 use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -131,4 +131,54 @@ fn bad_images_and_text_models_with_images_are_clear_errors() {
         "1",
     ]);
     assert!(err.contains("text-only model"), "{err}");
+}
+
+// A hub id resolved from the local cache (offline) brings the processor config along.
+#[test]
+fn a_vision_model_is_found_in_the_hub_cache_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let files = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+    ];
+    fake_hub_model(
+        home.path(),
+        "test/qwen2-vl-tiny",
+        &fixture("qwen2_vl_tiny"),
+        &files,
+    );
+    let env = [
+        ("HF_HOME", home.path()),
+        ("HF_HUB_OFFLINE", std::path::Path::new("1")),
+    ];
+    let image = fixture("image_processors/images/image1.png");
+    let text = ok_with(
+        &[
+            "generate",
+            "--model",
+            "test/qwen2-vl-tiny",
+            "--image",
+            s(&image),
+            "--chat",
+            "Describe this image.",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ],
+        &env,
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tokens: Vec<i64> = json["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let reference = fixture("qwen2_vl_tiny/reference.safetensors");
+    assert_eq!(tokens, ints(&reference, "generate.greedy"));
 }

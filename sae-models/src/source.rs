@@ -58,6 +58,8 @@ const MODEL_FILES: &[(&str, bool)] = &[
     ("tokenizer_config.json", false),
     ("generation_config.json", false),
     ("chat_template.jinja", false),
+    ("processor_config.json", false),
+    ("preprocessor_config.json", false),
 ];
 
 /// The snapshot folder of hub model `id` with every file the model needs.

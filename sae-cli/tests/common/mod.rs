@@ -15,6 +15,20 @@ pub fn fixture(krate: &str, rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// Puts `files` of the folder `model` into a Hugging Face cache under `home` as hub model
+/// `org/name`, in the layout huggingface_hub writes (`hub/models--ORG--NAME/{refs/main,
+/// snapshots/REV/...}`).
+pub fn fake_hub_model(home: &Path, id: &str, model: &Path, files: &[&str]) {
+    let repo = home.join(format!("hub/models--{}", id.replace('/', "--")));
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for f in files {
+        std::fs::copy(model.join(f), snapshot.join(f)).unwrap();
+    }
+}
+
 /// Runs `sae args...` with extra environment variables.
 pub fn sae_with(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sae"));

@@ -80,8 +80,8 @@ struct RawVision {
     num_heads: usize,
     mlp_ratio: Option<f64>,
     intermediate_size: Option<usize>,
-    hidden_act: String,
-    #[serde(default = "three")]
+    hidden_act: Option<String>,
+    #[serde(default = "three", alias = "in_chans")]
     in_channels: usize,
     patch_size: usize,
     temporal_patch_size: usize,
@@ -138,12 +138,13 @@ impl Qwen2VlConfig {
         let raw: RawVision =
             serde_json::from_value(json.get("vision_config").cloned().unwrap_or_default())
                 .map_err(|e| bad(format!("vision_config: {e}")))?;
-        let activation = Activation::from_name(&raw.hidden_act).ok_or_else(|| {
-            bad(format!(
-                "vision activation {:?} is not supported",
-                raw.hidden_act
-            ))
-        })?;
+        // Hub configs of Qwen2-VL leave the activation out (transformers' default: quick_gelu).
+        let act = raw
+            .hidden_act
+            .as_deref()
+            .unwrap_or(if qwen25 { "silu" } else { "quick_gelu" });
+        let activation = Activation::from_name(act)
+            .ok_or_else(|| bad(format!("vision activation {act:?} is not supported")))?;
         // Qwen2-VL calls the block width `embed_dim` and the output `hidden_size`; Qwen2.5-VL
         // calls them `hidden_size` and `out_hidden_size`.
         let (embed_dim, out_dim) = if qwen25 {
