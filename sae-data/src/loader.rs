@@ -9,7 +9,7 @@ use crate::dataset::{Cursor, Dataset, RowId, Stream, StreamConfig};
 use crate::error::{DataError, Result, RowProblem};
 use crate::record::{Body, Record, to_chat_messages};
 use crate::table::Kind;
-use sae_models::Tokenizer;
+use sae_models::{ImageTokens, ProcessedImages, Tokenizer, decode_image, expand_image_tokens};
 
 /// How rows become sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,9 @@ pub struct Batch {
     pub rows: Vec<Vec<RowId>>,
     /// The encoded images of each sequence's row, for a model's image processor.
     pub images: Vec<Vec<Vec<u8>>>,
+    /// With [`Loader::with_image_tokens`]: every sequence's images processed, one after the
+    /// other, their placeholders in `input_ids` expanded.
+    pub vision: Option<ProcessedImages>,
 }
 
 impl Batch {
@@ -77,6 +80,8 @@ pub struct Loader<'a> {
     carry: Vec<i64>,
     carry_rows: Vec<(RowId, usize)>,
     too_long: usize,
+    image_tokens: Option<&'a dyn ImageTokens>,
+    bad_images: usize,
 }
 
 impl<'a> Loader<'a> {
@@ -108,7 +113,16 @@ impl<'a> Loader<'a> {
             carry,
             carry_rows,
             too_long: 0,
+            image_tokens: None,
+            bad_images: 0,
         })
+    }
+
+    /// Processes each row's images with a vision-language model's processor and expands their
+    /// placeholders (padded batching only), as transformers' processor does.
+    pub fn with_image_tokens(mut self, processor: &'a dyn ImageTokens) -> Self {
+        self.image_tokens = Some(processor);
+        self
     }
 
     /// Where the loader is: resuming from it yields exactly the batches not yet yielded.
@@ -120,9 +134,9 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Rows skipped as unusable or too long.
+    /// Rows skipped as unusable, too long, or with images the processor cannot take.
     pub fn skipped(&self) -> usize {
-        self.stream.skipped() + self.too_long
+        self.stream.skipped() + self.too_long + self.bad_images
     }
 
     /// The epoch being read.
@@ -193,36 +207,56 @@ impl<'a> Loader<'a> {
             seq_len: context,
             rows,
             images: vec![Vec::new(); self.batch_size],
+            vision: None,
         }))
     }
 
     fn next_padded(&mut self, max_len: usize, truncate: bool) -> Result<Option<Batch>> {
         let mut sequences = Vec::with_capacity(self.batch_size);
+        let mut vision_parts = Vec::new();
         while sequences.len() < self.batch_size {
             let Some(example) = self.stream.next().transpose()? else {
                 return Ok(None);
             };
             let (text, special) = self.render(&example.record)?;
-            let mut ids = self.tokenizer.encode(&text, special)?;
+            let ids = self.tokenizer.encode(&text, special)?;
+            let images = match example.record.body {
+                Body::Chat { images, .. } => images,
+                Body::Text(_) => Vec::new(),
+            };
+            let skip = self.stream.config().on_error == OnError::Skip;
+            let (mut ids, vision) = match self.image_tokens {
+                Some(processor) if !images.is_empty() => {
+                    match process_images(processor, ids, &images) {
+                        Ok((ids, vision)) => (ids, Some(vision)),
+                        Err(_) if skip => {
+                            self.bad_images += 1;
+                            continue;
+                        }
+                        Err(reason) => {
+                            return Err(self.stream.dataset().bad_row(example.id, reason));
+                        }
+                    }
+                }
+                _ => (ids, None),
+            };
+            // Cutting a row would cut its image tokens from their image: those never truncate.
             if ids.len() > max_len {
-                if truncate {
+                if truncate && vision.is_none() {
                     ids.truncate(max_len);
                 } else {
                     let reason = RowProblem::TooLong {
                         tokens: ids.len(),
                         max: max_len,
                     };
-                    if self.stream.config().on_error == OnError::Skip {
+                    if skip {
                         self.too_long += 1;
                         continue;
                     }
                     return Err(self.stream.dataset().bad_row(example.id, reason));
                 }
             }
-            let images = match example.record.body {
-                Body::Chat { images, .. } => images,
-                Body::Text(_) => Vec::new(),
-            };
+            vision_parts.extend(vision);
             sequences.push((example.id, ids, images));
         }
         let seq_len = sequences
@@ -238,6 +272,7 @@ impl<'a> Loader<'a> {
             seq_len,
             rows: Vec::with_capacity(self.batch_size),
             images: Vec::with_capacity(self.batch_size),
+            vision: ProcessedImages::concat(vision_parts),
         };
         for (id, ids, images) in sequences {
             let padding = seq_len - ids.len();
@@ -252,6 +287,37 @@ impl<'a> Loader<'a> {
         }
         Ok(Some(batch))
     }
+}
+
+/// A row's images decoded and processed, and its token ids with their placeholders expanded;
+/// the reason the row cannot be used otherwise.
+fn process_images(
+    processor: &dyn ImageTokens,
+    ids: Vec<i64>,
+    images: &[Vec<u8>],
+) -> std::result::Result<(Vec<i64>, ProcessedImages), RowProblem> {
+    let mut parts = Vec::with_capacity(images.len());
+    let mut counts = Vec::with_capacity(images.len());
+    for (index, bytes) in images.iter().enumerate() {
+        let bad = |reason: String| RowProblem::Image { index, reason };
+        let image = decode_image(bytes).map_err(bad)?;
+        let (processed, count) = processor
+            .process_images(&[image])
+            .map_err(|e| bad(e.to_string()))?;
+        parts.push(processed);
+        counts.extend(count);
+    }
+    let vision = ProcessedImages::concat(parts).expect("a row with images");
+    let ids = expand_image_tokens(&ids, processor.image_token(), &counts).map_err(|_| {
+        RowProblem::ImageCount {
+            shown: ids
+                .iter()
+                .filter(|&&id| id == processor.image_token())
+                .count(),
+            held: images.len(),
+        }
+    })?;
+    Ok((ids, vision))
 }
 
 impl Iterator for Loader<'_> {

@@ -29,10 +29,13 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generator, Sampling, generate};
 pub use image_processor::{
     LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, Qwen2VlImageInputs,
-    Qwen2VlImageProcessor, load_image,
+    Qwen2VlImageProcessor, decode_image, load_image,
 };
 pub use language_model::{LanguageModel, Prompt};
 pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
-pub use vision_language_model::{ProcessedPrompt, VisionLanguageModel, is_vision_language};
+pub use vision_language_model::{
+    ImageTokens, ProcessedImages, ProcessedPrompt, VisionLanguageModel, expand_image_tokens,
+    is_vision_language,
+};
 pub use weights::Weights;

@@ -1,5 +1,6 @@
 //! Decoding image files, and the RGB conversion transformers applies to a PIL image.
 
+use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Rgb, RgbImage};
@@ -14,13 +15,19 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
         file: path.to_path_buf(),
         message,
     };
-    let mut decoder = ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
-        .map_err(|e| bad(e.to_string()))?
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    decode_image(&bytes).map_err(bad)
+}
+
+/// The same for an encoded image in memory (a dataset's image bytes); the error says why.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    let mut decoder = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
         .into_decoder()
-        .map_err(|e| bad(e.to_string()))?;
-    let orientation = decoder.orientation().map_err(|e| bad(e.to_string()))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     image.apply_orientation(orientation);
     Ok(image)
 }

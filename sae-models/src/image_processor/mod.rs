@@ -18,7 +18,7 @@ mod normalize;
 mod qwen2_vl;
 mod resize;
 
-pub use decode::load_image;
+pub use decode::{decode_image, load_image};
 pub use llava_onevision::{LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor};
 pub use normalize::Normalization;
 pub use qwen2_vl::{Qwen2VlImageInputs, Qwen2VlImageProcessor, smart_resize};

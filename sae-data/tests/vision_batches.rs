@@ -1,0 +1,108 @@
+//! Padded chat batches through a vision-language model's processor: real easy-VQA rows give
+//! exactly the batch transformers' Qwen2-VL processor makes of them
+//! (tools/make_vlm_batch_fixture.py): expanded image tokens, padding, pixel values, grids.
+
+mod common;
+
+use std::path::Path;
+
+use burn::tensor::DType;
+use sae_core::{HostData, TensorFile};
+use sae_data::{Batching, Dataset, Format, Loader, OnError, PreprocessOptions, StreamConfig};
+use sae_models::VisionLanguageModel;
+
+type B = burn::backend::Flex;
+
+fn ints(file: &TensorFile, name: &str) -> Vec<i64> {
+    match file.get(name).unwrap().data {
+        HostData::I64(v) => v,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn easy_vqa_rows(dir: &Path, limit: usize) -> Dataset {
+    let mut options = PreprocessOptions::new(Format::EasyVqa, &common::easy_vqa(), dir);
+    options.limit = Some(limit);
+    sae_data::preprocess(&options, &mut |_| {}).unwrap();
+    Dataset::open(dir).unwrap()
+}
+
+fn qwen2_vl_tiny() -> VisionLanguageModel<B> {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_vl_tiny");
+    VisionLanguageModel::load_as(dir.to_str().unwrap(), DType::F32, &Default::default()).unwrap()
+}
+
+fn plain() -> StreamConfig {
+    StreamConfig {
+        shuffle: false,
+        ..StreamConfig::default()
+    }
+}
+
+#[test]
+fn image_rows_are_batched_as_transformers_processor_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = easy_vqa_rows(dir.path(), 8);
+    let vlm = qwen2_vl_tiny();
+    let pad = Batching::Pad {
+        max_len: 256,
+        truncate: false,
+    };
+    let mut loader = Loader::new(&dataset, &vlm.tokenizer, plain(), pad, 4, None)
+        .unwrap()
+        .with_image_tokens(&vlm);
+    let batch = loader.next_batch().unwrap().unwrap();
+    let reference = TensorFile::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_vl_batch.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(batch.input_ids, ints(&reference, "input_ids"));
+    assert_eq!(batch.attention_mask, ints(&reference, "attention_mask"));
+    let vision = batch.vision.expect("the rows have images");
+    let grids: Vec<i64> = vision
+        .image_grid_thw
+        .iter()
+        .flatten()
+        .map(|&v| v as i64)
+        .collect();
+    assert_eq!(grids, ints(&reference, "image_grid_thw"));
+    let expected = reference.get("pixel_values").unwrap();
+    assert_eq!(vision.pixel_values.shape, expected.shape);
+    let worst = vision
+        .pixel_values
+        .to_f32()
+        .iter()
+        .zip(expected.to_f32())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 1e-5, "pixel values differ by {worst}");
+}
+
+#[test]
+fn image_rows_too_long_are_never_cut_but_named_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = easy_vqa_rows(dir.path(), 8);
+    let vlm = qwen2_vl_tiny();
+    // Cutting would separate image tokens from their image: too long, even with truncate.
+    let cut = Batching::Pad {
+        max_len: 20,
+        truncate: true,
+    };
+    let mut loader = Loader::new(&dataset, &vlm.tokenizer, plain(), cut, 2, None)
+        .unwrap()
+        .with_image_tokens(&vlm);
+    let error = loader.next_batch().unwrap_err().to_string();
+    assert!(
+        error.contains("row 0 of") && error.contains("do not fit the context of 20"),
+        "{error}"
+    );
+    let skip = StreamConfig {
+        on_error: OnError::Skip,
+        ..plain()
+    };
+    let mut loader = Loader::new(&dataset, &vlm.tokenizer, skip, cut, 2, None)
+        .unwrap()
+        .with_image_tokens(&vlm);
+    assert!(loader.next_batch().unwrap().is_none());
+    assert_eq!(loader.skipped(), 8);
+}
