@@ -182,3 +182,100 @@ fn a_vision_model_is_found_in_the_hub_cache_offline() {
     let reference = fixture("qwen2_vl_tiny/reference.safetensors");
     assert_eq!(tokens, ints(&reference, "generate.greedy"));
 }
+
+/// An easy-VQA-layout folder (`questions.json`, `images/<id>.png`) made of real photos of
+/// several sizes, preprocessed into a standard chat dataset.
+fn photo_questions(root: &std::path::Path) -> PathBuf {
+    let input = root.join("vqa");
+    std::fs::create_dir_all(input.join("images")).unwrap();
+    let photos = ["image1", "image2", "tall", "wide"];
+    for (id, name) in photos.iter().enumerate() {
+        let from = fixture(&format!("image_processors/images/{name}.png"));
+        std::fs::copy(from, input.join(format!("images/{id}.png"))).unwrap();
+    }
+    let questions: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!([format!("what is in picture {i}?"), "a thing", i % 4]))
+        .collect();
+    std::fs::write(
+        input.join("questions.json"),
+        serde_json::to_string(&questions).unwrap(),
+    )
+    .unwrap();
+    let data = root.join("data");
+    ok(&[
+        "preprocess",
+        "--format",
+        "easy-vqa",
+        "--input",
+        s(&input),
+        "--output",
+        s(&data),
+    ]);
+    data
+}
+
+// Training SAEs on a vision-language model: one on the language model's residual stream (the
+// real tokens of padded chat batches, image tokens included) and one on a vision block (every
+// patch of the batch's images).
+#[test]
+fn train_saes_on_both_towers_of_qwen2_vl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = photo_questions(dir.path());
+    let out = dir.path().join("run");
+    ok(&[
+        "train",
+        "--model",
+        s(&fixture("qwen2_vl_tiny")),
+        "--data",
+        s(&data),
+        "--hook",
+        "model.visual.blocks.1",
+        "--hook",
+        "model.language_model.layers.0",
+        "--k",
+        "4",
+        "--num-latents",
+        "64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--set",
+        "data.shuffle=false",
+        "--out",
+        s(&out),
+    ]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    // image1 (6 x 8 patches) and image2 in step 1: the vision SAE sees all their patches.
+    let vision = &lines[0]["hooks"]["model.visual.blocks.1"];
+    let text = &lines[0]["hooks"]["model.language_model.layers.0"];
+    let grid = |name: &str| {
+        let img = sae_models::load_image(&fixture(&format!("image_processors/images/{name}.png")))
+            .unwrap();
+        let p =
+            sae_models::Qwen2VlImageProcessor::from_model_dir(&fixture("qwen2_vl_tiny")).unwrap();
+        let g = p.preprocess(&[img]).unwrap().image_grid_thw[0];
+        (g[0] * g[1] * g[2]) as u64
+    };
+    assert_eq!(
+        vision["tokens"].as_u64().unwrap(),
+        grid("image1") + grid("image2")
+    );
+    assert!(text["tokens"].as_u64().unwrap() > 0);
+    for line in &lines {
+        for hook in ["model.visual.blocks.1", "model.language_model.layers.0"] {
+            let fvu = line["hooks"][hook]["fvu"].as_f64().unwrap();
+            assert!(fvu.is_finite() && fvu > 0.0, "{hook}: fvu {fvu}");
+        }
+    }
+    let adapter = std::fs::read_to_string(out.join("sae/adapter_config.json")).unwrap();
+    assert!(
+        adapter.contains("model.visual.blocks.1")
+            && adapter.contains("model.language_model.layers.0")
+    );
+}

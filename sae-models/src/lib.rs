@@ -7,6 +7,7 @@
 //! Next: tokenizer and chat templates, GGUF and hub loading, KV-cache generation, Qwen2-VL,
 //! Qwen2.5-VL and LLaVA-OneVision.
 
+pub mod any_model;
 pub mod config;
 pub mod decoder;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod tokenizer;
 pub mod vision_language_model;
 pub mod weights;
 
+pub use any_model::AnyModel;
 pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};

@@ -9,9 +9,10 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::{HookPoint, HookedModule};
+use sae_core::{HookKind, HookPoint, HookedModule};
 use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
-use sae_models::{LanguageModel, LmInput};
+use sae_models::qwen2_vl::VlInput;
+use sae_models::{AnyModel, LmInput};
 
 use crate::activations::{Capture, TokenFilter, select_tokens};
 use crate::checkpoint::{self, State};
@@ -94,7 +95,7 @@ fn dtype(name: &str) -> DType {
 /// Everything a run holds while it trains.
 struct Session<B: AutodiffBackend> {
     config: TrainConfig,
-    model: LanguageModel<B::InnerBackend>,
+    model: AnyModel<B::InnerBackend>,
     dataset: Dataset,
     points: Vec<HookPoint>,
     trainer: Trainer<B>,
@@ -114,12 +115,12 @@ impl<B: AutodiffBackend> Session<B> {
             )));
         }
         tracing::info!("loading model {}", config.model.name);
-        let model = LanguageModel::<B::InnerBackend>::load_as(
+        let model = AnyModel::<B::InnerBackend>::load_as(
             &config.model.name,
             dtype(&config.model.dtype),
             device,
         )?;
-        let points = config.target_modules.resolve(&model.model.hook_points())?;
+        let points = config.target_modules.resolve(&model.hook_points())?;
         let dataset = Dataset::open(&config.data.path)?;
         let (trainer, cursor, tokens, elapsed_s) = match &checkpoint {
             Some(dir) => {
@@ -185,12 +186,15 @@ impl<B: AutodiffBackend> Session<B> {
         };
         let mut loader = Loader::new(
             &self.dataset,
-            &self.model.tokenizer,
+            self.model.tokenizer(),
             stream,
             batching,
             self.config.train.batch_size,
             self.cursor.take(),
         )?;
+        if let AnyModel::Vision(vlm) = &self.model {
+            loader = loader.with_image_tokens(vlm.as_ref());
+        }
         let paths: Vec<String> = self.points.iter().map(|p| p.path.clone()).collect();
         let bar = progress_bar(self.config.log.progress, self.trainer.step, end);
         let mut last = None;
@@ -274,31 +278,53 @@ impl<B: AutodiffBackend> Session<B> {
     fn token_filter(&self) -> TokenFilter {
         let t = &self.config.train;
         TokenFilter::new(
-            &self.model.tokenizer,
+            self.model.tokenizer(),
             t.exclude_special_tokens,
             &t.exclude_tokens,
             t.skip_first_tokens,
         )
     }
 
-    /// The frozen model's activations at every hook point, for the tokens that count.
+    /// The frozen model's activations at every hook point: for the language model's, the
+    /// tokens that count; for the vision tower's, every patch.
     fn activations(
         &self,
         batch: &Batch,
         paths: &[String],
         filter: &TokenFilter,
     ) -> Result<Vec<Tensor<B::InnerBackend, 2>>> {
-        let input = lm_input::<B::InnerBackend>(batch, &self.device);
         let mut capture = Capture::new(paths.to_vec(), true);
-        self.model.model.forward_hooked(input, &mut capture);
+        let input = lm_input::<B::InnerBackend>(batch, &self.device);
+        match &self.model {
+            AnyModel::Text(lm) => {
+                lm.model.forward_hooked(input, &mut capture);
+            }
+            AnyModel::Vision(vlm) => {
+                let input = VlInput {
+                    input_ids: input.input_ids,
+                    attention_mask: input.attention_mask,
+                    images: batch.vision.as_ref().map(|v| v.to_input(&self.device)),
+                };
+                vlm.model.forward_hooked(input, &mut capture)?;
+            }
+        }
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         capture
             .outputs
             .into_iter()
-            .zip(paths)
-            .map(|(out, path)| {
-                out.map(|x| select_tokens(x, &tokens)).ok_or_else(|| {
-                    TrainError::Unsupported(format!("the model never reached hook point {path}"))
+            .zip(&self.points)
+            .map(|(out, point)| {
+                let x = out.ok_or_else(|| {
+                    TrainError::Unsupported(format!(
+                        "the model never reached hook point {}",
+                        point.path
+                    ))
+                })?;
+                Ok(if point.kind == HookKind::Vision {
+                    let [b, n, d] = x.dims();
+                    x.reshape([b * n, d])
+                } else {
+                    select_tokens(x, &tokens)
                 })
             })
             .collect()

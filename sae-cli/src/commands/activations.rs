@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sae_core::{Chain, HookedModule, HostTensor, NoHooks, Recorder, SaeModel, StorageDtype};
-use sae_models::{LmInput, qwen2_vl};
+use sae_models::{AnyModel, LmInput, qwen2_vl};
 
-use super::model_args::{Loaded, ModelArgs, Processed};
+use super::model_args::{ModelArgs, Processed};
 use crate::backend::{self, Backend};
 
 /// Run a model and write `inputs.input_ids`, `logits` and `hook.<path>` for each hook point a
@@ -43,11 +43,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let loaded = args.model.load()?;
     if args.list_hooks {
-        let points = match &loaded {
-            Loaded::Text(lm) => lm.model.hook_points(),
-            Loaded::Vision(vlm) => vlm.model.hook_points(),
-        };
-        for p in points {
+        for p in loaded.hook_points() {
             println!("{}\t{}\t{:?}", p.path, p.width, p.kind);
         }
         return Ok(());
@@ -59,12 +55,12 @@ pub fn run(args: Args) -> Result<()> {
     let sae = args.sae.as_deref();
     // Hook outputs are written in the shapes transformers gives them.
     let (logits, shape_of): (_, ShapeOf) = match (loaded, &processed) {
-        (Loaded::Text(lm), Processed::Text(ids)) => {
+        (AnyModel::Text(lm), Processed::Text(ids)) => {
             let input = LmInput::from_ids(ids, &device);
             let out = run_hooked(lm.model, input, sae, &mut recorder)?;
             (out.logits, |_, shape| shape.to_vec())
         }
-        (Loaded::Vision(vlm), Processed::Vision(prompt)) => {
+        (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let input = prompt.to_input(&device);
             let out = run_hooked(vlm.model, input, sae, &mut recorder)??;
             (out.logits, qwen2_vl::transformers_shape)

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sae_core::{HookedModule, Hooks, NoHooks, SaeModel};
-use sae_models::{GenerateConfig, Sampling, generate};
+use sae_models::{AnyModel, GenerateConfig, Sampling, generate};
 
-use super::model_args::{Loaded, ModelArgs, Processed};
+use super::model_args::{ModelArgs, Processed};
 use crate::backend::{self, Backend};
 
 /// Generate text from a prompt with a KV cache; greedy unless --temperature, --top-p or --seed
@@ -56,10 +56,7 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::ensure!(s.temperature > 0.0, "--temperature must be positive");
         anyhow::ensure!(s.top_p > 0.0 && s.top_p <= 1.0, "--top-p must be in (0, 1]");
     }
-    let (stop_tokens, tokenizer) = match &loaded {
-        Loaded::Text(lm) => (lm.stop_tokens.clone(), lm.tokenizer.clone()),
-        Loaded::Vision(vlm) => (vlm.stop_tokens.clone(), vlm.tokenizer.clone()),
-    };
+    let (stop_tokens, tokenizer) = (loaded.stop_tokens().to_vec(), loaded.tokenizer().clone());
     let config = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
         sampling,
@@ -70,10 +67,10 @@ pub fn run(args: Args) -> Result<()> {
     let prompts = [processed.ids().to_vec()];
     let sae = args.sae.as_deref();
     let tokens = match (loaded, processed) {
-        (Loaded::Text(lm), _) => with_sae(lm.model, sae, |model, hooks| {
+        (AnyModel::Text(lm), _) => with_sae(lm.model, sae, |model, hooks| {
             generate(model, &prompts, &config, hooks, &device)
         })?,
-        (Loaded::Vision(vlm), Processed::Vision(prompt)) => {
+        (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let images = prompt.to_input::<Backend>(&device).images;
             with_sae(vlm.model, sae, |model, hooks| {
                 generate(&model.generator(images), &prompts, &config, hooks, &device)

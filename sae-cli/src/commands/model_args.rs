@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use sae_core::{HostTensor, StorageDtype};
-use sae_models::{
-    LanguageModel, ModelSource, ProcessedPrompt, Prompt, VisionLanguageModel, is_vision_language,
-    load_image,
-};
+use sae_models::{AnyModel, ProcessedPrompt, Prompt, load_image};
 
 use crate::backend::{self, Backend};
 
@@ -32,14 +29,6 @@ pub struct ModelArgs {
     /// The dtype the model computes in: f32, f16 or bf16 (weights are cast once at load).
     #[arg(long, default_value = "f32")]
     pub dtype: StorageDtype,
-}
-
-/// A loaded model: a decoder LM, or a vision-language model with its image processor.
-pub enum Loaded {
-    /// Text only.
-    Text(Box<LanguageModel<Backend>>),
-    /// Qwen2-VL / Qwen2.5-VL.
-    Vision(Box<VisionLanguageModel<Backend>>),
 }
 
 /// A prompt ready for the model it was made for.
@@ -91,54 +80,38 @@ impl ModelArgs {
     }
 
     /// Loads the model, text-only or vision-language, whichever `config.json` names.
-    pub fn load(&self) -> Result<Loaded> {
+    pub fn load(&self) -> Result<AnyModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
-        let context = || format!("cannot load model {}", self.model);
-        let device = backend::device();
-        let vision = match ModelSource::parse(&self.model) {
-            ModelSource::Gguf(_) => false,
-            source => is_vision_language(&source.local_dir().with_context(context)?),
-        };
-        let loaded = if vision {
-            Loaded::Vision(Box::new(
-                VisionLanguageModel::load_as(&self.model, self.dtype(), &device)
-                    .with_context(context)?,
-            ))
-        } else {
-            Loaded::Text(Box::new(
-                LanguageModel::load_as(&self.model, self.dtype(), &device).with_context(context)?,
-            ))
-        };
+        let model = AnyModel::load_as(&self.model, self.dtype(), &backend::device())
+            .with_context(|| format!("cannot load model {}", self.model))?;
         tracing::info!(backend = backend::NAME, "model loaded");
-        Ok(loaded)
+        Ok(model)
     }
 
     /// The prompt (and images) as `loaded` takes them.
-    pub fn process(&self, loaded: &Loaded) -> Result<Processed> {
+    pub fn process(&self, loaded: &AnyModel<Backend>) -> Result<Processed> {
         let prompt = match (&self.text, &self.chat) {
             (Some(t), None) => Prompt::Text(t),
             (None, Some(c)) => Prompt::Chat(c),
             _ => bail!("give the prompt with --text or --chat"),
         };
-        let (processed, limit) = match loaded {
-            Loaded::Text(lm) => {
+        let processed = match loaded {
+            AnyModel::Text(lm) => {
                 if !self.image.is_empty() {
                     bail!("{} is a text-only model: it takes no --image", self.model);
                 }
-                let limit = lm.model.config().max_position_embeddings;
-                (Processed::Text(lm.prompt_ids(prompt)?), limit)
+                Processed::Text(lm.prompt_ids(prompt)?)
             }
-            Loaded::Vision(vlm) => {
+            AnyModel::Vision(vlm) => {
                 let images = self
                     .image
                     .iter()
                     .map(|path| load_image(path))
                     .collect::<sae_models::Result<Vec<_>>>()?;
-                let limit = vlm.model.config().text.max_position_embeddings;
-                (Processed::Vision(vlm.process(prompt, &images)?), limit)
+                Processed::Vision(vlm.process(prompt, &images)?)
             }
         };
-        let n = processed.ids().len();
+        let (n, limit) = (processed.ids().len(), loaded.context());
         if n == 0 {
             bail!("the prompt has no tokens");
         }
