@@ -274,6 +274,19 @@ impl<B: Backend> DecoderLm<B> {
         prefix: &str,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::from_weights_with_head(config, w, stored, "lm_head", prefix, device)
+    }
+
+    /// The same with the head stored as `stored_head` (`language_model.lm_head` in LLaVA hub
+    /// checkpoints); in memory it is `lm_head` whatever the checkpoint says.
+    pub fn from_weights_with_head(
+        config: DecoderConfig,
+        w: &Weights,
+        stored: &str,
+        stored_head: &str,
+        prefix: &str,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = &config;
         let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
         let (q_dim, kv_dim) = (
@@ -321,7 +334,7 @@ impl<B: Backend> DecoderLm<B> {
             .collect::<Result<Vec<_>>>()?;
         // Some tied checkpoints still store lm_head.weight; tying wins, as in transformers.
         let lm_head = (!c.tie_word_embeddings)
-            .then(|| w.linear("lm_head", hidden, c.vocab_size, false, device))
+            .then(|| w.linear(stored_head, hidden, c.vocab_size, false, device))
             .transpose()?;
         Ok(DecoderLm {
             embed_tokens: w.embedding(

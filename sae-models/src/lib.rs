@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod gguf_model;
 pub mod image_processor;
 pub mod language_model;
+pub mod llava_onevision;
 pub mod qwen2_vl;
 mod rope;
 pub mod source;

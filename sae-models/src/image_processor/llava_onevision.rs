@@ -229,7 +229,7 @@ impl LlavaOnevisionImageProcessor {
 
 /// HF `select_best_resolution`: the pinpoint (height, width) that keeps most of the image's
 /// resolution once it is scaled to fit, and among those wastes the fewest pixels.
-fn select_best_resolution(height: u32, width: u32, pinpoints: &[[u32; 2]]) -> [u32; 2] {
+pub(crate) fn select_best_resolution(height: u32, width: u32, pinpoints: &[[u32; 2]]) -> [u32; 2] {
     let (h, w) = (f64::from(height), f64::from(width));
     let original = u64::from(height) * u64::from(width);
     let mut best = pinpoints[0];

@@ -19,6 +19,7 @@ mod qwen2_vl;
 mod resize;
 
 pub use decode::{decode_image, load_image};
+pub(crate) use llava_onevision::select_best_resolution;
 pub use llava_onevision::{LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor};
 pub use normalize::Normalization;
 pub use qwen2_vl::{Qwen2VlImageInputs, Qwen2VlImageProcessor, smart_resize};

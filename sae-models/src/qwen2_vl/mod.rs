@@ -203,7 +203,7 @@ impl<B: Backend> HookedModule<B> for Qwen2Vl<B> {
     }
 }
 
-fn host_i64<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
+pub(crate) fn host_i64<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
     t.into_data()
         .convert::<i64>()
         .into_vec()
@@ -221,7 +221,7 @@ pub fn transformers_shape(path: &str, shape: &[usize]) -> Vec<usize> {
 
 /// `embeds` (`[batch, tokens, d]`) with the rows of `image_token` replaced, in order, by the
 /// rows of `features` (`[image tokens, d]`).
-fn scatter_image_tokens<B: Backend>(
+pub(crate) fn scatter_image_tokens<B: Backend>(
     embeds: Tensor<B, 3>,
     features: Tensor<B, 2>,
     ids: &[i64],
