@@ -26,6 +26,60 @@ pub trait Generator<B: Backend> {
     fn context(&self) -> usize;
 }
 
+/// A vision-language model's forward pass over new tokens after cached ones, images (if any)
+/// in the first pass.
+pub trait ImageLm<B: Backend> {
+    /// The images a prompt comes with.
+    type Images;
+
+    /// Logits `[batch, new, vocab]`, as [`Generator::next_logits`].
+    fn forward_images(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        images: Option<Self::Images>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<Tensor<B, 3>>;
+
+    /// The most positions a sequence may have.
+    fn context(&self) -> usize;
+}
+
+/// An [`ImageLm`] generating after a prompt with images: they go with the first pass only.
+pub struct WithImages<'a, M, I> {
+    model: &'a M,
+    images: std::cell::RefCell<Option<I>>,
+}
+
+impl<'a, M, I> WithImages<'a, M, I> {
+    /// `model` generating after prompts that hold `images`' tokens.
+    pub fn new(model: &'a M, images: Option<I>) -> Self {
+        WithImages {
+            model,
+            images: std::cell::RefCell::new(images),
+        }
+    }
+}
+
+impl<B: Backend, M: ImageLm<B>> Generator<B> for WithImages<'_, M, M::Images> {
+    fn next_logits(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let images = self.images.borrow_mut().take();
+        self.model
+            .forward_images(input_ids, attention_mask, images, cache, hooks)
+    }
+
+    fn context(&self) -> usize {
+        self.model.context()
+    }
+}
+
 impl<B: Backend> Generator<B> for DecoderLm<B> {
     fn next_logits(
         &self,

@@ -29,7 +29,7 @@ pub use any_model::AnyModel;
 pub use config::DecoderConfig;
 pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
-pub use generate::{GenerateConfig, Generator, Sampling, generate};
+pub use generate::{GenerateConfig, Generator, ImageLm, Sampling, WithImages, generate};
 pub use image_processor::{
     LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, Qwen2VlImageInputs,
     Qwen2VlImageProcessor, decode_image, load_image,

@@ -15,7 +15,6 @@ mod anyres;
 pub mod config;
 pub mod siglip;
 
-use std::cell::RefCell;
 use std::path::Path;
 
 use burn::module::{Module, Param};
@@ -30,7 +29,7 @@ pub use siglip::{Activation, SiglipVisionTower};
 use self::anyres::ImageLayout;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::generate::Generator;
+use crate::generate::{ImageLm, WithImages};
 use crate::image_processor::LlavaOnevisionImageInputs;
 use crate::qwen2_vl::{host_i64, scatter_image_tokens};
 use crate::tap::{Stopped, Tap, linear};
@@ -317,43 +316,35 @@ impl<B: Backend> LlavaOnevision<B> {
     }
 }
 
-/// LLaVA-OneVision generating after a prompt with images: the images go with the first pass
-/// only.
-#[derive(Debug)]
-pub struct VlGenerator<'a, B: Backend> {
-    model: &'a LlavaOnevision<B>,
-    images: RefCell<Option<ImageInput<B>>>,
-}
-
 impl<B: Backend> LlavaOnevision<B> {
-    /// A [`Generator`] for prompts holding `images`' tokens.
-    pub fn generator(&self, images: Option<ImageInput<B>>) -> VlGenerator<'_, B> {
-        VlGenerator {
-            model: self,
-            images: RefCell::new(images),
-        }
+    /// A [`Generator`](crate::Generator) for prompts holding `images`' tokens.
+    pub fn generator(&self, images: Option<ImageInput<B>>) -> WithImages<'_, Self, ImageInput<B>> {
+        WithImages::new(self, images)
     }
 }
 
-impl<B: Backend> Generator<B> for VlGenerator<'_, B> {
-    fn next_logits(
+impl<B: Backend> ImageLm<B> for LlavaOnevision<B> {
+    type Images = ImageInput<B>;
+
+    fn forward_images(
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
+        images: Option<ImageInput<B>>,
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> Result<Tensor<B, 3>> {
         let input = VlInput {
             input_ids,
             attention_mask: Some(attention_mask),
-            images: self.images.borrow_mut().take(),
+            images,
         };
-        let out = self.model.forward_cached(input, cache, hooks)?;
+        let out = self.forward_cached(input, cache, hooks)?;
         Ok(out.logits.expect("generation hooks do not stop the pass"))
     }
 
     fn context(&self) -> usize {
-        self.model.config.text.max_position_embeddings
+        self.config.text.max_position_embeddings
     }
 }
 

@@ -22,7 +22,7 @@ pub use vision::VisionTower;
 
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::generate::Generator;
+use crate::generate::{ImageLm, WithImages};
 use crate::tap::{Stopped, Tap};
 use crate::weights::Weights;
 
@@ -149,42 +149,35 @@ impl<B: Backend> Qwen2Vl<B> {
     }
 }
 
-/// Qwen2-VL generating after a prompt with images: the images go with the first pass only.
-#[derive(Debug)]
-pub struct VlGenerator<'a, B: Backend> {
-    model: &'a Qwen2Vl<B>,
-    images: std::cell::RefCell<Option<ImageInput<B>>>,
-}
-
 impl<B: Backend> Qwen2Vl<B> {
-    /// A [`Generator`] for prompts holding `images`' tokens.
-    pub fn generator(&self, images: Option<ImageInput<B>>) -> VlGenerator<'_, B> {
-        VlGenerator {
-            model: self,
-            images: std::cell::RefCell::new(images),
-        }
+    /// A [`Generator`](crate::Generator) for prompts holding `images`' tokens.
+    pub fn generator(&self, images: Option<ImageInput<B>>) -> WithImages<'_, Self, ImageInput<B>> {
+        WithImages::new(self, images)
     }
 }
 
-impl<B: Backend> Generator<B> for VlGenerator<'_, B> {
-    fn next_logits(
+impl<B: Backend> ImageLm<B> for Qwen2Vl<B> {
+    type Images = ImageInput<B>;
+
+    fn forward_images(
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
+        images: Option<ImageInput<B>>,
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> Result<Tensor<B, 3>> {
         let input = VlInput {
             input_ids,
             attention_mask: Some(attention_mask),
-            images: self.images.borrow_mut().take(),
+            images,
         };
-        let out = self.model.forward_cached(input, cache, hooks)?;
+        let out = self.forward_cached(input, cache, hooks)?;
         Ok(out.logits.expect("generation hooks do not stop the pass"))
     }
 
     fn context(&self) -> usize {
-        self.model.config.text.max_position_embeddings
+        self.config.text.max_position_embeddings
     }
 }
 
