@@ -12,7 +12,7 @@ fn fixture(rel: &str) -> PathBuf {
     common::fixture("sae-models", rel)
 }
 
-const MODELS: [&str; 2] = ["qwen2_vl_tiny", "qwen2_5_vl_tiny"];
+const MODELS: [&str; 3] = ["qwen2_vl_tiny", "qwen2_5_vl_tiny", "llava_onevision_tiny"];
 
 #[test]
 fn activations_with_an_image_match_transformers() {
@@ -30,6 +30,8 @@ fn activations_with_an_image_match_transformers() {
             "Describe this image.",
             "--hooks",
             r"model\.visual\.(blocks\.\d+|merger)",
+            "--hooks",
+            r"model\.(vision_tower\.encoder\.layers\.\d+|multi_modal_projector)",
             "--hooks",
             r"model\.language_model\.layers\.\d+(\.self_attn\.o_proj|\.mlp\.down_proj)?",
             "--out",
@@ -277,5 +279,67 @@ fn train_saes_on_both_towers_of_qwen2_vl() {
     assert!(
         adapter.contains("model.visual.blocks.1")
             && adapter.contains("model.language_model.layers.0")
+    );
+}
+
+// The same on LLaVA-OneVision: the vision SAE sees every patch of every real tile (the padding
+// tiles of a batch are never run).
+#[test]
+fn train_saes_on_both_towers_of_llava_onevision() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = photo_questions(dir.path());
+    let out = dir.path().join("run");
+    let (vision_hook, text_hook) = (
+        "model.vision_tower.encoder.layers.1",
+        "model.language_model.layers.0",
+    );
+    ok(&[
+        "train",
+        "--model",
+        s(&fixture("llava_onevision_tiny")),
+        "--data",
+        s(&data),
+        "--hook",
+        vision_hook,
+        "--hook",
+        text_hook,
+        "--k",
+        "4",
+        "--num-latents",
+        "64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--set",
+        "data.shuffle=false",
+        "--out",
+        s(&out),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    // 56-pixel tiles of 14-pixel patches: 16 patches per tile.
+    let tiles = |name: &str| {
+        let img = sae_models::load_image(&fixture(&format!("image_processors/images/{name}.png")))
+            .unwrap();
+        let p = sae_models::LlavaOnevisionImageProcessor::from_model_dir(&fixture(
+            "llava_onevision_tiny",
+        ))
+        .unwrap();
+        p.preprocess(&[img]).unwrap().pixel_values.shape[1] as u64
+    };
+    let vision = first["hooks"][vision_hook]["tokens"].as_u64().unwrap();
+    assert_eq!(vision, 16 * (tiles("image1") + tiles("image2")));
+    assert!(
+        first["hooks"][text_hook]["fvu"]
+            .as_f64()
+            .unwrap()
+            .is_finite()
     );
 }

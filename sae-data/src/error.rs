@@ -71,6 +71,9 @@ pub enum RowProblem {
     /// An image cannot be decoded.
     #[error("image {index} cannot be decoded: {reason}")]
     Image { index: usize, reason: String },
+    /// The model's image processor refuses the row's images.
+    #[error("the images cannot be processed: {0}")]
+    Images(String),
     /// The row names images it does not hold, or holds images it never shows.
     #[error("the messages show {shown} image(s) but the row holds {held}")]
     ImageCount { shown: usize, held: usize },
@@ -91,7 +94,7 @@ impl RowProblem {
         match self {
             RowProblem::EmptyConversation => "empty_conversation",
             RowProblem::EmptyText => "empty_text",
-            RowProblem::Image { .. } => "image",
+            RowProblem::Image { .. } | RowProblem::Images(_) => "image",
             RowProblem::ImageCount { .. } => "image_count",
             RowProblem::Null(_) => "null",
             RowProblem::Json(_) => "json",

@@ -296,18 +296,17 @@ fn process_images(
     ids: Vec<i64>,
     images: &[Vec<u8>],
 ) -> std::result::Result<(Vec<i64>, ProcessedImages), RowProblem> {
-    let mut parts = Vec::with_capacity(images.len());
-    let mut counts = Vec::with_capacity(images.len());
-    for (index, bytes) in images.iter().enumerate() {
-        let bad = |reason: String| RowProblem::Image { index, reason };
-        let image = decode_image(bytes).map_err(bad)?;
-        let (processed, count) = processor
-            .process_images(&[image])
-            .map_err(|e| bad(e.to_string()))?;
-        parts.push(processed);
-        counts.extend(count);
-    }
-    let vision = ProcessedImages::concat(parts).expect("a row with images");
+    let decoded = images
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            decode_image(bytes).map_err(|reason| RowProblem::Image { index, reason })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // A processor may treat a prompt's images together (LLaVA-OneVision tiles a lone image).
+    let (vision, counts) = processor
+        .process_images(&decoded)
+        .map_err(|e| RowProblem::Images(e.to_string()))?;
     let ids = expand_image_tokens(&ids, processor.image_token(), &counts).map_err(|_| {
         RowProblem::ImageCount {
             shown: ids

@@ -16,7 +16,7 @@ use crate::vision_language_model::{VisionLanguageModel, is_vision_language};
 pub enum AnyModel<B: Backend> {
     /// A decoder LM (folder, hub id or GGUF file).
     Text(Box<LanguageModel<B>>),
-    /// Qwen2-VL / Qwen2.5-VL.
+    /// Qwen2-VL / Qwen2.5-VL or LLaVA-OneVision.
     Vision(Box<VisionLanguageModel<B>>),
 }
 
@@ -62,7 +62,7 @@ impl<B: Backend> AnyModel<B> {
     pub fn context(&self) -> usize {
         match self {
             AnyModel::Text(lm) => lm.model.config().max_position_embeddings,
-            AnyModel::Vision(vlm) => vlm.model.config().text.max_position_embeddings,
+            AnyModel::Vision(vlm) => vlm.context(),
         }
     }
 }

@@ -38,7 +38,7 @@ pub use language_model::{LanguageModel, Prompt};
 pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
 pub use vision_language_model::{
-    ImageTokens, ProcessedImages, ProcessedPrompt, VisionLanguageModel, expand_image_tokens,
-    is_vision_language,
+    ImageProcessor, ImageTokens, ProcessedImages, ProcessedPrompt, VisionInput,
+    VisionLanguageModel, VisionNetwork, expand_image_tokens, is_vision_language,
 };
 pub use weights::Weights;

@@ -1,66 +1,328 @@
-//! A vision-language model ready to use: the network, its tokenizer and chat template, and its
-//! image processor, loaded from a folder or hub id; prompts are built as transformers'
-//! processor builds them (images first in one user turn, each image's placeholder expanded to
-//! one token per merged patch).
+//! A vision-language model ready to use: the network (Qwen2-VL / Qwen2.5-VL or
+//! LLaVA-OneVision), its tokenizer and chat template, and its image processor, loaded from a
+//! folder or hub id. Prompts are built as transformers' processors build them: images first in
+//! one user turn, each image's placeholder expanded to the number of tokens the image takes.
 
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use image::DynamicImage;
-use sae_core::HostTensor;
+use sae_core::{HookPoint, HookedModule, Hooks, HostTensor};
 
+use crate::decoder::{KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::image_processor::Qwen2VlImageProcessor;
+use crate::generate::{ImageLm, WithImages};
+use crate::image_processor::{LlavaOnevisionImageProcessor, Qwen2VlImageProcessor};
 use crate::language_model::{Prompt, generation_eos};
-use crate::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
+use crate::llava_onevision::{self, LlavaOnevision};
+use crate::qwen2_vl::{self, Qwen2Vl};
 use crate::source::ModelSource;
 use crate::tokenizer::{Message, Tokenizer};
 
-/// The placeholder Qwen2-VL's processor expands, one per image.
-const IMAGE_PAD: &str = "<|image_pad|>";
-
-/// Qwen2-VL / Qwen2.5-VL with its tokenizer and image processor.
+/// The vision-language networks, each with its own image inputs.
 #[derive(Debug)]
-pub struct VisionLanguageModel<B: Backend> {
-    /// The network.
-    pub model: Qwen2Vl<B>,
-    /// Its tokenizer and chat template.
-    pub tokenizer: Tokenizer,
-    /// Its image processor.
-    pub processor: Qwen2VlImageProcessor,
-    /// Tokens that end generation.
-    pub stop_tokens: Vec<i64>,
+pub enum VisionNetwork<B: Backend> {
+    /// Qwen2-VL / Qwen2.5-VL.
+    Qwen2Vl(Qwen2Vl<B>),
+    /// LLaVA-OneVision.
+    LlavaOnevision(LlavaOnevision<B>),
 }
 
-/// Processed images of one or more prompts, on the host, as Qwen2-VL's processor returns them.
+/// Their image processors.
+#[derive(Debug, Clone)]
+pub enum ImageProcessor {
+    /// Qwen2-VL's: patches of a resized image.
+    Qwen2Vl(Qwen2VlImageProcessor),
+    /// LLaVA-OneVision's: tiles of a padded image.
+    LlavaOnevision(LlavaOnevisionImageProcessor),
+}
+
+/// Processed images of one or more prompts, on the host, as each processor returns them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProcessedImages {
-    /// `[patches, C x T x P x P]`, images one after the other.
-    pub pixel_values: HostTensor,
-    /// (t, h, w) per image.
-    pub image_grid_thw: Vec<[usize; 3]>,
+pub enum ProcessedImages {
+    /// `pixel_values [patches, C x T x P x P]` (images one after the other), `image_grid_thw`.
+    Qwen2Vl {
+        pixel_values: HostTensor,
+        image_grid_thw: Vec<[usize; 3]>,
+    },
+    /// `pixel_values [images, tiles, C, H, W]` (zero tiles up to the largest count),
+    /// `image_sizes` (height, width), `batch_num_images` (per prompt).
+    LlavaOnevision {
+        pixel_values: HostTensor,
+        image_sizes: Vec<[usize; 2]>,
+        batch_num_images: Vec<usize>,
+    },
 }
 
 impl ProcessedImages {
-    /// The images of several prompts, one after the other (`None` when there are none).
+    /// The pixel values.
+    pub fn pixel_values(&self) -> &HostTensor {
+        match self {
+            ProcessedImages::Qwen2Vl { pixel_values, .. }
+            | ProcessedImages::LlavaOnevision { pixel_values, .. } => pixel_values,
+        }
+    }
+
+    /// The images of several prompts, one after the other (`None` when there are none). All
+    /// parts come from the same processor.
     pub fn concat(parts: Vec<ProcessedImages>) -> Option<Self> {
-        let mut shape = parts.first()?.pixel_values.shape.clone();
-        shape[0] = parts.iter().map(|p| p.pixel_values.shape[0]).sum();
-        let values = parts.iter().flat_map(|p| p.pixel_values.to_f32()).collect();
-        Some(ProcessedImages {
-            pixel_values: HostTensor::f32(shape, values),
-            image_grid_thw: parts.into_iter().flat_map(|p| p.image_grid_thw).collect(),
+        let first = parts.first()?.clone();
+        Some(match first {
+            ProcessedImages::Qwen2Vl { .. } => {
+                let (mut pixels, mut grids) = (Vec::new(), Vec::new());
+                for part in parts {
+                    let ProcessedImages::Qwen2Vl {
+                        pixel_values,
+                        image_grid_thw,
+                    } = part
+                    else {
+                        unreachable!("parts of one processor");
+                    };
+                    pixels.push(pixel_values);
+                    grids.extend(image_grid_thw);
+                }
+                ProcessedImages::Qwen2Vl {
+                    pixel_values: stack(&pixels),
+                    image_grid_thw: grids,
+                }
+            }
+            ProcessedImages::LlavaOnevision { .. } => {
+                let (mut pixels, mut sizes, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+                for part in parts {
+                    let ProcessedImages::LlavaOnevision {
+                        pixel_values,
+                        image_sizes,
+                        batch_num_images,
+                    } = part
+                    else {
+                        unreachable!("parts of one processor");
+                    };
+                    pixels.push(pixel_values);
+                    sizes.extend(image_sizes);
+                    counts.extend(batch_num_images);
+                }
+                ProcessedImages::LlavaOnevision {
+                    pixel_values: stack(&pixels),
+                    image_sizes: sizes,
+                    batch_num_images: counts,
+                }
+            }
         })
     }
 
-    /// The model's image input.
-    pub fn to_input<B: Backend>(&self, device: &B::Device) -> ImageInput<B> {
-        ImageInput {
-            pixel_values: self.pixel_values.to_float(device),
-            grid_thw: self.image_grid_thw.clone(),
+    /// The processor's outputs named as transformers names them (`inputs.pixel_values`, ...).
+    pub fn tensors(&self) -> Vec<(String, HostTensor)> {
+        let ints = |rows: usize, cols: usize, values: Vec<i64>| {
+            let shape = if cols == 0 {
+                vec![rows]
+            } else {
+                vec![rows, cols]
+            };
+            HostTensor::i64(shape, values)
+        };
+        let mut out = vec![(
+            "inputs.pixel_values".to_string(),
+            self.pixel_values().clone(),
+        )];
+        match self {
+            ProcessedImages::Qwen2Vl { image_grid_thw, .. } => {
+                let flat = image_grid_thw.iter().flatten().map(|&v| v as i64).collect();
+                out.push((
+                    "inputs.image_grid_thw".into(),
+                    ints(image_grid_thw.len(), 3, flat),
+                ));
+            }
+            ProcessedImages::LlavaOnevision {
+                image_sizes,
+                batch_num_images,
+                ..
+            } => {
+                let flat = image_sizes.iter().flatten().map(|&v| v as i64).collect();
+                out.push((
+                    "inputs.image_sizes".into(),
+                    ints(image_sizes.len(), 2, flat),
+                ));
+                let counts = batch_num_images.iter().map(|&v| v as i64).collect();
+                out.push((
+                    "inputs.batch_num_images".into(),
+                    ints(batch_num_images.len(), 0, counts),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Pixel tensors stacked along their first dimension; when their second dimensions differ
+/// (LLaVA's tiles), each is padded with zeros to the largest.
+fn stack(parts: &[HostTensor]) -> HostTensor {
+    let widest = parts.iter().map(|p| p.shape[1]).max().unwrap_or(0);
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    shape[1] = widest;
+    let inner: usize = shape[2..].iter().product();
+    let mut values = Vec::with_capacity(shape.iter().product());
+    for part in parts {
+        let data = part.to_f32();
+        for item in data.chunks(part.shape[1] * inner) {
+            values.extend_from_slice(item);
+            values.resize(values.len() + (widest - part.shape[1]) * inner, 0.0);
         }
     }
+    HostTensor::f32(shape, values)
+}
+
+/// A vision-language forward pass's input: token ids and the host images.
+#[derive(Debug, Clone)]
+pub struct VisionInput<B: Backend> {
+    /// `[batch, tokens]`, placeholders expanded.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, tokens]`; `None` means no padding.
+    pub attention_mask: Option<Tensor<B, 2, Int>>,
+    /// The images, when the prompts have any.
+    pub images: Option<ProcessedImages>,
+}
+
+impl<B: Backend> VisionNetwork<B> {
+    /// The placeholder token id, one per image token.
+    pub fn image_token(&self) -> i64 {
+        match self {
+            VisionNetwork::Qwen2Vl(m) => m.config().image_token_id,
+            VisionNetwork::LlavaOnevision(m) => m.config().image_token_id,
+        }
+    }
+
+    /// The placeholder as text.
+    fn placeholder(&self) -> &'static str {
+        match self {
+            VisionNetwork::Qwen2Vl(_) => "<|image_pad|>",
+            VisionNetwork::LlavaOnevision(_) => "<image>",
+        }
+    }
+
+    /// The forward pass over new tokens after those in `cache` (which it extends); images may
+    /// come only with the first call.
+    pub fn forward_cached(
+        &self,
+        input: VisionInput<B>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<LmOutput<B>> {
+        let device = input.input_ids.device();
+        let (ids, mask) = (input.input_ids, input.attention_mask);
+        match (self, input.images) {
+            (VisionNetwork::Qwen2Vl(m), images) => {
+                let images = match images {
+                    Some(ProcessedImages::Qwen2Vl {
+                        pixel_values,
+                        image_grid_thw,
+                    }) => Some(qwen2_vl::ImageInput {
+                        pixel_values: pixel_values.to_float(&device),
+                        grid_thw: image_grid_thw,
+                    }),
+                    None => None,
+                    Some(_) => return Err(other_processor()),
+                };
+                let input = qwen2_vl::VlInput {
+                    input_ids: ids,
+                    attention_mask: mask,
+                    images,
+                };
+                m.forward_cached(input, cache, hooks)
+            }
+            (VisionNetwork::LlavaOnevision(m), images) => {
+                let images = match images {
+                    Some(ProcessedImages::LlavaOnevision {
+                        pixel_values,
+                        image_sizes,
+                        batch_num_images,
+                    }) => Some(llava_onevision::ImageInput {
+                        pixel_values: pixel_values.to_float(&device),
+                        image_sizes,
+                        batch_num_images,
+                    }),
+                    None => None,
+                    Some(_) => return Err(other_processor()),
+                };
+                let input = llava_onevision::VlInput {
+                    input_ids: ids,
+                    attention_mask: mask,
+                    images,
+                };
+                m.forward_cached(input, cache, hooks)
+            }
+        }
+    }
+
+    /// A [`Generator`](crate::Generator) for prompts holding `images`' tokens.
+    pub fn generator(
+        &self,
+        images: Option<ProcessedImages>,
+    ) -> WithImages<'_, Self, ProcessedImages> {
+        WithImages::new(self, images)
+    }
+}
+
+fn other_processor() -> ModelError {
+    ModelError::BadInput("the images were processed for another model".into())
+}
+
+impl<B: Backend> ImageLm<B> for VisionNetwork<B> {
+    type Images = ProcessedImages;
+
+    fn forward_images(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        images: Option<ProcessedImages>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let input = VisionInput {
+            input_ids,
+            attention_mask: Some(attention_mask),
+            images,
+        };
+        let out = self.forward_cached(input, cache, hooks)?;
+        Ok(out.logits.expect("generation hooks do not stop the pass"))
+    }
+
+    fn context(&self) -> usize {
+        match self {
+            VisionNetwork::Qwen2Vl(m) => m.config().text.max_position_embeddings,
+            VisionNetwork::LlavaOnevision(m) => m.config().text.max_position_embeddings,
+        }
+    }
+}
+
+impl<B: Backend> HookedModule<B> for VisionNetwork<B> {
+    type Input = VisionInput<B>;
+    type Output = Result<LmOutput<B>>;
+
+    fn hook_points(&self) -> Vec<HookPoint> {
+        match self {
+            VisionNetwork::Qwen2Vl(m) => m.hook_points(),
+            VisionNetwork::LlavaOnevision(m) => m.hook_points(),
+        }
+    }
+
+    fn forward_hooked(&self, input: VisionInput<B>, hooks: &mut dyn Hooks<B>) -> Self::Output {
+        self.forward_cached(input, &mut KvCache::new(), hooks)
+    }
+}
+
+/// A vision-language model with its tokenizer and image processor.
+#[derive(Debug)]
+pub struct VisionLanguageModel<B: Backend> {
+    /// The network.
+    pub model: VisionNetwork<B>,
+    /// Its tokenizer and chat template.
+    pub tokenizer: Tokenizer,
+    /// Its image processor.
+    pub processor: ImageProcessor,
+    /// Tokens that end generation.
+    pub stop_tokens: Vec<i64>,
 }
 
 /// What a data loader needs from a vision-language model: the placeholder token its processor
@@ -69,7 +331,7 @@ pub trait ImageTokens {
     /// The placeholder token id, one per image in a tokenized prompt.
     fn image_token(&self) -> i64;
 
-    /// The processed images and how many tokens each takes.
+    /// The processed images of one prompt and how many tokens each takes.
     fn process_images(&self, images: &[DynamicImage]) -> Result<(ProcessedImages, Vec<usize>)>;
 }
 
@@ -104,21 +366,21 @@ pub struct ProcessedPrompt {
     pub input_ids: Vec<i64>,
     /// The processed images, when there are any.
     pub images: Option<ProcessedImages>,
-    /// 1 for image tokens, 0 for text (the processor's `mm_token_type_ids`).
+    /// 1 for image tokens, 0 for text (Qwen2-VL's `mm_token_type_ids`).
     pub mm_token_type_ids: Vec<i64>,
 }
 
 impl ProcessedPrompt {
     /// The model input, one unpadded row.
-    pub fn to_input<B: Backend>(&self, device: &B::Device) -> VlInput<B> {
+    pub fn to_input<B: Backend>(&self, device: &B::Device) -> VisionInput<B> {
         let t = self.input_ids.len();
-        VlInput {
+        VisionInput {
             input_ids: Tensor::<B, 2, Int>::from_data(
                 TensorData::new(self.input_ids.clone(), [1, t]),
                 device,
             ),
             attention_mask: None,
-            images: self.images.as_ref().map(|i| i.to_input(device)),
+            images: self.images.clone(),
         }
     }
 
@@ -130,49 +392,70 @@ impl ProcessedPrompt {
         let mut out = vec![
             ("inputs.input_ids".to_string(), row(self.input_ids.clone())),
             ("inputs.attention_mask".to_string(), row(vec![1; t])),
-            ("inputs.mm_token_type_ids".to_string(), row(self.mm_token_type_ids.clone())),
         ];
         if let Some(images) = &self.images {
-            out.push(("inputs.pixel_values".to_string(), images.pixel_values.clone()));
-            let grids = &images.image_grid_thw;
-            let flat: Vec<i64> = grids.iter().flatten().map(|&v| v as i64).collect();
-            out.push((
-                "inputs.image_grid_thw".to_string(),
-                HostTensor::i64(vec![grids.len(), 3], flat),
-            ));
+            if matches!(images, ProcessedImages::Qwen2Vl { .. }) {
+                out.push((
+                    "inputs.mm_token_type_ids".to_string(),
+                    row(self.mm_token_type_ids.clone()),
+                ));
+            }
+            out.extend(images.tensors());
         }
         out
     }
 }
 
+/// The `model_type` of the `config.json` in `dir`, when it names a vision-language model this
+/// crate runs.
+fn vision_language_type(dir: &Path) -> Option<String> {
+    let json: serde_json::Value =
+        sae_core::tensor_file::read_json(&dir.join("config.json")).ok()?;
+    let model_type = json["model_type"].as_str()?;
+    (qwen2_vl::config::SUPPORTED.contains(&model_type)
+        || llava_onevision::config::SUPPORTED.contains(&model_type))
+    .then(|| model_type.to_string())
+}
+
 /// True when the `config.json` in `dir` names a vision-language model this crate runs.
 pub fn is_vision_language(dir: &Path) -> bool {
-    let Ok(json) = sae_core::tensor_file::read_json::<serde_json::Value>(&dir.join("config.json"))
-    else {
-        return false;
-    };
-    let model_type = json["model_type"].as_str().unwrap_or_default();
-    crate::qwen2_vl::config::SUPPORTED.contains(&model_type)
+    vision_language_type(dir).is_some()
 }
 
 impl<B: Backend> ImageTokens for VisionLanguageModel<B> {
     fn image_token(&self) -> i64 {
-        self.model.config().image_token_id
+        self.model.image_token()
     }
 
     fn process_images(&self, images: &[DynamicImage]) -> Result<(ProcessedImages, Vec<usize>)> {
-        let processed = self.processor.preprocess(images)?;
-        let merge = self.processor.merge_size as usize;
-        let counts = processed
-            .image_grid_thw
-            .iter()
-            .map(|g| g[0] * g[1] * g[2] / (merge * merge))
-            .collect();
-        let images = ProcessedImages {
-            pixel_values: processed.pixel_values,
-            image_grid_thw: processed.image_grid_thw,
-        };
-        Ok((images, counts))
+        match (&self.processor, &self.model) {
+            (ImageProcessor::Qwen2Vl(p), _) => {
+                let processed = p.preprocess(images)?;
+                let merge = p.merge_size as usize;
+                let counts = processed
+                    .image_grid_thw
+                    .iter()
+                    .map(|g| g[0] * g[1] * g[2] / (merge * merge))
+                    .collect();
+                let images = ProcessedImages::Qwen2Vl {
+                    pixel_values: processed.pixel_values,
+                    image_grid_thw: processed.image_grid_thw,
+                };
+                Ok((images, counts))
+            }
+            (ImageProcessor::LlavaOnevision(p), VisionNetwork::LlavaOnevision(m)) => {
+                let processed = p.preprocess_prompts(&[images])?;
+                let counts =
+                    m.image_token_counts(&processed.image_sizes, &processed.batch_num_images);
+                let images = ProcessedImages::LlavaOnevision {
+                    pixel_values: processed.pixel_values,
+                    image_sizes: processed.image_sizes,
+                    batch_num_images: processed.batch_num_images,
+                };
+                Ok((images, counts))
+            }
+            (ImageProcessor::LlavaOnevision(_), _) => Err(other_processor()),
+        }
     }
 }
 
@@ -185,28 +468,41 @@ impl<B: Backend> VisionLanguageModel<B> {
         stop_tokens.extend(tokenizer.eos_token_id());
         stop_tokens.sort();
         stop_tokens.dedup();
-        let model = Qwen2Vl::load_as(&dir, dtype, device)?;
-        if tokenizer.token_id(IMAGE_PAD) != Some(model.config().image_token_id) {
+        let is_llava = vision_language_type(&dir)
+            .is_some_and(|t| llava_onevision::config::SUPPORTED.contains(&t.as_str()));
+        let (model, processor) = if is_llava {
+            (
+                VisionNetwork::LlavaOnevision(LlavaOnevision::load_as(&dir, dtype, device)?),
+                ImageProcessor::LlavaOnevision(LlavaOnevisionImageProcessor::from_model_dir(&dir)?),
+            )
+        } else {
+            (
+                VisionNetwork::Qwen2Vl(Qwen2Vl::load_as(&dir, dtype, device)?),
+                ImageProcessor::Qwen2Vl(Qwen2VlImageProcessor::from_model_dir(&dir)?),
+            )
+        };
+        let placeholder = model.placeholder();
+        if tokenizer.token_id(placeholder) != Some(model.image_token()) {
             return Err(ModelError::BadConfig {
                 file: dir.join("tokenizer.json"),
                 message: format!(
-                    "{IMAGE_PAD} is not the config's image token {}",
-                    model.config().image_token_id
+                    "{placeholder} is not the config's image token {}",
+                    model.image_token()
                 ),
             });
         }
         Ok(VisionLanguageModel {
-            processor: Qwen2VlImageProcessor::from_model_dir(&dir)?,
             model,
             tokenizer,
+            processor,
             stop_tokens,
         })
     }
 
     /// The processor's outputs for `prompt` and `images`. With [`Prompt::Chat`] the images
-    /// come first in one user turn; with [`Prompt::Text`] the text must hold one
-    /// `<|image_pad|>` per image (usually inside `<|vision_start|>...<|vision_end|>`).
-    /// Placeholders are expanded after tokenizing ([`expand_image_tokens`]).
+    /// come first in one user turn; with [`Prompt::Text`] the text must hold one placeholder
+    /// (`<|image_pad|>` or `<image>`) per image. Placeholders are expanded after tokenizing
+    /// ([`expand_image_tokens`]).
     pub fn process(&self, prompt: Prompt, images: &[DynamicImage]) -> Result<ProcessedPrompt> {
         let (text, special) = match prompt {
             Prompt::Chat(text) => (
@@ -223,8 +519,8 @@ impl<B: Backend> VisionLanguageModel<B> {
             let (processed, counts) = self.process_images(images)?;
             (Some(processed), counts)
         };
-        let input_ids = expand_image_tokens(&ids, self.image_token(), &counts)?;
         let image_token = self.image_token();
+        let input_ids = expand_image_tokens(&ids, image_token, &counts)?;
         Ok(ProcessedPrompt {
             mm_token_type_ids: input_ids
                 .iter()
@@ -233,5 +529,10 @@ impl<B: Backend> VisionLanguageModel<B> {
             input_ids,
             images,
         })
+    }
+
+    /// The most positions a sequence may have.
+    pub fn context(&self) -> usize {
+        ImageLm::context(&self.model)
     }
 }

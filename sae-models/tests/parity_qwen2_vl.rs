@@ -138,7 +138,7 @@ fn a_chat_prompt_with_an_image_gives_the_processor_inputs_and_logits() {
             prompt.mm_token_type_ids,
             ints(&reference, "inputs.mm_token_type_ids")
         );
-        let pixels = prompt.images.clone().unwrap().pixel_values.to_f32();
+        let pixels = prompt.images.clone().unwrap().pixel_values().to_f32();
         let expected = reference.get("inputs.pixel_values").unwrap().to_f32();
         assert!(max_rel_diff(&pixels, &expected) < 1e-5);
         let out = vlm
@@ -260,7 +260,7 @@ fn the_prompt_path_matches_the_processor_on_more_images() {
             ints(&file, &format!("{case}.inputs.input_ids")),
             "{case}"
         );
-        let pixels = prompt.images.unwrap().pixel_values.to_f32();
+        let pixels = prompt.images.unwrap().pixel_values().to_f32();
         let expected = file
             .get(&format!("{case}.inputs.pixel_values"))
             .unwrap()

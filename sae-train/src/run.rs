@@ -11,8 +11,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::{HookKind, HookPoint, HookedModule};
 use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
-use sae_models::qwen2_vl::VlInput;
-use sae_models::{AnyModel, LmInput};
+use sae_models::{AnyModel, LmInput, VisionInput};
 
 use crate::activations::{Capture, TokenFilter, select_tokens};
 use crate::checkpoint::{self, State};
@@ -300,10 +299,10 @@ impl<B: AutodiffBackend> Session<B> {
                 lm.model.forward_hooked(input, &mut capture);
             }
             AnyModel::Vision(vlm) => {
-                let input = VlInput {
+                let input = VisionInput {
                     input_ids: input.input_ids,
                     attention_mask: input.attention_mask,
-                    images: batch.vision.as_ref().map(|v| v.to_input(&self.device)),
+                    images: batch.vision.clone(),
                 };
                 vlm.model.forward_hooked(input, &mut capture)?;
             }

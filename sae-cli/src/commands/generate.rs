@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
             generate(model, &prompts, &config, hooks, &device)
         })?,
         (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
-            let images = prompt.to_input::<Backend>(&device).images;
+            let images = prompt.images;
             with_sae(vlm.model, sae, |model, hooks| {
                 generate(&model.generator(images), &prompts, &config, hooks, &device)
             })?

@@ -197,6 +197,36 @@ impl<B: Backend> LlavaOnevision<B> {
         Ok(LmOutput { logits })
     }
 
+    /// The language-model tokens each image takes, from the processor's `image_sizes` and
+    /// `batch_num_images` (the image of a prompt with one is tiled).
+    pub fn image_token_counts(
+        &self,
+        image_sizes: &[[usize; 2]],
+        batch_num_images: &[usize],
+    ) -> Vec<usize> {
+        let patches = self.patches_per_tile();
+        self.layouts_of(image_sizes, batch_num_images)
+            .iter()
+            .map(|l| l.tokens(patches))
+            .collect()
+    }
+
+    /// Each image's layout (the image of a prompt with one is tiled).
+    fn layouts_of(
+        &self,
+        image_sizes: &[[usize; 2]],
+        batch_num_images: &[usize],
+    ) -> Vec<ImageLayout> {
+        let tiled = batch_num_images
+            .iter()
+            .flat_map(|&k| std::iter::repeat_n(k == 1, k));
+        image_sizes
+            .iter()
+            .zip(tiled)
+            .map(|(&size, tiled)| ImageLayout::new(size, tiled, &self.config))
+            .collect()
+    }
+
     /// Features per tile the projector reads.
     fn patches_per_tile(&self) -> usize {
         let side = self.config.vision.patches_per_side();
@@ -224,16 +254,7 @@ impl<B: Backend> LlavaOnevision<B> {
                 images.image_sizes.len()
             )));
         }
-        let tiled = images
-            .batch_num_images
-            .iter()
-            .flat_map(|&k| std::iter::repeat_n(k == 1, k));
-        let layouts: Vec<ImageLayout> = images
-            .image_sizes
-            .iter()
-            .zip(tiled)
-            .map(|(&size, tiled)| ImageLayout::new(size, tiled, &self.config))
-            .collect();
+        let layouts = self.layouts_of(&images.image_sizes, &images.batch_num_images);
         if let Some(l) = layouts.iter().find(|l| l.tiles > max_tiles) {
             return Err(ModelError::BadInput(format!(
                 "an image needs {} tiles but pixel_values has {max_tiles}",
