@@ -24,7 +24,10 @@ fn text_only_and_image_prompts_batch_together() {
             .process(Prompt::Chat("Hello there, who are you?"), &[])
             .unwrap();
         let with_image = vlm
-            .process(Prompt::Chat("Describe this image."), &[image.clone()])
+            .process(
+                Prompt::Chat("Describe this image."),
+                std::slice::from_ref(&image),
+            )
             .unwrap();
         let alone = |p: &sae_models::ProcessedPrompt| {
             let out = vlm
