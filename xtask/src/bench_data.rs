@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use sae_data::{Batching, Dataset, Format, Loader, PreprocessOptions, StreamConfig};
+use sae_models::ImageTokens;
 
 use crate::bench::{fetch, forward_tokens_per_s, shakespeare_texts, smollm2_gguf};
 
@@ -24,25 +25,30 @@ fn preprocess(format: Format, input: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Tokens/s of a full pass of the loader over `dir`.
+/// Tokens/s of a full pass of the loader over `dir` (through `images`' processor when given).
 fn load(
     name: &str,
     dir: &Path,
     tokenizer: &sae_models::Tokenizer,
     batching: Batching,
+    images: Option<&dyn ImageTokens>,
     forward: f64,
 ) -> Result<()> {
     let dataset = Dataset::open(dir)?;
     let start = Instant::now();
     let (mut tokens, mut batches) = (0, 0);
-    for batch in Loader::new(
+    let mut loader = Loader::new(
         &dataset,
         tokenizer,
         StreamConfig::default(),
         batching,
         8,
         None,
-    )? {
+    )?;
+    if let Some(images) = images {
+        loader = loader.with_image_tokens(images);
+    }
+    for batch in loader {
         tokens += batch?.tokens();
         batches += 1;
     }
@@ -73,6 +79,7 @@ pub fn data() -> Result<()> {
         &plays,
         &lm.tokenizer,
         Batching::Pack { context: 256 },
+        None,
         forward,
     )?;
     let pad = Batching::Pad {
@@ -84,6 +91,23 @@ pub fn data() -> Result<()> {
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_tiny");
     let qwen = sae_models::Tokenizer::load(&fixture)?;
-    load("chat-easy-vqa", &vqa, &qwen, pad, forward)?;
+    load("chat-easy-vqa", &vqa, &qwen, pad, None, forward)?;
+    // The same rows through Qwen2-VL's processor: images decoded, resized, normalised and cut
+    // into patches, placeholders expanded (the tiny fixture's processor is the real one).
+    let vl_fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_vl_tiny");
+    let vlm = sae_models::VisionLanguageModel::<burn::backend::Flex>::load_as(
+        &vl_fixture.to_string_lossy(),
+        burn::tensor::DType::F32,
+        &Default::default(),
+    )?;
+    load(
+        "vlm-easy-vqa",
+        &vqa,
+        &vlm.tokenizer,
+        pad,
+        Some(&vlm),
+        forward,
+    )?;
     Ok(())
 }
