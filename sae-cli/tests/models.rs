@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, fake_hub_model, ints, max_rel_diff, ok, ok_with, s, sae_with};
+use common::{fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s, sae_with};
 use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -106,13 +106,7 @@ fn generate_json_gives_the_greedy_tokens_of_transformers() {
             "8",
             "--json",
         ]);
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let tokens: Vec<i64> = json["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let tokens = json_tokens(&text);
         assert_eq!(
             tokens,
             ints(
@@ -121,6 +115,7 @@ fn generate_json_gives_the_greedy_tokens_of_transformers() {
             ),
             "{model}"
         );
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(json["text"].is_string());
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fails, fake_hub_model, ints, max_rel_diff, ok, ok_with, s};
+use common::{fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s};
 use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -86,13 +86,7 @@ fn generate_with_an_image_gives_the_greedy_tokens() {
             "8",
             "--json",
         ]);
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let tokens: Vec<i64> = json["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let tokens = json_tokens(&text);
         assert_eq!(
             tokens,
             ints(
@@ -174,13 +168,7 @@ fn a_vision_model_is_found_in_the_hub_cache_offline() {
         ],
         &env,
     );
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let tokens: Vec<i64> = json["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let tokens = json_tokens(&text);
     let reference = fixture("qwen2_vl_tiny/reference.safetensors");
     assert_eq!(tokens, ints(&reference, "generate.greedy"));
 }

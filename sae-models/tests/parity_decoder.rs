@@ -1,26 +1,13 @@
 //! Parity with transformers on the `qwen2_tiny` and `llama_tiny` fixtures: logits and every
 //! recorded hook output within 1e-4 relative (`max |ours - ref| / max |ref|`).
 
-use std::collections::BTreeMap;
-
 use burn::tensor::{Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::{DecoderLm, LmInput};
 
 mod common;
 
-use common::{B, fixture, ints, max_rel_diff, values};
-
-/// Records the output of every hook point, passing it on unchanged.
-#[derive(Default)]
-struct Record(BTreeMap<String, Vec<f32>>);
-
-impl Hooks<B> for Record {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.0.insert(path.to_string(), values(x.clone()));
-        x
-    }
-}
+use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
 
 fn check(model_dir: &str) {
     let device = Default::default();
@@ -31,35 +18,9 @@ fn check(model_dir: &str) {
     let mut record = Record::default();
     let out = model.forward_hooked(LmInput::from_ids(&ids, &device), &mut record);
 
-    let logits = reference.get("logits").unwrap().to_f32();
-    let err = max_rel_diff(&values(out.logits.unwrap()), &logits);
-    assert!(err < 1e-4, "{model_dir}: logits differ by {err}");
-    let mut checked = 0;
-    for name in reference
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("hook."))
-    {
-        let path = &name["hook.".len()..];
-        let ours = record
-            .0
-            .get(path)
-            .unwrap_or_else(|| panic!("no hook point {path}"));
-        let err = max_rel_diff(ours, &reference.get(&name).unwrap().to_f32());
-        assert!(err < 1e-4, "{model_dir}: {path} differs by {err}");
-        checked += 1;
-    }
-    assert_eq!(checked, 6, "the fixture records six hook outputs");
-    // Every hook point the model lists is called, in the listed order.
-    let listed: Vec<String> = model.hook_points().into_iter().map(|p| p.path).collect();
-    assert_eq!(
-        record
-            .0
-            .keys()
-            .cloned()
-            .collect::<std::collections::BTreeSet<_>>(),
-        listed.iter().cloned().collect()
-    );
+    let logits = values(out.logits.unwrap());
+    let listed = model.hook_points();
+    assert_matches_reference(model_dir, &reference, logits, &record, 6, listed);
 }
 
 #[test]

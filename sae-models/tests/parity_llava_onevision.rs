@@ -5,31 +5,21 @@
 //! another pinpoint with unpadded rows, a left-padded batch, two images in a prompt, and the
 //! `anyres_max_N` downsampling.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use image::DynamicImage;
 use sae_core::tensor_file::{StorageDtype, write_tensors};
 use sae_core::{HookedModule, Hooks, HostTensor, NoHooks, TensorFile};
 use sae_models::llava_onevision::{ImageInput, LlavaOnevision, LlavaOnevisionConfig, VlInput};
-use sae_models::{GenerateConfig, LlavaOnevisionImageProcessor, Weights, generate, load_image};
+use sae_models::{
+    GenerateConfig, LlavaOnevisionImageProcessor, Prompt, VisionLanguageModel, Weights, generate,
+    load_image,
+};
 
 mod common;
 
-use common::{B, fixture, ints, max_rel_diff, values};
+use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
 
 const MODEL: &str = "llava_onevision_tiny";
-
-/// Records the output of every hook point, passing it on unchanged.
-#[derive(Default)]
-struct Record(BTreeMap<String, Vec<f32>>);
-
-impl Hooks<B> for Record {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.0.insert(path.to_string(), values(x.clone()));
-        x
-    }
-}
 
 fn model() -> LlavaOnevision<B> {
     LlavaOnevision::load_as(&fixture(MODEL), DType::F32, &Default::default()).unwrap()
@@ -84,48 +74,38 @@ fn llava_onevision_matches_transformers() {
     let out = model
         .forward_hooked(reference_input(&reference), &mut record)
         .unwrap();
-    let err = max_rel_diff(
-        &values(out.logits.unwrap()),
-        &reference.get("logits").unwrap().to_f32(),
-    );
-    assert!(err < 1e-4, "logits differ by {err}");
-    let mut checked = 0;
-    for name in reference
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("hook."))
-    {
-        let path = &name["hook.".len()..];
-        let ours = record
-            .0
-            .get(path)
-            .unwrap_or_else(|| panic!("no hook point {path}"));
-        let err = max_rel_diff(ours, &reference.get(&name).unwrap().to_f32());
-        assert!(err < 1e-4, "{path} differs by {err}");
-        checked += 1;
-    }
-    assert_eq!(checked, 9, "the fixture records nine hook outputs");
-    let listed: BTreeSet<String> = model.hook_points().into_iter().map(|p| p.path).collect();
-    assert_eq!(record.0.keys().cloned().collect::<BTreeSet<_>>(), listed);
+    let logits = values(out.logits.unwrap());
+    let listed = model.hook_points();
+    assert_matches_reference(MODEL, &reference, logits, &record, 9, listed);
 }
 
-// The images go with the first pass, then one token at a time from the KV cache.
+// The images go with the first pass, then one token at a time from the KV cache; the prompt
+// built from the image file and the chat text.
 #[test]
 fn greedy_generation_matches_transformers() {
-    let (model, reference) = (model(), reference());
-    let input = reference_input(&reference);
+    let reference = reference();
+    let device = Default::default();
+    let vlm =
+        VisionLanguageModel::<B>::load_as(fixture(MODEL).to_str().unwrap(), DType::F32, &device)
+            .unwrap();
+    let image = load_image(&fixture("image_processors/images/image1.png")).unwrap();
+    let prompt = vlm
+        .process(Prompt::Chat("Describe this image."), &[image])
+        .unwrap();
+    assert_eq!(prompt.input_ids, ints(&reference, "inputs.input_ids"));
     let config = GenerateConfig {
         max_new_tokens: 8,
         sampling: None,
         stop_tokens: Vec::new(),
         pad_token: 1024,
     };
+    let generator = vlm.model.generator(prompt.images);
     let tokens = generate(
-        &model.generator(input.images),
-        &[ints(&reference, "inputs.input_ids")],
+        &generator,
+        &[prompt.input_ids],
         &config,
         &mut NoHooks,
-        &Default::default(),
+        &device,
     )
     .unwrap();
     assert_eq!(tokens[0], ints(&reference, "generate.greedy"));

@@ -2,27 +2,14 @@
 //! processor's `input_ids`, `pixel_values` and `image_grid_thw`, the logits and every recorded
 //! hook output (vision blocks, merger, language-model layers) within 1e-4 relative.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::{HookedModule, Hooks, TensorFile};
+use sae_core::{HookedModule, TensorFile};
 use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
 use sae_models::{GenerateConfig, Prompt, VisionLanguageModel, generate, load_image};
 
 mod common;
 
-use common::{B, fixture, ints, max_rel_diff, values};
-
-/// Records the output of every hook point, passing it on unchanged.
-#[derive(Default)]
-struct Record(BTreeMap<String, Vec<f32>>);
-
-impl Hooks<B> for Record {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.0.insert(path.to_string(), values(x.clone()));
-        x
-    }
-}
+use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
 
 /// The fixture's model, reference file and processor inputs.
 fn load(model_dir: &str) -> (Qwen2Vl<B>, TensorFile, VlInput<B>) {
@@ -57,27 +44,9 @@ fn check(model_dir: &str) {
     let (model, reference, input) = load(model_dir);
     let mut record = Record::default();
     let out = model.forward_hooked(input, &mut record).unwrap();
-    let logits = reference.get("logits").unwrap().to_f32();
-    let err = max_rel_diff(&values(out.logits.unwrap()), &logits);
-    assert!(err < 1e-4, "{model_dir}: logits differ by {err}");
-    let mut checked = 0;
-    for name in reference
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("hook."))
-    {
-        let path = &name["hook.".len()..];
-        let ours = record
-            .0
-            .get(path)
-            .unwrap_or_else(|| panic!("no hook point {path}"));
-        let err = max_rel_diff(ours, &reference.get(&name).unwrap().to_f32());
-        assert!(err < 1e-4, "{model_dir}: {path} differs by {err}");
-        checked += 1;
-    }
-    assert_eq!(checked, 9, "the fixture records nine hook outputs");
-    let listed: BTreeSet<String> = model.hook_points().into_iter().map(|p| p.path).collect();
-    assert_eq!(record.0.keys().cloned().collect::<BTreeSet<_>>(), listed);
+    let logits = values(out.logits.unwrap());
+    let listed = model.hook_points();
+    assert_matches_reference(model_dir, &reference, logits, &record, 9, listed);
 }
 
 #[test]
@@ -274,18 +243,34 @@ fn the_prompt_path_matches_the_processor_on_more_images() {
 #[test]
 fn greedy_generation_matches_transformers() {
     for model_dir in ["qwen2_vl_tiny", "qwen2_5_vl_tiny"] {
-        let (model, reference, input) = load(model_dir);
         let device = Default::default();
-        let ids = ints(&reference, "inputs.input_ids");
+        let vlm = VisionLanguageModel::<B>::load_as(
+            fixture(model_dir).to_str().unwrap(),
+            DType::F32,
+            &device,
+        )
+        .unwrap();
+        let reference =
+            TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
+        let image = load_image(&fixture("image_processors/images/image1.png")).unwrap();
+        let prompt = vlm
+            .process(Prompt::Chat("Describe this image."), &[image])
+            .unwrap();
         let config = GenerateConfig {
             max_new_tokens: 8,
             sampling: None,
             stop_tokens: Vec::new(),
             pad_token: 1024,
         };
-        let generator = model.generator(input.images);
-        let tokens =
-            generate(&generator, &[ids], &config, &mut sae_core::NoHooks, &device).unwrap();
+        let generator = vlm.model.generator(prompt.images);
+        let tokens = generate(
+            &generator,
+            &[prompt.input_ids],
+            &config,
+            &mut sae_core::NoHooks,
+            &device,
+        )
+        .unwrap();
         assert_eq!(
             tokens[0],
             ints(&reference, "generate.greedy"),

@@ -92,3 +92,14 @@ pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The token ids `sae generate --json` printed.
+pub fn json_tokens(stdout: &str) -> Vec<i64> {
+    let json: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    json["tokens"]
+        .as_array()
+        .expect("a tokens array")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}

@@ -21,9 +21,22 @@ pub(crate) fn settings_file(dir: &Path) -> Result<PathBuf> {
         })
 }
 
+/// A processor from the settings in `path` (either layout): their raw form read and checked by
+/// [`read`], then turned into the processor by `build` (its message names what is wrong).
+pub(crate) fn load<T: DeserializeOwned, P>(
+    path: &Path,
+    types: &[&str],
+    build: impl FnOnce(T) -> std::result::Result<P, String>,
+) -> Result<P> {
+    build(read(path, types)?).map_err(|message| ModelError::BadConfig {
+        file: path.to_path_buf(),
+        message,
+    })
+}
+
 /// Reads the image processor settings in `path` (either layout), after checking that its
 /// `image_processor_type`, when given, is one of `types`.
-pub(crate) fn read<T: DeserializeOwned>(path: &Path, types: &[&str]) -> Result<T> {
+fn read<T: DeserializeOwned>(path: &Path, types: &[&str]) -> Result<T> {
     let mut json: serde_json::Value = sae_core::tensor_file::read_json(path)?;
     if let Some(nested) = json.get_mut("image_processor") {
         json = nested.take();

@@ -95,11 +95,7 @@ impl LlavaOnevisionImageProcessor {
     /// Reads the settings from `processor_config.json` (its `image_processor` object) or from
     /// `preprocessor_config.json` (top-level keys).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw: RawSettings = config::read(path, TYPES)?;
-        Self::from_raw(raw).map_err(|message| ModelError::BadConfig {
-            file: path.to_path_buf(),
-            message,
-        })
+        config::load(path, TYPES, Self::from_raw)
     }
 
     /// Absent keys take transformers' class defaults; settings this port does not implement fail.

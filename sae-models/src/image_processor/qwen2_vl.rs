@@ -93,11 +93,7 @@ impl Qwen2VlImageProcessor {
     /// Reads the settings from `processor_config.json` (its `image_processor` object) or from
     /// `preprocessor_config.json` (top-level keys).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw: RawSettings = config::read(path, TYPES)?;
-        Self::from_raw(raw).map_err(|message| ModelError::BadConfig {
-            file: path.to_path_buf(),
-            message,
-        })
+        config::load(path, TYPES, Self::from_raw)
     }
 
     /// HF `__init__`: `min_pixels` / `max_pixels` override `size`; no `size` means the defaults.

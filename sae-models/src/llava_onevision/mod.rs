@@ -29,7 +29,6 @@ pub use siglip::{Activation, SiglipVisionTower};
 use self::anyres::ImageLayout;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::generate::{ImageLm, WithImages};
 use crate::image_processor::LlavaOnevisionImageInputs;
 use crate::qwen2_vl::{host_i64, scatter_image_tokens};
 use crate::tap::{Stopped, Tap, linear};
@@ -334,38 +333,6 @@ impl<B: Backend> LlavaOnevision<B> {
             })
             .collect();
         Ok(Tensor::cat(packed, 0))
-    }
-}
-
-impl<B: Backend> LlavaOnevision<B> {
-    /// A [`Generator`](crate::Generator) for prompts holding `images`' tokens.
-    pub fn generator(&self, images: Option<ImageInput<B>>) -> WithImages<'_, Self, ImageInput<B>> {
-        WithImages::new(self, images)
-    }
-}
-
-impl<B: Backend> ImageLm<B> for LlavaOnevision<B> {
-    type Images = ImageInput<B>;
-
-    fn forward_images(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        attention_mask: Tensor<B, 2, Int>,
-        images: Option<ImageInput<B>>,
-        cache: &mut KvCache<B>,
-        hooks: &mut dyn Hooks<B>,
-    ) -> Result<Tensor<B, 3>> {
-        let input = VlInput {
-            input_ids,
-            attention_mask: Some(attention_mask),
-            images,
-        };
-        let out = self.forward_cached(input, cache, hooks)?;
-        Ok(out.logits.expect("generation hooks do not stop the pass"))
-    }
-
-    fn context(&self) -> usize {
-        self.config.text.max_position_embeddings
     }
 }
 

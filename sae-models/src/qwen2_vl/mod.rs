@@ -22,7 +22,6 @@ pub use vision::VisionTower;
 
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::generate::{ImageLm, WithImages};
 use crate::tap::{Stopped, Tap};
 use crate::weights::Weights;
 
@@ -146,38 +145,6 @@ impl<B: Backend> Qwen2Vl<B> {
         }
         self.language_model
             .run(embeds, input.attention_mask, positions, tap, cache)
-    }
-}
-
-impl<B: Backend> Qwen2Vl<B> {
-    /// A [`Generator`](crate::Generator) for prompts holding `images`' tokens.
-    pub fn generator(&self, images: Option<ImageInput<B>>) -> WithImages<'_, Self, ImageInput<B>> {
-        WithImages::new(self, images)
-    }
-}
-
-impl<B: Backend> ImageLm<B> for Qwen2Vl<B> {
-    type Images = ImageInput<B>;
-
-    fn forward_images(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        attention_mask: Tensor<B, 2, Int>,
-        images: Option<ImageInput<B>>,
-        cache: &mut KvCache<B>,
-        hooks: &mut dyn Hooks<B>,
-    ) -> Result<Tensor<B, 3>> {
-        let input = VlInput {
-            input_ids,
-            attention_mask: Some(attention_mask),
-            images,
-        };
-        let out = self.forward_cached(input, cache, hooks)?;
-        Ok(out.logits.expect("generation hooks do not stop the pass"))
-    }
-
-    fn context(&self) -> usize {
-        self.config.text.max_position_embeddings
     }
 }
 

@@ -35,3 +35,47 @@ pub fn ints(file: &TensorFile, name: &str) -> Vec<i64> {
         other => panic!("{name} should be int64: {other:?}"),
     }
 }
+
+/// Records the output of every hook point, passing it on unchanged.
+#[derive(Default)]
+pub struct Record(pub std::collections::BTreeMap<String, Vec<f32>>);
+
+impl sae_core::Hooks<B> for Record {
+    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.0.insert(path.to_string(), values(x.clone()));
+        x
+    }
+}
+
+/// Checks a hooked forward pass against a fixture's `reference.safetensors`: the `logits` and
+/// each of its `hooks` recorded `hook.<path>` outputs within 1e-4 relative, and exactly the
+/// `listed` hook points called (`what` names the case in failures).
+pub fn assert_matches_reference(
+    what: &str,
+    reference: &TensorFile,
+    logits: Vec<f32>,
+    record: &Record,
+    hooks: usize,
+    listed: Vec<sae_core::HookPoint>,
+) {
+    let err = max_rel_diff(&logits, &reference.get("logits").unwrap().to_f32());
+    assert!(err < 1e-4, "{what}: logits differ by {err}");
+    let names: Vec<String> = reference
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("hook."))
+        .collect();
+    for name in &names {
+        let path = &name["hook.".len()..];
+        let ours = record
+            .0
+            .get(path)
+            .unwrap_or_else(|| panic!("{what}: no hook point {path}"));
+        let err = max_rel_diff(ours, &reference.get(name).unwrap().to_f32());
+        assert!(err < 1e-4, "{what}: {path} differs by {err}");
+    }
+    assert_eq!(names.len(), hooks, "{what}: the fixture's hook outputs");
+    let listed: std::collections::BTreeSet<String> = listed.into_iter().map(|p| p.path).collect();
+    let called: std::collections::BTreeSet<String> = record.0.keys().cloned().collect();
+    assert_eq!(called, listed, "{what}: every listed hook point is called");
+}
