@@ -223,6 +223,18 @@ impl<B: Backend> LmInput<B> {
     }
 }
 
+/// A vision-language forward pass's input: token ids with one placeholder per image token, the
+/// padding mask, and the images in the model's own form `I`.
+#[derive(Debug, Clone)]
+pub struct VlInput<B: Backend, I> {
+    /// `[batch, tokens]`.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, tokens]`; `None` means no padding.
+    pub attention_mask: Option<Tensor<B, 2, Int>>,
+    /// The images, when the prompts have any.
+    pub images: Option<I>,
+}
+
 /// What the forward pass returns.
 #[derive(Debug, Clone)]
 pub struct LmOutput<B: Backend> {

@@ -173,16 +173,8 @@ fn stack(parts: &[HostTensor]) -> HostTensor {
     HostTensor::f32(shape, values)
 }
 
-/// A vision-language forward pass's input: token ids and the host images.
-#[derive(Debug, Clone)]
-pub struct VisionInput<B: Backend> {
-    /// `[batch, tokens]`, placeholders expanded.
-    pub input_ids: Tensor<B, 2, Int>,
-    /// `[batch, tokens]`; `None` means no padding.
-    pub attention_mask: Option<Tensor<B, 2, Int>>,
-    /// The images, when the prompts have any.
-    pub images: Option<ProcessedImages>,
-}
+/// A vision-language forward pass's input with the images as processed on the host.
+pub type VisionInput<B> = crate::decoder::VlInput<B, ProcessedImages>;
 
 impl<B: Backend> VisionNetwork<B> {
     /// The placeholder token id, one per image token.

@@ -60,16 +60,8 @@ impl<B: Backend> ImageInput<B> {
     }
 }
 
-/// A LLaVA-OneVision forward pass's input.
-#[derive(Debug, Clone)]
-pub struct VlInput<B: Backend> {
-    /// `[batch, tokens]`, with one `<image>` per image token.
-    pub input_ids: Tensor<B, 2, Int>,
-    /// `[batch, tokens]`; `None` means no padding.
-    pub attention_mask: Option<Tensor<B, 2, Int>>,
-    /// The images, when the prompt has any.
-    pub images: Option<ImageInput<B>>,
-}
+/// A LLaVA-OneVision forward pass's input (one `<image>` per image token).
+pub type VlInput<B> = crate::decoder::VlInput<B, ImageInput<B>>;
 
 /// The multimodal projector: `linear_2(act(linear_1 x))`.
 #[derive(Module, Debug)]

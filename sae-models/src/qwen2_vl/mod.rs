@@ -34,16 +34,8 @@ pub struct ImageInput<B: Backend> {
     pub grid_thw: Vec<[usize; 3]>,
 }
 
-/// A Qwen2-VL forward pass's input.
-#[derive(Debug, Clone)]
-pub struct VlInput<B: Backend> {
-    /// `[batch, tokens]`, with one `<|image_pad|>` per image token.
-    pub input_ids: Tensor<B, 2, Int>,
-    /// `[batch, tokens]`; `None` means no padding.
-    pub attention_mask: Option<Tensor<B, 2, Int>>,
-    /// The images, when the prompt has any.
-    pub images: Option<ImageInput<B>>,
-}
+/// A Qwen2-VL forward pass's input (one `<|image_pad|>` per image token).
+pub type VlInput<B> = crate::decoder::VlInput<B, ImageInput<B>>;
 
 /// Qwen2-VL / Qwen2.5-VL for conditional generation.
 #[derive(Module, Debug)]
