@@ -6,6 +6,7 @@ The token ids follow the same fixed LCG as the Rust side.
 """
 
 import os
+import resource
 import sys
 import time
 
@@ -25,4 +26,6 @@ with torch.no_grad():
     for _ in range(runs):
         model(ids)
     elapsed = time.perf_counter() - start
+# Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.
+print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(batch * tokens * runs / elapsed)

@@ -9,6 +9,7 @@ is set.
 """
 
 import os
+import resource
 import sys
 import time
 
@@ -57,4 +58,6 @@ for step in range(warmup + steps):
     run()
     if step >= warmup:
         elapsed += time.perf_counter() - start
+# Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.
+print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(tokens * steps / elapsed)

@@ -13,6 +13,8 @@ use sae_core::{HookKind, HookPoint, Sae, SaeConfig};
 use sae_train::Trainer;
 use sae_train::config::{BiasInit, OptimConfig};
 
+use crate::peak;
+
 const D: usize = 576;
 const LATENTS: usize = 9216;
 const K: usize = 32;
@@ -23,6 +25,7 @@ const STEPS: usize = 10;
 /// Times `STEPS` steps after `WARMUP` on `backend` (`flex` or `ndarray`) and prints the
 /// contract line.
 pub fn sae_step(backend: &str) -> Result<()> {
+    peak::reset();
     let ours = match backend {
         "flex" => step_tokens_per_second::<Autodiff<Flex>>()?,
         "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>()?,
@@ -69,6 +72,7 @@ fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
 
 /// SAE inference: encode (select the top-k latents) and decode `TOKENS` tokens, no autodiff.
 pub fn sae_encode() -> Result<()> {
+    peak::reset();
     let device = Default::default();
     Flex::seed(&device, 0);
     let sae = Sae::<Flex>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
@@ -90,25 +94,38 @@ pub fn sae_encode() -> Result<()> {
     Ok(())
 }
 
-/// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`.
-fn report(case: &str, ours: f64, reference: Option<f64>) {
-    match reference {
-        Some(r) => println!("{case} ours={ours:.0} ref={r:.0} ratio={:.2}", ours / r),
+/// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`, then the
+/// case's peak memory on both sides.
+fn report(case: &str, ours: f64, reference: Option<Reference>) {
+    match &reference {
+        Some(r) => println!(
+            "{case} ours={ours:.0} ref={:.0} ratio={:.2}",
+            r.tokens_per_s,
+            ours / r.tokens_per_s
+        ),
         None => println!("{case} ours={ours:.0}"),
     }
+    peak::report(case, reference.and_then(|r| r.peak_mib));
+}
+
+/// What a PyTorch reference script measured.
+struct Reference {
+    tokens_per_s: f64,
+    /// The Python process's peak resident memory (torch included).
+    peak_mib: Option<f64>,
 }
 
 /// sparsify's tokens/s at the same shapes (`mode` is `step` or `encode`), when
 /// `SAE_BENCH_PYTHON` is set.
-fn sparsify_reference(mode: &str) -> Result<Option<f64>> {
+fn sparsify_reference(mode: &str) -> Result<Option<Reference>> {
     let shapes = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
     let args: Vec<String> = std::iter::once(mode.to_string()).chain(shapes).collect();
     python_reference("bench_sparsify.py", &args)
 }
 
 /// Runs `tools/<script> args...` with `SAE_BENCH_PYTHON` and parses the tokens/s it prints
-/// last; `None` when the variable is not set.
-fn python_reference(script: &str, args: &[String]) -> Result<Option<f64>> {
+/// last (and a `peak_mib N` line); `None` when the variable is not set.
+fn python_reference(script: &str, args: &[String]) -> Result<Option<Reference>> {
     let Ok(python) = std::env::var("SAE_BENCH_PYTHON") else {
         eprintln!("SAE_BENCH_PYTHON is not set: skipping the PyTorch reference");
         return Ok(None);
@@ -126,14 +143,20 @@ fn python_reference(script: &str, args: &[String]) -> Result<Option<f64>> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let value = text
+    let tokens_per_s = text
         .lines()
         .last()
         .unwrap_or_default()
         .trim()
         .parse()
         .with_context(|| format!("unexpected reference output {text:?}"))?;
-    Ok(Some(value))
+    let peak_mib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_mib ")?.trim().parse().ok());
+    Ok(Some(Reference {
+        tokens_per_s,
+        peak_mib,
+    }))
 }
 
 const LM_BATCH: usize = 8;
@@ -142,6 +165,7 @@ const LM_RUNS: usize = 3;
 
 /// SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantised to f32) forward pass on 8 x 256 tokens.
 pub fn lm_forward() -> Result<()> {
+    peak::reset();
     let gguf = smollm2_gguf()?;
     let device = Default::default();
     let lm = sae_models::LanguageModel::<Flex>::load(&gguf, &device)?;

@@ -35,6 +35,7 @@ fn load(
     forward: f64,
 ) -> Result<()> {
     let dataset = Dataset::open(dir)?;
+    crate::peak::reset();
     let start = Instant::now();
     let (mut tokens, mut batches) = (0, 0);
     let mut loader = Loader::new(
@@ -57,6 +58,7 @@ fn load(
         "loader-{name} batches={batches} tokens_per_s={rate:.0} forward_tokens_per_s={forward:.0} loader_over_forward={:.1}",
         rate / forward
     );
+    crate::peak::report(&format!("loader-{name}"), None);
     Ok(())
 }
 

@@ -23,6 +23,7 @@
 
 mod bench;
 mod bench_data;
+mod peak;
 mod train;
 
 use anyhow::{Result, bail};

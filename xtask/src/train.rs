@@ -209,6 +209,7 @@ pub fn bench() -> Result<()> {
     config.model.name = smollm2_gguf()?;
     prepare_shakespeare(&data, None)?;
     let (batch, context) = (config.train.batch_size, config.data.context);
+    crate::peak::reset();
     let summary = run(config)?;
     let metrics = summary.run_dir.join(sae_train::metrics::METRICS_FILE);
     let rates: Vec<f64> = sae_train::metrics::series(&metrics, &["tokens_per_s"])?
@@ -225,5 +226,6 @@ pub fn bench() -> Result<()> {
         "train ours={:.0}",
         rates.iter().sum::<f64>() / rates.len() as f64
     );
+    crate::peak::report("train", None);
     Ok(())
 }
