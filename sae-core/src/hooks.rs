@@ -100,6 +100,20 @@ pub trait HookedModule<B: Backend> {
     }
 }
 
+/// A borrowed model is hooked as the model (an SAE can wrap a model that something else keeps).
+impl<B: Backend, M: HookedModule<B>> HookedModule<B> for &M {
+    type Input = M::Input;
+    type Output = M::Output;
+
+    fn hook_points(&self) -> Vec<HookPoint> {
+        (**self).hook_points()
+    }
+
+    fn forward_hooked(&self, input: Self::Input, hooks: &mut dyn Hooks<B>) -> Self::Output {
+        (**self).forward_hooked(input, hooks)
+    }
+}
+
 /// Runs `first`, then `second` on what `first` returns (e.g. SAEs, then a recorder). The pass
 /// never stops early.
 pub struct Chain<'a, B: Backend>(pub &'a mut dyn Hooks<B>, pub &'a mut dyn Hooks<B>);

@@ -13,9 +13,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::to_host as host;
-use sae_core::{HookedModule, Hooks, SaeModel};
-use sae_data::{Batching, Dataset, Loader, StreamConfig};
-use sae_models::{DecoderLm, LanguageModel};
+use sae_core::{HookKind, HookedModule, Hooks, SaeModel};
+use sae_data::{Batch, Batching, Dataset, Loader, StreamConfig};
+use sae_models::{
+    AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionInput, VisionNetwork,
+};
 use serde::Serialize;
 
 use crate::activations::{Capture, TokenFilter, select_tokens};
@@ -58,6 +60,8 @@ impl Default for EvalConfig {
 /// One SAE's numbers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HookEval {
+    /// Activations the SAE saw: tokens, or image patches for a vision hook.
+    pub tokens: u64,
     /// Fraction of variance unexplained over all evaluated tokens.
     pub fvu: f64,
     /// Active latents per token.
@@ -77,7 +81,7 @@ pub struct HookEval {
 /// The evaluation report (`sae eval` prints it as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
-    /// Tokens the SAE metrics cover.
+    /// Tokens the first SAE's metrics cover (each hook's count is in `hooks`).
     pub tokens: u64,
     /// Next-token predictions the CE and KL numbers cover.
     pub predictions: u64,
@@ -125,26 +129,89 @@ impl<B: Backend> Hooks<B> for ZeroAblation<'_> {
     }
 }
 
-/// Evaluates the SAEs in `sae_dir` (any layout) on `model` over `data`.
+/// A model `evaluate` runs: its input for a batch, and the logits of its output.
+trait Evaluated<B: Backend>: HookedModule<B> + Sized {
+    /// The model's input for `batch`.
+    fn input(batch: &Batch, device: &B::Device) -> Self::Input;
+
+    /// The logits of a forward pass (`None` when the pass stopped early).
+    fn logits(output: Self::Output) -> Result<Option<Tensor<B, 3>>>;
+}
+
+impl<B: Backend> Evaluated<B> for DecoderLm<B> {
+    fn input(batch: &Batch, device: &B::Device) -> Self::Input {
+        lm_input(batch, device)
+    }
+
+    fn logits(output: LmOutput<B>) -> Result<Option<Tensor<B, 3>>> {
+        Ok(output.logits)
+    }
+}
+
+impl<B: Backend> Evaluated<B> for &VisionNetwork<B> {
+    fn input(batch: &Batch, device: &B::Device) -> Self::Input {
+        let input = lm_input::<B>(batch, device);
+        VisionInput {
+            input_ids: input.input_ids,
+            attention_mask: input.attention_mask,
+            images: batch.vision.clone(),
+        }
+    }
+
+    fn logits(output: sae_models::Result<LmOutput<B>>) -> Result<Option<Tensor<B, 3>>> {
+        Ok(output?.logits)
+    }
+}
+
+/// Evaluates the SAEs in `sae_dir` (any layout) on `model` (a language model, or a
+/// vision-language model whose data is batched through its processor) over `data`.
 pub fn evaluate<B: Backend>(
-    model: LanguageModel<B>,
+    model: AnyModel<B>,
     sae_dir: &Path,
     data: &Path,
     config: &EvalConfig,
     device: &B::Device,
 ) -> Result<EvalReport> {
-    let LanguageModel {
-        model, tokenizer, ..
-    } = model;
-    let sae_model: SaeModel<B, DecoderLm<B>> = SaeModel::from_pretrained(model, sae_dir, device)?;
+    match model {
+        AnyModel::Text(lm) => {
+            let lm = *lm;
+            evaluate_model(lm.model, &lm.tokenizer, None, sae_dir, data, config, device)
+        }
+        AnyModel::Vision(vlm) => {
+            let images: &dyn ImageTokens = vlm.as_ref();
+            let tokenizer = &vlm.tokenizer;
+            evaluate_model(
+                &vlm.model,
+                tokenizer,
+                Some(images),
+                sae_dir,
+                data,
+                config,
+                device,
+            )
+        }
+    }
+}
+
+/// `evaluate` on one model type.
+fn evaluate_model<B: Backend, M: Evaluated<B>>(
+    model: M,
+    tokenizer: &Tokenizer,
+    images: Option<&dyn ImageTokens>,
+    sae_dir: &Path,
+    data: &Path,
+    config: &EvalConfig,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    let sae_model: SaeModel<B, M> = SaeModel::from_pretrained(model, sae_dir, device)?;
     let adapter = &sae_model.adapters()[sae_core::DEFAULT_ADAPTER];
     // In the model's hook order, so the clean pass records them as it goes.
-    let paths: Vec<String> = sae_model
+    let points: Vec<_> = sae_model
         .hook_points()
-        .iter()
+        .into_iter()
         .filter(|p| adapter.saes.contains_key(&p.path))
-        .map(|p| p.path.clone())
         .collect();
+    let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
     let dataset = Dataset::open(data)?;
     let batching = Batching::for_kind(dataset.kind(), config.context, config.max_len, true);
     let stream = StreamConfig {
@@ -153,14 +220,17 @@ pub fn evaluate<B: Backend>(
     };
     let mut loader = Loader::new(
         &dataset,
-        &tokenizer,
+        tokenizer,
         stream,
         batching,
         config.batch_size,
         None,
     )?;
+    if let Some(images) = images {
+        loader = loader.with_image_tokens(images);
+    }
     let filter = TokenFilter::new(
-        &tokenizer,
+        tokenizer,
         config.exclude_special_tokens,
         &[],
         config.skip_first_tokens,
@@ -183,27 +253,27 @@ pub fn evaluate<B: Backend>(
             break;
         };
         let mut capture = Capture::new(paths.clone(), false);
-        let clean = sae_model
-            .model()
-            .forward_hooked(lm_input(&batch, device), &mut capture)
-            .logits;
-        let spliced = sae_model.forward(lm_input(&batch, device))?.output.logits;
-        let zero = sae_model
-            .model()
-            .forward_hooked(
-                lm_input(&batch, device),
-                &mut ZeroAblation { paths: &paths },
-            )
-            .logits;
+        let model = sae_model.model();
+        let clean = M::logits(model.forward_hooked(M::input(&batch, device), &mut capture))?;
+        let spliced = M::logits(sae_model.forward(M::input(&batch, device))?.output)?;
+        let mut zero_ablation = ZeroAblation { paths: &paths };
+        let zero = M::logits(model.forward_hooked(M::input(&batch, device), &mut zero_ablation))?;
         let (Some(clean), Some(spliced), Some(zero)) = (clean, spliced, zero) else {
             return Err(TrainError::Unsupported(
                 "the model returned no logits".into(),
             ));
         };
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
-        for ((out, path), s) in capture.outputs.into_iter().zip(&paths).zip(&mut sums) {
-            let x = select_tokens(out.expect("the clean pass reaches every hook"), &tokens);
-            accumulate_sae(s, &adapter.saes[path], x)?;
+        for ((out, point), s) in capture.outputs.into_iter().zip(&points).zip(&mut sums) {
+            let out = out.expect("the clean pass reaches every hook");
+            // A vision hook's rows are image patches: all of them count.
+            let x = if point.kind == HookKind::Vision {
+                let [b, n, d] = out.dims();
+                out.reshape([b * n, d])
+            } else {
+                select_tokens(out, &tokens)
+            };
+            accumulate_sae(s, &adapter.saes[&point.path], x)?;
         }
         let targets = next_token_targets(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         let lp_clean = log_softmax(clean.clone().cast(DType::F32), 2);
@@ -293,6 +363,7 @@ fn finish_hook(s: &HookSums, dense_threshold: f64) -> HookEval {
         .count();
     let latents = s.fires.len();
     HookEval {
+        tokens: s.tokens,
         fvu: s.residual_sq / variance,
         l0: s.active as f64 / n,
         num_latents: latents,

@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use sae_core::formats::{self, Checkpoint, HostSae, Layout};
 use sae_core::{HookedModule, Hooks, NoHooks, Sae, SaeConfig, StorageDtype, TargetModules};
 use sae_data::{Batching, Dataset, Format, Loader, PreprocessOptions, StreamConfig};
-use sae_models::LanguageModel;
+use sae_models::{AnyModel, LanguageModel};
 use sae_train::{EvalConfig, evaluate};
 
 const HOOK: &str = "model.layers.1";
@@ -132,7 +132,14 @@ fn an_exact_sae_recovers_everything_and_ce_matches_log_sum_exp() {
     };
     let device = Default::default();
     let model = LanguageModel::<Flex>::load(model_dir().to_str().unwrap(), &device).unwrap();
-    let report = evaluate(model, &sae_dir, &data, &config, &device).unwrap();
+    let report = evaluate(
+        AnyModel::Text(Box::new(model)),
+        &sae_dir,
+        &data,
+        &config,
+        &device,
+    )
+    .unwrap();
 
     assert_eq!(report.tokens, 3 * 2 * 32);
     assert_eq!(report.predictions, 3 * 2 * 31);

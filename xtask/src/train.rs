@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::DType;
 use sae_data::{Format, PreprocessOptions};
-use sae_models::{LanguageModel, ModelSource};
+use sae_models::{AnyModel, ModelSource};
 use sae_train::config::parse_value;
 use sae_train::{EvalConfig, TrainConfig};
 
@@ -162,7 +163,7 @@ pub fn demo() -> Result<()> {
         ..EvalConfig::default()
     };
     let device = Default::default();
-    let lm = LanguageModel::<Flex>::load(&model, &device)?;
+    let lm = AnyModel::<Flex>::load_as(&model, DType::F32, &device)?;
     let report = sae_train::evaluate(lm, &sae_dir, &test_data, &eval, &device)?;
     let eval_path = summary.run_dir.join("eval.json");
     std::fs::write(&eval_path, serde_json::to_string_pretty(&report)? + "\n")?;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use sae_models::LanguageModel;
+use burn::tensor::DType;
+use sae_models::AnyModel;
 use sae_train::EvalConfig;
 
 use crate::backend;
@@ -53,7 +54,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device();
-    let model = LanguageModel::<backend::Backend>::load(&args.model, &device)
+    let model = AnyModel::<backend::Backend>::load_as(&args.model, DType::F32, &device)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = EvalConfig {
         batches: args.batches,
