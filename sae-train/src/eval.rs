@@ -208,8 +208,9 @@ fn evaluate_model<B: Backend, M: Evaluated<B>>(
     // In the model's hook order, so the clean pass records them as it goes.
     let points: Vec<_> = sae_model
         .hook_points()
-        .into_iter()
+        .iter()
         .filter(|p| adapter.saes.contains_key(&p.path))
+        .cloned()
         .collect();
     let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
     let dataset = Dataset::open(data)?;
