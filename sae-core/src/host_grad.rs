@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::config::Architecture;
 use crate::error::{Result, SaeError};
-use crate::sae::{Sae, finish_pre_activations, to_host};
+use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
 use crate::select::{self, Selection};
 
 /// An SAE's parameters, or their gradients, on the host, row-major like the parameters.
@@ -194,17 +194,28 @@ impl<B: Backend> Sae<B> {
             w_dec: &params.w_dec,
             b_dec: &params.b_dec,
         };
-        let pre = match pre_on_backend {
-            Some(pre) => pre,
+        let (pre, selection) = match pre_on_backend {
+            Some(pre) => {
+                let selection = self.select(&pre);
+                (pre, selection)
+            }
             None => {
                 let mut pre = encoder_product(&h);
-                finish_pre_activations(&mut pre, h.latents, params.b_enc.as_deref(), h.relu)?;
-                pre
+                let bias = params.b_enc.as_deref();
+                // TopK finishes each row (bias, ReLU, finiteness) just before selecting in it.
+                let selection = if self.config.architecture == Architecture::TopK {
+                    let finish = |row: &mut [f32]| finish_row(row, bias, h.relu);
+                    select::top_k_prepared(&mut pre, h.latents, self.config.k, finish)
+                        .ok_or_else(non_finite_input)?
+                } else {
+                    finish_pre_activations(&mut pre, h.latents, bias, h.relu)?;
+                    self.select(&pre)
+                };
+                (pre, selection)
             }
         };
         let total_variance = total_variance(&h.x, n, d);
 
-        let selection = self.select(&pre);
         let values = gather(&pre, h.latents, &selection);
         let recon = decode(&h, &selection, &values, true);
         let residual: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();

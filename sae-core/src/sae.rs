@@ -416,7 +416,7 @@ fn zero_padding<B: Backend>(values: Tensor<B, 2>, selection: &Selection) -> Tens
 fn finite_on_host<B: Backend>(pre: Tensor<B, 2>) -> Result<Vec<f32>> {
     let values = to_host(pre);
     if values.iter().any(|v| !v.is_finite()) {
-        return Err(SaeError::NonFinite("the SAE input".into()));
+        return Err(non_finite_input());
     }
     Ok(values)
 }
@@ -429,21 +429,31 @@ pub(crate) fn finish_pre_activations(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<()> {
-    let finite = values.par_chunks_mut(cols).all(|row| {
-        if let Some(bias) = bias {
-            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        }
-        // Check before the ReLU: `f32::max` would turn NaN into 0.
-        let finite = row.iter().all(|v| v.is_finite());
-        if relu {
-            row.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-        finite
-    });
-    if !finite {
-        return Err(SaeError::NonFinite("the SAE input".into()));
+    if !values
+        .par_chunks_mut(cols)
+        .all(|row| finish_row(row, bias, relu))
+    {
+        return Err(non_finite_input());
     }
     Ok(())
+}
+
+/// One row of [`finish_pre_activations`]; false when a value is not finite.
+pub(crate) fn finish_row(row: &mut [f32], bias: Option<&[f32]>, relu: bool) -> bool {
+    if let Some(bias) = bias {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
+    // Check before the ReLU: `f32::max` would turn NaN into 0.
+    let finite = row.iter().all(|v| v.is_finite());
+    if relu {
+        row.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    finite
+}
+
+/// The error for NaN or infinite SAE inputs.
+pub(crate) fn non_finite_input() -> SaeError {
+    SaeError::NonFinite("the SAE input".into())
 }
 
 /// A float tensor's values as `f32` on the host.

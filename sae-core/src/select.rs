@@ -121,6 +121,38 @@ pub fn top_k_among(values: &[f32], cols: usize, k: usize, allowed: Option<&[bool
     }
 }
 
+/// [`top_k`] of rows that `prepare` first finishes in place (the encoder bias and ReLU), each
+/// while it is in cache; `None` when `prepare` reports a row it cannot take (not finite).
+pub fn top_k_prepared(
+    values: &mut [f32],
+    cols: usize,
+    k: usize,
+    prepare: impl Fn(&mut [f32]) -> bool + Sync,
+) -> Option<Selection> {
+    let rows = values.len() / cols;
+    let mut indices = vec![0i64; rows * k];
+    let all_ok = indices
+        .par_chunks_mut(k.max(1))
+        .zip(values.par_chunks_mut(cols))
+        .map_init(
+            || BinaryHeap::with_capacity(k + 1),
+            |heap, (out, row)| {
+                let ok = prepare(row);
+                if k > 0 {
+                    row_top_k(row, None, out, heap);
+                }
+                ok
+            },
+        )
+        .reduce(|| true, |a, b| a && b);
+    all_ok.then_some(Selection {
+        rows,
+        width: k,
+        indices,
+        valid: None,
+    })
+}
+
 /// The `total` largest entries of the whole `[rows, cols]` matrix, grouped by row.
 pub fn batch_top_k(values: &[f32], cols: usize, total: usize) -> Selection {
     let rows = values.len() / cols;
@@ -234,6 +266,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    // Finishing rows inside the selection gives the selection of the finished matrix; a row
+    // the preparation refuses gives None.
+    #[test]
+    fn top_k_prepared_equals_top_k_after_preparing() {
+        let cols = 300;
+        let raw: Vec<f32> = (0..cols * 5)
+            .map(|i| ((i * 7919 % 211) as f32 - 100.0) / 9.0)
+            .collect();
+        let shift = |row: &mut [f32]| {
+            row.iter_mut().for_each(|v| *v = (*v + 1.5).max(0.0));
+            true
+        };
+        let mut finished = raw.clone();
+        finished.chunks_mut(cols).for_each(|row| {
+            shift(row);
+        });
+        let mut prepared = raw.clone();
+        let s = top_k_prepared(&mut prepared, cols, 7, shift).unwrap();
+        assert_eq!(prepared, finished);
+        assert_eq!(s, top_k(&finished, cols, 7));
+        let mut bad = raw;
+        assert!(
+            top_k_prepared(&mut bad, cols, 7, |row| row[0] < 1000.0 && row[1] > -1.0).is_none()
+        );
     }
 
     #[test]
