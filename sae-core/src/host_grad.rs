@@ -106,6 +106,13 @@ pub struct HostStep {
     pub indices: Vec<i64>,
 }
 
+/// True when [`Sae::add_loss_grads`] runs the selection product on the host (the CPU
+/// backends), reading only the host parameters; on other backends it runs on the device with
+/// the SAE's own tensors.
+pub fn gemm_on_host<B: Backend>(device: &B::Device) -> bool {
+    matches!(B::name(device).as_str(), "flex" | "ndarray")
+}
+
 /// The parameters and inputs the host math reads.
 struct Host<'a> {
     relu: bool,
@@ -172,8 +179,7 @@ impl<B: Backend> Sae<B> {
             )));
         }
         let [n, d] = x.dims();
-        let on_cpu = matches!(B::name(&x.device()).as_str(), "flex" | "ndarray");
-        let pre_on_backend = if on_cpu {
+        let pre_on_backend = if gemm_on_host::<B>(&x.device()) {
             None
         } else {
             Some(self.host_pre_activations(&self.center(x.clone()))?)

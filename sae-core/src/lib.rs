@@ -27,7 +27,7 @@ pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{Chain, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
-pub use host_grad::{HostParams, HostStep};
+pub use host_grad::{HostParams, HostStep, gemm_on_host};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };

@@ -198,7 +198,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
 /// and `<path>.tokens_since_fired`.
 fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
-    let d = hook.sae().d_in();
+    let d = hook.params().b_dec.len();
     // The matrices as `[latents, d]`, vectors as `[1, n]`.
     let tensor = |name: &str, v: &[f32]| {
         let shape = if name.starts_with("w_") {
@@ -319,7 +319,7 @@ pub fn hook_states<B: AutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
         .iter()
         .map(|h| HookState {
             path: h.path.clone(),
-            config: h.sae().config.clone(),
+            config: h.config().clone(),
             scale: h.scale,
         })
         .collect()

@@ -13,7 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rayon::prelude::*;
 use sae_core::sae::to_host;
-use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError};
+use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError, gemm_on_host};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
@@ -68,8 +68,10 @@ pub struct HookTrainer<B: AutodiffBackend> {
     /// The SAE's parameters (in the scaled activation space when `scale != 1`), the
     /// optimiser's master copy.
     params: HostParams,
-    /// The same SAE on the backend.
+    /// The same SAE on the backend, renewed from `params` when a pass needs it.
     sae: Sae<B>,
+    /// `params` changed since `sae` was last renewed.
+    stale: bool,
     /// AdamW moments, from the first step on.
     moments: Option<Moments>,
     /// The step's gradients so far (one buffer kept for the whole run).
@@ -195,6 +197,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             grads: params.zeros_like(),
             params,
             sae,
+            stale: false,
             moments,
             did_fire: vec![false; latents],
             sums: HookMetrics::default(),
@@ -203,8 +206,16 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     }
 
     /// The SAE being trained (in the scaled activation space when `scale != 1`).
-    pub fn sae(&self) -> &Sae<B> {
+    pub fn sae(&mut self) -> &Sae<B> {
+        if self.stale {
+            self.sync();
+        }
         &self.sae
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &SaeConfig {
+        &self.sae.config
     }
 
     /// Its parameters on the host.
@@ -239,12 +250,13 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         if self.sae.config.normalize_decoder {
             unit_norm_rows(&mut self.params.w_dec, d);
         }
-        self.sync();
+        self.stale = true;
         Ok(())
     }
 
     /// Copies the host parameters to the SAE on the backend.
     fn sync(&mut self) {
+        self.stale = false;
         let device = self.sae.w_enc.device();
         let (latents, d) = (self.sae.num_latents(), self.sae.d_in());
         let p = &self.params;
@@ -290,6 +302,12 @@ impl<B: AutodiffBackend> HookTrainer<B> {
                 .collect()
         });
         let weight = 1.0 / acc as f32;
+        // The host-gradient path reads only `params` when the product runs on the host.
+        let host_only =
+            self.sae.has_host_gradients() && gemm_on_host::<B::InnerBackend>(&x.device());
+        if self.stale && !host_only {
+            self.sync();
+        }
         let grads = &mut self.grads;
         let micro = if self.sae.has_host_gradients() {
             self.sae
@@ -381,7 +399,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         if config.normalize_decoder {
             unit_norm_rows(&mut self.params.w_dec, d);
         }
-        self.sync();
+        self.stale = true;
 
         let tokens = self.sums.tokens;
         for (count, fired) in self.tokens_since_fired.iter_mut().zip(&mut self.did_fire) {
@@ -413,15 +431,25 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     /// (`W_enc s`, `W_dec / s`, `b_dec / s`), on the inner backend.
     pub fn export(&self) -> Result<Sae<B::InnerBackend>> {
         let s = self.scale;
-        let sae = &self.sae;
-        let inner1 = |p: &Param<Tensor<B, 1>>| p.val().inner();
+        let p = &self.params;
+        let device = self.sae.w_enc.val().inner().device();
+        let (latents, d) = (self.sae.num_latents(), self.sae.d_in());
+        let two = |v: &[f32], f: f32| {
+            let values = v.iter().map(|x| x * f).collect();
+            Tensor::from_data(TensorData::new(values, [latents, d]), &device)
+        };
+        let one = |v: &[f32], f: f32| {
+            let values: Vec<f32> = v.iter().map(|x| x * f).collect();
+            let n = values.len();
+            Tensor::from_data(TensorData::new(values, [n]), &device)
+        };
         Ok(Sae::from_tensors(
-            sae.config.clone(),
-            sae.w_enc.val().inner().mul_scalar(s),
-            sae.b_enc.as_ref().map(inner1),
-            sae.w_dec.val().inner().div_scalar(s),
-            sae.b_dec.val().inner().div_scalar(s),
-            sae.threshold.as_ref().map(inner1),
+            self.sae.config.clone(),
+            two(&p.w_enc, s),
+            p.b_enc.as_deref().map(|b| one(b, 1.0)),
+            two(&p.w_dec, 1.0 / s),
+            one(&p.b_dec, 1.0 / s),
+            p.threshold.as_deref().map(|t| one(t, 1.0)),
         )?)
     }
 }

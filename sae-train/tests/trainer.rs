@@ -105,7 +105,7 @@ fn the_activation_scale_is_folded_into_the_saved_sae() {
         t.accumulate(vec![x.clone()]).unwrap();
         t.finish_step().unwrap();
     }
-    let hook = &t.hooks[0];
+    let hook = &mut t.hooks[0];
     // Mean norm of x is about 50 sqrt(12); the scale brings it to sqrt(12).
     assert!((hook.scale - 0.02).abs() < 0.002, "scale {}", hook.scale);
     let exported = hook.export().unwrap();

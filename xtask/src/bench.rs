@@ -26,17 +26,69 @@ const STEPS: usize = 10;
 /// contract line.
 pub fn sae_step(backend: &str) -> Result<()> {
     peak::reset();
-    let ours = match backend {
-        "flex" => step_tokens_per_second::<Autodiff<Flex>>()?,
-        "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>()?,
+    let ours = || match backend {
+        "flex" => step_tokens_per_second::<Autodiff<Flex>>(),
+        "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>(),
         other => anyhow::bail!("unknown backend {other:?}: expected flex or ndarray"),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
     );
-    report("sae-step", ours, sparsify_reference("step")?);
+    interleaved("sae-step", ours, || sparsify_reference("step"))
+}
+
+/// Rounds of each side timed in turn.
+const ROUNDS: usize = 3;
+
+/// Times `ours` and `reference` in turn, `ROUNDS` times, so that the machine's drift (tens of
+/// percent within minutes on a shared VM) hits both alike; prints each round's figures, then
+/// the contract line with the medians (the ratio: the median of the rounds' ratios).
+fn interleaved(
+    case: &str,
+    mut ours: impl FnMut() -> Result<f64>,
+    mut reference: impl FnMut() -> Result<Option<Reference>>,
+) -> Result<()> {
+    let (mut mine, mut theirs, mut ratios, mut peak) = (Vec::new(), Vec::new(), Vec::new(), None);
+    for round in 1..=ROUNDS {
+        let value = ours()?;
+        mine.push(value);
+        match reference()? {
+            Some(r) => {
+                eprintln!(
+                    "{case} round {round}: ours={value:.0} ref={:.0} ratio={:.2}",
+                    r.tokens_per_s,
+                    value / r.tokens_per_s
+                );
+                ratios.push(value / r.tokens_per_s);
+                theirs.push(r.tokens_per_s);
+                peak = peak.or(r.peak_mib);
+            }
+            None => eprintln!("{case} round {round}: ours={value:.0}"),
+        }
+    }
+    let ours = median(&mut mine);
+    match theirs.is_empty() {
+        true => println!("{case} ours={ours:.0}"),
+        false => println!(
+            "{case} ours={ours:.0} ref={:.0} ratio={:.2}",
+            median(&mut theirs),
+            median(&mut ratios)
+        ),
+    }
+    peak::report(case, peak);
     Ok(())
+}
+
+/// The median of `values` (the middle one, or the mean of the two middle ones).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 /// Tokens per second of the SAE training step on backend `B`: `sae-train`'s trainer (forward,
@@ -77,21 +129,22 @@ pub fn sae_encode() -> Result<()> {
     Flex::seed(&device, 0);
     let sae = Sae::<Flex>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
     let x = Tensor::<Flex, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
-    let mut elapsed = 0.0;
-    for step in 0..WARMUP + STEPS {
-        let start = Instant::now();
-        let recon = sae.decode(&sae.encode(x.clone())?);
-        let _ = recon.slice([0..1, 0..1]).into_data();
-        if step >= WARMUP {
-            elapsed += start.elapsed().as_secs_f64();
+    let ours = || -> Result<f64> {
+        let mut elapsed = 0.0;
+        for step in 0..WARMUP + STEPS {
+            let start = Instant::now();
+            let recon = sae.decode(&sae.encode(x.clone())?);
+            let _ = recon.slice([0..1, 0..1]).into_data();
+            if step >= WARMUP {
+                elapsed += start.elapsed().as_secs_f64();
+            }
         }
-    }
-    let ours = (TOKENS * STEPS) as f64 / elapsed;
+        Ok((TOKENS * STEPS) as f64 / elapsed)
+    };
     eprintln!(
         "backend flex (f32), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
     );
-    report("sae-encode", ours, sparsify_reference("encode")?);
-    Ok(())
+    interleaved("sae-encode", ours, || sparsify_reference("encode"))
 }
 
 /// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`, then the
