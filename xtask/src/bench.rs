@@ -122,6 +122,20 @@ fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
     Ok((TOKENS * STEPS) as f64 / elapsed)
 }
 
+/// The criterion micro-benchmarks (`sae-core/benches/kernels.rs`), built with the one dev
+/// profile the tests use (`cargo bench` would build everything again in release).
+pub fn micro() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "test", "-p", "sae-core", "--bench", "kernels", "--", "--bench",
+        ])
+        .status()
+        .context("cannot run cargo")?;
+    anyhow::ensure!(status.success(), "the micro-benchmarks failed");
+    Ok(())
+}
+
 /// SAE inference: encode (select the top-k latents) and decode `TOKENS` tokens, no autodiff.
 pub fn sae_encode() -> Result<()> {
     peak::reset();

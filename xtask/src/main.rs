@@ -33,7 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
-       cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data | train]";
+       cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data | train | micro]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,11 +44,13 @@ fn main() -> Result<()> {
         .as_slice()
     {
         ["bench"] => bench::sae_step("flex")
+            .and_then(|()| bench::micro())
             .and_then(|()| bench::sae_encode())
             .and_then(|()| bench::lm_forward())
             .and_then(|()| bench_data::data())
             .and_then(|()| train::bench()),
         ["bench", "sae-encode"] => bench::sae_encode(),
+        ["bench", "micro"] => bench::micro(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "data"] => bench_data::data(),
