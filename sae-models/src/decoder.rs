@@ -10,14 +10,14 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
-use crate::rope::Rope;
+use crate::rope::{Rope, softmax_in_f32};
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
@@ -130,11 +130,7 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, t, total])
             .div_scalar((d as f64).sqrt())
             + ctx.mask.clone();
-        // Softmax in f32 whatever the compute dtype, as transformers does.
-        let dtype = scores.dtype();
-        let probs = softmax(scores.cast(DType::F32), 3)
-            .cast(dtype)
-            .reshape([b * h, t, total]);
+        let probs = softmax_in_f32(scores, 3).reshape([b * h, t, total]);
         let out = probs
             .matmul(v.reshape([b * h, total, d]))
             .reshape([b, h, t, d])
@@ -456,18 +452,15 @@ impl<B: Backend> DecoderLm<B> {
                 .collect(),
         };
         let dtype = self.dtype();
-        let mut rope = Rope::new(
+        let rope = Rope::new(
             &positions,
             self.config.mrope_section.as_deref(),
             (b, t),
             self.config.head_dim,
             self.config.rope_theta,
             &device,
-        );
-        if dtype != DType::F32 {
-            rope.cos = rope.cos.cast(dtype);
-            rope.sin = rope.sin.cast(dtype);
-        }
+        )
+        .cast(dtype);
         let (rope_q, rope_k) = (
             rope.for_heads(self.config.num_attention_heads),
             rope.for_heads(self.config.num_key_value_heads),

@@ -1,9 +1,11 @@
 //! Rotary position embeddings: the 1-D RoPE of decoder LMs, Qwen2-VL's multimodal M-RoPE, and
 //! the axial 2-D RoPE of Qwen2-VL's vision tower, as `cos`/`sin` tables applied with
-//! `x cos + rotate_half(x) sin`.
+//! `x cos + rotate_half(x) sin`; and the f32 softmax of the attention scores that goes with
+//! them.
 
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// Rotary position embedding tables for one batch: `cos` and `sin`, `[batch, tokens, 1, head_dim]`
 /// (applied to `[batch, tokens, heads, head_dim]`, before heads move forward: contiguous is fast).
@@ -92,6 +94,17 @@ impl<B: Backend> Rope<B> {
         }
     }
 
+    /// The tables in the compute dtype `dtype` (they are made in f32).
+    pub(crate) fn cast(self, dtype: DType) -> Self {
+        if dtype == DType::F32 {
+            return self;
+        }
+        Rope {
+            cos: self.cos.cast(dtype),
+            sin: self.sin.cast(dtype),
+        }
+    }
+
     /// The tables repeated for `heads` heads, `[batch, tokens, heads, head_dim]`: the products in
     /// [`apply`](Self::apply) are then elementwise on equal shapes (broadcasting is slow on the
     /// CPU backends), and each layer reuses them.
@@ -110,4 +123,14 @@ impl<B: Backend> Rope<B> {
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
     }
+}
+
+/// Softmax over `dim` computed in f32 whatever the compute dtype, as transformers does, and
+/// cast back to the scores' dtype.
+pub(crate) fn softmax_in_f32<B: Backend, const D: usize>(
+    scores: Tensor<B, D>,
+    dim: usize,
+) -> Tensor<B, D> {
+    let dtype = scores.dtype();
+    softmax(scores.cast(DType::F32), dim).cast(dtype)
 }

@@ -10,13 +10,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::Tensor;
+use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 use sae_core::{HookKind, HookPoint};
 
 use super::config::SiglipConfig;
 use crate::error::Result;
+use crate::rope::softmax_in_f32;
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
@@ -76,9 +77,7 @@ impl<B: Backend> SiglipAttention<B> {
         let scores = q
             .matmul(k.swap_dims(1, 2))
             .mul_scalar((d as f64).powf(-0.5));
-        // Softmax in f32 whatever the compute dtype, as transformers does.
-        let dtype = scores.dtype();
-        let probs = softmax(scores.cast(DType::F32), 2).cast(dtype);
+        let probs = softmax_in_f32(scores, 2);
         let out = probs
             .matmul(v)
             .reshape([n, h, s, d])

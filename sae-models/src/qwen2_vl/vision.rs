@@ -9,14 +9,14 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear, RmsNorm};
-use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
+use burn::tensor::activation::{gelu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookKind, HookPoint};
 
 use super::config::VisionConfig;
 use crate::error::{ModelError, Result};
-use crate::rope::Rope;
+use crate::rope::{Rope, softmax_in_f32};
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
@@ -145,8 +145,7 @@ impl<B: Backend> VisionBlock<B> {
             .matmul(k.swap_dims(1, 2))
             .mul_scalar((d as f64).powf(-0.5))
             + mask.clone();
-        let dtype = scores.dtype();
-        let probs = softmax(scores.cast(DType::F32), 2).cast(dtype);
+        let probs = softmax_in_f32(scores, 2);
         let out = probs.matmul(v).swap_dims(0, 1).reshape([1, n, e]);
         linear(&self.proj, out)
     }
@@ -319,14 +318,13 @@ impl<B: Backend> VisionTower<B> {
                 .collect::<Vec<_>>()
         };
         let dtype = self.patch_embed.weight.val().dtype();
-        let mut rope = Rope::axial(
+        let rope = Rope::axial(
             &permute(vision_positions(grids, c.spatial_merge_size)),
             c.embed_dim / c.num_heads,
             c.rope_theta,
             &device,
-        );
-        rope.cos = rope.cos.cast(dtype);
-        rope.sin = rope.sin.cast(dtype);
+        )
+        .cast(dtype);
         let ctx = BlockContext {
             rope: rope.for_heads(c.num_heads),
             full: segment_mask(&image_segments(grids), n, dtype, &device),
