@@ -67,86 +67,73 @@ impl ProcessedImages {
     /// The images of several prompts, one after the other (`None` when there are none). All
     /// parts come from the same processor.
     pub fn concat(parts: Vec<ProcessedImages>) -> Option<Self> {
-        let first = parts.first()?.clone();
-        Some(match first {
-            ProcessedImages::Qwen2Vl { .. } => {
-                let (mut pixels, mut grids) = (Vec::new(), Vec::new());
-                for part in parts {
-                    let ProcessedImages::Qwen2Vl {
-                        pixel_values,
-                        image_grid_thw,
-                    } = part
-                    else {
-                        unreachable!("parts of one processor");
-                    };
-                    pixels.push(pixel_values);
-                    grids.extend(image_grid_thw);
-                }
-                ProcessedImages::Qwen2Vl {
-                    pixel_values: stack(&pixels),
-                    image_grid_thw: grids,
-                }
-            }
-            ProcessedImages::LlavaOnevision { .. } => {
-                let (mut pixels, mut sizes, mut counts) = (Vec::new(), Vec::new(), Vec::new());
-                for part in parts {
-                    let ProcessedImages::LlavaOnevision {
-                        pixel_values,
+        if parts.is_empty() {
+            return None;
+        }
+        let pixels = stack(&parts.iter().map(Self::pixel_values).collect::<Vec<_>>());
+        let mut parts = parts.into_iter();
+        let mut all = parts.next()?;
+        for part in parts {
+            match (&mut all, part) {
+                (
+                    ProcessedImages::Qwen2Vl { image_grid_thw, .. },
+                    ProcessedImages::Qwen2Vl {
+                        image_grid_thw: more,
+                        ..
+                    },
+                ) => image_grid_thw.extend(more),
+                (
+                    ProcessedImages::LlavaOnevision {
                         image_sizes,
                         batch_num_images,
-                    } = part
-                    else {
-                        unreachable!("parts of one processor");
-                    };
-                    pixels.push(pixel_values);
-                    sizes.extend(image_sizes);
-                    counts.extend(batch_num_images);
+                        ..
+                    },
+                    ProcessedImages::LlavaOnevision {
+                        image_sizes: sizes,
+                        batch_num_images: counts,
+                        ..
+                    },
+                ) => {
+                    image_sizes.extend(sizes);
+                    batch_num_images.extend(counts);
                 }
-                ProcessedImages::LlavaOnevision {
-                    pixel_values: stack(&pixels),
-                    image_sizes: sizes,
-                    batch_num_images: counts,
-                }
+                _ => unreachable!("parts of one processor"),
             }
-        })
+        }
+        match &mut all {
+            ProcessedImages::Qwen2Vl { pixel_values, .. }
+            | ProcessedImages::LlavaOnevision { pixel_values, .. } => *pixel_values = pixels,
+        }
+        Some(all)
     }
 
     /// The processor's outputs named as transformers names them (`inputs.pixel_values`, ...).
     pub fn tensors(&self) -> Vec<(String, HostTensor)> {
-        let ints = |rows: usize, cols: usize, values: Vec<i64>| {
-            let shape = if cols == 0 {
-                vec![rows]
-            } else {
-                vec![rows, cols]
-            };
-            HostTensor::i64(shape, values)
-        };
+        let flat = |v: &[usize]| v.iter().map(|&v| v as i64).collect::<Vec<_>>();
         let mut out = vec![(
             "inputs.pixel_values".to_string(),
             self.pixel_values().clone(),
         )];
         match self {
-            ProcessedImages::Qwen2Vl { image_grid_thw, .. } => {
-                let flat = image_grid_thw.iter().flatten().map(|&v| v as i64).collect();
-                out.push((
-                    "inputs.image_grid_thw".into(),
-                    ints(image_grid_thw.len(), 3, flat),
-                ));
-            }
+            ProcessedImages::Qwen2Vl { image_grid_thw, .. } => out.push((
+                "inputs.image_grid_thw".into(),
+                HostTensor::i64(
+                    vec![image_grid_thw.len(), 3],
+                    flat(image_grid_thw.as_flattened()),
+                ),
+            )),
             ProcessedImages::LlavaOnevision {
                 image_sizes,
                 batch_num_images,
                 ..
             } => {
-                let flat = image_sizes.iter().flatten().map(|&v| v as i64).collect();
                 out.push((
                     "inputs.image_sizes".into(),
-                    ints(image_sizes.len(), 2, flat),
+                    HostTensor::i64(vec![image_sizes.len(), 2], flat(image_sizes.as_flattened())),
                 ));
-                let counts = batch_num_images.iter().map(|&v| v as i64).collect();
                 out.push((
                     "inputs.batch_num_images".into(),
-                    ints(batch_num_images.len(), 0, counts),
+                    HostTensor::i64(vec![batch_num_images.len()], flat(batch_num_images)),
                 ));
             }
         }
@@ -156,7 +143,7 @@ impl ProcessedImages {
 
 /// Pixel tensors stacked along their first dimension; when their second dimensions differ
 /// (LLaVA's tiles), each is padded with zeros to the largest.
-fn stack(parts: &[HostTensor]) -> HostTensor {
+fn stack(parts: &[&HostTensor]) -> HostTensor {
     let widest = parts.iter().map(|p| p.shape[1]).max().unwrap_or(0);
     let mut shape = parts[0].shape.clone();
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
