@@ -15,11 +15,11 @@
 use std::cell::RefCell;
 
 use burn::module::Param;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::config::Architecture;
+use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
 use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
 use crate::select::{self, Selection};
@@ -145,6 +145,30 @@ impl<B: Backend> Sae<B> {
             b_dec: to_host(self.b_dec.val()),
             threshold: self.threshold.as_ref().map(one),
         }
+    }
+
+    /// The SAE with `params` (the inverse of [`host_params`](Self::host_params)), its shapes
+    /// checked against `config` as [`from_tensors`](Self::from_tensors) does.
+    pub fn from_host_params(
+        config: SaeConfig,
+        params: &HostParams,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let d = params.b_dec.len();
+        let matrix = |v: &Vec<f32>| {
+            let latents = v.len() / d.max(1);
+            Tensor::from_data(TensorData::new(v.clone(), [latents, d]), device)
+        };
+        let vector =
+            |v: &Vec<f32>| Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device);
+        Self::from_tensors(
+            config,
+            matrix(&params.w_enc),
+            params.b_enc.as_ref().map(vector),
+            matrix(&params.w_dec),
+            vector(&params.b_dec),
+            params.threshold.as_ref().map(vector),
+        )
     }
 
     /// The training loss on `[tokens, d_in]` activations and the gradients of

@@ -10,7 +10,7 @@
 
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor};
 use rayon::prelude::*;
 use sae_core::sae::to_host;
 use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError, gemm_on_host};
@@ -258,22 +258,8 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     fn sync(&mut self) {
         self.stale = false;
         let device = self.sae.w_enc.device();
-        let (latents, d) = (self.sae.num_latents(), self.sae.d_in());
-        let p = &self.params;
-        let two = |v: &Vec<f32>| {
-            let t = Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [latents, d]), &device);
-            Param::from_tensor(t)
-        };
-        let one = |v: &Vec<f32>| {
-            let t = Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
-            Param::from_tensor(t)
-        };
-        let sae = &mut self.sae;
-        sae.w_enc = two(&p.w_enc);
-        sae.w_dec = two(&p.w_dec);
-        sae.b_dec = one(&p.b_dec);
-        sae.b_enc = p.b_enc.as_ref().map(one);
-        sae.threshold = p.threshold.as_ref().map(one);
+        self.sae = Sae::from_host_params(self.sae.config.clone(), &self.params, &device)
+            .expect("the trainer's parameters keep the SAE's shapes");
     }
 
     fn non_finite(&self, step: u64, what: &str) -> TrainError {
@@ -430,26 +416,20 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     /// The SAE for raw activations: the activation scale folded into the weights
     /// (`W_enc s`, `W_dec / s`, `b_dec / s`), on the inner backend.
     pub fn export(&self) -> Result<Sae<B::InnerBackend>> {
-        let s = self.scale;
-        let p = &self.params;
+        let (s, p) = (self.scale, &self.params);
+        let scaled = |v: &[f32], f: &dyn Fn(f32) -> f32| v.iter().map(|&x| f(x)).collect();
+        let raw = HostParams {
+            w_enc: scaled(&p.w_enc, &|x| x * s),
+            w_dec: scaled(&p.w_dec, &|x| x / s),
+            b_dec: scaled(&p.b_dec, &|x| x / s),
+            b_enc: p.b_enc.clone(),
+            threshold: p.threshold.clone(),
+        };
         let device = self.sae.w_enc.val().inner().device();
-        let (latents, d) = (self.sae.num_latents(), self.sae.d_in());
-        let two = |v: &[f32], f: f32| {
-            let values = v.iter().map(|x| x * f).collect();
-            Tensor::from_data(TensorData::new(values, [latents, d]), &device)
-        };
-        let one = |v: &[f32], f: f32| {
-            let values: Vec<f32> = v.iter().map(|x| x * f).collect();
-            let n = values.len();
-            Tensor::from_data(TensorData::new(values, [n]), &device)
-        };
-        Ok(Sae::from_tensors(
+        Ok(Sae::from_host_params(
             self.sae.config.clone(),
-            two(&p.w_enc, s),
-            p.b_enc.as_deref().map(|b| one(b, 1.0)),
-            two(&p.w_dec, 1.0 / s),
-            one(&p.b_dec, 1.0 / s),
-            p.threshold.as_deref().map(|t| one(t, 1.0)),
+            &raw,
+            &device,
         )?)
     }
 }
