@@ -4,7 +4,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::Hooks;
+use sae_core::{HookKind, HookPoint, Hooks};
 use sae_models::Tokenizer;
 
 /// Captures the outputs of `paths` and lets the forward pass stop after the deepest one.
@@ -81,6 +81,16 @@ impl TokenFilter {
             .map(|(i, _)| i as i64)
             .collect()
     }
+}
+
+/// The rows of hook `point`'s `[batch, seq, d]` output an SAE sees, as f32 `[rows, d]`: the
+/// tokens that count (`tokens`) for a language-model hook, every image patch for a vision hook.
+pub fn hook_rows<B: Backend>(x: Tensor<B, 3>, point: &HookPoint, tokens: &[i64]) -> Tensor<B, 2> {
+    if point.kind == HookKind::Vision {
+        let [b, n, d] = x.dims();
+        return x.reshape([b * n, d]).cast(DType::F32);
+    }
+    select_tokens(x, tokens)
 }
 
 /// The rows `tokens` of a `[batch, seq, d]` activation, as f32 `[tokens.len(), d]`.

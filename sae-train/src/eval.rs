@@ -13,16 +13,14 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::to_host as host;
-use sae_core::{HookKind, HookedModule, Hooks, SaeModel};
+use sae_core::{HookedModule, Hooks, SaeModel};
 use sae_data::{Batch, Batching, Dataset, Loader, StreamConfig};
-use sae_models::{
-    AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionInput, VisionNetwork,
-};
+use sae_models::{AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionNetwork};
 use serde::Serialize;
 
-use crate::activations::{Capture, TokenFilter, select_tokens};
+use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::error::{Result, TrainError};
-use crate::run::lm_input;
+use crate::run::{lm_input, vision_input};
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,12 +148,7 @@ impl<B: Backend> Evaluated<B> for DecoderLm<B> {
 
 impl<B: Backend> Evaluated<B> for &VisionNetwork<B> {
     fn input(batch: &Batch, device: &B::Device) -> Self::Input {
-        let input = lm_input::<B>(batch, device);
-        VisionInput {
-            input_ids: input.input_ids,
-            attention_mask: input.attention_mask,
-            images: batch.vision.clone(),
-        }
+        vision_input(batch, device)
     }
 
     fn logits(output: sae_models::Result<LmOutput<B>>) -> Result<Option<Tensor<B, 3>>> {
@@ -267,14 +260,11 @@ fn evaluate_model<B: Backend, M: Evaluated<B>>(
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         for ((out, point), s) in capture.outputs.into_iter().zip(&points).zip(&mut sums) {
             let out = out.expect("the clean pass reaches every hook");
-            // A vision hook's rows are image patches: all of them count.
-            let x = if point.kind == HookKind::Vision {
-                let [b, n, d] = out.dims();
-                out.reshape([b * n, d])
-            } else {
-                select_tokens(out, &tokens)
-            };
-            accumulate_sae(s, &adapter.saes[&point.path], x)?;
+            accumulate_sae(
+                s,
+                &adapter.saes[&point.path],
+                hook_rows(out, point, &tokens),
+            )?;
         }
         let targets = next_token_targets(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         let lp_clean = log_softmax(clean.clone().cast(DType::F32), 2);

@@ -9,11 +9,11 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::{HookKind, HookPoint, HookedModule};
+use sae_core::{HookPoint, HookedModule};
 use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, LmInput, VisionInput};
 
-use crate::activations::{Capture, TokenFilter, select_tokens};
+use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError, io};
@@ -293,18 +293,14 @@ impl<B: AutodiffBackend> Session<B> {
         filter: &TokenFilter,
     ) -> Result<Vec<Tensor<B::InnerBackend, 2>>> {
         let mut capture = Capture::new(paths.to_vec(), true);
-        let input = lm_input::<B::InnerBackend>(batch, &self.device);
         match &self.model {
             AnyModel::Text(lm) => {
-                lm.model.forward_hooked(input, &mut capture);
+                lm.model
+                    .forward_hooked(lm_input(batch, &self.device), &mut capture);
             }
             AnyModel::Vision(vlm) => {
-                let input = VisionInput {
-                    input_ids: input.input_ids,
-                    attention_mask: input.attention_mask,
-                    images: batch.vision.clone(),
-                };
-                vlm.model.forward_hooked(input, &mut capture)?;
+                vlm.model
+                    .forward_hooked(vision_input(batch, &self.device), &mut capture)?;
             }
         }
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
@@ -319,12 +315,7 @@ impl<B: AutodiffBackend> Session<B> {
                         point.path
                     ))
                 })?;
-                Ok(if point.kind == HookKind::Vision {
-                    let [b, n, d] = x.dims();
-                    x.reshape([b * n, d])
-                } else {
-                    select_tokens(x, &tokens)
-                })
+                Ok(hook_rows(x, point, &tokens))
             })
             .collect()
     }
@@ -344,6 +335,19 @@ pub fn lm_input<B: burn::tensor::backend::Backend>(
         attention_mask: padded.then(|| {
             Tensor::from_data(TensorData::new(batch.attention_mask.clone(), shape), device)
         }),
+    }
+}
+
+/// A batch as a vision-language model's input: [`lm_input`] and the batch's processed images.
+pub fn vision_input<B: burn::tensor::backend::Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> VisionInput<B> {
+    let input = lm_input(batch, device);
+    VisionInput {
+        input_ids: input.input_ids,
+        attention_mask: input.attention_mask,
+        images: batch.vision.clone(),
     }
 }
 
