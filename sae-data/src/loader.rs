@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::convert::OnError;
 use crate::dataset::{Cursor, Dataset, RowId, Stream, StreamConfig};
 use crate::error::{DataError, Result, RowProblem};
-use crate::record::{Body, Record, to_chat_messages};
+use crate::record::{Body, Record, decode_images, to_chat_messages};
 use crate::table::Kind;
-use sae_models::{ImageTokens, ProcessedImages, Tokenizer, decode_image, expand_image_tokens};
+use sae_models::{ImageTokens, ProcessedImages, Tokenizer, expand_image_tokens};
 
 /// How rows become sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +79,9 @@ pub struct Loader<'a> {
     separator: Option<i64>,
     carry: Vec<i64>,
     carry_rows: Vec<(RowId, usize)>,
-    too_long: usize,
+    /// Rows the loader itself skipped (too long, or images the processor refuses).
+    rejected: usize,
     image_tokens: Option<&'a dyn ImageTokens>,
-    bad_images: usize,
 }
 
 impl<'a> Loader<'a> {
@@ -112,9 +112,8 @@ impl<'a> Loader<'a> {
             separator,
             carry,
             carry_rows,
-            too_long: 0,
+            rejected: 0,
             image_tokens: None,
-            bad_images: 0,
         })
     }
 
@@ -136,7 +135,7 @@ impl<'a> Loader<'a> {
 
     /// Rows skipped as unusable, too long, or with images the processor cannot take.
     pub fn skipped(&self) -> usize {
-        self.stream.skipped() + self.too_long + self.bad_images
+        self.stream.skipped() + self.rejected
     }
 
     /// The epoch being read.
@@ -224,38 +223,34 @@ impl<'a> Loader<'a> {
                 Body::Chat { images, .. } => images,
                 Body::Text(_) => Vec::new(),
             };
-            let skip = self.stream.config().on_error == OnError::Skip;
-            let (mut ids, vision) = match self.image_tokens {
+            let row = match self.image_tokens {
                 Some(processor) if !images.is_empty() => {
-                    match process_images(processor, ids, &images) {
-                        Ok((ids, vision)) => (ids, Some(vision)),
-                        Err(_) if skip => {
-                            self.bad_images += 1;
-                            continue;
-                        }
-                        Err(reason) => {
-                            return Err(self.stream.dataset().bad_row(example.id, reason));
-                        }
-                    }
+                    process_images(processor, ids, &images).map(|(ids, vision)| (ids, Some(vision)))
                 }
-                _ => (ids, None),
+                _ => Ok((ids, None)),
             };
             // Cutting a row would cut its image tokens from their image: those never truncate.
-            if ids.len() > max_len {
+            let row = row.and_then(|(mut ids, vision)| {
+                if ids.len() <= max_len {
+                    return Ok((ids, vision));
+                }
                 if truncate && vision.is_none() {
                     ids.truncate(max_len);
-                } else {
-                    let reason = RowProblem::TooLong {
-                        tokens: ids.len(),
-                        max: max_len,
-                    };
-                    if skip {
-                        self.too_long += 1;
-                        continue;
-                    }
-                    return Err(self.stream.dataset().bad_row(example.id, reason));
+                    return Ok((ids, vision));
                 }
-            }
+                Err(RowProblem::TooLong {
+                    tokens: ids.len(),
+                    max: max_len,
+                })
+            });
+            let (ids, vision) = match row {
+                Ok(row) => row,
+                Err(_) if self.stream.config().on_error == OnError::Skip => {
+                    self.rejected += 1;
+                    continue;
+                }
+                Err(reason) => return Err(self.stream.dataset().bad_row(example.id, reason)),
+            };
             vision_parts.extend(vision);
             sequences.push((example.id, ids, images));
         }
@@ -296,13 +291,7 @@ fn process_images(
     ids: Vec<i64>,
     images: &[Vec<u8>],
 ) -> std::result::Result<(Vec<i64>, ProcessedImages), RowProblem> {
-    let decoded = images
-        .iter()
-        .enumerate()
-        .map(|(index, bytes)| {
-            decode_image(bytes).map_err(|reason| RowProblem::Image { index, reason })
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let decoded = decode_images(images)?;
     // A processor may treat a prompt's images together (LLaVA-OneVision tiles a lone image).
     let (vision, counts) = processor
         .process_images(&decoded)

@@ -82,6 +82,18 @@ impl Record {
     }
 }
 
+/// A row's encoded images decoded as the models' image processors take them; the index of the
+/// first that does not decode, and why, otherwise.
+pub fn decode_images(images: &[Vec<u8>]) -> Result<Vec<image::DynamicImage>, RowProblem> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            sae_models::decode_image(bytes).map_err(|reason| RowProblem::Image { index, reason })
+        })
+        .collect()
+}
+
 /// How many image parts the turns hold.
 pub fn image_parts(messages: &[Turn]) -> usize {
     messages

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{DataError, Result, RowProblem, io};
-use crate::record::{Body, Record, RowResult};
+use crate::record::{Body, Record, RowResult, decode_images};
 use crate::table::Kind;
 use crate::writer::{ShardOptions, ShardWriter};
 
@@ -238,12 +238,7 @@ fn refuse_existing(output: &Path) -> Result<()> {
 /// Decodes every image of a chat row (catching truncated or foreign bytes now, not in training).
 pub fn check_images(record: &Record) -> std::result::Result<(), RowProblem> {
     if let Body::Chat { images, .. } = &record.body {
-        for (index, bytes) in images.iter().enumerate() {
-            image::load_from_memory(bytes).map_err(|e| RowProblem::Image {
-                index,
-                reason: e.to_string(),
-            })?;
-        }
+        decode_images(images)?;
     }
     Ok(())
 }
