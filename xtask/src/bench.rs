@@ -67,16 +67,8 @@ fn interleaved(
             None => eprintln!("{case} round {round}: ours={value:.0}"),
         }
     }
-    let ours = median(&mut mine);
-    match theirs.is_empty() {
-        true => println!("{case} ours={ours:.0}"),
-        false => println!(
-            "{case} ours={ours:.0} ref={:.0} ratio={:.2}",
-            median(&mut theirs),
-            median(&mut ratios)
-        ),
-    }
-    peak::report(case, peak);
+    let reference = (!theirs.is_empty()).then(|| (median(&mut theirs), median(&mut ratios)));
+    contract_line(case, median(&mut mine), reference, peak);
     Ok(())
 }
 
@@ -164,15 +156,20 @@ pub fn sae_encode() -> Result<()> {
 /// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`, then the
 /// case's peak memory on both sides.
 fn report(case: &str, ours: f64, reference: Option<Reference>) {
-    match &reference {
-        Some(r) => println!(
-            "{case} ours={ours:.0} ref={:.0} ratio={:.2}",
-            r.tokens_per_s,
-            ours / r.tokens_per_s
-        ),
+    let figures = reference
+        .as_ref()
+        .map(|r| (r.tokens_per_s, ours / r.tokens_per_s));
+    contract_line(case, ours, figures, reference.and_then(|r| r.peak_mib));
+}
+
+/// `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]` (`reference`: its tokens/s and the
+/// ratio), then the peak-memory line.
+fn contract_line(case: &str, ours: f64, reference: Option<(f64, f64)>, peak_mib: Option<f64>) {
+    match reference {
+        Some((theirs, ratio)) => println!("{case} ours={ours:.0} ref={theirs:.0} ratio={ratio:.2}"),
         None => println!("{case} ours={ours:.0}"),
     }
-    peak::report(case, reference.and_then(|r| r.peak_mib));
+    peak::report(case, peak_mib);
 }
 
 /// What a PyTorch reference script measured.
