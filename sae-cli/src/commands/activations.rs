@@ -1,14 +1,14 @@
 //! `sae activations`: run a model and write hook outputs, logits and inputs to safetensors.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sae_core::{Chain, HookedModule, HostTensor, NoHooks, Recorder, SaeModel, StorageDtype};
+use sae_core::{Chain, HookedModule, HostTensor, Recorder, StorageDtype};
 use sae_models::{AnyModel, LmInput, qwen2_vl};
 
 use super::model_args::{ModelArgs, Processed};
-use crate::backend::{self, Backend};
+use super::with_sae;
+use crate::backend;
 
 /// Run a model and write `inputs.input_ids`, `logits` and `hook.<path>` for each hook point a
 /// --hooks regex matches (full match) to a safetensors file.
@@ -57,12 +57,16 @@ pub fn run(args: Args) -> Result<()> {
     let (logits, shape_of): (_, ShapeOf) = match (loaded, &processed) {
         (AnyModel::Text(lm), Processed::Text(ids)) => {
             let input = LmInput::from_ids(ids, &device);
-            let out = run_hooked(lm.model, input, sae, &mut recorder)?;
+            let out = with_sae(lm.model, sae, |model, hooks| {
+                Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder)))
+            })?;
             (out.logits, |_, shape| shape.to_vec())
         }
         (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let input = prompt.to_input(&device);
-            let out = run_hooked(vlm.model, input, sae, &mut recorder)??;
+            let out = with_sae(vlm.model, sae, |model, hooks| {
+                Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder))?)
+            })?;
             (out.logits, qwen2_vl::transformers_shape)
         }
         _ => unreachable!("a prompt is processed for the model that was loaded"),
@@ -89,26 +93,3 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The shape transformers gives a hook's output, from its path and shape here.
 type ShapeOf = fn(&str, &[usize]) -> Vec<usize>;
-
-/// One forward pass of `model` with `recorder` (after the SAE in `sae`, when given, injected in
-/// eval mode).
-fn run_hooked<M: HookedModule<Backend>>(
-    model: M,
-    input: M::Input,
-    sae: Option<&Path>,
-    recorder: &mut Recorder<Backend>,
-) -> Result<M::Output> {
-    let Some(dir) = sae else {
-        return Ok(model.forward_hooked(input, &mut Chain(&mut NoHooks, recorder)));
-    };
-    let device = backend::device();
-    let sae_model = SaeModel::from_pretrained(model, dir, &device)
-        .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
-    let empty = BTreeMap::new();
-    let mut sae_hooks = sae_model.hooks(&empty);
-    let output = sae_model
-        .model()
-        .forward_hooked(input, &mut Chain(&mut sae_hooks, recorder));
-    sae_hooks.finish().context("the SAE failed")?;
-    Ok(output)
-}

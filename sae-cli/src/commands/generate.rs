@@ -1,14 +1,13 @@
 //! `sae generate`: generate text, greedy or sampled, optionally with an SAE injected.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use sae_core::{HookedModule, Hooks, NoHooks, SaeModel};
+use anyhow::Result;
 use sae_models::{AnyModel, GenerateConfig, Sampling, generate};
 
 use super::model_args::{ModelArgs, Processed};
-use crate::backend::{self, Backend};
+use super::with_sae;
+use crate::backend;
 
 /// Generate text from a prompt with a KV cache; greedy unless --temperature, --top-p or --seed
 /// is given.
@@ -68,12 +67,18 @@ pub fn run(args: Args) -> Result<()> {
     let sae = args.sae.as_deref();
     let tokens = match (loaded, processed) {
         (AnyModel::Text(lm), _) => with_sae(lm.model, sae, |model, hooks| {
-            generate(model, &prompts, &config, hooks, &device)
+            Ok(generate(model, &prompts, &config, hooks, &device)?)
         })?,
         (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let images = prompt.images;
             with_sae(vlm.model, sae, |model, hooks| {
-                generate(&model.generator(images), &prompts, &config, hooks, &device)
+                Ok(generate(
+                    &model.generator(images),
+                    &prompts,
+                    &config,
+                    hooks,
+                    &device,
+                )?)
             })?
         }
         _ => unreachable!("a prompt is processed for the model that was loaded"),
@@ -86,23 +91,4 @@ pub fn run(args: Args) -> Result<()> {
         println!("{text}");
     }
     Ok(())
-}
-
-/// Runs `f` on `model` with the hooks of the SAE in `sae` injected (eval mode), or none.
-fn with_sae<M: HookedModule<Backend>, T>(
-    model: M,
-    sae: Option<&Path>,
-    f: impl FnOnce(&M, &mut dyn Hooks<Backend>) -> sae_models::Result<T>,
-) -> Result<T> {
-    let Some(dir) = sae else {
-        return Ok(f(&model, &mut NoHooks)?);
-    };
-    let device = backend::device();
-    let sae_model = SaeModel::from_pretrained(model, dir, &device)
-        .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
-    let empty = BTreeMap::new();
-    let mut hooks = sae_model.hooks(&empty);
-    let out = f(sae_model.model(), &mut hooks)?;
-    hooks.finish().context("the SAE failed")?;
-    Ok(out)
 }
