@@ -50,9 +50,7 @@ impl<B: Backend> LanguageModel<B> {
                 (DecoderLm::load_as(&dir, dtype, device)?, tokenizer, stop)
             }
         };
-        stop_tokens.extend(tokenizer.eos_token_id());
-        stop_tokens.sort();
-        stop_tokens.dedup();
+        add_eos(&mut stop_tokens, &tokenizer);
         Ok(LanguageModel {
             model,
             tokenizer,
@@ -73,6 +71,13 @@ impl<B: Backend> LanguageModel<B> {
             }
         }
     }
+}
+
+/// Adds the tokenizer's end-of-sequence token to `stop_tokens`, sorted without repeats.
+pub(crate) fn add_eos(stop_tokens: &mut Vec<i64>, tokenizer: &Tokenizer) {
+    stop_tokens.extend(tokenizer.eos_token_id());
+    stop_tokens.sort();
+    stop_tokens.dedup();
 }
 
 /// `eos_token_id` of `generation_config.json` (a number or a list), if the file exists.

@@ -14,7 +14,7 @@ use crate::decoder::{KvCache, LmOutput};
 use crate::error::{ModelError, Result};
 use crate::generate::{ImageLm, WithImages};
 use crate::image_processor::{LlavaOnevisionImageProcessor, Qwen2VlImageProcessor};
-use crate::language_model::{Prompt, generation_eos};
+use crate::language_model::{Prompt, add_eos, generation_eos};
 use crate::llava_onevision::{self, LlavaOnevision};
 use crate::qwen2_vl::{self, Qwen2Vl};
 use crate::source::ModelSource;
@@ -444,9 +444,7 @@ impl<B: Backend> VisionLanguageModel<B> {
         let dir = ModelSource::parse(spec).local_dir()?;
         let tokenizer = Tokenizer::load(&dir)?;
         let mut stop_tokens = generation_eos(&dir)?;
-        stop_tokens.extend(tokenizer.eos_token_id());
-        stop_tokens.sort();
-        stop_tokens.dedup();
+        add_eos(&mut stop_tokens, &tokenizer);
         let is_llava = vision_language_type(&dir)
             .is_some_and(|t| llava_onevision::config::SUPPORTED.contains(&t.as_str()));
         let (model, processor) = if is_llava {
