@@ -12,8 +12,6 @@
 //! `db_dec = sum_n G - sum_n sum_j dpre_j W_enc[idx_j]`. AuxK (as sparsify 1.3) reaches the
 //! decoder only and its prediction has no `b_dec`; Multi-TopK is a second full path.
 
-use std::cell::RefCell;
-
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -21,7 +19,9 @@ use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
+use crate::reduce::dot;
 use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
+use crate::scratch;
 use crate::select::{self, Selection};
 
 /// An SAE's parameters, or their gradients, on the host, row-major like the parameters.
@@ -209,10 +209,15 @@ impl<B: Backend> Sae<B> {
             Some(self.host_pre_activations(&self.center(x.clone()))?)
         };
         let xs = to_host(x);
-        let x_c: Vec<f32> = xs
-            .par_chunks(d)
-            .flat_map_iter(|row| row.iter().zip(&params.b_dec).map(|(v, b)| v - b))
-            .collect();
+        let mut x_c = scratch::take(n * d);
+        x_c.par_chunks_mut(d)
+            .zip(xs.par_chunks(d))
+            .for_each(|(c, row)| {
+                c.iter_mut()
+                    .zip(row)
+                    .zip(&params.b_dec)
+                    .for_each(|((c, v), b)| *c = v - b)
+            });
         let h = Host {
             relu: self.config.relu,
             n,
@@ -247,35 +252,38 @@ impl<B: Backend> Sae<B> {
         let total_variance = total_variance(&h.x, n, d);
 
         let values = gather(&pre, h.latents, &selection);
-        let recon = decode(&h, &selection, &values, true);
-        let residual: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
+        let residual = minus(decode(&h, &selection, &values, true), &h.x);
+        let mut spent = Vec::new();
         let fvu = sum_sq(&residual) / total_variance;
-        let g = scaled(&residual, 2.0 * weight / total_variance as f32);
-        backprop(&h, &selection, &values, &g, grads, true);
+        let scale = 2.0 * weight / total_variance as f32;
+        backprop(&h, &selection, &values, (&residual, scale), grads, true);
 
         let auxk = dead_mask.and_then(|mask| {
             let (aux, scale) = self.auxk_selection(&pre, mask)?;
             let aux_values = gather(&pre, h.latents, &aux);
-            let e_hat = decode(&h, &aux, &aux_values, false);
-            // The target is the residual x - x_hat, detached.
-            let diff: Vec<f32> = e_hat.iter().zip(&residual).map(|(e, r)| e + r).collect();
+            // The target is the residual x - x_hat, detached: diff = e_hat - (x - x_hat).
+            let mut diff = decode(&h, &aux, &aux_values, false);
+            diff.iter_mut().zip(&residual).for_each(|(e, r)| *e += r);
             let loss = scale * sum_sq(&diff) / total_variance;
             let coef = weight * self.config.aux_k_alpha * (2.0 * scale / total_variance) as f32;
-            backprop(&h, &aux, &aux_values, &scaled(&diff, coef), grads, false);
+            backprop(&h, &aux, &aux_values, (&diff, coef), grads, false);
+            spent.push(diff);
             Some(loss)
         });
 
         let multi_topk_fvu = self.config.multi_topk.then(|| {
             let wide = select::top_k(&pre, h.latents, 4 * self.config.k);
             let wide_values = gather(&pre, h.latents, &wide);
-            let recon = decode(&h, &wide, &wide_values, true);
-            let diff: Vec<f32> = recon.iter().zip(&h.x).map(|(r, x)| r - x).collect();
+            let diff = minus(decode(&h, &wide, &wide_values, true), &h.x);
             let coef = weight / 8.0 * 2.0 / total_variance as f32;
-            backprop(&h, &wide, &wide_values, &scaled(&diff, coef), grads, true);
-            sum_sq(&diff) / total_variance
+            backprop(&h, &wide, &wide_values, (&diff, coef), grads, true);
+            let fvu = sum_sq(&diff) / total_variance;
+            spent.push(diff);
+            fvu
         });
 
-        PRODUCT.with(|cell| *cell.borrow_mut() = pre);
+        spent.extend([pre, residual, h.x, h.x_c]);
+        spent.into_iter().for_each(scratch::give);
         let loss = fvu
             + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
             + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
@@ -290,20 +298,12 @@ impl<B: Backend> Sae<B> {
     }
 }
 
-thread_local! {
-    /// The last pre-activation buffer, reused by the next call on this thread: a fresh
-    /// `[tokens, latents]` buffer each step costs its page faults again (mimalloc returns large
-    /// blocks to the OS), about a fifth of the CPU step.
-    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// `x_c W_enc^T`, `[tokens, num_latents]`, by the `gemm` crate on the host copies (on the CPU
 /// backends this skips a copy of the product and runs at the machine's GEMM speed).
 fn encoder_product(h: &Host) -> Vec<f32> {
     let (n, d, l) = (h.n, h.d, h.latents);
-    let mut out = PRODUCT.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     // Every element is overwritten (the product does not read `out`).
-    out.resize(n * l, 0.0);
+    let mut out = scratch::take(n * l);
     // SAFETY: `out` is `[n, l]` row-major (column stride 1, row stride l); `x_c` is `[n, d]`
     // row-major; `W_enc^T` is `[d, l]` read from `W_enc` `[l, d]` row-major (column stride d,
     // row stride 1); all three buffers hold exactly those many elements and do not overlap.
@@ -356,8 +356,10 @@ fn sum_sq(v: &[f32]) -> f64 {
     v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
 }
 
-fn scaled(v: &[f32], s: f32) -> Vec<f32> {
-    v.iter().map(|x| x * s).collect()
+/// `a - b`, in `a`'s buffer.
+fn minus(mut a: Vec<f32>, b: &[f32]) -> Vec<f32> {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a -= b);
+    a
 }
 
 /// The selected pre-activations, padding slots 0.
@@ -378,10 +380,12 @@ fn gather(pre: &[f32], latents: usize, s: &Selection) -> Vec<f32> {
 /// `sum_j a_j W_dec[idx_j]` per token (plus `b_dec` when `with_bias`).
 fn decode(h: &Host, s: &Selection, values: &[f32], with_bias: bool) -> Vec<f32> {
     let d = h.d;
-    let mut out = vec![0f32; h.n * d];
+    let mut out = scratch::take(h.n * d);
     out.par_chunks_mut(d).enumerate().for_each(|(n, row)| {
         if with_bias {
             row.copy_from_slice(h.b_dec);
+        } else {
+            row.fill(0.0);
         }
         for j in 0..s.width {
             let a = values[n * s.width + j];
@@ -395,20 +399,26 @@ fn decode(h: &Host, s: &Selection, values: &[f32], with_bias: bool) -> Vec<f32> 
 }
 
 /// Adds the gradients of a loss whose gradient with respect to a reconstruction
-/// `sum_j a_j W_dec[idx_j] (+ b_dec)` is `g` (`[tokens, d]`); `encoder` also propagates through
-/// the activations to the encoder and `b_dec` (decoder bias term included).
+/// `sum_j a_j W_dec[idx_j] (+ b_dec)` is `scale g` (`g` is `[tokens, d]`); `encoder` also
+/// propagates through the activations to the encoder and `b_dec` (decoder bias term included).
 fn backprop(
     h: &Host,
     s: &Selection,
     values: &[f32],
-    g: &[f32],
+    (g, scale): (&[f32], f32),
     grads: &mut HostParams,
     encoder: bool,
 ) {
     let (d, w) = (h.d, s.width);
     let slots = groups(s, h.latents);
-    // dW_dec[i] += sum over the slots selecting i of a_slot g_token.
-    add_rows(&mut grads.w_dec, &slots, (d, w), |slot| values[slot], g);
+    // dW_dec[i] += sum over the slots selecting i of a_slot scale g_token.
+    add_rows(
+        &mut grads.w_dec,
+        &slots,
+        (d, w),
+        |slot| values[slot] * scale,
+        g,
+    );
     if !encoder {
         return;
     }
@@ -422,8 +432,8 @@ fn backprop(
         .b_dec
         .iter_mut()
         .zip(column_sums)
-        .for_each(|(b, s)| *b += s);
-    // dpre_slot = (g_token . W_dec[idx]) relu'(pre), zero on padding.
+        .for_each(|(b, s)| *b += scale * s);
+    // dpre_slot = scale (g_token . W_dec[idx]) relu'(pre), zero on padding.
     let dpre: Vec<f32> = (0..h.n)
         .into_par_iter()
         .flat_map_iter(|n| {
@@ -436,31 +446,42 @@ fn backprop(
                 if !valid || h.relu && values[slot] <= 0.0 {
                     return 0.0;
                 }
-                let row = &h.w_dec[latent * d..][..d];
-                g_row.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()
+                scale * dot(g_row, &h.w_dec[latent * d..][..d])
             })
         })
         .collect();
     add_rows(&mut grads.w_enc, &slots, (d, w), |slot| dpre[slot], &h.x_c);
+    // Per latent, the sum of its slots' dpre: db_enc, and (x_c = x - b_dec)
+    // db_dec -= sum_latent dpre_sum W_enc[latent].
+    let dpre_sums: Vec<f32> = (0..h.latents)
+        .into_par_iter()
+        .map(|i| slots.of(i).iter().map(|&slot| dpre[slot]).sum::<f32>())
+        .collect();
     if let Some(b_enc) = &mut grads.b_enc {
-        b_enc
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b += slots.of(i).iter().map(|&slot| dpre[slot]).sum::<f32>());
+        b_enc.iter_mut().zip(&dpre_sums).for_each(|(b, s)| *b += s);
     }
-    // db_dec -= sum_token sum_j dpre_slot W_enc[idx] (x_c = x - b_dec).
-    let mut dx_c = vec![0f32; h.n * d];
-    dx_c.par_chunks_mut(d).enumerate().for_each(|(n, row)| {
-        for j in 0..w {
-            let coef = dpre[n * w + j];
-            if coef != 0.0 {
-                let enc = &h.w_enc[s.indices[n * w + j] as usize * d..][..d];
-                row.iter_mut().zip(enc).for_each(|(o, &e)| *o += coef * e);
+    // Fixed blocks of latents, each summed in order, then the blocks in order: the same
+    // result on any thread count.
+    const BLOCK: usize = 256;
+    let partials: Vec<Vec<f32>> = dpre_sums
+        .par_chunks(BLOCK)
+        .zip(h.w_enc.par_chunks(BLOCK * d))
+        .map(|(sums, rows)| {
+            let mut acc = vec![0f32; d];
+            for (&c, row) in sums.iter().zip(rows.chunks_exact(d)) {
+                if c != 0.0 {
+                    acc.iter_mut().zip(row).for_each(|(a, &e)| *a += c * e);
+                }
             }
-        }
-    });
-    for row in dx_c.chunks_exact(d) {
-        grads.b_dec.iter_mut().zip(row).for_each(|(b, v)| *b -= v);
+            acc
+        })
+        .collect();
+    for partial in partials {
+        grads
+            .b_dec
+            .iter_mut()
+            .zip(partial)
+            .for_each(|(b, v)| *b -= v);
     }
 }
 

@@ -440,15 +440,22 @@ pub(crate) fn finish_pre_activations(
 
 /// One row of [`finish_pre_activations`]; false when a value is not finite.
 pub(crate) fn finish_row(row: &mut [f32], bias: Option<&[f32]>, relu: bool) -> bool {
-    if let Some(bias) = bias {
-        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    // One pass; the finiteness check comes before the ReLU (`f32::max` would turn NaN into 0)
+    // and is a branch-free fold, so the loop vectorises.
+    let finish = |finite: bool, v: &mut f32, b: f32| {
+        let biased = *v + b;
+        *v = if relu { biased.max(0.0) } else { biased };
+        finite & biased.is_finite()
+    };
+    match bias {
+        Some(bias) => row
+            .iter_mut()
+            .zip(bias)
+            .fold(true, |finite, (v, &b)| finish(finite, v, b)),
+        None => row
+            .iter_mut()
+            .fold(true, |finite, v| finish(finite, v, 0.0)),
     }
-    // Check before the ReLU: `f32::max` would turn NaN into 0.
-    let finite = row.iter().all(|v| v.is_finite());
-    if relu {
-        row.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
-    finite
 }
 
 /// The error for NaN or infinite SAE inputs.

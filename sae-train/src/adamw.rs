@@ -64,16 +64,17 @@ impl AdamW {
             .zip(grad.par_chunks_mut(CHUNK))
             .zip(exp_avg.par_chunks_mut(CHUNK))
             .zip(exp_avg_sq.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    let g = std::mem::take(g);
-                    if self.weight_decay != 0.0 {
-                        *p *= decay;
-                    }
-                    *m = *m * beta1 + g * one_m_beta1;
-                    *v = *v * beta2 + g * g * one_m_beta2;
-                    let denom = v.sqrt() / bias2_sqrt + eps;
-                    *p -= *m / denom * step_size;
+            .for_each(move |(((p, g), m), v)| {
+                // Indexed over equal lengths, without branches: the loop vectorises.
+                let n = p.len();
+                let (g, m, v) = (&mut g[..n], &mut m[..n], &mut v[..n]);
+                for i in 0..n {
+                    let grad = g[i];
+                    g[i] = 0.0;
+                    m[i] = m[i] * beta1 + grad * one_m_beta1;
+                    v[i] = v[i] * beta2 + grad * grad * one_m_beta2;
+                    let denom = v[i].sqrt() / bias2_sqrt + eps;
+                    p[i] = p[i] * decay - m[i] / denom * step_size;
                 }
             });
     }

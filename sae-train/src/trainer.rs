@@ -12,6 +12,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use rayon::prelude::*;
+use sae_core::reduce::{dot, norm_sq};
 use sae_core::sae::to_host;
 use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError, gemm_on_host};
 use serde::Serialize;
@@ -348,7 +349,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
             .iter()
             .flat_map(|(_, g)| {
                 g.par_chunks(d)
-                    .map(|row| f64::from(row.iter().map(|v| v * v).sum::<f32>()))
+                    .map(|row| f64::from(norm_sq(row)))
                     .collect::<Vec<_>>()
             })
             .sum();
@@ -496,7 +497,7 @@ fn remove_parallel_component(grad: &mut [f32], w: &[f32], d: usize) {
     grad.par_chunks_mut(d)
         .zip(w.par_chunks(d))
         .for_each(|(g, w)| {
-            let along: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            let along = dot(g, w);
             g.iter_mut().zip(w).for_each(|(g, w)| *g -= w * along);
         });
 }
@@ -504,7 +505,7 @@ fn remove_parallel_component(grad: &mut [f32], w: &[f32], d: usize) {
 /// Divides each row (`d` wide) by `(its L2 norm + eps)`, as sparsify normalises decoder rows.
 fn unit_norm_rows(w: &mut [f32], d: usize) {
     w.par_chunks_mut(d).for_each(|row| {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt() + f32::EPSILON;
+        let norm = norm_sq(row).sqrt() + f32::EPSILON;
         row.iter_mut().for_each(|v| *v /= norm);
     });
 }
