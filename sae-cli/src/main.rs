@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
 /// Sparse autoencoders for multimodal models: run models with hook points, encode
 /// activations, and convert or inspect SAE checkpoints (SAE Made Easy PEFT adapters,
@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    sae_core::allocator::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -10,6 +10,8 @@
 //! };
 //! ```
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 pub mod config;
 pub mod encode_file;
 pub mod error;

@@ -29,13 +29,14 @@ mod train;
 use anyhow::{Result, bail};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
 const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
        cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data | train | micro]";
 
 fn main() -> Result<()> {
+    sae_core::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
         .iter()
