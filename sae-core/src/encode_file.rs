@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Result, SaeError};
-use crate::sae::{Sae, to_host};
+use crate::sae::{Sae, int_to_host, to_host};
 use crate::tensor_file::HostTensor;
 
 /// Latents and reconstruction of `N` tokens.
@@ -61,13 +61,7 @@ pub fn encode_tokens<B: Backend>(
         let latents = sae.encode(Tensor::from_data(data, device))?;
         sae_out.extend(to_host(sae.decode(&latents)));
         let width = latents.values.dims()[1];
-        let indices: Vec<i64> = latents
-            .indices
-            .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("converted");
-        parts.push((width, to_host(latents.values), indices));
+        parts.push((width, to_host(latents.values), int_to_host(latents.indices)));
         progress(start + rows, n);
     }
     // Chunks of threshold or batch-top-k SAEs may differ in width: pad to the widest.

@@ -20,7 +20,10 @@ use rayon::prelude::*;
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
 use crate::reduce::dot;
-use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
+use crate::device_select::{DeviceTopK, PreActivations};
+use crate::sae::{
+    Sae, finish_pre_activations, finish_row, int_to_host, non_finite_input, to_host,
+};
 use crate::scratch;
 use crate::select::{self, Selection};
 
@@ -203,10 +206,29 @@ impl<B: Backend> Sae<B> {
             )));
         }
         let [n, d] = x.dims();
-        let pre_on_backend = if gemm_on_host::<B>(&x.device()) {
+        // Off the CPU backends the selection product runs on the backend, and TopK also
+        // selects there (`select_on_device`); otherwise its product is read back.
+        let on_backend = if gemm_on_host::<B>(&x.device()) {
             None
         } else {
-            Some(self.host_pre_activations(&self.center(x.clone()))?)
+            let x_c = self.center(x.clone());
+            Some(match self.select_on_device(&x_c)? {
+                Some(DeviceTopK { pre, indices }) => {
+                    let values = to_host(pre.clone().gather(1, indices.clone()));
+                    let selection = Selection {
+                        rows: n,
+                        width: self.config.k,
+                        indices: int_to_host(indices),
+                        valid: None,
+                    };
+                    (PreActivations::Device(pre), selection, Some(values))
+                }
+                None => {
+                    let pre = self.host_pre_activations(&x_c)?;
+                    let selection = self.select(&pre);
+                    (PreActivations::Host(pre), selection, None)
+                }
+            })
         };
         let xs = to_host(x);
         let mut x_c = scratch::take(n * d);
@@ -229,11 +251,8 @@ impl<B: Backend> Sae<B> {
             w_dec: &params.w_dec,
             b_dec: &params.b_dec,
         };
-        let (pre, selection) = match pre_on_backend {
-            Some(pre) => {
-                let selection = self.select(&pre);
-                (pre, selection)
-            }
+        let (mut pre, selection, values) = match on_backend {
+            Some(picked) => picked,
             None => {
                 let mut pre = encoder_product(&h);
                 let bias = params.b_enc.as_deref();
@@ -246,12 +265,12 @@ impl<B: Backend> Sae<B> {
                     finish_pre_activations(&mut pre, h.latents, bias, h.relu)?;
                     self.select(&pre)
                 };
-                (pre, selection)
+                (PreActivations::Host(pre), selection, None)
             }
         };
+        let values = values.unwrap_or_else(|| gather(pre.host(), h.latents, &selection));
         let total_variance = total_variance(&h.x, n, d);
 
-        let values = gather(&pre, h.latents, &selection);
         let residual = minus(decode(&h, &selection, &values, true), &h.x);
         let mut spent = Vec::new();
         let fvu = sum_sq(&residual) / total_variance;
@@ -259,8 +278,8 @@ impl<B: Backend> Sae<B> {
         backprop(&h, &selection, &values, (&residual, scale), grads, true);
 
         let auxk = dead_mask.and_then(|mask| {
-            let (aux, scale) = self.auxk_selection(&pre, mask)?;
-            let aux_values = gather(&pre, h.latents, &aux);
+            let (aux, scale) = self.auxk_selection(&mut pre, mask)?;
+            let aux_values = gather(pre.host(), h.latents, &aux);
             // The target is the residual x - x_hat, detached: diff = e_hat - (x - x_hat).
             let mut diff = decode(&h, &aux, &aux_values, false);
             diff.iter_mut().zip(&residual).for_each(|(e, r)| *e += r);
@@ -272,8 +291,8 @@ impl<B: Backend> Sae<B> {
         });
 
         let multi_topk_fvu = self.config.multi_topk.then(|| {
-            let wide = select::top_k(&pre, h.latents, 4 * self.config.k);
-            let wide_values = gather(&pre, h.latents, &wide);
+            let wide = select::top_k(pre.host(), h.latents, 4 * self.config.k);
+            let wide_values = gather(pre.host(), h.latents, &wide);
             let diff = minus(decode(&h, &wide, &wide_values, true), &h.x);
             let coef = weight / 8.0 * 2.0 / total_variance as f32;
             backprop(&h, &wide, &wide_values, (&diff, coef), grads, true);
@@ -282,7 +301,8 @@ impl<B: Backend> Sae<B> {
             fvu
         });
 
-        spent.extend([pre, residual, h.x, h.x_c]);
+        spent.extend(pre.into_host());
+        spent.extend([residual, h.x, h.x_c]);
         spent.into_iter().for_each(scratch::give);
         let loss = fvu
             + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)

@@ -13,6 +13,7 @@
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
 pub mod config;
+pub mod device_select;
 pub mod encode_file;
 pub mod error;
 pub mod formats;

@@ -12,6 +12,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
+use crate::device_select::{DeviceTopK, PreActivations};
 use crate::error::{Result, SaeError};
 use crate::select::{self, Selection};
 
@@ -244,16 +245,30 @@ impl<B: Backend> Sae<B> {
         }
     }
 
-    /// Computes only the selected activations, differentiably: the selected encoder rows times
-    /// the centred input as a batched `[N,w,d] x [N,d,1]` matmul.
+    /// Computes only the selected activations, differentiably (see [`Self::activations_of`]).
     fn activations_at(&self, x_c: Tensor<B, 2>, selection: &Selection) -> SparseLatents<B> {
-        let [n, d] = x_c.dims();
-        let w = selection.width;
-        let device = x_c.device();
-        let flat = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(selection.indices.clone(), [n * w]),
-            &device,
+        let indices = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(
+                selection.indices.clone(),
+                [selection.rows, selection.width],
+            ),
+            &x_c.device(),
         );
+        self.activations_of(x_c, indices, selection.valid.as_deref())
+    }
+
+    /// The activations of the latents at `indices` (`[tokens, width]`; slots `valid` marks
+    /// false are zeroed), differentiably: the selected encoder rows times the centred input as
+    /// a batched `[N,w,d] x [N,d,1]` matmul.
+    fn activations_of(
+        &self,
+        x_c: Tensor<B, 2>,
+        indices: Tensor<B, 2, Int>,
+        valid: Option<&[bool]>,
+    ) -> SparseLatents<B> {
+        let [n, d] = x_c.dims();
+        let w = indices.dims()[1];
+        let flat = indices.reshape([n * w]);
         let rows = self.w_enc.val().select(0, flat.clone()).reshape([n, w, d]);
         let mut pre = rows.matmul(x_c.reshape([n, d, 1])).reshape([n, w]);
         if let Some(b) = &self.b_enc {
@@ -263,7 +278,7 @@ impl<B: Backend> Sae<B> {
             pre = relu(pre);
         }
         SparseLatents {
-            values: zero_padding(pre, selection),
+            values: zero_padding(pre, valid),
             indices: flat.reshape([n, w]),
         }
     }
@@ -272,6 +287,9 @@ impl<B: Backend> Sae<B> {
     pub fn encode(&self, x: Tensor<B, 2>) -> Result<SparseLatents<B>> {
         self.check_width(&x)?;
         let x_c = self.center(x);
+        if let Some(DeviceTopK { indices, .. }) = self.select_on_device(&x_c)? {
+            return Ok(self.activations_of(x_c, indices, None));
+        }
         let pre = self.host_pre_activations(&x_c)?;
         Ok(self.activations_at(x_c, &self.select(&pre)))
     }
@@ -304,7 +322,7 @@ impl<B: Backend> Sae<B> {
         self.check_width(&x)?;
         let n = x.dims()[0];
         let x_c = self.center(x.clone());
-        let (latents, reconstruction, pre, l1_loss) = if self.config.architecture
+        let (latents, reconstruction, mut pre, l1_loss) = if self.config.architecture
             == Architecture::Relu
         {
             // Every positive latent is active and the L1 penalty needs all of them: dense.
@@ -321,10 +339,19 @@ impl<B: Backend> Sae<B> {
                 .sqrt()
                 .reshape([1, self.num_latents()]);
             let l1 = (pre * dec_norms).sum().div_scalar(n as f32);
-            (latents, recon, host, Some(l1))
+            (latents, recon, PreActivations::Host(host), Some(l1))
         } else {
-            let pre = self.host_pre_activations(&x_c)?;
-            let latents = self.activations_at(x_c.clone(), &self.select(&pre));
+            let (latents, pre) = match self.select_on_device(&x_c)? {
+                Some(DeviceTopK { pre, indices }) => (
+                    self.activations_of(x_c.clone(), indices, None),
+                    PreActivations::Device(pre),
+                ),
+                None => {
+                    let pre = self.host_pre_activations(&x_c)?;
+                    let latents = self.activations_at(x_c.clone(), &self.select(&pre));
+                    (latents, PreActivations::Host(pre))
+                }
+            };
             let recon = self.decode(&latents);
             (latents, recon, pre, None)
         };
@@ -334,7 +361,7 @@ impl<B: Backend> Sae<B> {
         let fvu = residual.clone().powi_scalar(2).sum() / total_variance.clone();
 
         let auxk_loss = dead_mask.and_then(|mask| {
-            let (selection, scale) = self.auxk_selection(&pre, mask)?;
+            let (selection, scale) = self.auxk_selection(&mut pre, mask)?;
             let scale = scale as f32;
             // As sparsify: the residual already holds b_dec, so the dead latents' prediction
             // has none; and only the decoder learns from AuxK (sparsify's fused encoder drops
@@ -350,7 +377,7 @@ impl<B: Backend> Sae<B> {
         });
 
         let multi_topk_fvu = self.config.multi_topk.then(|| {
-            let selection = select::top_k(&pre, self.num_latents(), 4 * self.config.k);
+            let selection = select::top_k(pre.host(), self.num_latents(), 4 * self.config.k);
             let recon = self.decode(&self.activations_at(x_c.clone(), &selection));
             (recon - x.clone()).powi_scalar(2).sum() / total_variance.clone()
         });
@@ -367,7 +394,11 @@ impl<B: Backend> Sae<B> {
 
     /// AuxK's latents (the top `aux_k` dead ones, `d_in / 2` by default, as sparsify) and its
     /// loss scale `min(dead / aux_k, 1)`; `None` when no latent is dead.
-    pub(crate) fn auxk_selection(&self, pre: &[f32], dead: &[bool]) -> Option<(Selection, f64)> {
+    pub(crate) fn auxk_selection(
+        &self,
+        pre: &mut PreActivations<B>,
+        dead: &[bool],
+    ) -> Option<(Selection, f64)> {
         let num_dead = dead.iter().filter(|&&m| m).count();
         if num_dead == 0 {
             return None;
@@ -375,7 +406,7 @@ impl<B: Backend> Sae<B> {
         let k_aux = self.config.aux_k.unwrap_or(self.d_in() / 2).max(1);
         let scale = (num_dead as f64 / k_aux as f64).min(1.0);
         let selection =
-            select::top_k_among(pre, self.num_latents(), k_aux.min(num_dead), Some(dead));
+            select::top_k_among(pre.host(), self.num_latents(), k_aux.min(num_dead), Some(dead));
         Some((selection, scale))
     }
 
@@ -387,7 +418,10 @@ impl<B: Backend> Sae<B> {
             TensorData::new(selection.indices.clone(), shape),
             &device,
         );
-        let values = zero_padding(dense.clone().gather(1, indices.clone()), selection);
+        let values = zero_padding(
+            dense.clone().gather(1, indices.clone()),
+            selection.valid.as_deref(),
+        );
         SparseLatents { values, indices }
     }
 }
@@ -398,14 +432,14 @@ pub fn unit_norm_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     w.div(norm.add_scalar(f32::EPSILON))
 }
 
-/// `values` (`[rows, width]`) with the selection's padding slots set to zero.
-fn zero_padding<B: Backend>(values: Tensor<B, 2>, selection: &Selection) -> Tensor<B, 2> {
-    match &selection.valid {
+/// `values` (`[rows, width]`) with the slots `valid` marks false set to zero.
+fn zero_padding<B: Backend>(values: Tensor<B, 2>, valid: Option<&[bool]>) -> Tensor<B, 2> {
+    match valid {
         None => values,
         Some(valid) => {
             let mask: Vec<f32> = valid.iter().map(|&v| f32::from(u8::from(v))).collect();
-            let mask = TensorData::new(mask, [selection.rows, selection.width]);
             let device = values.device();
+            let mask = TensorData::new(mask, values.dims());
             values * Tensor::from_data(mask, &device)
         }
     }
@@ -469,4 +503,12 @@ pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("converted to f32 just before")
+}
+
+/// An integer tensor's values as `i64` on the host.
+pub fn int_to_host<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("converted to i64 just before")
 }

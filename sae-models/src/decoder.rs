@@ -13,6 +13,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::sae::int_to_host;
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;
@@ -410,11 +411,7 @@ impl<B: Backend> DecoderLm<B> {
         let device = embeds.device();
         let [b, t, _] = embeds.dims();
         let new_mask: Vec<i64> = match mask {
-            Some(m) => m
-                .into_data()
-                .convert::<i64>()
-                .into_vec()
-                .expect("converted"),
+            Some(m) => int_to_host(m),
             None => vec![1; b * t],
         };
         // The mask over every position, cached ones first.

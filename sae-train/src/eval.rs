@@ -12,7 +12,7 @@ use std::path::Path;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::sae::to_host as host;
+use sae_core::sae::{int_to_host, to_host as host};
 use sae_core::{HookedModule, Hooks, SaeModel};
 use sae_data::{Batch, Batching, Dataset, Loader, StreamConfig};
 use sae_models::{AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionNetwork};
@@ -326,8 +326,7 @@ fn accumulate_sae<B: Backend>(
         }
     }
     let values = host(latents.values);
-    let indices = latents.indices.into_data().convert::<i64>();
-    for (&v, &i) in values.iter().zip(indices.as_slice::<i64>().expect("i64")) {
+    for (&v, i) in values.iter().zip(int_to_host(latents.indices)) {
         if v != 0.0 {
             s.active += 1;
             s.fires[i as usize] += 1;

@@ -13,7 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use rayon::prelude::*;
 use sae_core::reduce::{dot, norm_sq};
-use sae_core::sae::to_host;
+use sae_core::sae::{int_to_host, to_host};
 use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError, gemm_on_host};
 use serde::Serialize;
 
@@ -482,13 +482,7 @@ fn autodiff_micro_step<B: AutodiffBackend>(
         auxk: out.auxk_loss.as_ref().map_or(0.0, host),
         multi_topk_fvu: out.multi_topk_fvu.as_ref().map(host),
         values: to_host(out.latents.values),
-        indices: out
-            .latents
-            .indices
-            .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("i64"),
+        indices: int_to_host(out.latents.indices),
     })
 }
 

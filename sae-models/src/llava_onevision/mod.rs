@@ -21,6 +21,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use sae_core::sae::int_to_host;
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 pub use config::{FeatureSelect, LlavaOnevisionConfig, SiglipConfig};
@@ -30,7 +31,7 @@ use self::anyres::ImageLayout;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
 use crate::image_processor::LlavaOnevisionImageInputs;
-use crate::qwen2_vl::{host_i64, scatter_image_tokens};
+use crate::qwen2_vl::scatter_image_tokens;
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
@@ -166,7 +167,7 @@ impl<B: Backend> LlavaOnevision<B> {
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> Result<LmOutput<B>> {
-        let ids = host_i64(input.input_ids.clone());
+        let ids = int_to_host(input.input_ids.clone());
         let layouts = match &input.images {
             Some(images) => self.image_layouts(images)?,
             None => Vec::new(),

@@ -15,6 +15,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use sae_core::sae::int_to_host;
 use sae_core::{HookPoint, HookedModule, Hooks};
 
 pub use config::{Qwen2VlConfig, VisionConfig, WindowConfig};
@@ -88,9 +89,9 @@ impl<B: Backend> Qwen2Vl<B> {
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> Result<LmOutput<B>> {
-        let ids = host_i64(input.input_ids.clone());
+        let ids = int_to_host(input.input_ids.clone());
         let [b, t] = input.input_ids.dims();
-        let mask = input.attention_mask.clone().map(host_i64);
+        let mask = input.attention_mask.clone().map(int_to_host);
         let grids = input.images.as_ref().map_or(&[][..], |i| &i.grid_thw);
         let image_token = self.config.image_token_id;
         let image_tokens = ids.iter().filter(|&&id| id == image_token).count();
@@ -153,13 +154,6 @@ impl<B: Backend> HookedModule<B> for Qwen2Vl<B> {
     fn forward_hooked(&self, input: VlInput<B>, hooks: &mut dyn Hooks<B>) -> Result<LmOutput<B>> {
         self.forward_cached(input, &mut KvCache::new(), hooks)
     }
-}
-
-pub(crate) fn host_i64<B: Backend>(t: Tensor<B, 2, Int>) -> Vec<i64> {
-    t.into_data()
-        .convert::<i64>()
-        .into_vec()
-        .expect("converted to i64")
 }
 
 /// The shape transformers gives the output of hook `path` that has `shape` here: the vision

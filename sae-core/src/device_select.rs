@@ -1,0 +1,98 @@
+//! TopK selection on the device for the CubeCL backends (wgpu, cuda): CubeCL's top-k
+//! reduction picks each token's `k` largest pre-activations in the order of
+//! [`select::top_k`](crate::select::top_k) (larger first, ties to the lower index), so the dense
+//! `[tokens, latents]` pre-activations stay on the device; only the `[tokens, k]` indices and
+//! the selected values are read back. The CPU backends select on the host, where the
+//! pre-activations already are.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Int, Tensor};
+
+use crate::config::Architecture;
+use crate::error::Result;
+use crate::sae::{Sae, non_finite_input, to_host};
+
+/// The largest `k` selected on the device. CubeCL's top-k reduction unrolls its `k`-slot
+/// insertion at compile time, so its compile time grows with `k²` (k = 32 compiles in seconds,
+/// k = 128 did not finish in minutes on a software Vulkan device); AuxK's and Multi-TopK's
+/// wider selections read the pre-activations back and select on the host.
+pub const DEVICE_TOP_K_MAX: usize = 64;
+
+/// True on the CubeCL backends (`B` possibly wrapped in autodiff or fusion), whose reduce
+/// kernels include top-k.
+pub fn selects_on_device<B: Backend>(device: &B::Device) -> bool {
+    B::name(device).contains("cubecl<")
+}
+
+/// Detached dense pre-activations, `[tokens, latents]`: on the host, or still on the device
+/// after a device selection, copied to the host only when a later selection needs them.
+pub(crate) enum PreActivations<B: Backend> {
+    /// Row-major host values.
+    Host(Vec<f32>),
+    /// The device tensor.
+    Device(Tensor<B, 2>),
+}
+
+impl<B: Backend> PreActivations<B> {
+    /// The values on the host, read back from the device on first use.
+    pub(crate) fn host(&mut self) -> &[f32] {
+        if let Self::Device(t) = self {
+            *self = Self::Host(to_host(t.clone()));
+        }
+        match self {
+            Self::Host(values) => values,
+            Self::Device(_) => unreachable!("replaced just above"),
+        }
+    }
+
+    /// The host buffer, when the values were read to the host.
+    pub(crate) fn into_host(self) -> Option<Vec<f32>> {
+        match self {
+            Self::Host(values) => Some(values),
+            Self::Device(_) => None,
+        }
+    }
+}
+
+/// A TopK selection made on the device.
+pub(crate) struct DeviceTopK<B: Backend> {
+    /// The detached pre-activations, `[tokens, latents]` (bias and ReLU applied).
+    pub pre: Tensor<B, 2>,
+    /// Each token's `k` latent indices, `[tokens, k]`, largest first.
+    pub indices: Tensor<B, 2, Int>,
+}
+
+impl<B: Backend> Sae<B> {
+    /// TopK's selection on the device. `None` where selection
+    /// runs on the host: the CPU backends, the other architectures, `k` above
+    /// [`DEVICE_TOP_K_MAX`] or not below the number of latents. An error when a
+    /// pre-activation is NaN or infinite (checked before the ReLU, which would hide a NaN).
+    pub(crate) fn select_on_device(
+        &self,
+        x_c: &Tensor<B, 2>,
+    ) -> Result<Option<DeviceTopK<B>>> {
+        let k = self.config.k;
+        if self.config.architecture != Architecture::TopK
+            || k > DEVICE_TOP_K_MAX
+            || k >= self.num_latents()
+            || !selects_on_device::<B>(&x_c.device())
+        {
+            return Ok(None);
+        }
+        let mut pre = x_c
+            .clone()
+            .detach()
+            .matmul(self.w_enc.val().detach().transpose());
+        if let Some(b) = &self.b_enc {
+            pre = pre + b.val().detach().unsqueeze_dim(0);
+        }
+        if !pre.clone().is_finite().all().into_scalar().elem::<bool>() {
+            return Err(non_finite_input());
+        }
+        if self.config.relu {
+            pre = burn::tensor::activation::relu(pre);
+        }
+        let indices = pre.clone().argtopk(k, 1);
+        Ok(Some(DeviceTopK { pre, indices }))
+    }
+}

@@ -1,0 +1,135 @@
+//! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
+//! lavapipe) TopK selects on the device (`sae_core::device_select`), and encoding, the
+//! training loss and its gradients (by autodiff, and by the host-gradient path the trainer
+//! uses) must equal flex's. Run with `cargo test -p sae-core --features wgpu --test
+//! cubecl_backend`.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::{Autodiff, Wgpu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use common::{AB, B as Cpu, max_rel_diff, values};
+use sae_core::device_select::selects_on_device;
+use sae_core::sae::int_to_host;
+use sae_core::{Sae, SaeConfig, SaeError};
+
+type Gpu = Wgpu;
+
+const N: usize = 64;
+const D: usize = 32;
+const L: usize = 256;
+
+/// Deterministic pseudo-normal values (sum of uniforms from an LCG), scaled by `scale`.
+fn host_values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..len)
+        .map(|_| (uniform() + uniform() + uniform() - 1.5) * scale)
+        .collect()
+}
+
+fn tensor<Bk: Backend, const R: usize>(v: &[f32], shape: [usize; R]) -> Tensor<Bk, R> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+}
+
+/// The same SAE (random parameters, encoder bias) on backend `Bk`.
+fn sae<Bk: Backend>(config: &SaeConfig) -> Sae<Bk> {
+    Sae::from_tensors(
+        config.clone(),
+        tensor(&host_values(1, L * D, 0.5), [L, D]),
+        Some(tensor(&host_values(2, L, 0.2), [L])),
+        tensor(&host_values(3, L * D, 0.5), [L, D]),
+        tensor(&host_values(4, D, 0.2), [D]),
+        None,
+    )
+    .unwrap()
+}
+
+fn input() -> Vec<f32> {
+    host_values(5, N * D, 1.0)
+}
+
+#[test]
+fn selection_runs_on_the_device_only_on_cubecl() {
+    assert!(selects_on_device::<Gpu>(&Default::default()));
+    assert!(selects_on_device::<Autodiff<Gpu>>(&Default::default()));
+    assert!(!selects_on_device::<Cpu>(&Default::default()));
+    assert!(!selects_on_device::<AB>(&Default::default()));
+}
+
+#[test]
+fn encode_picks_the_cpu_latents() {
+    let config = SaeConfig::sparsify_topk(8, L);
+    let x = input();
+    let cpu = sae::<Cpu>(&config).encode(tensor(&x, [N, D])).unwrap();
+    let gpu_sae = sae::<Gpu>(&config);
+    let gpu = gpu_sae.encode(tensor(&x, [N, D])).unwrap();
+    let decoded = values(gpu_sae.decode(&gpu));
+    assert_eq!(int_to_host(gpu.indices), int_to_host(cpu.indices.clone()));
+    let (gv, cv) = (values(gpu.values), values(cpu.values.clone()));
+    assert!(max_rel_diff(&gv, &cv) < 1e-5, "values: {gv:?} vs {cv:?}");
+    let cpu_decoded = values(sae::<Cpu>(&config).decode(&cpu));
+    assert!(max_rel_diff(&decoded, &cpu_decoded) < 1e-5);
+}
+
+#[test]
+fn training_loss_and_gradients_match_the_cpu_path() {
+    let config = SaeConfig {
+        multi_topk: true,
+        aux_k: Some(12),
+        ..SaeConfig::sparsify_topk(8, L)
+    };
+    let dead: Vec<bool> = (0..L).map(|i| i % 3 == 0).collect();
+    let x = input();
+    let (cpu_step, cpu_grads) = sae::<Cpu>(&config)
+        .loss_and_grads(tensor(&x, [N, D]), Some(&dead), 1.0)
+        .unwrap();
+    let cpu_grads = [&cpu_grads.w_enc, &cpu_grads.w_dec, &cpu_grads.b_dec];
+
+    // The host-gradient path with the selection on the device, as the trainer runs it.
+    let (step, grads) = sae::<Gpu>(&config)
+        .loss_and_grads(tensor(&x, [N, D]), Some(&dead), 1.0)
+        .unwrap();
+    assert_eq!(step.indices, cpu_step.indices);
+    assert!(max_rel_diff(&[step.loss], &[cpu_step.loss]) < 1e-5);
+    for (g, c) in [&grads.w_enc, &grads.w_dec, &grads.b_dec]
+        .into_iter()
+        .zip(cpu_grads)
+    {
+        assert!(max_rel_diff(g, c) < 1e-5, "host-path gradient differs");
+    }
+
+    // Burn's autodiff through the device selection.
+    let gpu = sae::<Autodiff<Gpu>>(&config);
+    let out = gpu.forward(tensor(&x, [N, D]), Some(&dead)).unwrap();
+    let loss = out.loss(&gpu.config);
+    let backward = loss.clone().backward();
+    assert!(max_rel_diff(&values(loss), &[cpu_step.loss]) < 1e-5);
+    let auto = [
+        values(gpu.w_enc.val().grad(&backward).unwrap()),
+        values(gpu.w_dec.val().grad(&backward).unwrap()),
+        values(gpu.b_dec.val().grad(&backward).unwrap()),
+    ];
+    for (i, (g, c)) in auto.iter().zip(cpu_grads).enumerate() {
+        let err = max_rel_diff(g, c);
+        assert!(err < 1e-5, "autodiff gradient {i} differs by {err}");
+        assert!(c.iter().any(|v| *v != 0.0), "gradient {i} is all zero");
+    }
+}
+
+#[test]
+fn non_finite_input_is_an_error_on_the_device() {
+    let mut x = input();
+    x[7] = f32::NAN;
+    let err = sae::<Gpu>(&SaeConfig::sparsify_topk(8, L))
+        .encode(tensor(&x, [N, D]))
+        .unwrap_err();
+    assert!(matches!(err, SaeError::NonFinite(_)), "{err}");
+}
