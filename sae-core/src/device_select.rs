@@ -67,10 +67,7 @@ impl<B: Backend> Sae<B> {
     /// runs on the host: the CPU backends, the other architectures, `k` above
     /// [`DEVICE_TOP_K_MAX`] or not below the number of latents. An error when a
     /// pre-activation is NaN or infinite (checked before the ReLU, which would hide a NaN).
-    pub(crate) fn select_on_device(
-        &self,
-        x_c: &Tensor<B, 2>,
-    ) -> Result<Option<DeviceTopK<B>>> {
+    pub(crate) fn select_on_device(&self, x_c: &Tensor<B, 2>) -> Result<Option<DeviceTopK<B>>> {
         let k = self.config.k;
         if self.config.architecture != Architecture::TopK
             || k > DEVICE_TOP_K_MAX

@@ -18,12 +18,10 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
+use crate::device_select::{DeviceTopK, PreActivations};
 use crate::error::{Result, SaeError};
 use crate::reduce::dot;
-use crate::device_select::{DeviceTopK, PreActivations};
-use crate::sae::{
-    Sae, finish_pre_activations, finish_row, int_to_host, non_finite_input, to_host,
-};
+use crate::sae::{Sae, finish_pre_activations, finish_row, int_to_host, non_finite_input, to_host};
 use crate::scratch;
 use crate::select::{self, Selection};
 

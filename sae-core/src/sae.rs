@@ -248,10 +248,7 @@ impl<B: Backend> Sae<B> {
     /// Computes only the selected activations, differentiably (see [`Self::activations_of`]).
     fn activations_at(&self, x_c: Tensor<B, 2>, selection: &Selection) -> SparseLatents<B> {
         let indices = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(
-                selection.indices.clone(),
-                [selection.rows, selection.width],
-            ),
+            TensorData::new(selection.indices.clone(), [selection.rows, selection.width]),
             &x_c.device(),
         );
         self.activations_of(x_c, indices, selection.valid.as_deref())
@@ -405,8 +402,12 @@ impl<B: Backend> Sae<B> {
         }
         let k_aux = self.config.aux_k.unwrap_or(self.d_in() / 2).max(1);
         let scale = (num_dead as f64 / k_aux as f64).min(1.0);
-        let selection =
-            select::top_k_among(pre.host(), self.num_latents(), k_aux.min(num_dead), Some(dead));
+        let selection = select::top_k_among(
+            pre.host(),
+            self.num_latents(),
+            k_aux.min(num_dead),
+            Some(dead),
+        );
         Some((selection, scale))
     }
 
