@@ -12,83 +12,18 @@
 //! `db_dec = sum_n G - sum_n sum_j dpre_j W_enc[idx_j]`. AuxK (as sparsify 1.3) reaches the
 //! decoder only and its prediction has no `b_dec`; Multi-TopK is a second full path.
 
-use burn::module::Param;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::config::{Architecture, SaeConfig};
+use crate::config::Architecture;
 use crate::device_select::{DeviceTopK, PreActivations};
 use crate::error::{Result, SaeError};
+use crate::params::HostParams;
 use crate::reduce::dot;
 use crate::sae::{Sae, finish_pre_activations, finish_row, int_to_host, non_finite_input, to_host};
 use crate::scratch;
 use crate::select::{self, Selection};
-
-/// An SAE's parameters, or their gradients, on the host, row-major like the parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostParams {
-    /// `[num_latents, d_in]`.
-    pub w_enc: Vec<f32>,
-    /// `[num_latents]`, when the SAE has an encoder bias.
-    pub b_enc: Option<Vec<f32>>,
-    /// `[num_latents, d_in]`.
-    pub w_dec: Vec<f32>,
-    /// `[d_in]`.
-    pub b_dec: Vec<f32>,
-    /// `[num_latents]`, JumpReLU's thresholds.
-    pub threshold: Option<Vec<f32>>,
-}
-
-impl HostParams {
-    /// Zeros shaped like `self` (the same optional parameters present).
-    pub fn zeros_like(&self) -> Self {
-        let zeros = |v: &Vec<f32>| vec![0.0; v.len()];
-        HostParams {
-            w_enc: zeros(&self.w_enc),
-            b_enc: self.b_enc.as_ref().map(zeros),
-            w_dec: zeros(&self.w_dec),
-            b_dec: zeros(&self.b_dec),
-            threshold: self.threshold.as_ref().map(zeros),
-        }
-    }
-
-    /// The parameters present, by the names checkpoints use.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[f32])> {
-        [
-            ("w_enc", Some(&self.w_enc)),
-            ("b_enc", self.b_enc.as_ref()),
-            ("w_dec", Some(&self.w_dec)),
-            ("b_dec", Some(&self.b_dec)),
-            ("threshold", self.threshold.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| v.map(|v| (name, v.as_slice())))
-    }
-
-    /// The parameter called `name`, when present.
-    pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    /// The same, mutable.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
-        self.iter_mut().find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    /// The parameters present, mutable.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut Vec<f32>)> {
-        [
-            ("w_enc", Some(&mut self.w_enc)),
-            ("b_enc", self.b_enc.as_mut()),
-            ("w_dec", Some(&mut self.w_dec)),
-            ("b_dec", Some(&mut self.b_dec)),
-            ("threshold", self.threshold.as_mut()),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| v.map(|v| (name, v)))
-    }
-}
 
 /// The loss terms and the selected latents of one training micro-batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,42 +68,6 @@ impl<B: Backend> Sae<B> {
         matches!(
             self.config.architecture,
             Architecture::TopK | Architecture::BatchTopK
-        )
-    }
-
-    /// This SAE's parameters, copied to the host.
-    pub fn host_params(&self) -> HostParams {
-        let one = |p: &Param<Tensor<B, 1>>| to_host(p.val());
-        HostParams {
-            w_enc: to_host(self.w_enc.val()),
-            b_enc: self.b_enc.as_ref().map(one),
-            w_dec: to_host(self.w_dec.val()),
-            b_dec: to_host(self.b_dec.val()),
-            threshold: self.threshold.as_ref().map(one),
-        }
-    }
-
-    /// The SAE with `params` (the inverse of [`host_params`](Self::host_params)), its shapes
-    /// checked against `config` as [`from_tensors`](Self::from_tensors) does.
-    pub fn from_host_params(
-        config: SaeConfig,
-        params: &HostParams,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let d = params.b_dec.len();
-        let matrix = |v: &Vec<f32>| {
-            let latents = v.len() / d.max(1);
-            Tensor::from_data(TensorData::new(v.clone(), [latents, d]), device)
-        };
-        let vector =
-            |v: &Vec<f32>| Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device);
-        Self::from_tensors(
-            config,
-            matrix(&params.w_enc),
-            params.b_enc.as_ref().map(vector),
-            matrix(&params.w_dec),
-            vector(&params.b_dec),
-            params.threshold.as_ref().map(vector),
         )
     }
 
@@ -381,7 +280,7 @@ fn minus(mut a: Vec<f32>, b: &[f32]) -> Vec<f32> {
 }
 
 /// The selected pre-activations, padding slots 0.
-fn gather(pre: &[f32], latents: usize, s: &Selection) -> Vec<f32> {
+pub(crate) fn gather(pre: &[f32], latents: usize, s: &Selection) -> Vec<f32> {
     (0..s.rows * s.width)
         .map(|slot| {
             let valid = s.valid.as_ref().is_none_or(|v| v[slot]);

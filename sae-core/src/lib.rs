@@ -13,6 +13,7 @@
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
 pub mod config;
+pub mod device_grad;
 pub mod device_select;
 pub mod encode_file;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod formats;
 pub mod hooks;
 pub mod host_grad;
 pub mod inject;
+pub mod params;
 pub mod reduce;
 pub mod sae;
 mod scratch;
@@ -32,10 +34,11 @@ pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{Chain, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
-pub use host_grad::{HostParams, HostStep, gemm_on_host};
+pub use host_grad::{HostStep, gemm_on_host};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };
+pub use params::{DeviceParams, HostParams, Params};
 pub use sae::{Sae, SaeOutput, SparseLatents};
 pub use targets::TargetModules;
 pub use tensor_file::{HostData, HostTensor, StorageDtype, TensorFile};

@@ -185,7 +185,7 @@ impl<B: Backend> Sae<B> {
     }
 
     /// Checks that `x` is `[tokens, d_in]`.
-    fn check_width(&self, x: &Tensor<B, 2>) -> Result<()> {
+    pub(crate) fn check_width(&self, x: &Tensor<B, 2>) -> Result<()> {
         let got = x.dims()[1];
         if got != self.d_in() {
             return Err(SaeError::WidthMismatch {

@@ -1,7 +1,7 @@
 //! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
 //! lavapipe) TopK selects on the device (`sae_core::device_select`), and encoding, the
-//! training loss and its gradients (by autodiff, and by the host-gradient path the trainer
-//! uses) must equal flex's. Run with `cargo test -p sae-core --features wgpu --test
+//! training loss and its gradients (by autodiff, by the host-gradient path, and by the same math
+//! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with `cargo test -p sae-core --features wgpu --test
 //! cubecl_backend`.
 #![cfg(feature = "wgpu")]
 
@@ -104,6 +104,24 @@ fn training_loss_and_gradients_match_the_cpu_path() {
         .zip(cpu_grads)
     {
         assert!(max_rel_diff(g, c) < 1e-5, "host-path gradient differs");
+    }
+
+    // The same math as tensor operations, the parameters and gradients staying on the device.
+    let gpu_sae = sae::<Gpu>(&config);
+    let mut on_device = gpu_sae.device_params().zeros_like();
+    let step = gpu_sae
+        .add_device_loss_grads(tensor(&x, [N, D]), Some(&dead), 1.0, &mut on_device)
+        .unwrap();
+    let grads = on_device.to_host();
+    assert_eq!(step.indices, cpu_step.indices);
+    assert!(max_rel_diff(&[step.loss], &[cpu_step.loss]) < 1e-5);
+    for (i, (g, c)) in [&grads.w_enc, &grads.w_dec, &grads.b_dec]
+        .into_iter()
+        .zip(cpu_grads)
+        .enumerate()
+    {
+        let err = max_rel_diff(g, c);
+        assert!(err < 1e-5, "device gradient {i} differs by {err}");
     }
 
     // Burn's autodiff through the device selection.

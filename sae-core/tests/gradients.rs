@@ -1,5 +1,6 @@
 //! Gradient checks: the sparse paths (host selection, gathered encoder rows, gathered decoder
-//! rows) and the hand-derived host gradients against a dense reference built from Burn's own
+//! rows) and the hand-derived gradients (host loops, and the same math as tensor operations)
+//! against a dense reference built from Burn's own
 //! differentiable top-k and scatter.
 
 mod common;
@@ -112,8 +113,18 @@ fn check(config: SaeConfig, dead: Option<&[bool]>) {
         // The hand-derived host gradients against autodiff of the same loss, with the
         // selection matmul on the backend (autodiff) and by gemm on the host (plain flex).
         let on_backend = sae.loss_and_grads(x.clone(), dead, 1.0).unwrap();
-        let by_gemm = sae.valid().loss_and_grads(x.inner(), dead, 1.0).unwrap();
-        for (host, g) in [on_backend, by_gemm] {
+        let by_gemm = sae
+            .valid()
+            .loss_and_grads(x.clone().inner(), dead, 1.0)
+            .unwrap();
+        // The same math as tensor operations (the GPU backends' path), run here on flex.
+        let valid = sae.valid();
+        let mut on_device = valid.device_params().zeros_like();
+        let step = valid
+            .add_device_loss_grads(x.inner(), dead, 1.0, &mut on_device)
+            .unwrap();
+        let by_tensors = (step, on_device.to_host());
+        for (host, g) in [on_backend, by_gemm, by_tensors] {
             assert!(max_rel_diff(&[host.loss], &dense_loss) < 1e-5);
             let mut host_grads = vec![g.w_enc, g.w_dec, g.b_dec];
             host_grads.extend(g.b_enc);

@@ -1,0 +1,205 @@
+//! The training loss of TopK and BatchTopK SAEs and its gradients as tensor operations on the
+//! SAE's backend: the math of [`host_grad`](crate::host_grad) with each selection scattered
+//! into a dense `[tokens, latents]` coefficient matrix, so that decoding and every gradient is
+//! one matrix product on the device. The GPU backends train with it and keep the parameters on
+//! the device: the `[tokens, k]` selection and a few scalars are all that is read back (AuxK's
+//! and Multi-TopK's wider selections are made on the host, see
+//! [`DEVICE_TOP_K_MAX`](crate::device_select::DEVICE_TOP_K_MAX)).
+//!
+//! With `A` the coefficients, `M` where a gradient passes (selected, and positive under ReLU)
+//! and `G = dL/dx_hat`: `dW_dec = A^T G`, `dPre = (G W_dec^T) * M`, `dW_enc = dPre^T x_c`,
+//! `db_enc = sum_n dPre`, `db_dec = sum_n G - (sum_n dPre) W_enc`.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::device_select::{DeviceTopK, PreActivations};
+use crate::error::{Result, SaeError};
+use crate::host_grad::{HostStep, gather};
+use crate::params::DeviceParams;
+use crate::sae::{Sae, int_to_host, to_host};
+use crate::select::{self, Selection};
+
+/// A selection on the device, dense.
+struct Dense<B: Backend> {
+    /// The selected activations at their latents, zeros elsewhere, `[tokens, latents]`.
+    coefs: Tensor<B, 2>,
+    /// 1 where the selection passes a gradient to the encoder, `[tokens, latents]`.
+    passes: Tensor<B, 2>,
+}
+
+impl<B: Backend> Sae<B> {
+    /// The training loss on `[tokens, d_in]` activations, adding the gradients of
+    /// `weight x loss` to `grads` (shaped like [`device_params`](Self::device_params)); the
+    /// same numbers as [`add_loss_grads`](Self::add_loss_grads), computed on the backend.
+    pub fn add_device_loss_grads(
+        &self,
+        x: Tensor<B, 2>,
+        dead_mask: Option<&[bool]>,
+        weight: f32,
+        grads: &mut DeviceParams<B>,
+    ) -> Result<HostStep> {
+        if !self.has_host_gradients() {
+            return Err(SaeError::InvalidConfig(format!(
+                "device gradients cover TopK and BatchTopK, not {:?}",
+                self.config.architecture
+            )));
+        }
+        self.check_width(&x)?;
+        let x = x.detach();
+        let x_c = self.center(x.clone()).detach();
+        let (mut pre, dense, values, indices) = match self.select_on_device(&x_c)? {
+            Some(DeviceTopK { pre, indices }) => {
+                let values = pre.clone().gather(1, indices.clone());
+                let dense = self.dense(indices.clone(), values.clone(), None);
+                let host = (to_host(values), int_to_host(indices));
+                (PreActivations::Device(pre), dense, host.0, host.1)
+            }
+            None => {
+                let pre = self.host_pre_activations(&x_c)?;
+                let selection = self.select(&pre);
+                let values = gather(&pre, self.num_latents(), &selection);
+                let dense = self.dense_from_host(&selection, &values, &x.device());
+                (PreActivations::Host(pre), dense, values, selection.indices)
+            }
+        };
+        let total_variance = scalar(total_variance(x.clone()));
+
+        let residual = self.decode_dense(&dense.coefs, true) - x.clone();
+        let fvu = scalar(residual.clone().square().sum()) / total_variance;
+        let scale = 2.0 * weight / total_variance as f32;
+        self.backprop(&x_c, &dense, residual.clone(), scale, grads, true);
+
+        let auxk = match dead_mask.and_then(|mask| self.auxk_selection(&mut pre, mask)) {
+            None => None,
+            Some((aux, aux_scale)) => {
+                let aux_values = gather(pre.host(), self.num_latents(), &aux);
+                let aux = self.dense_from_host(&aux, &aux_values, &x.device());
+                // The target is the residual x - x_hat, detached: diff = e_hat - (x - x_hat).
+                let diff = self.decode_dense(&aux.coefs, false) + residual;
+                let loss = aux_scale * scalar(diff.clone().square().sum()) / total_variance;
+                let coef =
+                    weight * self.config.aux_k_alpha * (2.0 * aux_scale / total_variance) as f32;
+                self.backprop(&x_c, &aux, diff, coef, grads, false);
+                Some(loss)
+            }
+        };
+
+        let multi_topk_fvu = self.config.multi_topk.then(|| {
+            let wide = select::top_k(pre.host(), self.num_latents(), 4 * self.config.k);
+            let wide_values = gather(pre.host(), self.num_latents(), &wide);
+            let wide = self.dense_from_host(&wide, &wide_values, &x.device());
+            let diff = self.decode_dense(&wide.coefs, true) - x.clone();
+            let fvu = scalar(diff.clone().square().sum()) / total_variance;
+            let coef = weight / 8.0 * 2.0 / total_variance as f32;
+            self.backprop(&x_c, &wide, diff, coef, grads, true);
+            fvu
+        });
+
+        let loss = fvu
+            + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
+            + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
+        Ok(HostStep {
+            loss: loss as f32,
+            fvu: fvu as f32,
+            auxk: auxk.map(|a| a as f32),
+            multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
+            values,
+            indices,
+        })
+    }
+
+    /// A selection's `[tokens, width]` values at `indices` scattered into dense matrices;
+    /// `passes` marks the slots that pass a gradient (all, when `None`), before the ReLU's
+    /// own condition.
+    fn dense(
+        &self,
+        indices: Tensor<B, 2, Int>,
+        values: Tensor<B, 2>,
+        passes: Option<Tensor<B, 2>>,
+    ) -> Dense<B> {
+        let ([n, _], device) = (values.dims(), values.device());
+        let zeros = || Tensor::<B, 2>::zeros([n, self.num_latents()], &device);
+        let mut passes = passes.unwrap_or_else(|| values.ones_like());
+        if self.config.relu {
+            passes = passes * values.clone().greater_elem(0.0).float();
+        }
+        Dense {
+            coefs: zeros().scatter(1, indices.clone(), values, IndexingUpdateOp::Add),
+            passes: zeros().scatter(1, indices, passes, IndexingUpdateOp::Add),
+        }
+    }
+
+    /// [`dense`](Self::dense) of a host selection (its padding slots zero and passing nothing).
+    fn dense_from_host(&self, s: &Selection, values: &[f32], device: &B::Device) -> Dense<B> {
+        let shape = [s.rows, s.width];
+        let indices = Tensor::from_data(TensorData::new(s.indices.clone(), shape), device);
+        let values = Tensor::from_data(TensorData::new(values.to_vec(), shape), device);
+        let passes = s.valid.as_ref().map(|valid| {
+            let valid: Vec<f32> = valid.iter().map(|&v| f32::from(u8::from(v))).collect();
+            Tensor::from_data(TensorData::new(valid, shape), device)
+        });
+        self.dense(indices, values, passes)
+    }
+
+    /// `coefs W_dec`, plus `b_dec` when `with_bias`.
+    fn decode_dense(&self, coefs: &Tensor<B, 2>, with_bias: bool) -> Tensor<B, 2> {
+        let out = coefs.clone().matmul(self.w_dec.val().detach());
+        if with_bias {
+            out + self.b_dec.val().detach().unsqueeze_dim(0)
+        } else {
+            out
+        }
+    }
+
+    /// Adds the gradients of a loss whose gradient with respect to the reconstruction
+    /// `coefs W_dec (+ b_dec)` is `scale g`; `encoder` also propagates through the
+    /// activations to the encoder and `b_dec` (decoder bias term included).
+    fn backprop(
+        &self,
+        x_c: &Tensor<B, 2>,
+        dense: &Dense<B>,
+        g: Tensor<B, 2>,
+        scale: f32,
+        grads: &mut DeviceParams<B>,
+        encoder: bool,
+    ) {
+        let flat = |t: Tensor<B, 2>| {
+            let n = t.shape().num_elements();
+            t.reshape([n])
+        };
+        let g = g.mul_scalar(scale);
+        let add = |sum: &mut Tensor<B, 1>, t: Tensor<B, 1>| *sum = sum.clone() + t;
+        add(
+            &mut grads.w_dec,
+            flat(dense.coefs.clone().transpose().matmul(g.clone())),
+        );
+        if !encoder {
+            return;
+        }
+        add(&mut grads.b_dec, flat(g.clone().sum_dim(0)));
+        let w_dec = self.w_dec.val().detach();
+        let dpre = g.matmul(w_dec.transpose()) * dense.passes.clone();
+        add(
+            &mut grads.w_enc,
+            flat(dpre.clone().transpose().matmul(x_c.clone())),
+        );
+        let sums = dpre.sum_dim(0);
+        if let Some(b_enc) = &mut grads.b_enc {
+            add(b_enc, flat(sums.clone()));
+        }
+        let through_centre = flat(sums.matmul(self.w_enc.val().detach()));
+        grads.b_dec = grads.b_dec.clone() - through_centre;
+    }
+}
+
+/// `sum((x - mean_0(x))^2)`, a one-element tensor.
+fn total_variance<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
+    let mean = x.clone().mean_dim(0);
+    (x - mean).square().sum()
+}
+
+/// A one-element tensor's value, read back.
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    f64::from(t.into_scalar().elem::<f32>())
+}
