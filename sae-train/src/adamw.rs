@@ -1,9 +1,13 @@
 //! AdamW with PyTorch's arithmetic (bias-corrected moments, `eps` added after the square root,
-//! decoupled weight decay), as one fused pass over host buffers. The trainer keeps parameters
-//! and moments on the host, so a checkpoint stores them exactly.
+//! decoupled weight decay): one fused pass over host buffers, or tensor operations on the
+//! device ([`Storage::adamw`]). A checkpoint stores the moments exactly.
 
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use rayon::prelude::*;
-use sae_core::HostParams;
+use sae_core::Params;
+
+use crate::storage::Storage;
 
 /// Elements per parallel work item of an update.
 const CHUNK: usize = 1 << 14;
@@ -23,26 +27,81 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
-/// The two moments of every parameter of an SAE.
+/// The two moments of every parameter of an SAE, on the host (`T = Vec<f32>`) or the device.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Moments {
+pub struct Moments<T = Vec<f32>> {
     /// Running mean of the gradient.
-    pub exp_avg: HostParams,
+    pub exp_avg: Params<T>,
     /// Running mean of the squared gradient.
-    pub exp_avg_sq: HostParams,
+    pub exp_avg_sq: Params<T>,
 }
 
-impl Moments {
+impl<T: Storage> Moments<T> {
     /// Zero moments shaped like `params`.
-    pub fn zeros_like(params: &HostParams) -> Self {
+    pub fn zeros_like(params: &Params<T>) -> Self {
         Moments {
-            exp_avg: params.zeros_like(),
-            exp_avg_sq: params.zeros_like(),
+            exp_avg: params.map(Storage::zeros_like),
+            exp_avg_sq: params.map(Storage::zeros_like),
         }
     }
 }
 
+impl Moments {
+    /// A copy on `device`.
+    pub fn to_device<B: Backend>(&self, device: &B::Device) -> Moments<Tensor<B, 1>> {
+        Moments {
+            exp_avg: self.exp_avg.to_device(device),
+            exp_avg_sq: self.exp_avg_sq.to_device(device),
+        }
+    }
+}
+
+impl<B: Backend> Moments<Tensor<B, 1>> {
+    /// A copy on the host.
+    pub fn to_host(&self) -> Moments {
+        Moments {
+            exp_avg: self.exp_avg.to_host(),
+            exp_avg_sq: self.exp_avg_sq.to_host(),
+        }
+    }
+}
+
+/// The f32 constants of update number `t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coefficients {
+    /// `1 - lr weight_decay`, applied to the parameter first.
+    pub decay: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// `1 - beta1`.
+    pub one_m_beta1: f32,
+    /// `1 - beta2`.
+    pub one_m_beta2: f32,
+    /// `sqrt(1 - beta2^t)`, the second moment's bias correction.
+    pub bias2_sqrt: f32,
+    /// `lr / (1 - beta1^t)`, the step with the first moment's bias correction.
+    pub step_size: f32,
+    /// Added to the corrected root of the second moment.
+    pub eps: f32,
+}
+
 impl AdamW {
+    /// The constants of update number `t` (1-based), computed in f64 as PyTorch does.
+    pub fn coefficients(&self, t: u64) -> Coefficients {
+        Coefficients {
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            one_m_beta1: (1.0 - self.beta1) as f32,
+            one_m_beta2: (1.0 - self.beta2) as f32,
+            bias2_sqrt: (1.0 - self.beta2.powi(t as i32)).sqrt() as f32,
+            step_size: (self.lr / (1.0 - self.beta1.powi(t as i32))) as f32,
+            eps: self.eps as f32,
+        }
+    }
+
     /// Update number `t` (1-based) of `param` with gradient `grad`, in place, moments included;
     /// `grad` is left at zero, ready to accumulate the next step's (in the same pass).
     pub fn update(
@@ -53,12 +112,16 @@ impl AdamW {
         exp_avg_sq: &mut [f32],
         t: u64,
     ) {
-        let decay = (1.0 - self.lr * self.weight_decay) as f32;
-        let (beta1, beta2) = (self.beta1 as f32, self.beta2 as f32);
-        let (one_m_beta1, one_m_beta2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
-        let bias2_sqrt = (1.0 - self.beta2.powi(t as i32)).sqrt() as f32;
-        let step_size = (self.lr / (1.0 - self.beta1.powi(t as i32))) as f32;
-        let eps = self.eps as f32;
+        let Coefficients {
+            decay,
+            beta1,
+            beta2,
+            one_m_beta1,
+            one_m_beta2,
+            bias2_sqrt,
+            step_size,
+            eps,
+        } = self.coefficients(t);
         param
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks_mut(CHUNK))

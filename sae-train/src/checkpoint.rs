@@ -198,7 +198,8 @@ fn sync_tree(dir: &Path) -> Result<()> {
 /// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
 /// and `<path>.tokens_since_fired`.
 fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
-    let d = hook.params().b_dec.len();
+    let (params, moments) = (hook.params(), hook.moments());
+    let d = params.b_dec.len();
     // The matrices as `[latents, d]`, vectors as `[1, n]`.
     let tensor = |name: &str, v: &[f32]| {
         let shape = if name.starts_with("w_") {
@@ -209,10 +210,10 @@ fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostT
         HostTensor::f32(shape, v.to_vec())
     };
     let mut out = Vec::new();
-    for (name, value) in hook.params().iter() {
+    for (name, value) in params.iter() {
         let key = format!("{}.{name}", hook.path);
         out.push((key.clone(), tensor(name, value)));
-        if let Some(m) = hook.moments() {
+        if let Some(m) = &moments {
             for (suffix, moment) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
                 let values = moment.get(name).expect("moments mirror the params");
                 out.push((format!("{key}.{suffix}"), tensor(name, values)));

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod storage;
 pub mod tensorboard;
 pub mod trainer;
 

@@ -4,17 +4,23 @@
 //! tracking feeding the AuxK loss) and reports the step's metrics.
 //!
 //! Activations come on the inner backend of the autodiff backend `B`, so the frozen model never
-//! records a graph. Each SAE's parameters, gradients and moments live on the host, where the
-//! optimiser updates them in one fused pass; the SAE on the backend is a copy of them, renewed
-//! after each step, for the forward passes that need it.
+//! records a graph. On the CPU backends each SAE's parameters, gradients and moments live on the
+//! host, where the hand-derived gradients and the optimiser run as fused loops; on the GPU
+//! backends (TopK and BatchTopK) they stay on the device, where the same math runs as tensor
+//! operations ([`sae_core::device_grad`]) and only the selection and a few scalars are read
+//! back. The SAE on the backend is renewed from them after each step for the forward passes
+//! that need it.
+
+use std::borrow::Cow;
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use rayon::prelude::*;
-use sae_core::reduce::{dot, norm_sq};
+use sae_core::device_select::selects_on_device;
 use sae_core::sae::{int_to_host, to_host};
-use sae_core::{Architecture, HookPoint, HostParams, Sae, SaeConfig, SaeError, gemm_on_host};
+use sae_core::{
+    Architecture, HookPoint, HostParams, Params, Sae, SaeConfig, SaeError, gemm_on_host,
+};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
@@ -22,6 +28,7 @@ use crate::config::{BiasInit, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::init;
 use crate::schedule::lr_factor;
+use crate::storage::Storage;
 
 /// One step's numbers for one SAE (means over the step's micro-batches).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -66,20 +73,88 @@ pub struct HookTrainer<B: AutodiffBackend> {
     pub scale: f32,
     /// Tokens seen since each latent last fired.
     pub tokens_since_fired: Vec<u64>,
-    /// The SAE's parameters (in the scaled activation space when `scale != 1`), the
-    /// optimiser's master copy.
-    params: HostParams,
-    /// The same SAE on the backend, renewed from `params` when a pass needs it.
+    /// Parameters (in the scaled activation space when `scale != 1`), gradients and moments.
+    state: State<B::InnerBackend>,
+    /// The same SAE on the backend, renewed from `state` when a pass needs it.
     sae: Sae<B>,
-    /// `params` changed since `sae` was last renewed.
+    /// The parameters changed since `sae` was last renewed.
     stale: bool,
-    /// AdamW moments, from the first step on.
-    moments: Option<Moments>,
-    /// The step's gradients so far (one buffer kept for the whole run).
-    grads: HostParams,
     did_fire: Vec<bool>,
     sums: HookMetrics,
     micro_batches: usize,
+}
+
+/// The optimiser's master copy of one SAE: parameters, the step's gradients so far (one buffer
+/// kept for the whole run) and AdamW's moments from the first step on.
+#[derive(Debug)]
+struct Optimised<T> {
+    params: Params<T>,
+    grads: Params<T>,
+    moments: Option<Moments<T>>,
+}
+
+/// Where an SAE's [`Optimised`] state lives.
+#[derive(Debug)]
+enum State<B: Backend> {
+    /// On the host: the CPU backends, and the architectures without hand-derived gradients.
+    Host(Box<Optimised<Vec<f32>>>),
+    /// On the device: TopK and BatchTopK on the GPU backends.
+    Device(Optimised<Tensor<B, 1>>),
+}
+
+impl<T: Storage> Optimised<T> {
+    fn new(params: Params<T>, moments: Option<Moments<T>>) -> Self {
+        Optimised {
+            grads: params.map(Storage::zeros_like),
+            params,
+            moments,
+        }
+    }
+
+    /// Removes the gradient along the decoder rows (when they are kept at unit norm), clips
+    /// the global norm, takes AdamW's step `t` and renormalises the decoder rows; returns the
+    /// gradient's norm before clipping (NaN or infinite leaves the parameters unchanged).
+    fn step(&mut self, config: &SaeConfig, optim: &OptimConfig, lr: f64, t: u64, d: usize) -> f64 {
+        let grads = &mut self.grads;
+        if config.normalize_decoder {
+            grads.w_dec.remove_parallel_component(&self.params.w_dec, d);
+        }
+        let grad_norm = grads.iter().map(|(_, g)| g.norm_sq(d)).sum::<f64>().sqrt();
+        if !grad_norm.is_finite() {
+            return grad_norm;
+        }
+        let clip = optim
+            .grad_clip
+            .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+        let params = &mut self.params;
+        let moments = self
+            .moments
+            .get_or_insert_with(|| Moments::zeros_like(params));
+        for (name, g) in grads.iter_mut() {
+            if clip < 1.0 {
+                g.scale(clip as f32);
+            }
+            let hp = AdamW {
+                lr,
+                beta1: optim.beta1,
+                beta2: optim.beta2,
+                eps: optim.eps,
+                weight_decay: if name.starts_with("w_") {
+                    optim.weight_decay
+                } else {
+                    0.0
+                },
+            };
+            let param = params.get_mut(name).expect("grads mirror the params");
+            let m = moments.exp_avg.get_mut(name).expect("moments too");
+            let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
+            param.adamw(g, (m, v), &hp, t);
+        }
+        if config.normalize_decoder {
+            params.w_dec.unit_norm_rows(d);
+        }
+        grad_norm
+    }
 }
 
 /// The SAEs of a run and the step counter.
@@ -181,7 +256,8 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         Self::restore(path, sae, 1.0, vec![0; latents], None)
     }
 
-    /// A trainer restored from a checkpoint's parts.
+    /// A trainer restored from a checkpoint's parts. The state lives on the device on the GPU
+    /// backends for the architectures with hand-derived gradients, else on the host.
     pub fn restore(
         path: String,
         sae: Sae<B>,
@@ -190,20 +266,58 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         moments: Option<Moments>,
     ) -> Self {
         let latents = sae.num_latents();
-        let params = sae.host_params();
+        let on_device =
+            sae.has_host_gradients() && selects_on_device::<B::InnerBackend>(&sae.w_enc.device());
+        let state = if on_device {
+            let device = sae.w_enc.device();
+            let moments = moments.map(|m| m.to_device(&device));
+            State::Device(Optimised::new(sae.valid().device_params(), moments))
+        } else {
+            State::Host(Box::new(Optimised::new(sae.host_params(), moments)))
+        };
         HookTrainer {
             path,
             scale,
             tokens_since_fired,
-            grads: params.zeros_like(),
-            params,
+            state,
             sae,
             stale: false,
-            moments,
             did_fire: vec![false; latents],
             sums: HookMetrics::default(),
             micro_batches: 0,
         }
+    }
+
+    /// The same trainer with its state on the device (`true`) or the host; the default is
+    /// chosen by [`restore`](Self::restore). Only TopK and BatchTopK train on the device.
+    pub fn on_device(mut self, on_device: bool) -> Result<Self> {
+        if on_device && !self.sae.has_host_gradients() {
+            return Err(SaeError::InvalidConfig(format!(
+                "only TopK and BatchTopK SAEs train with their state on the device, not {:?}",
+                self.sae.config.architecture
+            ))
+            .into());
+        }
+        let device = self.sae.w_enc.device();
+        self.state = match (self.state, on_device) {
+            (State::Host(h), true) => State::Device(Optimised {
+                params: h.params.to_device(&device),
+                grads: h.grads.to_device(&device),
+                moments: h.moments.map(|m| m.to_device(&device)),
+            }),
+            (State::Device(t), false) => State::Host(Box::new(Optimised {
+                params: t.params.to_host(),
+                grads: t.grads.to_host(),
+                moments: t.moments.map(|m| m.to_host()),
+            })),
+            (state, _) => state,
+        };
+        Ok(self)
+    }
+
+    /// True when the parameters, gradients and moments live on the device.
+    pub fn is_on_device(&self) -> bool {
+        matches!(self.state, State::Device(_))
     }
 
     /// The SAE being trained (in the scaled activation space when `scale != 1`).
@@ -219,14 +333,20 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         &self.sae.config
     }
 
-    /// Its parameters on the host.
-    pub fn params(&self) -> &HostParams {
-        &self.params
+    /// Its parameters on the host (copied from the device when they live there).
+    pub fn params(&self) -> Cow<'_, HostParams> {
+        match &self.state {
+            State::Host(h) => Cow::Borrowed(&h.params),
+            State::Device(t) => Cow::Owned(t.params.to_host()),
+        }
     }
 
-    /// AdamW's moments, once a step has been taken.
-    pub fn moments(&self) -> Option<&Moments> {
-        self.moments.as_ref()
+    /// AdamW's moments on the host, once a step has been taken.
+    pub fn moments(&self) -> Option<Cow<'_, Moments>> {
+        match &self.state {
+            State::Host(h) => h.moments.as_ref().map(Cow::Borrowed),
+            State::Device(t) => t.moments.as_ref().map(|m| Cow::Owned(m.to_host())),
+        }
     }
 
     /// The first batch sets the scale and `b_dec`.
@@ -242,25 +362,37 @@ impl<B: AutodiffBackend> HookTrainer<B> {
         if optim.normalize_activations {
             self.scale = init::norm_scale(&rows, d);
         }
+        // Once per run: on the host, whichever side the state lives on.
+        let mut params = self.params().into_owned();
         if optim.b_dec_init != BiasInit::Zeros {
             let scaled: Vec<f32> = rows.iter().map(|v| v * self.scale).collect();
-            self.params.b_dec = init::decoder_bias(optim.b_dec_init, &scaled, d);
+            params.b_dec = init::decoder_bias(optim.b_dec_init, &scaled, d);
         }
         // sparsify normalises before every forward pass, the first one included; after this,
         // `apply` does it after every step, which is the same sequence.
         if self.sae.config.normalize_decoder {
-            unit_norm_rows(&mut self.params.w_dec, d);
+            params.w_dec.unit_norm_rows(d);
+        }
+        match &mut self.state {
+            State::Host(h) => h.params = params,
+            State::Device(t) => t.params = params.to_device(&x.device()),
         }
         self.stale = true;
         Ok(())
     }
 
-    /// Copies the host parameters to the SAE on the backend.
+    /// Renews the SAE on the backend from the optimiser's parameters.
     fn sync(&mut self) {
         self.stale = false;
+        let config = self.sae.config.clone();
         let device = self.sae.w_enc.device();
-        self.sae = Sae::from_host_params(self.sae.config.clone(), &self.params, &device)
-            .expect("the trainer's parameters keep the SAE's shapes");
+        self.sae = match &self.state {
+            State::Host(h) => Sae::from_host_params(config, &h.params, &device),
+            State::Device(t) => {
+                Sae::from_device_params(config, &t.params.map(|p| Tensor::from_inner(p.clone())))
+            }
+        }
+        .expect("the trainer's parameters keep the SAE's shapes");
     }
 
     fn non_finite(&self, step: u64, what: &str) -> TrainError {
@@ -289,20 +421,28 @@ impl<B: AutodiffBackend> HookTrainer<B> {
                 .collect()
         });
         let weight = 1.0 / acc as f32;
-        // The host-gradient path reads only `params` when the product runs on the host.
-        let host_only =
-            self.sae.has_host_gradients() && gemm_on_host::<B::InnerBackend>(&x.device());
+        // The host-gradient path reads only the host parameters when the product runs on the
+        // host.
+        let host_only = matches!(self.state, State::Host(_))
+            && self.sae.has_host_gradients()
+            && gemm_on_host::<B::InnerBackend>(&x.device());
         if self.stale && !host_only {
             self.sync();
         }
-        let grads = &mut self.grads;
-        let micro = if self.sae.has_host_gradients() {
-            self.sae
+        let micro = match &mut self.state {
+            State::Device(t) => self
+                .sae
                 .valid()
-                .add_loss_grads(&self.params, x, dead.as_deref(), weight, grads)
-                .map(MicroStep::from)
-        } else {
-            autodiff_micro_step(&self.sae, x, dead.as_deref(), weight, grads)
+                .add_device_loss_grads(x, dead.as_deref(), weight, &mut t.grads)
+                .map(MicroStep::from),
+            State::Host(h) if self.sae.has_host_gradients() => self
+                .sae
+                .valid()
+                .add_loss_grads(&h.params, x, dead.as_deref(), weight, &mut h.grads)
+                .map(MicroStep::from),
+            State::Host(h) => {
+                autodiff_micro_step(&self.sae, x, dead.as_deref(), weight, &mut h.grads)
+            }
         };
         let micro = match micro {
             Err(SaeError::NonFinite(_)) => return Err(self.non_finite(step, "the activations")),
@@ -339,52 +479,12 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     fn apply(&mut self, optim: &OptimConfig, lr: f64, step: u64) -> Result<HookMetrics> {
         let config = self.sae.config.clone();
         let d = self.sae.d_in();
-        let grads = &mut self.grads;
-        if config.normalize_decoder {
-            remove_parallel_component(&mut grads.w_dec, &self.params.w_dec, d);
-        }
-        // One partial sum per row (f32 within a row), added in order: the same total on any
-        // thread count.
-        let norm_sq: f64 = grads
-            .iter()
-            .flat_map(|(_, g)| {
-                g.par_chunks(d)
-                    .map(|row| f64::from(norm_sq(row)))
-                    .collect::<Vec<_>>()
-            })
-            .sum();
-        let grad_norm = norm_sq.sqrt();
+        let grad_norm = match &mut self.state {
+            State::Host(h) => h.step(&config, optim, lr, step, d),
+            State::Device(t) => t.step(&config, optim, lr, step, d),
+        };
         if !grad_norm.is_finite() {
             return Err(self.non_finite(step, "the gradient"));
-        }
-        let clip = optim
-            .grad_clip
-            .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
-        let moments = self
-            .moments
-            .get_or_insert_with(|| Moments::zeros_like(&self.params));
-        for (name, g) in grads.iter_mut() {
-            if clip < 1.0 {
-                g.iter_mut().for_each(|v| *v *= clip as f32);
-            }
-            let hp = AdamW {
-                lr,
-                beta1: optim.beta1,
-                beta2: optim.beta2,
-                eps: optim.eps,
-                weight_decay: if name.starts_with("w_") {
-                    optim.weight_decay
-                } else {
-                    0.0
-                },
-            };
-            let param = self.params.get_mut(name).expect("grads mirror the params");
-            let m = moments.exp_avg.get_mut(name).expect("moments too");
-            let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
-            hp.update(param, g, m, v, step);
-        }
-        if config.normalize_decoder {
-            unit_norm_rows(&mut self.params.w_dec, d);
         }
         self.stale = true;
 
@@ -417,7 +517,7 @@ impl<B: AutodiffBackend> HookTrainer<B> {
     /// The SAE for raw activations: the activation scale folded into the weights
     /// (`W_enc s`, `W_dec / s`, `b_dec / s`), on the inner backend.
     pub fn export(&self) -> Result<Sae<B::InnerBackend>> {
-        let (s, p) = (self.scale, &self.params);
+        let (s, p) = (self.scale, self.params());
         let scaled = |v: &[f32], f: &dyn Fn(f32) -> f32| v.iter().map(|&x| f(x)).collect();
         let raw = HostParams {
             w_enc: scaled(&p.w_enc, &|x| x * s),
@@ -484,22 +584,4 @@ fn autodiff_micro_step<B: AutodiffBackend>(
         values: to_host(out.latents.values),
         indices: int_to_host(out.latents.indices),
     })
-}
-
-/// Removes from each row of `grad` (`d` wide) its component along the same (unit) row of `w`.
-fn remove_parallel_component(grad: &mut [f32], w: &[f32], d: usize) {
-    grad.par_chunks_mut(d)
-        .zip(w.par_chunks(d))
-        .for_each(|(g, w)| {
-            let along = dot(g, w);
-            g.iter_mut().zip(w).for_each(|(g, w)| *g -= w * along);
-        });
-}
-
-/// Divides each row (`d` wide) by `(its L2 norm + eps)`, as sparsify normalises decoder rows.
-fn unit_norm_rows(w: &mut [f32], d: usize) {
-    w.par_chunks_mut(d).for_each(|row| {
-        let norm = norm_sq(row).sqrt() + f32::EPSILON;
-        row.iter_mut().for_each(|v| *v /= norm);
-    });
 }

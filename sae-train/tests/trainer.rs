@@ -1,8 +1,9 @@
 //! The trainer's options against hand-derived expectations: gradient accumulation, gradient
 //! clipping (seen through Adam's first moment), activation scaling folded into the saved SAE,
-//! and non-finite activations.
+//! non-finite activations, and the state kept on the device following the host path.
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use sae_core::{HookKind, HookPoint, SaeConfig};
 use sae_train::config::{BiasInit, OptimConfig};
@@ -22,11 +23,11 @@ fn acts(seed: u64, n: usize, scale: f32) -> Tensor<Flex, 2> {
     Tensor::<Flex, 2>::random([n, D], Distribution::Normal(0.0, 1.0), &device).mul_scalar(scale)
 }
 
-fn host(t: Tensor<Flex, 2>) -> Vec<f32> {
+fn host_values(t: Tensor<Flex, 2>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
 
-fn weights(t: &Trainer<AB>) -> Vec<f32> {
+fn weights<A: AutodiffBackend>(t: &Trainer<A>) -> Vec<f32> {
     let params = t.hooks[0].params();
     params.iter().flat_map(|(_, v)| v.to_vec()).collect()
 }
@@ -112,8 +113,8 @@ fn the_activation_scale_is_folded_into_the_saved_sae() {
     let raw = exported.forward(x.clone(), None).unwrap();
     let scaled_x = Tensor::<AB, 2>::from_inner(x.clone().mul_scalar(hook.scale));
     let scaled = hook.sae().forward(scaled_x, None).unwrap();
-    let expected = host(scaled.reconstruction.inner().div_scalar(hook.scale));
-    let got = host(raw.reconstruction);
+    let expected = host_values(scaled.reconstruction.inner().div_scalar(hook.scale));
+    let got = host_values(raw.reconstruction);
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(max_abs_diff(&got, &expected) < 1e-5 * scale);
     let fvu = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap()[0];
@@ -135,4 +136,101 @@ fn non_finite_activations_are_an_error_naming_the_hook() {
         }
         other => panic!("expected a non-finite error, got {other:?}"),
     }
+}
+
+/// The SAE and optimiser settings of the device-against-host comparisons: AuxK (dead latents
+/// after 50 tokens), Multi-TopK, weight decay, clipping, the decoder constraint.
+fn device_check_configs() -> (SaeConfig, OptimConfig) {
+    let sae = SaeConfig {
+        multi_topk: true,
+        dead_tokens_threshold: 50,
+        ..SaeConfig::sparsify_topk(3, 48)
+    };
+    let optim = OptimConfig {
+        lr: Some(1e-2),
+        weight_decay: 0.01,
+        grad_clip: Some(1.0),
+        b_dec_init: BiasInit::GeometricMedian,
+        ..OptimConfig::default()
+    };
+    (sae, optim)
+}
+
+/// Five steps of `host` (state on the host) and `device` (state on the device, same initial
+/// SAE) on the same activations: metrics, parameters and moments agree to f32 rounding.
+fn device_follows_host<A: AutodiffBackend, G: AutodiffBackend>(
+    host: &mut Trainer<A>,
+    device: &mut Trainer<G>,
+) {
+    assert!(device.hooks[0].is_on_device() && !host.hooks[0].is_on_device());
+    let mut auxk_seen = false;
+    for step in 0..5 {
+        let x = host_values(acts(10 + step, 40, 1.0));
+        let data = || TensorData::new(x.clone(), [40, D]);
+        let device_x = Tensor::from_data(data(), &Default::default());
+        host.accumulate(vec![Tensor::from_data(data(), &Default::default())])
+            .unwrap();
+        device.accumulate(vec![device_x]).unwrap();
+        let (h, d) = (host.finish_step().unwrap(), device.finish_step().unwrap());
+        auxk_seen |= h[0].auxk > 0.0;
+        for (what, a, b) in [
+            ("loss", h[0].loss, d[0].loss),
+            ("auxk", h[0].auxk, d[0].auxk),
+            ("grad norm", h[0].grad_norm, d[0].grad_norm),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs(),
+                "step {step} {what}: {a} vs {b}"
+            );
+        }
+        assert_eq!(h[0].l0, d[0].l0);
+        assert_eq!(h[0].dead_pct, d[0].dead_pct);
+        let (wh, wd) = (weights(host), weights(device));
+        let scale = wh.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&wh, &wd);
+        assert!(
+            err < 1e-5 * scale,
+            "step {step}: parameters differ by {err}"
+        );
+    }
+    assert!(auxk_seen, "the test needs dead latents for AuxK");
+    let (mh, md) = (
+        host.hooks[0].moments().unwrap(),
+        device.hooks[0].moments().unwrap(),
+    );
+    let flat = |m: &sae_train::adamw::Moments| -> Vec<f32> {
+        m.exp_avg_sq.iter().flat_map(|(_, v)| v.to_vec()).collect()
+    };
+    let (vh, vd) = (flat(&mh), flat(&md));
+    let scale = vh.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&vh, &vd) < 1e-5 * scale);
+}
+
+// The GPU backends keep the state on the device and run the same math as tensor operations;
+// forced on here, on flex.
+#[test]
+fn the_state_on_the_device_trains_as_on_the_host() {
+    let (sae, optim) = device_check_configs();
+    let mut host = trainer(sae, optim.clone());
+    let copy = HookTrainer::new("h".into(), host.hooks[0].sae().clone());
+    let copy = copy.on_device(true).unwrap();
+    let mut device = Trainer::from_parts(vec![copy], 0, false, &optim);
+    device_follows_host(&mut host, &mut device);
+}
+
+// On wgpu (in CI Mesa's software Vulkan device) the state is on the device by default: the
+// CubeCL kernels (top-k, scatter, matmul, AdamW's element-wise ops) against flex's host path.
+// `cargo test -p sae-train --features wgpu --test trainer`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn on_wgpu_the_state_stays_on_the_device_and_follows_the_host_path() {
+    use burn::backend::Wgpu;
+    use sae_core::Sae;
+    let (sae, optim) = device_check_configs();
+    let mut host = trainer(sae.clone(), optim.clone());
+    let params = host.hooks[0].sae().host_params();
+    let on_gpu = Sae::<Autodiff<Wgpu>>::from_host_params(sae, &params, &Default::default());
+    let gpu = HookTrainer::new("h".into(), on_gpu.unwrap());
+    let mut device = Trainer::from_parts(vec![gpu], 0, false, &optim);
+    device_follows_host(&mut host, &mut device);
 }
