@@ -3,9 +3,9 @@
 dead-latent counters) or
 inference (encode, then decode).
 
-Usage: python bench_sparsify.py step|encode D LATENTS K TOKENS WARMUP STEPS
+Usage: python bench_sparsify.py step|encode D LATENTS K TOKENS WARMUP STEPS [cpu|cuda]
 Prints tokens per second. Run by `cargo xtask bench sae-step|sae-encode` when SAE_BENCH_PYTHON
-is set.
+is set (on cuda with `--backend cuda`).
 """
 
 import os
@@ -13,7 +13,9 @@ import resource
 import sys
 import time
 
-os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+device = sys.argv[8] if len(sys.argv) > 8 else "cpu"
+if device == "cpu":
+    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
 import torch  # noqa: E402
 from sparsify import SparseCoder, SparseCoderConfig  # noqa: E402
@@ -21,12 +23,12 @@ from sparsify import SparseCoder, SparseCoderConfig  # noqa: E402
 mode = sys.argv[1]
 d, latents, k, tokens, warmup, steps = map(int, sys.argv[2:8])
 torch.manual_seed(0)
-sae = SparseCoder(d, SparseCoderConfig(num_latents=latents, k=k))
+sae = SparseCoder(d, SparseCoderConfig(num_latents=latents, k=k)).to(device)
 opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-x = torch.randn(tokens, d)
+x = torch.randn(tokens, d, device=device)
 
 
-num_tokens_since_fired = torch.zeros(latents, dtype=torch.long)
+num_tokens_since_fired = torch.zeros(latents, dtype=torch.long, device=device)
 
 
 def train_step():
@@ -39,7 +41,7 @@ def train_step():
     sae.remove_gradient_parallel_to_decoder_directions()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    did_fire = torch.zeros(latents, dtype=torch.bool)
+    did_fire = torch.zeros(latents, dtype=torch.bool, device=device)
     did_fire[out.latent_indices.flatten()] = True
     num_tokens_since_fired.add_(tokens)
     num_tokens_since_fired[did_fire] = 0
@@ -56,6 +58,8 @@ elapsed = 0.0
 for step in range(warmup + steps):
     start = time.perf_counter()
     run()
+    if device != "cpu":
+        torch.cuda.synchronize()
     if step >= warmup:
         elapsed += time.perf_counter() - start
 # Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.

@@ -96,17 +96,8 @@ impl<B: Backend> Sae<B> {
             fvu
         });
 
-        let loss = fvu
-            + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
-            + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
-        Ok(HostStep {
-            loss: loss as f32,
-            fvu: fvu as f32,
-            auxk: auxk.map(|a| a as f32),
-            multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
-            values,
-            indices,
-        })
+        let losses = (fvu, auxk, multi_topk_fvu);
+        Ok(HostStep::new(&self.config, losses, values, indices))
     }
 
     /// A selection's `[tokens, width]` values at `indices` scattered into dense matrices;

@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
-use crate::config::Architecture;
+use crate::config::{Architecture, SaeConfig};
 use crate::device_select::{DeviceTopK, PreActivations};
 use crate::error::{Result, SaeError};
 use crate::params::HostParams;
@@ -40,6 +40,29 @@ pub struct HostStep {
     pub values: Vec<f32>,
     /// Their latent indices, `[tokens, width]`.
     pub indices: Vec<i64>,
+}
+
+impl HostStep {
+    /// The step of loss terms `(fvu, auxk, multi_topk_fvu)` (summed in f64 into the objective
+    /// as `config` weighs them) and the selection.
+    pub(crate) fn new(
+        config: &SaeConfig,
+        (fvu, auxk, multi_topk_fvu): (f64, Option<f64>, Option<f64>),
+        values: Vec<f32>,
+        indices: Vec<i64>,
+    ) -> Self {
+        let loss = fvu
+            + auxk.map_or(0.0, |a| f64::from(config.aux_k_alpha) * a)
+            + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
+        HostStep {
+            loss: loss as f32,
+            fvu: fvu as f32,
+            auxk: auxk.map(|a| a as f32),
+            multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
+            values,
+            indices,
+        }
+    }
 }
 
 /// True when [`Sae::add_loss_grads`] runs the selection product on the host (the CPU
@@ -201,17 +224,13 @@ impl<B: Backend> Sae<B> {
         spent.extend(pre.into_host());
         spent.extend([residual, h.x, h.x_c]);
         spent.into_iter().for_each(scratch::give);
-        let loss = fvu
-            + auxk.map_or(0.0, |a| f64::from(self.config.aux_k_alpha) * a)
-            + multi_topk_fvu.map_or(0.0, |m| m / 8.0);
-        Ok(HostStep {
-            loss: loss as f32,
-            fvu: fvu as f32,
-            auxk: auxk.map(|a| a as f32),
-            multi_topk_fvu: multi_topk_fvu.map(|m| m as f32),
+        let losses = (fvu, auxk, multi_topk_fvu);
+        Ok(HostStep::new(
+            &self.config,
+            losses,
             values,
-            indices: selection.indices,
-        })
+            selection.indices,
+        ))
     }
 }
 

