@@ -2,9 +2,9 @@
 //! SAE's backend: the math of [`host_grad`](crate::host_grad) with each selection scattered
 //! into a dense `[tokens, latents]` coefficient matrix, so that decoding and every gradient is
 //! one matrix product on the device. The GPU backends train with it and keep the parameters on
-//! the device: the `[tokens, k]` selection and a few scalars are all that is read back (AuxK's
-//! and Multi-TopK's wider selections are made on the host, see
-//! [`DEVICE_TOP_K_MAX`](crate::device_select::DEVICE_TOP_K_MAX)).
+//! the device: the `[tokens, k]` selection and a few scalars are all that is read back. TopK
+//! selects on the device (AuxK's and Multi-TopK's wider selections in several passes); BatchTopK's
+//! batch-wide selection reads the pre-activations back and is made on the host.
 //!
 //! With `A` the coefficients, `M` where a gradient passes (selected, and positive under ReLU)
 //! and `G = dL/dx_hat`: `dW_dec = A^T G`, `dPre = (G W_dec^T) * M`, `dW_enc = dPre^T x_c`,
@@ -13,7 +13,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use crate::device_select::{DeviceTopK, PreActivations};
+use crate::device_select::{DEVICE_TOP_K_MAX, DeviceTopK, PreActivations, top_k_on_device};
 use crate::error::{Result, SaeError};
 use crate::host_grad::{HostStep, gather};
 use crate::params::DeviceParams;
@@ -48,7 +48,7 @@ impl<B: Backend> Sae<B> {
         self.check_width(&x)?;
         let x = x.detach();
         let x_c = self.center(x.clone()).detach();
-        let (mut pre, dense, values, indices) = match self.select_on_device(&x_c)? {
+        let (pre, dense, values, indices) = match self.select_on_device(&x_c)? {
             Some(DeviceTopK { pre, indices }) => {
                 let values = pre.clone().gather(1, indices.clone());
                 let dense = self.dense(indices.clone(), values.clone(), None);
@@ -70,11 +70,10 @@ impl<B: Backend> Sae<B> {
         let scale = 2.0 * weight / total_variance as f32;
         self.backprop(&x_c, &dense, residual.clone(), scale, grads, true);
 
-        let auxk = match dead_mask.and_then(|mask| self.auxk_selection(&mut pre, mask)) {
+        let auxk = match dead_mask.and_then(|mask| Some((mask, self.auxk_width(mask)?))) {
             None => None,
-            Some((aux, aux_scale)) => {
-                let aux_values = gather(pre.host(), self.num_latents(), &aux);
-                let aux = self.dense_from_host(&aux, &aux_values, &x.device());
+            Some((mask, (k_aux, aux_scale))) => {
+                let aux = self.dense_top_k(&pre, k_aux, Some(mask));
                 // The target is the residual x - x_hat, detached: diff = e_hat - (x - x_hat).
                 let diff = self.decode_dense(&aux.coefs, false) + residual;
                 let loss = aux_scale * scalar(diff.clone().square().sum()) / total_variance;
@@ -86,9 +85,7 @@ impl<B: Backend> Sae<B> {
         };
 
         let multi_topk_fvu = self.config.multi_topk.then(|| {
-            let wide = select::top_k(pre.host(), self.num_latents(), 4 * self.config.k);
-            let wide_values = gather(pre.host(), self.num_latents(), &wide);
-            let wide = self.dense_from_host(&wide, &wide_values, &x.device());
+            let wide = self.dense_top_k(&pre, 4 * self.config.k, None);
             let diff = self.decode_dense(&wide.coefs, true) - x.clone();
             let fvu = scalar(diff.clone().square().sum()) / total_variance;
             let coef = weight / 8.0 * 2.0 / total_variance as f32;
@@ -118,6 +115,23 @@ impl<B: Backend> Sae<B> {
         Dense {
             coefs: zeros().scatter(1, indices.clone(), values, IndexingUpdateOp::Add),
             passes: zeros().scatter(1, indices, passes, IndexingUpdateOp::Add),
+        }
+    }
+
+    /// Each token's top `k` pre-activations among the `allowed` latents (AuxK's dead ones),
+    /// dense: selected on the device when the pre-activations are there, else on the host.
+    fn dense_top_k(&self, pre: &PreActivations<B>, k: usize, allowed: Option<&[bool]>) -> Dense<B> {
+        match pre {
+            PreActivations::Device(pre) => {
+                let indices = top_k_on_device(pre.clone(), k, allowed, DEVICE_TOP_K_MAX);
+                let values = pre.clone().gather(1, indices.clone());
+                self.dense(indices, values, None)
+            }
+            PreActivations::Host(pre) => {
+                let selection = select::top_k_among(pre, self.num_latents(), k, allowed);
+                let values = gather(pre, self.num_latents(), &selection);
+                self.dense_from_host(&selection, &values, &self.b_dec.device())
+            }
         }
     }
 

@@ -415,19 +415,21 @@ impl<B: Backend> Sae<B> {
         pre: &mut PreActivations<B>,
         dead: &[bool],
     ) -> Option<(Selection, f64)> {
+        let (k_aux, scale) = self.auxk_width(dead)?;
+        let selection = select::top_k_among(pre.host(), self.num_latents(), k_aux, Some(dead));
+        Some((selection, scale))
+    }
+
+    /// How many dead latents AuxK selects (`aux_k`, `d_in / 2` by default, at most the dead
+    /// ones) and its loss scale `min(dead / aux_k, 1)`; `None` when no latent is dead.
+    pub(crate) fn auxk_width(&self, dead: &[bool]) -> Option<(usize, f64)> {
         let num_dead = dead.iter().filter(|&&m| m).count();
         if num_dead == 0 {
             return None;
         }
         let k_aux = self.config.aux_k.unwrap_or(self.d_in() / 2).max(1);
         let scale = (num_dead as f64 / k_aux as f64).min(1.0);
-        let selection = select::top_k_among(
-            pre.host(),
-            self.num_latents(),
-            k_aux.min(num_dead),
-            Some(dead),
-        );
-        Some((selection, scale))
+        Some((k_aux.min(num_dead), scale))
     }
 
     /// The selected entries of a dense activation matrix, with padding zeroed.

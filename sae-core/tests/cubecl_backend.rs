@@ -11,8 +11,9 @@ use burn::backend::{Autodiff, Wgpu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::{AB, B as Cpu, max_rel_diff, values};
-use sae_core::device_select::selects_on_device;
+use sae_core::device_select::{selects_on_device, top_k_on_device};
 use sae_core::sae::int_to_host;
+use sae_core::select::top_k_among;
 use sae_core::{Sae, SaeConfig, SaeError};
 
 type Gpu = Wgpu;
@@ -139,6 +140,23 @@ fn training_loss_and_gradients_match_the_cpu_path() {
         let err = max_rel_diff(g, c);
         assert!(err < 1e-5, "autodiff gradient {i} differs by {err}");
         assert!(c.iter().any(|v| *v != 0.0), "gradient {i} is all zero");
+    }
+}
+
+// Wider selections than one CubeCL top-k pass (AuxK's, Multi-TopK's) take several: k = 12 in
+// passes of 5, 5 and 2, among all latents and among a subset, on values with many ties (ReLU'd
+// zeros), must pick exactly the host's latents in the host's order.
+#[test]
+fn top_k_in_passes_picks_the_host_latents() {
+    let values: Vec<f32> = host_values(6, N * L, 1.0)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let allowed: Vec<bool> = (0..L).map(|i| i % 3 != 1).collect();
+    for allowed in [None, Some(allowed.as_slice())] {
+        let device = top_k_on_device(tensor::<Gpu, 2>(&values, [N, L]), 12, allowed, 5);
+        let host = top_k_among(&values, L, 12, allowed);
+        assert_eq!(int_to_host(device), host.indices);
     }
 }
 
