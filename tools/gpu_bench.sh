@@ -4,6 +4,7 @@
 # on the same GPU, in the same run.
 #
 #   tools/gpu_bench.sh prepare   # here: xtask built with the cuda feature, sparsify's wheels, in .gpu/
+#                                # (about 21 MiB; carry it: `carry: [".gpu"]`)
 #   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs both cases
 #
 # `prepare` needs cargo and pip with registry access. `run` needs only an NVIDIA driver and a
@@ -17,8 +18,9 @@ prepare)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sae-target}"
     cargo build -p xtask --features cuda
     mkdir -p "$dir/whl"
-    cp "$CARGO_TARGET_DIR/debug/xtask" "$dir/xtask"
-    strip "$dir/xtask"
+    # Stripped and compressed (about 20 MiB): a carried tree may hold 64 MiB in all.
+    strip -o "$dir/xtask" "$CARGO_TARGET_DIR/debug/xtask"
+    gzip -9 -f "$dir/xtask"
     # sparsify and what it imports beyond the lent machines' packages (their Python is 3.12).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -32,6 +34,9 @@ run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$dir"/whl/*.whl
     export PYTHONPATH=/tmp/site SAE_BENCH_PYTHON=python3 SAE_TOOLS_DIR="$PWD/tools"
+    xtask=/tmp/sae-xtask
+    gunzip -c "$dir/xtask.gz" >"$xtask"
+    chmod +x "$xtask"
     # CubeCL loads the CUDA driver and NVRTC at run time: NVRTC from the CUDA toolkit or from
     # the NVIDIA wheels torch brings.
     nvrtc=$(python3 -c 'import glob, os, site
@@ -45,7 +50,7 @@ print(":".join(sorted(dirs)))')
         date -u
     } | tee "$out/machine.txt"
     for case in sae-step sae-encode; do
-        "$dir/xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
+        "$xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
     done
     ;;
 *)
