@@ -7,8 +7,11 @@
 #                                # (about 21 MiB; carry it: `carry: [".gpu"]`)
 #   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs both cases
 #
-# `prepare` needs cargo and pip with registry access. `run` needs only an NVIDIA driver and a
-# python3 with torch (as on the lent machines); it writes its logs to $OUT (else /tmp/gpu-bench).
+# `prepare` needs cargo and pip with registry access. `run` needs an NVIDIA driver and the
+# lent machines' python3 (torch with its NVIDIA wheels, transformers, accelerate, einops,
+# safetensors, pyarrow, pandas: sparsify's other imports, carried here as wheels); nothing is
+# fetched. It writes its logs to $OUT (else /tmp/gpu-bench). If sparsify cannot run there, ours
+# are still timed and printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.gpu

@@ -20,12 +20,26 @@ use crate::params::DeviceParams;
 use crate::sae::{Sae, int_to_host, to_host};
 use crate::select::{self, Selection};
 
-/// A selection on the device, dense.
+/// A selection on the device: dense coefficients, and per slot whether it passes a gradient.
 struct Dense<B: Backend> {
     /// The selected activations at their latents, zeros elsewhere, `[tokens, latents]`.
     coefs: Tensor<B, 2>,
-    /// 1 where the selection passes a gradient to the encoder, `[tokens, latents]`.
+    /// The selected latents, `[tokens, width]`.
+    indices: Tensor<B, 2, Int>,
+    /// 1 where a slot passes a gradient to the encoder, `[tokens, width]`.
     passes: Tensor<B, 2>,
+}
+
+impl<B: Backend> Dense<B> {
+    /// `passes` scattered to the latents, `[tokens, latents]` (only the encoder needs it).
+    fn pass_mask(&self) -> Tensor<B, 2> {
+        self.coefs.zeros_like().scatter(
+            1,
+            self.indices.clone(),
+            self.passes.clone(),
+            IndexingUpdateOp::Add,
+        )
+    }
 }
 
 impl<B: Backend> Sae<B> {
@@ -97,7 +111,7 @@ impl<B: Backend> Sae<B> {
         Ok(HostStep::new(&self.config, losses, values, indices))
     }
 
-    /// A selection's `[tokens, width]` values at `indices` scattered into dense matrices;
+    /// A selection's `[tokens, width]` values at `indices` scattered into a dense matrix;
     /// `passes` marks the slots that pass a gradient (all, when `None`), before the ReLU's
     /// own condition.
     fn dense(
@@ -106,15 +120,16 @@ impl<B: Backend> Sae<B> {
         values: Tensor<B, 2>,
         passes: Option<Tensor<B, 2>>,
     ) -> Dense<B> {
-        let ([n, _], device) = (values.dims(), values.device());
-        let zeros = || Tensor::<B, 2>::zeros([n, self.num_latents()], &device);
+        let [n, _] = values.dims();
+        let zeros = Tensor::<B, 2>::zeros([n, self.num_latents()], &values.device());
         let mut passes = passes.unwrap_or_else(|| values.ones_like());
         if self.config.relu {
             passes = passes * values.clone().greater_elem(0.0).float();
         }
         Dense {
-            coefs: zeros().scatter(1, indices.clone(), values, IndexingUpdateOp::Add),
-            passes: zeros().scatter(1, indices, passes, IndexingUpdateOp::Add),
+            coefs: zeros.scatter(1, indices.clone(), values, IndexingUpdateOp::Add),
+            indices,
+            passes,
         }
     }
 
@@ -184,7 +199,7 @@ impl<B: Backend> Sae<B> {
         }
         add(&mut grads.b_dec, flat(g.clone().sum_dim(0)));
         let w_dec = self.w_dec.val().detach();
-        let dpre = g.matmul(w_dec.transpose()) * dense.passes.clone();
+        let dpre = g.matmul(w_dec.transpose()) * dense.pass_mask();
         add(
             &mut grads.w_enc,
             flat(dpre.clone().transpose().matmul(x_c.clone())),

@@ -28,7 +28,9 @@ pub fn selects_on_device<B: Backend>(device: &B::Device) -> bool {
 /// Each row's `k` largest values, as their column indices `[rows, k]`, largest first and ties
 /// to the lower index as [`select::top_k_among`](crate::select::top_k_among), among the
 /// columns `allowed` marks (all when `None`; `k` must not exceed them). CubeCL's top-k runs in
-/// passes at most `width` wide, each after the columns picked before it are set to -inf.
+/// passes at most `width` wide, each after the columns picked before it are set to -inf. A
+/// pass is a power of two wide (the first picks of a wider one are the same), so a varying `k`
+/// (AuxK's, with the number of dead latents) compiles only a few kernels.
 pub fn top_k_on_device<B: Backend>(
     values: Tensor<B, 2>,
     k: usize,
@@ -45,14 +47,23 @@ pub fn top_k_on_device<B: Backend>(
             values + penalty.unsqueeze_dim(0)
         }
     };
+    // The widest pass: a power of two, at most `width`.
+    let widest = k.next_power_of_two().min(1 << width.max(1).ilog2());
+    // CubeCL's top-k needs more columns than it picks: pad narrow matrices with -inf columns,
+    // never picked since at most the allowed columns are.
+    if cols <= widest {
+        let padding = Tensor::full([rows, widest + 1 - cols], f32::NEG_INFINITY, &device);
+        rest = Tensor::cat(vec![rest, padding], 1);
+    }
     let mut passes = Vec::new();
     let mut left = k;
     while left > 0 {
-        let pass = left.min(width.max(1));
-        let picked = rest.clone().argtopk(pass, 1);
-        left -= pass;
+        let pass = left.next_power_of_two().min(widest);
+        let take = left.min(pass);
+        let picked = rest.clone().argtopk(pass, 1).slice([0..rows, 0..take]);
+        left -= take;
         if left > 0 {
-            let barred = Tensor::full([rows, pass], f32::NEG_INFINITY, &device);
+            let barred = Tensor::full([rows, take], f32::NEG_INFINITY, &device);
             rest = rest.scatter(1, picked.clone(), barred, IndexingUpdateOp::Add);
         }
         passes.push(picked);

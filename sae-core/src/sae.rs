@@ -1,5 +1,6 @@
 //! The sparse autoencoder module: encode (select latents, then compute only the selected
-//! activations), sparse decode (gather the selected decoder rows), and the training losses.
+//! activations), sparse decode (gather the selected decoder rows; on the GPU backends one dense
+//! matmul), and the training losses.
 //!
 //! Math, with `x` the activation and `W_enc`, `W_dec` both `[num_latents, d_in]`:
 //! `pre = W_enc (x - b_dec) + b_enc` (optionally ReLU'd), keep a set `S` of latents per token
