@@ -24,9 +24,57 @@ pub type Backend = burn::backend::Flex;
 )))]
 compile_error!("enable one backend feature of sae-cli: flex, ndarray, wgpu or cuda");
 
-/// The backend's default device.
-pub fn device() -> burn::tensor::Device<Backend> {
-    Default::default()
+/// The backend's default device. On the GPU backends the first call checks that it works (a
+/// one-element round trip): without a driver or an adapter the runtime panics on its own
+/// thread, which this turns into an error naming the cause.
+pub fn device() -> anyhow::Result<burn::tensor::Device<Backend>> {
+    let device = Default::default();
+    if cfg!(any(feature = "wgpu", feature = "cuda")) {
+        static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        if let Err(cause) = PROBE.get_or_init(|| probe(&device)) {
+            anyhow::bail!("the {NAME} backend found no usable GPU: {cause}");
+        }
+    }
+    Ok(device)
+}
+
+/// Moves one value to `device` and back; the first panic message on failure (the runtime's,
+/// from whichever thread), with the default panic output held back meanwhile.
+fn probe(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&messages);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        seen.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+    }));
+    let round_trip = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<Backend, 1>::zeros([1], device).into_data()
+    }));
+    std::panic::set_hook(previous);
+    match round_trip {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let messages = messages.lock().unwrap_or_else(|e| e.into_inner());
+            // The runtime's own message, to its first sentence (cudarc's goes on to list every
+            // library name it tried).
+            let first = messages
+                .first()
+                .map_or("the device panicked", String::as_str);
+            Err(first
+                .split(" - ")
+                .next()
+                .unwrap_or(first)
+                .trim()
+                .to_string())
+        }
+    }
 }
 
 /// The backend's name, for logs.

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let out = args.out.expect("clap requires --out");
     let processed = args.model.process(&loaded)?;
-    let device = backend::device();
+    let device = backend::device()?;
     let mut recorder = Recorder::new(&args.hooks).context("bad --hooks pattern")?;
     let sae = args.sae.as_deref();
     // Hook outputs are written in the shapes transformers gives them.

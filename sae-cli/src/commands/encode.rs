@@ -57,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let x = file.get(&args.key)?;
-    let device = backend::device();
+    let device = backend::device()?;
     let sae = host.to_sae::<backend::Backend>(&device)?;
     let (n, _) = sae_core::encode_file::token_matrix(&x, sae.d_in())
         .with_context(|| format!("tensor {:?} cannot be encoded by this SAE", args.key))?;

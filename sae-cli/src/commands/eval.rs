@@ -53,7 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = backend::device();
+    let device = backend::device()?;
     let model = AnyModel::<backend::Backend>::load_as(&args.model, DType::F32, &device)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = EvalConfig {

@@ -62,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         stop_tokens,
         pad_token: tokenizer.pad_token_id().unwrap_or(0),
     };
-    let device = backend::device();
+    let device = backend::device()?;
     let prompts = [processed.ids().to_vec()];
     let sae = args.sae.as_deref();
     let tokens = match (loaded, processed) {

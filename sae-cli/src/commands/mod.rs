@@ -34,7 +34,7 @@ pub fn with_sae<M: HookedModule<Backend>, T>(
     let Some(dir) = sae else {
         return f(&model, &mut NoHooks);
     };
-    let sae_model = SaeModel::from_pretrained(model, dir, &backend::device())
+    let sae_model = SaeModel::from_pretrained(model, dir, &backend::device()?)
         .with_context(|| format!("cannot inject the SAE in {}", dir.display()))?;
     let empty = BTreeMap::new();
     let mut hooks = sae_model.hooks(&empty);

@@ -82,7 +82,7 @@ impl ModelArgs {
     /// Loads the model, text-only or vision-language, whichever `config.json` names.
     pub fn load(&self) -> Result<AnyModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
-        let model = AnyModel::load_as(&self.model, self.dtype(), &backend::device())
+        let model = AnyModel::load_as(&self.model, self.dtype(), &backend::device()?)
             .with_context(|| format!("cannot load model {}", self.model))?;
         tracing::info!(backend = backend::NAME, "model loaded");
         Ok(model)

@@ -84,7 +84,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = backend::device();
+    let device = backend::device()?;
     let summary = match &args.resume {
         Some(run_dir) => {
             let flags = flag_overrides(&args)?;
