@@ -11,13 +11,13 @@
 //! `db_enc = sum_n dPre`, `db_dec = sum_n G - (sum_n dPre) W_enc`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use crate::device_select::{DEVICE_TOP_K_MAX, DeviceTopK, PreActivations, top_k_on_device};
 use crate::error::{Result, SaeError};
 use crate::host_grad::{HostStep, gather};
 use crate::params::DeviceParams;
-use crate::sae::{Sae, int_to_host, to_host};
+use crate::sae::{Sae, int_to_host, to_host, total_variance};
 use crate::select::{self, Selection};
 
 /// A selection on the device: dense coefficients, and per slot whether it passes a gradient.
@@ -26,20 +26,9 @@ struct Dense<B: Backend> {
     coefs: Tensor<B, 2>,
     /// The selected latents, `[tokens, width]`.
     indices: Tensor<B, 2, Int>,
-    /// 1 where a slot passes a gradient to the encoder, `[tokens, width]`.
+    /// 1 where a slot passes a gradient to the encoder, `[tokens, width]` (scattered to the
+    /// latents only when the encoder needs it).
     passes: Tensor<B, 2>,
-}
-
-impl<B: Backend> Dense<B> {
-    /// `passes` scattered to the latents, `[tokens, latents]` (only the encoder needs it).
-    fn pass_mask(&self) -> Tensor<B, 2> {
-        self.coefs.zeros_like().scatter(
-            1,
-            self.indices.clone(),
-            self.passes.clone(),
-            IndexingUpdateOp::Add,
-        )
-    }
 }
 
 impl<B: Backend> Sae<B> {
@@ -120,14 +109,12 @@ impl<B: Backend> Sae<B> {
         values: Tensor<B, 2>,
         passes: Option<Tensor<B, 2>>,
     ) -> Dense<B> {
-        let [n, _] = values.dims();
-        let zeros = Tensor::<B, 2>::zeros([n, self.num_latents()], &values.device());
         let mut passes = passes.unwrap_or_else(|| values.ones_like());
         if self.config.relu {
             passes = passes * values.clone().greater_elem(0.0).float();
         }
         Dense {
-            coefs: zeros.scatter(1, indices.clone(), values, IndexingUpdateOp::Add),
+            coefs: self.scatter_latents(indices.clone(), values),
             indices,
             passes,
         }
@@ -184,10 +171,7 @@ impl<B: Backend> Sae<B> {
         grads: &mut DeviceParams<B>,
         encoder: bool,
     ) {
-        let flat = |t: Tensor<B, 2>| {
-            let n = t.shape().num_elements();
-            t.reshape([n])
-        };
+        let flat = |t: Tensor<B, 2>| t.flatten::<1>(0, 1);
         let g = g.mul_scalar(scale);
         let add = |sum: &mut Tensor<B, 1>, t: Tensor<B, 1>| *sum = sum.clone() + t;
         add(
@@ -199,7 +183,8 @@ impl<B: Backend> Sae<B> {
         }
         add(&mut grads.b_dec, flat(g.clone().sum_dim(0)));
         let w_dec = self.w_dec.val().detach();
-        let dpre = g.matmul(w_dec.transpose()) * dense.pass_mask();
+        let pass_mask = self.scatter_latents(dense.indices.clone(), dense.passes.clone());
+        let dpre = g.matmul(w_dec.transpose()) * pass_mask;
         add(
             &mut grads.w_enc,
             flat(dpre.clone().transpose().matmul(x_c.clone())),
@@ -211,12 +196,6 @@ impl<B: Backend> Sae<B> {
         let through_centre = flat(sums.matmul(self.w_enc.val().detach()));
         grads.b_dec = grads.b_dec.clone() - through_centre;
     }
-}
-
-/// `sum((x - mean_0(x))^2)`, a one-element tensor.
-fn total_variance<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
-    let mean = x.clone().mean_dim(0);
-    (x - mean).square().sum()
 }
 
 /// A one-element tensor's value, read back.

@@ -108,10 +108,7 @@ impl<B: Backend> DeviceParams<B> {
 impl<B: Backend> Sae<B> {
     /// This SAE's parameters, detached and flattened, on its device (no copy).
     pub fn device_params(&self) -> DeviceParams<B> {
-        let flat = |t: Tensor<B, 2>| {
-            let n = t.shape().num_elements();
-            t.detach().reshape([n])
-        };
+        let flat = |t: Tensor<B, 2>| t.detach().flatten(0, 1);
         Params {
             w_enc: flat(self.w_enc.val()),
             b_enc: self.b_enc.as_ref().map(|p| p.val().detach()),

@@ -309,16 +309,10 @@ impl<B: Backend> Sae<B> {
     fn decode_directions(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
         let [n, w] = latents.values.dims();
         let d = self.d_in();
-        let device = latents.values.device();
-        if selects_on_device::<B>(&device) {
+        if selects_on_device::<B>(&latents.values.device()) {
             // On the GPU backends: the latents scattered into `[tokens, latents]` and one
             // matmul, without a `[tokens, k, d_in]` gather.
-            let coefs = Tensor::<B, 2>::zeros([n, self.num_latents()], &device).scatter(
-                1,
-                latents.indices.clone(),
-                latents.values.clone(),
-                IndexingUpdateOp::Add,
-            );
+            let coefs = self.scatter_latents(latents.indices.clone(), latents.values.clone());
             return coefs.matmul(self.w_dec.val());
         }
         let flat = latents.indices.clone().reshape([n * w]);
@@ -374,7 +368,7 @@ impl<B: Backend> Sae<B> {
         };
 
         let residual = x.clone() - reconstruction.clone();
-        let total_variance = (x.clone() - x.clone().mean_dim(0)).powi_scalar(2).sum();
+        let total_variance = total_variance(x.clone());
         let fvu = residual.clone().powi_scalar(2).sum() / total_variance.clone();
 
         let auxk_loss = dead_mask.and_then(|mask| {
@@ -433,6 +427,21 @@ impl<B: Backend> Sae<B> {
         Some((k_aux.min(num_dead), scale))
     }
 
+    /// `[tokens, width]` values at their latents `indices`, zeros elsewhere: `[tokens, latents]`.
+    pub(crate) fn scatter_latents(
+        &self,
+        indices: Tensor<B, 2, Int>,
+        values: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let [n, _] = values.dims();
+        Tensor::zeros([n, self.num_latents()], &values.device()).scatter(
+            1,
+            indices,
+            values,
+            IndexingUpdateOp::Add,
+        )
+    }
+
     /// The selected entries of a dense activation matrix, with padding zeroed.
     fn gather_dense(&self, dense: &Tensor<B, 2>, selection: &Selection) -> SparseLatents<B> {
         let device = dense.device();
@@ -447,6 +456,11 @@ impl<B: Backend> Sae<B> {
         );
         SparseLatents { values, indices }
     }
+}
+
+/// `sum((x - mean_0(x))^2)`, sparsify's FVU denominator (the mean per feature over the batch).
+pub(crate) fn total_variance<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
+    (x.clone() - x.mean_dim(0)).powi_scalar(2).sum()
 }
 
 /// Each row divided by `(its L2 norm + eps)`, as sparsify normalises decoder rows.

@@ -1,8 +1,8 @@
 //! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
 //! lavapipe) TopK selects on the device (`sae_core::device_select`), and encoding, the
 //! training loss and its gradients (by autodiff, by the host-gradient path, and by the same math
-//! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with `cargo test -p sae-core --features wgpu --test
-//! cubecl_backend`.
+//! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with
+//! `cargo test -p sae-core --features wgpu --test cubecl_backend`.
 #![cfg(feature = "wgpu")]
 
 mod common;

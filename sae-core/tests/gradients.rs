@@ -1,7 +1,6 @@
 //! Gradient checks: the sparse paths (host selection, gathered encoder rows, gathered decoder
 //! rows) and the hand-derived gradients (host loops, and the same math as tensor operations)
-//! against a dense reference built from Burn's own
-//! differentiable top-k and scatter.
+//! against a dense reference built from Burn's own differentiable top-k and scatter.
 
 mod common;
 

@@ -82,11 +82,11 @@ impl<B: Backend> Storage for Tensor<B, 1> {
     fn remove_parallel_component(&mut self, w: &Self, d: usize) {
         let (g, w) = (rows(self.clone(), d), rows(w.clone(), d));
         let along = (g.clone() * w.clone()).sum_dim(1);
-        *self = flat(g - w * along);
+        *self = (g - w * along).flatten(0, 1);
     }
 
     fn unit_norm_rows(&mut self, d: usize) {
-        *self = flat(sae_core::sae::unit_norm_rows(rows(self.clone(), d)));
+        *self = sae_core::sae::unit_norm_rows(rows(self.clone(), d)).flatten(0, 1);
     }
 
     fn adamw(&mut self, grad: &mut Self, (m, v): (&mut Self, &mut Self), hp: &AdamW, t: u64) {
@@ -104,10 +104,4 @@ impl<B: Backend> Storage for Tensor<B, 1> {
 fn rows<B: Backend>(t: Tensor<B, 1>, d: usize) -> Tensor<B, 2> {
     let n = t.dims()[0];
     t.reshape([n / d, d])
-}
-
-/// Rows back to one dimension.
-fn flat<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 1> {
-    let n = t.shape().num_elements();
-    t.reshape([n])
 }

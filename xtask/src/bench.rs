@@ -239,15 +239,15 @@ fn python_reference(script: &str, args: &[String]) -> Result<Option<Reference>> 
         return Ok(None);
     };
     let script = tools_dir().join(script);
-    let script = script.display();
     let out = Command::new(&python)
-        .arg(script.to_string())
+        .arg(&script)
         .args(args)
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "{script} failed: {}",
+        "{} failed: {}",
+        script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
