@@ -1,37 +1,41 @@
 //! The training loss of TopK and BatchTopK SAEs and its gradients as tensor operations on the
-//! SAE's backend: the math of [`host_grad`](crate::host_grad) with each selection scattered
-//! into a dense `[tokens, latents]` coefficient matrix, so that decoding and every gradient is
-//! one matrix product on the device. The GPU backends train with it and keep the parameters on
-//! the device: the `[tokens, k]` selection and a few scalars are all that is read back. TopK
-//! selects on the device (AuxK's and Multi-TopK's wider selections in several passes); BatchTopK's
+//! SAE's backend: the math of [`host_grad`](crate::host_grad) with the sparse kernels of
+//! [`SaeBackend`], so that no dense `[tokens, latents]` matrix is built besides the encoder's
+//! pre-activations. The GPU backends train with it and keep the parameters on the device: the
+//! `[tokens, k]` selection and a few scalars are all that is read back (the selection also
+//! groups the slots by latent for the weight gradients). TopK selects on the device; BatchTopK's
 //! batch-wide selection reads the pre-activations back and is made on the host.
 //!
-//! With `A` the coefficients, `M` where a gradient passes (selected, and positive under ReLU)
-//! and `G = dL/dx_hat`: `dW_dec = A^T G`, `dPre = (G W_dec^T) * M`, `dW_enc = dPre^T x_c`,
-//! `db_enc = sum_n dPre`, `db_dec = sum_n G - (sum_n dPre) W_enc`.
+//! With `A` the sparse `[tokens, latents]` activations (`[tokens, k]` values at their indices),
+//! `M` where a gradient passes (selected, and positive under ReLU) and `G = dL/dx_hat`:
+//! `dW_dec = A^T G`, `dPre = (G W_dec^T) * M` (needed only at the selected slots),
+//! `dW_enc = dPre^T x_c`, `db_enc = sum_n dPre`, `db_dec = sum_n G - (sum_n dPre) W_enc`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use crate::device_select::{DEVICE_TOP_K_MAX, DeviceTopK, PreActivations, top_k_on_device};
+use crate::device_select::{DeviceTopK, PreActivations, top_k_on_device};
 use crate::error::{Result, SaeError};
 use crate::host_grad::{HostStep, gather};
+use crate::kernels::{
+    LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul,
+};
 use crate::params::DeviceParams;
 use crate::sae::{Sae, int_to_host, to_host, total_variance};
 use crate::select::{self, Selection};
 
-/// A selection on the device: dense coefficients, and per slot whether it passes a gradient.
-struct Dense<B: Backend> {
-    /// The selected activations at their latents, zeros elsewhere, `[tokens, latents]`.
-    coefs: Tensor<B, 2>,
-    /// The selected latents, `[tokens, width]`.
-    indices: Tensor<B, 2, Int>,
-    /// 1 where a slot passes a gradient to the encoder, `[tokens, width]` (scattered to the
-    /// latents only when the encoder needs it).
+/// A selection on the device: its activations, latents grouped for the weight gradients, and
+/// per slot whether it passes a gradient.
+struct Sparse<B: Backend> {
+    /// The selected activations, `[tokens, width]`.
+    values: Tensor<B, 2>,
+    /// The selected latents, `[tokens, width]`, and their slots grouped by latent.
+    groups: LatentGroups<B>,
+    /// 1 where a slot passes a gradient to the encoder, `[tokens, width]`.
     passes: Tensor<B, 2>,
 }
 
-impl<B: Backend> Sae<B> {
+impl<B: SaeBackend> Sae<B> {
     /// The training loss on `[tokens, d_in]` activations, adding the gradients of
     /// `weight x loss` to `grads` (shaped like [`device_params`](Self::device_params)); the
     /// same numbers as [`add_loss_grads`](Self::add_loss_grads), computed on the backend.
@@ -51,34 +55,35 @@ impl<B: Backend> Sae<B> {
         self.check_width(&x)?;
         let x = x.detach();
         let x_c = self.center(x.clone()).detach();
-        let (pre, dense, values, indices) = match self.select_on_device(&x_c)? {
+        let (pre, sparse, values, indices) = match self.select_on_device(&x_c)? {
             Some(DeviceTopK { pre, indices }) => {
                 let values = pre.clone().gather(1, indices.clone());
-                let dense = self.dense(indices.clone(), values.clone(), None);
-                let host = (to_host(values), int_to_host(indices));
-                (PreActivations::Device(pre), dense, host.0, host.1)
+                let host = (to_host(values.clone()), int_to_host(indices.clone()));
+                let groups = LatentGroups::new(indices, &host.1, self.num_latents());
+                let sparse = self.sparse(groups, values, None);
+                (PreActivations::Device(pre), sparse, host.0, host.1)
             }
             None => {
                 let pre = self.host_pre_activations(&x_c)?;
                 let selection = self.select(&pre);
                 let values = gather(&pre, self.num_latents(), &selection);
-                let dense = self.dense_from_host(&selection, &values, &x.device());
-                (PreActivations::Host(pre), dense, values, selection.indices)
+                let sparse = self.sparse_from_host(&selection, &values, &x.device());
+                (PreActivations::Host(pre), sparse, values, selection.indices)
             }
         };
         let total_variance = scalar(total_variance(x.clone()));
 
-        let residual = self.decode_dense(&dense.coefs, true) - x.clone();
+        let residual = self.decode_sparse(&sparse, true) - x.clone();
         let fvu = scalar(residual.clone().square().sum()) / total_variance;
         let scale = 2.0 * weight / total_variance as f32;
-        self.backprop(&x_c, &dense, residual.clone(), scale, grads, true);
+        self.backprop(&x_c, &sparse, residual.clone(), scale, grads, true);
 
         let auxk = match dead_mask.and_then(|mask| Some((mask, self.auxk_width(mask)?))) {
             None => None,
             Some((mask, (k_aux, aux_scale))) => {
-                let aux = self.dense_top_k(&pre, k_aux, Some(mask));
+                let aux = self.sparse_top_k(&pre, k_aux, Some(mask));
                 // The target is the residual x - x_hat, detached: diff = e_hat - (x - x_hat).
-                let diff = self.decode_dense(&aux.coefs, false) + residual;
+                let diff = self.decode_sparse(&aux, false) + residual;
                 let loss = aux_scale * scalar(diff.clone().square().sum()) / total_variance;
                 let coef =
                     weight * self.config.aux_k_alpha * (2.0 * aux_scale / total_variance) as f32;
@@ -88,8 +93,8 @@ impl<B: Backend> Sae<B> {
         };
 
         let multi_topk_fvu = self.config.multi_topk.then(|| {
-            let wide = self.dense_top_k(&pre, 4 * self.config.k, None);
-            let diff = self.decode_dense(&wide.coefs, true) - x.clone();
+            let wide = self.sparse_top_k(&pre, 4 * self.config.k, None);
+            let diff = self.decode_sparse(&wide, true) - x.clone();
             let fvu = scalar(diff.clone().square().sum()) / total_variance;
             let coef = weight / 8.0 * 2.0 / total_variance as f32;
             self.backprop(&x_c, &wide, diff, coef, grads, true);
@@ -100,58 +105,65 @@ impl<B: Backend> Sae<B> {
         Ok(HostStep::new(&self.config, losses, values, indices))
     }
 
-    /// A selection's `[tokens, width]` values at `indices` scattered into a dense matrix;
-    /// `passes` marks the slots that pass a gradient (all, when `None`), before the ReLU's
-    /// own condition.
-    fn dense(
+    /// A selection's `[tokens, width]` values at `groups`' indices; `passes` marks the slots
+    /// that pass a gradient (all, when `None`), before the ReLU's own condition.
+    fn sparse(
         &self,
-        indices: Tensor<B, 2, Int>,
+        groups: LatentGroups<B>,
         values: Tensor<B, 2>,
         passes: Option<Tensor<B, 2>>,
-    ) -> Dense<B> {
+    ) -> Sparse<B> {
         let mut passes = passes.unwrap_or_else(|| values.ones_like());
         if self.config.relu {
             passes = passes * values.clone().greater_elem(0.0).float();
         }
-        Dense {
-            coefs: self.scatter_latents(indices.clone(), values),
-            indices,
+        Sparse {
+            values,
+            groups,
             passes,
         }
     }
 
-    /// Each token's top `k` pre-activations among the `allowed` latents (AuxK's dead ones),
-    /// dense: selected on the device when the pre-activations are there, else on the host.
-    fn dense_top_k(&self, pre: &PreActivations<B>, k: usize, allowed: Option<&[bool]>) -> Dense<B> {
+    /// Each token's top `k` pre-activations among the `allowed` latents (AuxK's dead ones):
+    /// selected on the device when the pre-activations are there, else on the host.
+    fn sparse_top_k(
+        &self,
+        pre: &PreActivations<B>,
+        k: usize,
+        allowed: Option<&[bool]>,
+    ) -> Sparse<B> {
         match pre {
             PreActivations::Device(pre) => {
-                let indices = top_k_on_device(pre.clone(), k, allowed, DEVICE_TOP_K_MAX);
+                let indices = top_k_on_device(pre.clone(), k, allowed);
                 let values = pre.clone().gather(1, indices.clone());
-                self.dense(indices, values, None)
+                let groups = LatentGroups::of_device(indices, self.num_latents());
+                self.sparse(groups, values, None)
             }
             PreActivations::Host(pre) => {
                 let selection = select::top_k_among(pre, self.num_latents(), k, allowed);
                 let values = gather(pre, self.num_latents(), &selection);
-                self.dense_from_host(&selection, &values, &self.b_dec.device())
+                self.sparse_from_host(&selection, &values, &self.b_dec.device())
             }
         }
     }
 
-    /// [`dense`](Self::dense) of a host selection (its padding slots zero and passing nothing).
-    fn dense_from_host(&self, s: &Selection, values: &[f32], device: &B::Device) -> Dense<B> {
+    /// [`sparse`](Self::sparse) of a host selection (its padding slots zero and passing
+    /// nothing).
+    fn sparse_from_host(&self, s: &Selection, values: &[f32], device: &B::Device) -> Sparse<B> {
         let shape = [s.rows, s.width];
-        let indices = Tensor::from_data(TensorData::new(s.indices.clone(), shape), device);
+        let groups = LatentGroups::of_host(&s.indices, s.width, self.num_latents(), device);
         let values = Tensor::from_data(TensorData::new(values.to_vec(), shape), device);
         let passes = s.valid.as_ref().map(|valid| {
             let valid: Vec<f32> = valid.iter().map(|&v| f32::from(u8::from(v))).collect();
             Tensor::from_data(TensorData::new(valid, shape), device)
         });
-        self.dense(indices, values, passes)
+        self.sparse(groups, values, passes)
     }
 
-    /// `coefs W_dec`, plus `b_dec` when `with_bias`.
-    fn decode_dense(&self, coefs: &Tensor<B, 2>, with_bias: bool) -> Tensor<B, 2> {
-        let out = coefs.clone().matmul(self.w_dec.val().detach());
+    /// `A W_dec` of the selection's activations `A`, plus `b_dec` when `with_bias`.
+    fn decode_sparse(&self, sparse: &Sparse<B>, with_bias: bool) -> Tensor<B, 2> {
+        let indices = sparse.groups.indices.clone();
+        let out = sparse_decode(sparse.values.clone(), indices, self.w_dec.val().detach());
         if with_bias {
             out + self.b_dec.val().detach().unsqueeze_dim(0)
         } else {
@@ -160,12 +172,12 @@ impl<B: Backend> Sae<B> {
     }
 
     /// Adds the gradients of a loss whose gradient with respect to the reconstruction
-    /// `coefs W_dec (+ b_dec)` is `scale g`; `encoder` also propagates through the
-    /// activations to the encoder and `b_dec` (decoder bias term included).
+    /// `A W_dec (+ b_dec)` is `scale g`; `encoder` also propagates through the activations to
+    /// the encoder and `b_dec` (decoder bias term included).
     fn backprop(
         &self,
         x_c: &Tensor<B, 2>,
-        dense: &Dense<B>,
+        sparse: &Sparse<B>,
         g: Tensor<B, 2>,
         scale: f32,
         grads: &mut DeviceParams<B>,
@@ -174,22 +186,24 @@ impl<B: Backend> Sae<B> {
         let flat = |t: Tensor<B, 2>| t.flatten::<1>(0, 1);
         let g = g.mul_scalar(scale);
         let add = |sum: &mut Tensor<B, 1>, t: Tensor<B, 1>| *sum = sum.clone() + t;
+        let groups = &sparse.groups;
+        let transposed = |coefs: &Tensor<B, 2>, dense: Tensor<B, 2>| {
+            sparse_transpose_matmul(coefs.clone(), groups, dense)
+        };
         add(
             &mut grads.w_dec,
-            flat(dense.coefs.clone().transpose().matmul(g.clone())),
+            flat(transposed(&sparse.values, g.clone())),
         );
         if !encoder {
             return;
         }
         add(&mut grads.b_dec, flat(g.clone().sum_dim(0)));
         let w_dec = self.w_dec.val().detach();
-        let pass_mask = self.scatter_latents(dense.indices.clone(), dense.passes.clone());
-        let dpre = g.matmul(w_dec.transpose()) * pass_mask;
-        add(
-            &mut grads.w_enc,
-            flat(dpre.clone().transpose().matmul(x_c.clone())),
-        );
-        let sums = dpre.sum_dim(0);
+        let dpre = sparse_dot(g, groups.indices.clone(), w_dec) * sparse.passes.clone();
+        add(&mut grads.w_enc, flat(transposed(&dpre, x_c.clone())));
+        // Per-latent sums of dPre: its transposed product with a column of ones, `[latents, 1]`.
+        let [tokens, _] = dpre.dims();
+        let sums = transposed(&dpre, Tensor::ones([tokens, 1], &dpre.device())).transpose();
         if let Some(b_enc) = &mut grads.b_enc {
             add(b_enc, flat(sums.clone()));
         }

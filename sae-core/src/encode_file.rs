@@ -1,7 +1,7 @@
 //! Encoding a whole activation matrix in chunks: sparse latents, reconstruction and FVU on the
 //! host, as `sae encode` writes them.
 
-use burn::tensor::backend::Backend;
+use crate::kernels::SaeBackend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{Result, SaeError};
@@ -44,7 +44,7 @@ pub fn token_matrix(x: &HostTensor, d_in: usize) -> Result<(usize, usize)> {
 
 /// Encodes and decodes every token of `x` (`[N, d]` or `[B, T, d]`), `chunk` tokens at a time;
 /// `progress(done, total)` is called after each chunk.
-pub fn encode_tokens<B: Backend>(
+pub fn encode_tokens<B: SaeBackend>(
     sae: &Sae<B>,
     x: &HostTensor,
     chunk: usize,

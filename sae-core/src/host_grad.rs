@@ -12,6 +12,7 @@
 //! `db_dec = sum_n G - sum_n sum_j dpre_j W_enc[idx_j]`. AuxK (as sparsify 1.3) reaches the
 //! decoder only and its prediction has no `b_dec`; Multi-TopK is a second full path.
 
+use crate::kernels::SaeBackend;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use rayon::prelude::*;
@@ -85,7 +86,7 @@ struct Host<'a> {
     b_dec: &'a [f32],
 }
 
-impl<B: Backend> Sae<B> {
+impl<B: SaeBackend> Sae<B> {
     /// True when [`loss_and_grads`](Self::loss_and_grads) handles this architecture.
     pub fn has_host_gradients(&self) -> bool {
         matches!(

@@ -5,6 +5,7 @@
 //! (several active adapters average their reconstructions). In train mode the original output
 //! flows on and each SAE's input and [`SaeOutput`] are recorded for the loss.
 
+use crate::kernels::SaeBackend;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -85,7 +86,7 @@ pub struct SaeModel<B: Backend, M> {
 
 /// Injects a fresh SAE at every hook point that `config.target_modules` matches, as adapter
 /// `"default"`, in eval mode.
-pub fn inject<B: Backend, M: HookedModule<B>>(
+pub fn inject<B: SaeBackend, M: HookedModule<B>>(
     model: M,
     config: AdapterConfig,
     device: &B::Device,
@@ -95,7 +96,7 @@ pub fn inject<B: Backend, M: HookedModule<B>>(
     Ok(sae_model)
 }
 
-impl<B: Backend, M: HookedModule<B>> SaeModel<B, M> {
+impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
     /// The model with no adapter yet.
     pub fn wrap(model: M) -> Self {
         let hook_points = model.hook_points();
@@ -339,7 +340,7 @@ pub struct SaeHooks<'a, B: Backend> {
     error: Option<SaeError>,
 }
 
-impl<B: Backend> SaeHooks<'_, B> {
+impl<B: SaeBackend> SaeHooks<'_, B> {
     /// What the SAEs recorded (train mode), or the first error any of them met.
     pub fn finish(self) -> Result<Vec<Record<B>>> {
         match self.error {
@@ -390,7 +391,7 @@ impl<B: Backend> SaeHooks<'_, B> {
     }
 }
 
-impl<B: Backend> Hooks<B> for SaeHooks<'_, B> {
+impl<B: SaeBackend> Hooks<B> for SaeHooks<'_, B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.error.is_some() {
             return x;

@@ -21,6 +21,7 @@ pub mod formats;
 pub mod hooks;
 pub mod host_grad;
 pub mod inject;
+pub mod kernels;
 pub mod params;
 pub mod reduce;
 pub mod sae;
@@ -38,6 +39,7 @@ pub use host_grad::{HostStep, gemm_on_host};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };
+pub use kernels::{SaeAutodiffBackend, SaeBackend};
 pub use params::{DeviceParams, HostParams, Params};
 pub use sae::{Sae, SaeOutput, SparseLatents};
 pub use targets::TargetModules;

@@ -4,6 +4,8 @@
 //! the names the checkpoint formats use.
 
 use burn::tensor::backend::Backend;
+
+use crate::kernels::SaeBackend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::config::SaeConfig;
@@ -105,7 +107,7 @@ impl<B: Backend> DeviceParams<B> {
     }
 }
 
-impl<B: Backend> Sae<B> {
+impl<B: SaeBackend> Sae<B> {
     /// This SAE's parameters, detached and flattened, on its device (no copy).
     pub fn device_params(&self) -> DeviceParams<B> {
         let flat = |t: Tensor<B, 2>| t.detach().flatten(0, 1);

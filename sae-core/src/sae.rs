@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::config::{Architecture, SaeConfig};
 use crate::device_select::{DeviceTopK, PreActivations, selects_on_device};
 use crate::error::{Result, SaeError};
+use crate::kernels::{SaeBackend, sparse_decode};
 use crate::select::{self, Selection};
 
 /// A sparse autoencoder attached to one activation of width `d_in`.
@@ -79,7 +80,7 @@ impl<B: Backend> SaeOutput<B> {
     }
 }
 
-impl<B: Backend> Sae<B> {
+impl<B: SaeBackend> Sae<B> {
     /// A freshly initialised SAE: the encoder as torch's `nn.Linear` (uniform in
     /// `±1/sqrt(d_in)`), the decoder a copy of it (unit-normed if configured), biases zero.
     pub fn new(d_in: usize, config: SaeConfig, device: &B::Device) -> Result<Self> {
@@ -309,11 +310,18 @@ impl<B: Backend> Sae<B> {
     fn decode_directions(&self, latents: &SparseLatents<B>) -> Tensor<B, 2> {
         let [n, w] = latents.values.dims();
         let d = self.d_in();
-        if selects_on_device::<B>(&latents.values.device()) {
-            // On the GPU backends: the latents scattered into `[tokens, latents]` and one
-            // matmul, without a `[tokens, k, d_in]` gather.
-            let coefs = self.scatter_latents(latents.indices.clone(), latents.values.clone());
-            return coefs.matmul(self.w_dec.val());
+        let device = latents.values.device();
+        if selects_on_device::<B>(&device) {
+            // On the GPU backends, without a `[tokens, k, d_in]` gather: the sparse decode
+            // kernel, or under autodiff (differentiable) the latents scattered into
+            // `[tokens, latents]` and one matmul.
+            let (values, indices) = (latents.values.clone(), latents.indices.clone());
+            if !B::ad_enabled(&device) {
+                return sparse_decode(values, indices, self.w_dec.val());
+            }
+            return self
+                .scatter_latents(indices, values)
+                .matmul(self.w_dec.val());
         }
         let flat = latents.indices.clone().reshape([n * w]);
         let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);

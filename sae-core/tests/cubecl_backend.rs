@@ -1,5 +1,6 @@
 //! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
-//! lavapipe) TopK selects on the device (`sae_core::device_select`), and encoding, the
+//! lavapipe) TopK selects on the device (`sae_core::device_select`), the CubeCL kernels of
+//! `sae_core::kernels` must equal their reference implementations, and encoding, the
 //! training loss and its gradients (by autodiff, by the host-gradient path, and by the same math
 //! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with
 //! `cargo test -p sae-core --features wgpu --test cubecl_backend`.
@@ -12,6 +13,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::{AB, B as Cpu, max_rel_diff, values};
 use sae_core::device_select::{selects_on_device, top_k_on_device};
+use sae_core::kernels::{
+    LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul, top_k_rows,
+};
 use sae_core::sae::int_to_host;
 use sae_core::select::top_k_among;
 use sae_core::{Sae, SaeConfig, SaeError};
@@ -41,7 +45,7 @@ fn tensor<Bk: Backend, const R: usize>(v: &[f32], shape: [usize; R]) -> Tensor<B
 }
 
 /// The same SAE (random parameters, encoder bias) on backend `Bk`.
-fn sae<Bk: Backend>(config: &SaeConfig) -> Sae<Bk> {
+fn sae<Bk: SaeBackend>(config: &SaeConfig) -> Sae<Bk> {
     Sae::from_tensors(
         config.clone(),
         tensor(&host_values(1, L * D, 0.5), [L, D]),
@@ -146,25 +150,73 @@ fn training_loss_and_gradients_match_the_cpu_path() {
     }
 }
 
-// Wider selections than one CubeCL top-k pass (AuxK's, Multi-TopK's) take several: k = 11 in
-// passes of 4, 4 and 3 (the last cut from a pass of 4), among all latents and among a subset,
-// on values with many ties (ReLU'd zeros), and all 8 columns of an 8-column matrix, must pick
-// exactly the host's latents in the host's order.
+// The top-k kernel must pick exactly the host's latents in the host's order: k = 11 and k = 100
+// (AuxK's and Multi-TopK's widths are of that order), among all latents and among a subset, on
+// values with many ties (ReLU'd zeros), and all 8 columns of an 8-column matrix.
 #[test]
-fn top_k_in_passes_picks_the_host_latents() {
+fn top_k_kernel_picks_the_host_latents() {
     let values: Vec<f32> = host_values(6, N * L, 1.0)
         .into_iter()
         .map(|v| v.max(0.0))
         .collect();
     let allowed: Vec<bool> = (0..L).map(|i| i % 3 != 1).collect();
-    for allowed in [None, Some(allowed.as_slice())] {
-        let device = top_k_on_device(tensor::<Gpu, 2>(&values, [N, L]), 11, allowed, 4);
-        let host = top_k_among(&values, L, 11, allowed);
-        assert_eq!(int_to_host(device), host.indices);
+    for k in [11, 100] {
+        for allowed in [None, Some(allowed.as_slice())] {
+            let device = top_k_on_device(tensor::<Gpu, 2>(&values, [N, L]), k, allowed);
+            let host = top_k_among(&values, L, k, allowed);
+            assert_eq!(int_to_host(device), host.indices, "k = {k}");
+        }
     }
     let narrow = &values[..N * 8];
-    let device = top_k_on_device(tensor::<Gpu, 2>(narrow, [N, 8]), 8, None, 64);
+    let device = top_k_rows(tensor::<Gpu, 2>(narrow, [N, 8]), 8);
     assert_eq!(int_to_host(device), top_k_among(narrow, 8, 8, None).indices);
+}
+
+// The sparse kernels against the reference (dense) implementations on flex, on a selection with
+// latents picked by many tokens and by none, and a zero (padding-like) coefficient.
+#[test]
+fn sparse_kernels_match_the_dense_reference() {
+    const K: usize = 8;
+    const M: usize = 24;
+    let pre = host_values(7, N * L, 1.0);
+    let host_indices = top_k_among(&pre, L, K, None).indices;
+    let mut coefs = host_values(8, N * K, 1.0);
+    coefs[5] = 0.0;
+    let weights = host_values(9, L * M, 0.5);
+    let dense = host_values(10, N * M, 1.0);
+
+    fn run<Bk: SaeBackend>(
+        indices: &[i64],
+        coefs: &[f32],
+        weights: &[f32],
+        dense: &[f32],
+    ) -> [Vec<f32>; 3] {
+        let device = Default::default();
+        let groups = LatentGroups::<Bk>::of_host(indices, K, L, &device);
+        let coefs = tensor::<Bk, 2>(coefs, [N, K]);
+        let (weights, dense) = (tensor(weights, [L, M]), tensor(dense, [N, M]));
+        let indices = groups.indices.clone();
+        [
+            values(sparse_decode(
+                coefs.clone(),
+                indices.clone(),
+                weights.clone(),
+            )),
+            values(sparse_dot(dense.clone(), indices, weights)),
+            values(sparse_transpose_matmul(coefs, &groups, dense)),
+        ]
+    }
+    let cpu = run::<Cpu>(&host_indices, &coefs, &weights, &dense);
+    let gpu = run::<Gpu>(&host_indices, &coefs, &weights, &dense);
+    for (name, (g, c)) in ["decode", "dot", "transpose matmul"]
+        .iter()
+        .zip(gpu.iter().zip(&cpu))
+    {
+        assert_eq!(g.len(), c.len(), "{name}: lengths");
+        let err = max_rel_diff(g, c);
+        assert!(err < 1e-5, "{name} differs by {err}");
+        assert!(c.iter().any(|v| *v != 0.0), "{name}: all zero");
+    }
 }
 
 #[test]

@@ -8,10 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use sae_core::formats::{self, Checkpoint, HostSae, Layout};
 use sae_core::tensor_file::{HostData, HostTensor, StorageDtype, TensorFile, read_json};
-use sae_core::{Sae, SaeConfig, TargetModules};
+use sae_core::{Sae, SaeAutodiffBackend, SaeConfig, TargetModules};
 use sae_data::LoaderCursor;
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +101,7 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Writes the trainer's checkpoint and prunes older ones beyond `keep`.
-pub fn save<B: AutodiffBackend>(
+pub fn save<B: SaeAutodiffBackend>(
     run_dir: &Path,
     trainer: &Trainer<B>,
     state: &State,
@@ -134,7 +133,7 @@ pub fn save<B: AutodiffBackend>(
 }
 
 /// Writes the SAEs, for raw activations, to `dir` in the PEFT adapter layout.
-pub fn save_adapter<B: AutodiffBackend>(
+pub fn save_adapter<B: SaeAutodiffBackend>(
     trainer: &Trainer<B>,
     target_modules: &TargetModules,
     dir: &Path,
@@ -197,7 +196,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 
 /// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
 /// and `<path>.tokens_since_fired`.
-fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
+fn hook_tensors<B: SaeAutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
     let (params, moments) = (hook.params(), hook.moments());
     let d = params.b_dec.len();
     // The matrices as `[latents, d]`, vectors as `[1, n]`.
@@ -229,7 +228,7 @@ fn hook_tensors<B: AutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostT
 }
 
 /// Restores the trainer and state of the checkpoint in `dir`.
-pub fn load<B: AutodiffBackend>(
+pub fn load<B: SaeAutodiffBackend>(
     dir: &Path,
     optim: &OptimConfig,
     device: &B::Device,
@@ -314,7 +313,7 @@ pub fn load<B: AutodiffBackend>(
 }
 
 /// The state entries of a trainer's SAEs.
-pub fn hook_states<B: AutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
+pub fn hook_states<B: SaeAutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState> {
     trainer
         .hooks
         .iter()

@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::{int_to_host, to_host as host};
-use sae_core::{HookedModule, Hooks, SaeModel};
+use sae_core::{HookedModule, Hooks, SaeBackend, SaeModel};
 use sae_data::{Batch, Batching, Dataset, Loader, StreamConfig};
 use sae_models::{AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionNetwork};
 use serde::Serialize;
@@ -117,7 +116,7 @@ struct ZeroAblation<'a> {
     paths: &'a [String],
 }
 
-impl<B: Backend> Hooks<B> for ZeroAblation<'_> {
+impl<B: SaeBackend> Hooks<B> for ZeroAblation<'_> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.paths.iter().any(|p| p == path) {
             x.zeros_like()
@@ -128,7 +127,7 @@ impl<B: Backend> Hooks<B> for ZeroAblation<'_> {
 }
 
 /// A model `evaluate` runs: its input for a batch, and the logits of its output.
-trait Evaluated<B: Backend>: HookedModule<B> + Sized {
+trait Evaluated<B: SaeBackend>: HookedModule<B> + Sized {
     /// The model's input for `batch`.
     fn input(batch: &Batch, device: &B::Device) -> Self::Input;
 
@@ -136,7 +135,7 @@ trait Evaluated<B: Backend>: HookedModule<B> + Sized {
     fn logits(output: Self::Output) -> Result<Option<Tensor<B, 3>>>;
 }
 
-impl<B: Backend> Evaluated<B> for DecoderLm<B> {
+impl<B: SaeBackend> Evaluated<B> for DecoderLm<B> {
     fn input(batch: &Batch, device: &B::Device) -> Self::Input {
         lm_input(batch, device)
     }
@@ -146,7 +145,7 @@ impl<B: Backend> Evaluated<B> for DecoderLm<B> {
     }
 }
 
-impl<B: Backend> Evaluated<B> for &VisionNetwork<B> {
+impl<B: SaeBackend> Evaluated<B> for &VisionNetwork<B> {
     fn input(batch: &Batch, device: &B::Device) -> Self::Input {
         vision_input(batch, device)
     }
@@ -158,7 +157,7 @@ impl<B: Backend> Evaluated<B> for &VisionNetwork<B> {
 
 /// Evaluates the SAEs in `sae_dir` (any layout) on `model` (a language model, or a
 /// vision-language model whose data is batched through its processor) over `data`.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: SaeBackend>(
     model: AnyModel<B>,
     sae_dir: &Path,
     data: &Path,
@@ -187,7 +186,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// `evaluate` on one model type.
-fn evaluate_model<B: Backend, M: Evaluated<B>>(
+fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
     model: M,
     tokenizer: &Tokenizer,
     images: Option<&dyn ImageTokens>,
@@ -305,7 +304,7 @@ fn evaluate_model<B: Backend, M: Evaluated<B>>(
 }
 
 /// Adds one batch of activations `[n, d]` to an SAE's sums.
-fn accumulate_sae<B: Backend>(
+fn accumulate_sae<B: SaeBackend>(
     s: &mut HookSums,
     sae: &sae_core::Sae<B>,
     x: Tensor<B, 2>,
@@ -375,7 +374,7 @@ fn next_token_targets(ids: &[i64], mask: &[i64], seq_len: usize) -> Vec<Option<i
 }
 
 /// `lp[b, t, target[b, t]]` for every position (0 where there is no target).
-fn gather_target<B: Backend>(
+fn gather_target<B: SaeBackend>(
     lp: Tensor<B, 3>,
     batch: &sae_data::Batch,
     targets: &[Option<i64>],

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::{HookPoint, HookedModule};
+use sae_core::{HookPoint, HookedModule, SaeAutodiffBackend};
 use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, LmInput, VisionInput};
 
@@ -45,7 +45,7 @@ pub struct RunSummary {
 }
 
 /// Starts a new run in `config.out`; refuses a folder that already holds one.
-pub fn train<B: AutodiffBackend>(config: TrainConfig, device: &B::Device) -> Result<RunSummary> {
+pub fn train<B: SaeAutodiffBackend>(config: TrainConfig, device: &B::Device) -> Result<RunSummary> {
     let run_dir = config.out.clone();
     let saved = run_dir.join(CONFIG_FILE);
     if saved.exists() {
@@ -62,7 +62,7 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: &B::Device) -> Res
 
 /// Continues the run in `run_dir` from its last checkpoint with its saved configuration, to
 /// the end or to `stop_at` (the saved run's own `stop_at` applied to its first part only).
-pub fn resume<B: AutodiffBackend>(
+pub fn resume<B: SaeAutodiffBackend>(
     run_dir: &Path,
     stop_at: Option<u64>,
     device: &B::Device,
@@ -104,7 +104,7 @@ struct Session<B: AutodiffBackend> {
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> Session<B> {
+impl<B: SaeAutodiffBackend> Session<B> {
     /// Loads the model and data, and the trainer (fresh, or from `checkpoint`).
     fn open(config: TrainConfig, checkpoint: Option<PathBuf>, device: &B::Device) -> Result<Self> {
         if config.parallel.devices != 1 {

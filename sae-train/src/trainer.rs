@@ -19,7 +19,8 @@ use burn::tensor::{ElementConversion, Tensor};
 use sae_core::device_select::selects_on_device;
 use sae_core::sae::{int_to_host, to_host};
 use sae_core::{
-    Architecture, HookPoint, HostParams, Params, Sae, SaeConfig, SaeError, gemm_on_host,
+    Architecture, HookPoint, HostParams, Params, Sae, SaeAutodiffBackend, SaeConfig, SaeError,
+    gemm_on_host,
 };
 use serde::Serialize;
 
@@ -169,7 +170,7 @@ pub struct Trainer<B: AutodiffBackend> {
     optim: OptimConfig,
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: SaeAutodiffBackend> Trainer<B> {
     /// Fresh SAEs (seeded by `optim.seed`) at each of `points`, sized as SAE Made Easy does when
     /// `sae.num_latents` is 0.
     pub fn new(
@@ -249,7 +250,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-impl<B: AutodiffBackend> HookTrainer<B> {
+impl<B: SaeAutodiffBackend> HookTrainer<B> {
     /// A trainer for `sae` at `path`, before its first step.
     pub fn new(path: String, sae: Sae<B>) -> Self {
         let latents = sae.num_latents();
@@ -550,7 +551,7 @@ impl From<sae_core::HostStep> for MicroStep {
 
 /// Loss and selection by the SAE's forward pass, gradients (of `weight x loss`) by Burn's
 /// autodiff, added to `grads`.
-fn autodiff_micro_step<B: AutodiffBackend>(
+fn autodiff_micro_step<B: SaeAutodiffBackend>(
     sae: &Sae<B>,
     x: Tensor<B::InnerBackend, 2>,
     dead: Option<&[bool]>,

@@ -3,9 +3,9 @@
 //! non-finite activations, and the state kept on the device following the host path.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::AutodiffBackend;
+
 use burn::tensor::{Distribution, Tensor, TensorData};
-use sae_core::{HookKind, HookPoint, SaeConfig};
+use sae_core::{HookKind, HookPoint, SaeAutodiffBackend, SaeConfig};
 use sae_train::config::{BiasInit, OptimConfig};
 use sae_train::{HookTrainer, TrainError, Trainer};
 
@@ -27,7 +27,7 @@ fn host_values(t: Tensor<Flex, 2>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().unwrap()
 }
 
-fn weights<A: AutodiffBackend>(t: &Trainer<A>) -> Vec<f32> {
+fn weights<A: SaeAutodiffBackend>(t: &Trainer<A>) -> Vec<f32> {
     let params = t.hooks[0].params();
     params.iter().flat_map(|(_, v)| v.to_vec()).collect()
 }
@@ -158,7 +158,7 @@ fn device_check_configs() -> (SaeConfig, OptimConfig) {
 
 /// Five steps of `host` (state on the host) and `device` (state on the device, same initial
 /// SAE) on the same activations: metrics, parameters and moments agree to f32 rounding.
-fn device_follows_host<A: AutodiffBackend, G: AutodiffBackend>(
+fn device_follows_host<A: SaeAutodiffBackend, G: SaeAutodiffBackend>(
     host: &mut Trainer<A>,
     device: &mut Trainer<G>,
 ) {

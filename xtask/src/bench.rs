@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+
 use burn::tensor::{Distribution, Tensor};
-use sae_core::{HookKind, HookPoint, Sae, SaeConfig};
+use sae_core::{HookKind, HookPoint, Sae, SaeAutodiffBackend, SaeBackend, SaeConfig};
 use sae_train::Trainer;
 use sae_train::config::{BiasInit, OptimConfig};
 
@@ -114,7 +114,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Tokens per second of the SAE training step on backend `B`: `sae-train`'s trainer (forward,
 /// backward, AdamW with the decoder kept at unit norm, dead-latent bookkeeping, metrics).
-fn step_tokens_per_second<B: AutodiffBackend>() -> Result<f64> {
+fn step_tokens_per_second<B: SaeAutodiffBackend>() -> Result<f64> {
     let device = Default::default();
     let point = HookPoint::new("x", D, HookKind::Other);
     let optim = OptimConfig {
@@ -176,7 +176,7 @@ pub fn sae_encode(backend: &str) -> Result<()> {
 }
 
 /// Tokens per second of encode + decode on backend `B` (the reconstruction read back).
-fn encode_tokens_per_second<B: Backend>() -> Result<f64> {
+fn encode_tokens_per_second<B: SaeBackend>() -> Result<f64> {
     let device = Default::default();
     B::seed(&device, 0);
     let sae = Sae::<B>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device)?;

@@ -14,10 +14,10 @@ mod peft;
 mod saelens;
 mod sparsify;
 
+use crate::kernels::SaeBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SaeConfig;
@@ -88,7 +88,7 @@ impl HostSae {
     }
 
     /// Copies a Burn SAE's tensors to the host.
-    pub fn from_sae<B: Backend>(sae: &Sae<B>) -> Self {
+    pub fn from_sae<B: SaeBackend>(sae: &Sae<B>) -> Self {
         use crate::sae::to_host as host;
         HostSae {
             config: sae.config.clone(),
@@ -102,7 +102,7 @@ impl HostSae {
     }
 
     /// Builds the Burn SAE on `device`.
-    pub fn to_sae<B: Backend>(&self, device: &B::Device) -> Result<Sae<B>> {
+    pub fn to_sae<B: SaeBackend>(&self, device: &B::Device) -> Result<Sae<B>> {
         let (l, d) = (self.num_latents(), self.d_in);
         let mat = |v: &Vec<f32>| HostTensor::f32(vec![l, d], v.clone()).to_float::<B, 2>(device);
         let vec = |v: &Vec<f32>| HostTensor::f32(vec![v.len()], v.clone()).to_float::<B, 1>(device);

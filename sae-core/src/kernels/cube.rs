@@ -1,0 +1,271 @@
+//! [`SaeBackend`]'s kernels in CubeCL, for every CubeCL backend (wgpu, cuda, ...). Each unit
+//! computes one output element (the top-k: one row) with a plain loop: no atomics and no
+//! shared memory, so sums run in a fixed order and results are the same from run to run.
+//! Work is `O(tokens x k x m)` for the sparse products, against `O(tokens x latents x m)` for
+//! the dense fallbacks.
+
+use burn::tensor::DType;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::{calculate_cube_count_elemwise, prelude::*};
+use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use super::SaeBackend;
+
+/// One unit per row: a scan of the row that keeps its `k` largest entries sorted in `best`
+/// and `indices` (the row's slots of each), inserting after equal values so that ties go to
+/// the lower column.
+#[cube(launch)]
+fn top_k_rows_kernel<F: Float, I: Int>(
+    values: &Array<F>,
+    best: &mut Array<F>,
+    indices: &mut Array<I>,
+    rows: usize,
+    cols: usize,
+    k: usize,
+) {
+    let row = ABSOLUTE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let start = row * cols;
+    let out = row * k;
+    let mut filled = 0usize;
+    for col in 0..cols {
+        let value = values[start + col];
+        let mut enters = filled < k;
+        if !enters {
+            enters = value > best[out + k - 1];
+        }
+        if enters {
+            // The free slot: the next one while filling, else the smallest kept entry's.
+            let mut pos = k - 1;
+            if filled < k {
+                pos = filled;
+                filled += 1;
+            }
+            loop {
+                if pos == 0 {
+                    break;
+                }
+                let above = best[out + pos - 1];
+                if above >= value {
+                    break;
+                }
+                best[out + pos] = above;
+                indices[out + pos] = indices[out + pos - 1];
+                pos -= 1;
+            }
+            best[out + pos] = value;
+            indices[out + pos] = I::cast_from(col);
+        }
+    }
+}
+
+/// `out[t, c] = sum_j values[t, j] weights[indices[t, j], c]`, one unit per `(t, c)`.
+#[cube(launch)]
+fn sparse_decode_kernel<F: Float, I: Int>(
+    values: &Array<F>,
+    indices: &Array<I>,
+    weights: &Array<F>,
+    out: &mut Array<F>,
+    k: usize,
+    m: usize,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let token = ABSOLUTE_POS / m;
+    let col = ABSOLUTE_POS % m;
+    let mut sum = F::new(0.0);
+    for j in 0..k {
+        let slot = token * k + j;
+        sum += values[slot] * weights[usize::cast_from(indices[slot]) * m + col];
+    }
+    out[ABSOLUTE_POS] = sum;
+}
+
+/// `out[t, j] = dense[t] . weights[indices[t, j]]`, one unit per slot `(t, j)`.
+#[cube(launch)]
+fn sparse_dot_kernel<F: Float, I: Int>(
+    dense: &Array<F>,
+    indices: &Array<I>,
+    weights: &Array<F>,
+    out: &mut Array<F>,
+    k: usize,
+    m: usize,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let row = (ABSOLUTE_POS / k) * m;
+    let latent = usize::cast_from(indices[ABSOLUTE_POS]) * m;
+    let mut sum = F::new(0.0);
+    for c in 0..m {
+        sum += dense[row + c] * weights[latent + c];
+    }
+    out[ABSOLUTE_POS] = sum;
+}
+
+/// `out[l, c] = sum over latent l's slots s (in `order`) of coefs[s] dense[s / k, c]`, one
+/// unit per `(l, c)`.
+#[cube(launch)]
+fn sparse_transpose_matmul_kernel<F: Float, I: Int>(
+    coefs: &Array<F>,
+    order: &Array<I>,
+    offsets: &Array<I>,
+    dense: &Array<F>,
+    out: &mut Array<F>,
+    k: usize,
+    m: usize,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let latent = ABSOLUTE_POS / m;
+    let col = ABSOLUTE_POS % m;
+    let first = usize::cast_from(offsets[latent]);
+    let end = usize::cast_from(offsets[latent + 1]);
+    let mut sum = F::new(0.0);
+    for p in first..end {
+        let slot = usize::cast_from(order[p]);
+        sum += coefs[slot] * dense[(slot / k) * m + col];
+    }
+    out[ABSOLUTE_POS] = sum;
+}
+
+/// A kernel input: contiguous and of the element type the kernel was compiled for.
+fn input<R: CubeRuntime>(tensor: CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
+    let tensor = if tensor.dtype == dtype {
+        tensor
+    } else {
+        cast(tensor, dtype)
+    };
+    into_contiguous(tensor)
+}
+
+/// A tensor's `[rows, cols]`.
+fn dims2<R: CubeRuntime>(tensor: &CubeTensor<R>) -> [usize; 2] {
+    let shape = tensor.meta.shape();
+    [shape[0], shape[1]]
+}
+
+/// An uninitialised contiguous output like `like`'s client and device.
+fn output<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 2], dtype: DType) -> CubeTensor<R> {
+    let (client, device) = (like.client.clone(), like.device.clone());
+    empty_device_contiguous_dtype(client, device, shape.into(), dtype)
+}
+
+/// The launch grid for `units` units, one per element.
+fn grid<R: CubeRuntime>(like: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(&like.client, units);
+    (calculate_cube_count_elemwise(&like.client, units, dim), dim)
+}
+
+impl<R, F, I, BT> SaeBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
+        let values = input(values, F::dtype());
+        let [rows, cols] = dims2(&values);
+        assert!(k <= cols, "top_k_rows: k = {k} exceeds the {cols} columns");
+        let best = output(&values, [rows, k], F::dtype());
+        let indices = output(&values, [rows, k], I::dtype());
+        let (count, dim) = grid(&values, rows);
+        top_k_rows_kernel::launch::<F, I, R>(
+            &values.client.clone(),
+            count,
+            dim,
+            values.into_array_arg(),
+            best.into_array_arg(),
+            indices.clone().into_array_arg(),
+            rows,
+            cols,
+            k,
+        );
+        indices
+    }
+
+    fn sparse_decode(
+        values: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (values, indices) = (input(values, F::dtype()), input(indices, I::dtype()));
+        let weights = input(weights, F::dtype());
+        let ([tokens, k], [_, m]) = (dims2(&values), dims2(&weights));
+        let out = output(&values, [tokens, m], F::dtype());
+        let (count, dim) = grid(&out, tokens * m);
+        sparse_decode_kernel::launch::<F, I, R>(
+            &out.client,
+            count,
+            dim,
+            values.into_array_arg(),
+            indices.into_array_arg(),
+            weights.into_array_arg(),
+            out.clone().into_array_arg(),
+            k,
+            m,
+        );
+        out
+    }
+
+    fn sparse_dot(
+        dense: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (dense, indices) = (input(dense, F::dtype()), input(indices, I::dtype()));
+        let weights = input(weights, F::dtype());
+        let ([tokens, k], [_, m]) = (dims2(&indices), dims2(&weights));
+        let out = output(&dense, [tokens, k], F::dtype());
+        let (count, dim) = grid(&out, tokens * k);
+        sparse_dot_kernel::launch::<F, I, R>(
+            &out.client,
+            count,
+            dim,
+            dense.into_array_arg(),
+            indices.into_array_arg(),
+            weights.into_array_arg(),
+            out.clone().into_array_arg(),
+            k,
+            m,
+        );
+        out
+    }
+
+    fn sparse_transpose_matmul(
+        coefs: FloatTensor<Self>,
+        _indices: IntTensor<Self>,
+        order: IntTensor<Self>,
+        offsets: IntTensor<Self>,
+        dense: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (coefs, dense) = (input(coefs, F::dtype()), input(dense, F::dtype()));
+        let (order, offsets) = (input(order, I::dtype()), input(offsets, I::dtype()));
+        let ([_, k], [_, m]) = (dims2(&coefs), dims2(&dense));
+        let latents = offsets.meta.shape()[0] - 1;
+        let out = output(&dense, [latents, m], F::dtype());
+        let (count, dim) = grid(&out, latents * m);
+        sparse_transpose_matmul_kernel::launch::<F, I, R>(
+            &out.client,
+            count,
+            dim,
+            coefs.into_array_arg(),
+            order.into_array_arg(),
+            offsets.into_array_arg(),
+            dense.into_array_arg(),
+            out.clone().into_array_arg(),
+            k,
+            m,
+        );
+        out
+    }
+}
