@@ -11,37 +11,33 @@
 //!   fixed order, so results do not depend on thread scheduling.
 //!
 //! The CubeCL backends (wgpu, cuda, with or without fusion) run hand-written kernels
-//! ([`cube`]); Flex and NdArray use the fallbacks of the trait's default methods (dense
-//! products, or the host's selection), which define the results the kernels are tested
-//! against. The operations are not differentiable: under autodiff their results are constants,
+//! ([`cube`]); Flex and NdArray use the trait's default methods, the [`reference`]
+//! implementations (dense products, or the host's selection), which define the results the
+//! kernels are tested and benchmarked against. The operations are not differentiable: under autodiff their results are constants,
 //! as the SAE's hand-derived gradients ([`device_grad`](crate::device_grad)) need.
 
 #[cfg(feature = "cubecl-kernels")]
 pub mod cube;
 #[cfg(feature = "cubecl-kernels")]
 mod fusion;
+pub mod reference;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
-use crate::sae::{int_to_host, to_host};
-use crate::select;
+use crate::sae::int_to_host;
 
 /// A Burn backend with the SAE's sparse kernels. Implemented for Flex and NdArray (with the
 /// features of the same names), every CubeCL backend, and their autodiff and fusion wrappers.
 /// The default methods are the reference implementations.
 pub trait SaeBackend: Backend {
     /// Each row's `k` largest columns of `[rows, cols]` values (`k <= cols`), `[rows, k]`:
-    /// larger first, ties to the lower column, as [`select::top_k`].
+    /// larger first, ties to the lower column, as [`select::top_k`](crate::select::top_k).
     fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
-        let values = float::<Self, 2>(values);
-        let ([rows, cols], device) = (values.dims(), values.device());
-        let selection = select::top_k_among(&to_host(values), cols, k, None);
-        Tensor::<Self, 2, Int>::from_data(TensorData::new(selection.indices, [rows, k]), &device)
-            .into_primitive()
+        reference::top_k_rows::<Self>(values, k)
     }
 
     /// `out[t] = sum_j values[t, j] weights[indices[t, j]]`: `[tokens, k]` values and indices,
@@ -51,9 +47,7 @@ pub trait SaeBackend: Backend {
         indices: IntTensor<Self>,
         weights: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let weights = float::<Self, 2>(weights);
-        let dense = scatter_rows(float(values), int(indices), weights.dims()[0]);
-        dense.matmul(weights).into_primitive().tensor()
+        reference::sparse_decode::<Self>(values, indices, weights)
     }
 
     /// `out[t, j] = dense[t] . weights[indices[t, j]]`: `[tokens, m]` dense, `[tokens, k]`
@@ -63,8 +57,7 @@ pub trait SaeBackend: Backend {
         indices: IntTensor<Self>,
         weights: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let products = float::<Self, 2>(dense).matmul(float::<Self, 2>(weights).transpose());
-        products.gather(1, int(indices)).into_primitive().tensor()
+        reference::sparse_dot::<Self>(dense, indices, weights)
     }
 
     /// `out[l] = sum over the slots (t, j) with indices[t, j] = l of coefs[t, j] dense[t]`:
@@ -73,17 +66,11 @@ pub trait SaeBackend: Backend {
     fn sparse_transpose_matmul(
         coefs: FloatTensor<Self>,
         indices: IntTensor<Self>,
-        _order: IntTensor<Self>,
+        order: IntTensor<Self>,
         offsets: IntTensor<Self>,
         dense: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let [groups] = int::<Self, 1>(offsets).dims();
-        let coefs = scatter_rows::<Self>(float(coefs), int(indices), groups - 1);
-        coefs
-            .transpose()
-            .matmul(float(dense))
-            .into_primitive()
-            .tensor()
+        reference::sparse_transpose_matmul::<Self>(coefs, indices, order, offsets, dense)
     }
 }
 
@@ -186,23 +173,13 @@ impl<B: Backend> LatentGroups<B> {
     }
 }
 
-/// `[tokens, k]` values at their `indices`, zeros elsewhere: `[tokens, cols]`.
-fn scatter_rows<B: Backend>(
-    values: Tensor<B, 2>,
-    indices: Tensor<B, 2, Int>,
-    cols: usize,
-) -> Tensor<B, 2> {
-    let [rows, _] = values.dims();
-    Tensor::zeros([rows, cols], &values.device()).scatter(1, indices, values, IndexingUpdateOp::Add)
-}
-
 /// A float primitive as a tensor.
-fn float<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
+pub(crate) fn float<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
 /// An int primitive as a tensor.
-fn int<B: Backend, const D: usize>(primitive: IntTensor<B>) -> Tensor<B, D, Int> {
+pub(crate) fn int<B: Backend, const D: usize>(primitive: IntTensor<B>) -> Tensor<B, D, Int> {
     Tensor::from_primitive(primitive)
 }
 

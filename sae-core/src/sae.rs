@@ -9,12 +9,13 @@
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
 use crate::device_select::{DeviceTopK, PreActivations, selects_on_device};
 use crate::error::{Result, SaeError};
+use crate::kernels::reference::scatter_rows;
 use crate::kernels::{SaeBackend, sparse_decode};
 use crate::select::{self, Selection};
 
@@ -319,9 +320,8 @@ impl<B: SaeBackend> Sae<B> {
             if !B::ad_enabled(&device) {
                 return sparse_decode(values, indices, self.w_dec.val());
             }
-            return self
-                .scatter_latents(indices, values)
-                .matmul(self.w_dec.val());
+            let coefs = scatter_rows(values, indices, self.num_latents());
+            return coefs.matmul(self.w_dec.val());
         }
         let flat = latents.indices.clone().reshape([n * w]);
         let rows = self.w_dec.val().select(0, flat).reshape([n, w, d]);
@@ -433,21 +433,6 @@ impl<B: SaeBackend> Sae<B> {
         let k_aux = self.config.aux_k.unwrap_or(self.d_in() / 2).max(1);
         let scale = (num_dead as f64 / k_aux as f64).min(1.0);
         Some((k_aux.min(num_dead), scale))
-    }
-
-    /// `[tokens, width]` values at their latents `indices`, zeros elsewhere: `[tokens, latents]`.
-    pub(crate) fn scatter_latents(
-        &self,
-        indices: Tensor<B, 2, Int>,
-        values: Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
-        let [n, _] = values.dims();
-        Tensor::zeros([n, self.num_latents()], &values.device()).scatter(
-            1,
-            indices,
-            values,
-            IndexingUpdateOp::Add,
-        )
     }
 
     /// The selected entries of a dense activation matrix, with padding zeroed.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::backend::{Autodiff, Flex, NdArray};
+use burn::backend::{Autodiff, Flex};
 
 use burn::tensor::{Distribution, Tensor};
 use sae_core::{HookKind, HookPoint, Sae, SaeAutodiffBackend, SaeBackend, SaeConfig};
@@ -16,23 +16,43 @@ use sae_train::config::{BiasInit, OptimConfig};
 
 use crate::peak;
 
-const D: usize = 576;
-const LATENTS: usize = 9216;
-const K: usize = 32;
-const TOKENS: usize = 2048;
+pub const D: usize = 576;
+pub const LATENTS: usize = 9216;
+pub const K: usize = 32;
+pub const TOKENS: usize = 2048;
 const WARMUP: usize = 2;
 const STEPS: usize = 10;
 
 /// The error for a `--backend` this build does not have.
-fn unknown_backend(name: &str) -> anyhow::Error {
+pub fn unknown_backend(name: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "unknown backend {name:?}: expected flex or ndarray, or wgpu or cuda in an xtask built \
          with that feature (`cargo run -p xtask --features cuda -- bench ...`)"
     )
 }
 
+/// A backend as itself (for [`on_backend`]'s wrapper argument).
+pub type Plain<B> = B;
+
+/// `$f::<$wrap<Backend>>()` for the backend named `$name`: flex, ndarray, and wgpu and cuda in
+/// a build with those features; an error for any other name.
+macro_rules! on_backend {
+    ($name:expr, $f:ident, $wrap:ident) => {
+        match $name {
+            "flex" => $f::<$wrap<burn::backend::Flex>>(),
+            "ndarray" => $f::<$wrap<burn::backend::NdArray>>(),
+            #[cfg(feature = "wgpu")]
+            "wgpu" => $f::<$wrap<burn::backend::Wgpu>>(),
+            #[cfg(feature = "cuda")]
+            "cuda" => $f::<$wrap<burn::backend::Cuda>>(),
+            other => Err($crate::bench::unknown_backend(other)),
+        }
+    };
+}
+pub(crate) use on_backend;
+
 /// Prints the case's settings: backend, threads, allocator and shapes.
-fn describe(backend: &str) {
+pub fn describe(backend: &str) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "backend {backend} (f32, {threads} threads), allocator mimalloc, d={D} latents={LATENTS} k={K} tokens={TOKENS}"
@@ -43,21 +63,13 @@ fn describe(backend: &str) {
 /// runs on the GPU when the backend is `cuda`.
 pub fn sae_step(backend: &str) -> Result<()> {
     peak::reset();
-    let ours = || match backend {
-        "flex" => step_tokens_per_second::<Autodiff<Flex>>(),
-        "ndarray" => step_tokens_per_second::<Autodiff<NdArray>>(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => step_tokens_per_second::<Autodiff<burn::backend::Wgpu>>(),
-        #[cfg(feature = "cuda")]
-        "cuda" => step_tokens_per_second::<Autodiff<burn::backend::Cuda>>(),
-        other => Err(unknown_backend(other)),
-    };
+    let ours = || on_backend!(backend, step_tokens_per_second, Autodiff);
     describe(backend);
     interleaved("sae-step", ours, || sparsify_reference("step", backend))
 }
 
 /// Rounds of each side timed in turn.
-const ROUNDS: usize = 3;
+pub const ROUNDS: usize = 3;
 
 /// Times `ours` and `reference` in turn, `ROUNDS` times, so that the machine's drift (tens of
 /// percent within minutes on a shared VM) hits both alike; prints each round's figures, then
@@ -102,7 +114,7 @@ fn interleaved(
 }
 
 /// The median of `values` (the middle one, or the mean of the two middle ones).
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {
@@ -162,15 +174,7 @@ pub fn micro() -> Result<()> {
 /// no autodiff.
 pub fn sae_encode(backend: &str) -> Result<()> {
     peak::reset();
-    let ours = || match backend {
-        "flex" => encode_tokens_per_second::<Flex>(),
-        "ndarray" => encode_tokens_per_second::<NdArray>(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => encode_tokens_per_second::<burn::backend::Wgpu>(),
-        #[cfg(feature = "cuda")]
-        "cuda" => encode_tokens_per_second::<burn::backend::Cuda>(),
-        other => Err(unknown_backend(other)),
-    };
+    let ours = || on_backend!(backend, encode_tokens_per_second, Plain);
     describe(backend);
     interleaved("sae-encode", ours, || sparsify_reference("encode", backend))
 }

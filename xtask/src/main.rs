@@ -13,6 +13,9 @@
 //! sparsify's (`tools/bench_sparsify.py encode`), with the same `--backend`; with `cuda`, sparsify
 //! runs on the GPU too.
 //!
+//! `cargo xtask bench sae-kernels` times each sparse kernel of `sae_core::kernels` against its
+//! reference implementation on the same backend (`--backend wgpu|cuda`: the CubeCL kernels).
+//!
 //! `cargo xtask bench lm-forward` times SmolLM2-135M-Instruct's forward pass (batch 8 x 256) and,
 //! with `SAE_BENCH_PYTHON`, transformers' on the same GGUF (`tools/bench_lm_forward.py`).
 //! `cargo xtask bench data` times `sae preprocess` (easy-VQA, Shakespeare) and the loader
@@ -24,6 +27,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_kernels;
 mod peak;
 mod train;
 
@@ -34,7 +38,7 @@ static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
 const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
-       cargo xtask bench [sae-step | sae-encode] [--backend flex|ndarray|wgpu|cuda]
+       cargo xtask bench [sae-step | sae-encode | sae-kernels] [--backend flex|ndarray|wgpu|cuda]
        cargo xtask bench [lm-forward | data | train | micro]
   (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
@@ -61,6 +65,8 @@ fn main() -> Result<()> {
         ["bench", "data"] => bench_data::data(),
         ["bench", "train"] => train::bench(),
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
+        ["bench", "sae-kernels"] => bench_kernels::sae_kernels("flex"),
+        ["bench", "sae-kernels", "--backend", backend] => bench_kernels::sae_kernels(backend),
         ["demo"] => train::demo(),
         ["train", ..] => train::train(&args[1..]),
         ["help"] | ["--help"] | ["-h"] | [] => {

@@ -1,6 +1,7 @@
 //! [`SaeBackend`]'s kernels in CubeCL, for every CubeCL backend (wgpu, cuda, ...). Each unit
-//! computes one output element (the top-k: one row) with a plain loop: no atomics and no
-//! shared memory, so sums run in a fixed order and results are the same from run to run.
+//! of the sparse products computes one output element with a plain loop, and the top-k runs one
+//! cube per row: no atomics, so sums run in a fixed order and results are the same from run to
+//! run.
 //! Work is `O(tokens x k x m)` for the sparse products, against `O(tokens x latents x m)` for
 //! the dense fallbacks.
 
@@ -15,54 +16,109 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 
 use super::SaeBackend;
 
-/// One unit per row: a scan of the row that keeps its `k` largest entries sorted in `best`
-/// and `indices` (the row's slots of each), inserting after equal values so that ties go to
-/// the lower column.
+/// The units of a cube that selects one row's top k.
+const TOP_K_UNITS: usize = 32;
+
+/// One cube of [`TOP_K_UNITS`] units per row. Each unit keeps the `k` largest of its columns
+/// (`unit`, `unit + units`, ...: adjacent units read adjacent values) sorted in its slice of
+/// `best`/`picked`; then the first unit merges the units' lists into the row's `merged`/
+/// `indices`, each list until one of its entries no longer enters. Ties go to the lower column.
 #[cube(launch)]
 fn top_k_rows_kernel<F: Float, I: Int>(
     values: &Array<F>,
     best: &mut Array<F>,
+    picked: &mut Array<I>,
+    merged: &mut Array<F>,
     indices: &mut Array<I>,
     rows: usize,
     cols: usize,
     k: usize,
+    #[comptime] units: usize,
 ) {
-    let row = ABSOLUTE_POS;
+    let row = CUBE_POS;
     if row >= rows {
         terminate!();
     }
-    let start = row * cols;
-    let out = row * k;
+    let unit = UNIT_POS as usize;
+    let mut counts = SharedMemory::<u32>::new(units);
+    let list = (row * units + unit) * k;
     let mut filled = 0usize;
-    for col in 0..cols {
-        let value = values[start + col];
-        let mut enters = filled < k;
-        if !enters {
-            enters = value > best[out + k - 1];
+    let mut col = unit;
+    loop {
+        if col >= cols {
+            break;
         }
-        if enters {
-            // The free slot: the next one while filling, else the smallest kept entry's.
-            let mut pos = k - 1;
-            if filled < k {
-                pos = filled;
-                filled += 1;
-            }
-            loop {
-                if pos == 0 {
+        let value = values[row * cols + col];
+        if insert::<F, I>(value, I::cast_from(col), best, picked, list, k, filled) && filled < k {
+            filled += 1;
+        }
+        col += units;
+    }
+    counts[unit] = u32::cast_from(filled);
+    sync_cube();
+    if unit == 0 {
+        let out = row * k;
+        let mut total = 0usize;
+        for source in 0..units {
+            let from = (row * units + source) * k;
+            let count = usize::cast_from(counts[source]);
+            for j in 0..count {
+                let (value, index) = (best[from + j], picked[from + j]);
+                if !insert::<F, I>(value, index, merged, indices, out, k, total) {
                     break;
                 }
-                let above = best[out + pos - 1];
-                if above >= value {
-                    break;
+                if total < k {
+                    total += 1;
                 }
-                best[out + pos] = above;
-                indices[out + pos] = indices[out + pos - 1];
-                pos -= 1;
             }
-            best[out + pos] = value;
-            indices[out + pos] = I::cast_from(col);
         }
     }
+}
+
+/// Inserts `(value, index)` into the list of `k` slots at `start` (`filled` of them used),
+/// sorted larger first with ties to the lower index; whether it entered.
+#[cube]
+fn insert<F: Float, I: Int>(
+    value: F,
+    index: I,
+    values: &mut Array<F>,
+    indices: &mut Array<I>,
+    start: usize,
+    k: usize,
+    filled: usize,
+) -> bool {
+    let mut enters = filled < k;
+    if !enters {
+        enters = before::<F, I>(value, index, values[start + k - 1], indices[start + k - 1]);
+    }
+    if enters {
+        // The free slot: the next one while filling, else the last kept entry's.
+        let mut pos = k - 1;
+        if filled < k {
+            pos = filled;
+        }
+        loop {
+            if pos == 0 {
+                break;
+            }
+            let (above, above_index) = (values[start + pos - 1], indices[start + pos - 1]);
+            if !before::<F, I>(value, index, above, above_index) {
+                break;
+            }
+            values[start + pos] = above;
+            indices[start + pos] = above_index;
+            pos -= 1;
+        }
+        values[start + pos] = value;
+        indices[start + pos] = index;
+    }
+    enters
+}
+
+/// Whether `(v, i)` sorts before `(w, j)`: a larger value, or an equal one at a lower index.
+#[cube]
+fn before<F: Float, I: Int>(v: F, i: I, w: F, j: I) -> bool {
+    v > w || (v == w && i < j)
 }
 
 /// `out[t, c] = sum_j values[t, j] weights[indices[t, j], c]`, one unit per `(t, c)`.
@@ -176,19 +232,28 @@ where
         let values = input(values, F::dtype());
         let [rows, cols] = dims2(&values);
         assert!(k <= cols, "top_k_rows: k = {k} exceeds the {cols} columns");
-        let best = output(&values, [rows, k], F::dtype());
+        let lists = [rows, TOP_K_UNITS * k];
+        let (best, picked) = (
+            output(&values, lists, F::dtype()),
+            output(&values, lists, I::dtype()),
+        );
+        let merged = output(&values, [rows, k], F::dtype());
         let indices = output(&values, [rows, k], I::dtype());
-        let (count, dim) = grid(&values, rows);
+        let dim = CubeDim::new_1d(TOP_K_UNITS as u32);
+        let count = calculate_cube_count_elemwise(&values.client, rows * TOP_K_UNITS, dim);
         top_k_rows_kernel::launch::<F, I, R>(
             &values.client.clone(),
             count,
             dim,
             values.into_array_arg(),
             best.into_array_arg(),
+            picked.into_array_arg(),
+            merged.into_array_arg(),
             indices.clone().into_array_arg(),
             rows,
             cols,
             k,
+            TOP_K_UNITS,
         );
         indices
     }
