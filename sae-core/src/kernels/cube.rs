@@ -19,10 +19,13 @@ use super::SaeBackend;
 /// The units of a cube that selects one row's top k.
 const TOP_K_UNITS: usize = 32;
 
-/// One cube of [`TOP_K_UNITS`] units per row. Each unit keeps the `k` largest of its columns
-/// (`unit`, `unit + units`, ...: adjacent units read adjacent values) sorted in its slice of
-/// `best`/`picked`; then the first unit merges the units' lists into the row's `merged`/
-/// `indices`, each list until one of its entries no longer enters. Ties go to the lower column.
+/// One cube of [`TOP_K_UNITS`] units per row, in two scans of the row. Each unit reads the
+/// columns `unit`, `unit + units`, ... (adjacent units read adjacent values) into its sorted
+/// list in `best`/`picked`, and the first unit merges the lists into the row's `merged`/
+/// `indices`, each list until one of its entries no longer enters. The first scan keeps each
+/// unit's `ceil(k / units)` largest: the k-th largest of those (at least `k` distinct entries)
+/// bounds the row's k-th largest from below, so the second scan lists only the columns that
+/// reach it. Ties go to the lower column.
 #[cube(launch)]
 fn top_k_rows_kernel<F: Float, I: Int>(
     values: &Array<F>,
@@ -41,37 +44,50 @@ fn top_k_rows_kernel<F: Float, I: Int>(
     }
     let unit = UNIT_POS as usize;
     let mut counts = SharedMemory::<u32>::new(units);
+    let mut bound = SharedMemory::<F>::new(1usize);
     let list = (row * units + unit) * k;
-    let mut filled = 0usize;
-    let mut col = unit;
-    loop {
-        if col >= cols {
-            break;
+    let out = row * k;
+    for scan in 0..2u32 {
+        let mut size = k;
+        if scan == 0 {
+            size = k.div_ceil(units);
         }
-        let value = values[row * cols + col];
-        if insert::<F, I>(value, I::cast_from(col), best, picked, list, k, filled) && filled < k {
-            filled += 1;
-        }
-        col += units;
-    }
-    counts[unit] = u32::cast_from(filled);
-    sync_cube();
-    if unit == 0 {
-        let out = row * k;
-        let mut total = 0usize;
-        for source in 0..units {
-            let from = (row * units + source) * k;
-            let count = usize::cast_from(counts[source]);
-            for j in 0..count {
-                let (value, index) = (best[from + j], picked[from + j]);
-                if !insert::<F, I>(value, index, merged, indices, out, k, total) {
-                    break;
-                }
-                if total < k {
-                    total += 1;
+        let mut filled = 0usize;
+        let mut col = unit;
+        loop {
+            if col >= cols {
+                break;
+            }
+            let value = values[row * cols + col];
+            // Written so that a NaN bound keeps every column.
+            if scan == 0 || !(value < bound[0]) {
+                let index = I::cast_from(col);
+                if insert::<F, I>(value, index, best, picked, list, size, filled) && filled < size {
+                    filled += 1;
                 }
             }
+            col += units;
         }
+        counts[unit] = u32::cast_from(filled);
+        sync_cube();
+        if unit == 0 {
+            let mut total = 0usize;
+            for source in 0..units {
+                let from = (row * units + source) * k;
+                let count = usize::cast_from(counts[source]);
+                for j in 0..count {
+                    let (value, index) = (best[from + j], picked[from + j]);
+                    if !insert::<F, I>(value, index, merged, indices, out, k, total) {
+                        break;
+                    }
+                    if total < k {
+                        total += 1;
+                    }
+                }
+            }
+            bound[0] = merged[out + k - 1];
+        }
+        sync_cube();
     }
 }
 
