@@ -59,8 +59,9 @@ fn top_k_rows_kernel<F: Float, I: Int>(
                 break;
             }
             let value = values[row * cols + col];
-            // Written so that a NaN bound keeps every column.
-            if scan == 0 || !(value < bound[0]) {
+            // Not `value >= bound`: a NaN bound keeps every column.
+            let below = value < bound[0];
+            if scan == 0 || !below {
                 let index = I::cast_from(col);
                 if insert::<F, I>(value, index, best, picked, list, size, filled) && filled < size {
                     filled += 1;
