@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the `device` tool):
 # our SAE step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on)
-# on the same GPU, in the same run.
+# on the same GPU, in the same run, and each CubeCL kernel of the step against its reference.
 #
 #   tools/gpu_bench.sh prepare   # here: xtask built with the cuda feature, sparsify's wheels, in .gpu/
 #                                # (about 21 MiB; carry it: `carry: [".gpu"]`)
-#   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs both cases
+#   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs the cases
 #
 # `prepare` needs cargo and pip with registry access. `run` needs an NVIDIA driver and the
 # lent machines' python3 (torch with its NVIDIA wheels, transformers, accelerate, einops,
@@ -52,7 +52,7 @@ print(":".join(sorted(dirs)))')
         python3 -c 'import torch; print("torch", torch.__version__)'
         date -u
     } | tee "$out/machine.txt"
-    for case in sae-step sae-encode; do
+    for case in sae-step sae-encode sae-kernels; do
         "$xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
     done
     ;;

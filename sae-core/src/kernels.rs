@@ -13,8 +13,9 @@
 //! The CubeCL backends (wgpu, cuda, with or without fusion) run hand-written kernels
 //! ([`cube`]); Flex and NdArray use the trait's default methods, the [`reference`]
 //! implementations (dense products, or the host's selection), which define the results the
-//! kernels are tested and benchmarked against. The operations are not differentiable: under autodiff their results are constants,
-//! as the SAE's hand-derived gradients ([`device_grad`](crate::device_grad)) need.
+//! kernels are tested and benchmarked against. The operations are not differentiable: under
+//! autodiff their results are constants, as the SAE's hand-derived gradients
+//! ([`device_grad`](crate::device_grad)) need.
 
 #[cfg(feature = "cubecl-kernels")]
 pub mod cube;

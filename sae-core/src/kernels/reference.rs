@@ -1,7 +1,7 @@
-//! The reference implementations of [`SaeBackend`](super::SaeBackend)'s operations, on any backend: the host's
-//! selection for the top-k, dense products for the rest (`[tokens, k]` entries scattered into
-//! `[tokens, latents]` matrices). They are the trait's default methods, what the kernels are
-//! tested against, and the baseline of `cargo xtask bench sae-kernels`.
+//! The reference implementations of [`SaeBackend`](super::SaeBackend)'s operations, on any
+//! backend: the host's selection for the top-k, dense products for the rest (`[tokens, k]`
+//! entries scattered into `[tokens, latents]` matrices). They are the trait's default methods,
+//! what the kernels are tested against, and the baseline of `cargo xtask bench sae-kernels`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
@@ -11,7 +11,8 @@ use super::{float, int};
 use crate::sae::to_host;
 use crate::select;
 
-/// [`SaeBackend::top_k_rows`](super::SaeBackend::top_k_rows): the values read back and selected on the host.
+/// [`SaeBackend::top_k_rows`](super::SaeBackend::top_k_rows): the values read back and
+/// selected on the host.
 pub fn top_k_rows<B: Backend>(values: FloatTensor<B>, k: usize) -> IntTensor<B> {
     let values = float::<B, 2>(values);
     let ([rows, cols], device) = (values.dims(), values.device());
@@ -20,8 +21,8 @@ pub fn top_k_rows<B: Backend>(values: FloatTensor<B>, k: usize) -> IntTensor<B> 
         .into_primitive()
 }
 
-/// [`SaeBackend::sparse_decode`](super::SaeBackend::sparse_decode): the values scattered into `[tokens, latents]`, times the
-/// weights.
+/// [`SaeBackend::sparse_decode`](super::SaeBackend::sparse_decode): the values scattered into
+/// `[tokens, latents]`, times the weights.
 pub fn sparse_decode<B: Backend>(
     values: FloatTensor<B>,
     indices: IntTensor<B>,
@@ -32,7 +33,8 @@ pub fn sparse_decode<B: Backend>(
     dense.matmul(weights).into_primitive().tensor()
 }
 
-/// [`SaeBackend::sparse_dot`](super::SaeBackend::sparse_dot): the dense `[tokens, latents]` product, gathered at the indices.
+/// [`SaeBackend::sparse_dot`](super::SaeBackend::sparse_dot): the dense `[tokens, latents]`
+/// product, gathered at the indices.
 pub fn sparse_dot<B: Backend>(
     dense: FloatTensor<B>,
     indices: IntTensor<B>,
@@ -42,8 +44,9 @@ pub fn sparse_dot<B: Backend>(
     products.gather(1, int(indices)).into_primitive().tensor()
 }
 
-/// [`SaeBackend::sparse_transpose_matmul`](super::SaeBackend::sparse_transpose_matmul): the coefficients scattered into
-/// `[tokens, latents]`, transposed, times the dense matrix (the grouping is not needed).
+/// [`SaeBackend::sparse_transpose_matmul`](super::SaeBackend::sparse_transpose_matmul): the
+/// coefficients scattered into `[tokens, latents]`, transposed, times the dense matrix (the
+/// grouping is not needed).
 pub fn sparse_transpose_matmul<B: Backend>(
     coefs: FloatTensor<B>,
     indices: IntTensor<B>,
