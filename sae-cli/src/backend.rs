@@ -24,15 +24,22 @@ pub type Backend = burn::backend::Flex;
 )))]
 compile_error!("enable one backend feature of sae-cli: flex, ndarray, wgpu or cuda");
 
-/// The backend's default device. On the GPU backends the first call checks that it works (a
-/// one-element round trip): without a driver or an adapter the runtime panics on its own
-/// thread, which this turns into an error naming the cause.
+/// The backend's default device. On the GPU backends the first call checks that it works: a
+/// one-element round trip (without a driver or an adapter the runtime panics on its own thread,
+/// which this turns into an error naming the cause), then the SAE kernels against their
+/// reference (`sae_core::kernels::check_kernels`).
 pub fn device() -> anyhow::Result<burn::tensor::Device<Backend>> {
     let device = Default::default();
     if cfg!(any(feature = "wgpu", feature = "cuda")) {
         static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-        if let Err(cause) = PROBE.get_or_init(|| probe(&device)) {
-            anyhow::bail!("the {NAME} backend found no usable GPU: {cause}");
+        let checked = || {
+            probe(&device)
+                .map_err(|cause| format!("the {NAME} backend found no usable GPU: {cause}"))?;
+            sae_core::kernels::check_kernels::<Backend>(&device)
+                .map_err(|error| format!("the {NAME} backend: {error}"))
+        };
+        if let Err(message) = PROBE.get_or_init(checked) {
+            anyhow::bail!("{message}");
         }
     }
     Ok(device)

@@ -14,6 +14,12 @@ pub enum SaeError {
     /// The input (or something computed from it) holds NaN or infinity.
     #[error("{0} contains NaN or infinite values")]
     NonFinite(String),
+    /// A kernel of the backend disagrees with its reference
+    /// ([`check_kernels`](crate::kernels::check_kernels)).
+    #[error(
+        "the {0} kernel disagrees with its reference on this device: the SAE kernels do not run correctly on this GPU or driver"
+    )]
+    KernelMismatch(&'static str),
     /// `target_modules` matched no hook point of the model.
     #[error("target_modules {targets} matched no hook point; available hook points: {available}")]
     NoTargetMatched { targets: String, available: String },

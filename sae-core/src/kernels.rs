@@ -17,6 +17,7 @@
 //! autodiff their results are constants, as the SAE's hand-derived gradients
 //! ([`device_grad`](crate::device_grad)) need.
 
+mod check;
 #[cfg(feature = "cubecl-kernels")]
 pub mod cube;
 #[cfg(feature = "cubecl-kernels")]
@@ -30,6 +31,8 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::sae::int_to_host;
+
+pub use check::check_kernels;
 
 /// A Burn backend with the SAE's sparse kernels. Implemented for Flex and NdArray (with the
 /// features of the same names), every CubeCL backend, and their autodiff and fusion wrappers.

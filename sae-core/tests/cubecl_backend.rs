@@ -14,7 +14,8 @@ use burn::tensor::{Tensor, TensorData};
 use common::{AB, B as Cpu, max_rel_diff, values};
 use sae_core::device_select::{selects_on_device, top_k_on_device};
 use sae_core::kernels::{
-    LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul, top_k_rows,
+    LatentGroups, SaeBackend, check_kernels, sparse_decode, sparse_dot, sparse_transpose_matmul,
+    top_k_rows,
 };
 use sae_core::sae::int_to_host;
 use sae_core::select::top_k_among;
@@ -227,4 +228,12 @@ fn non_finite_input_is_an_error_on_the_device() {
         .encode(tensor(&x, [N, D]))
         .unwrap_err();
     assert!(matches!(err, SaeError::NonFinite(_)), "{err}");
+}
+
+// The self-check a `sae` built for a GPU runs at start passes where the kernels are right (the
+// tests above); a kernel whose shader failed to compile made it fail (tried by hand).
+#[test]
+fn kernel_self_check_passes_on_wgpu() {
+    check_kernels::<Gpu>(&Default::default()).unwrap();
+    check_kernels::<Autodiff<Gpu>>(&Default::default()).unwrap();
 }
