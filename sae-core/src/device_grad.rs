@@ -3,8 +3,8 @@
 //! [`SaeBackend`], so that no dense `[tokens, latents]` matrix is built besides the encoder's
 //! pre-activations. The GPU backends train with it and keep the parameters on the device: the
 //! `[tokens, k]` selection and a few scalars are all that is read back (the selection also
-//! groups the slots by latent for the weight gradients). TopK selects on the device; BatchTopK's
-//! batch-wide selection reads the pre-activations back and is made on the host.
+//! groups the slots by latent for the weight gradients). Both select on the device
+//! ([`device_select`](crate::device_select); BatchTopK from each token's `4k` largest).
 //!
 //! With `A` the sparse `[tokens, latents]` activations (`[tokens, k]` values at their indices),
 //! `M` where a gradient passes (selected, and positive under ReLU) and `G = dL/dx_hat`:
@@ -14,14 +14,14 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use crate::device_select::{DeviceTopK, PreActivations, top_k_on_device};
+use crate::device_select::{PreActivations, top_k_on_device};
 use crate::error::{Result, SaeError};
 use crate::host_grad::{HostStep, gather};
 use crate::kernels::{
     LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul,
 };
 use crate::params::DeviceParams;
-use crate::sae::{Sae, int_to_host, to_host, total_variance};
+use crate::sae::{Sae, int_to_host, to_host, total_variance, zero_padding};
 use crate::select::{self, Selection};
 
 /// A selection on the device: its activations, latents grouped for the weight gradients, and
@@ -56,12 +56,20 @@ impl<B: SaeBackend> Sae<B> {
         let x = x.detach();
         let x_c = self.center(x.clone()).detach();
         let (pre, sparse, values, indices) = match self.select_on_device(&x_c)? {
-            Some(DeviceTopK { pre, indices }) => {
-                let values = pre.clone().gather(1, indices.clone());
+            Some(on_device) => {
+                let values = on_device.values();
+                let indices = on_device.indices;
                 let host = (to_host(values.clone()), int_to_host(indices.clone()));
                 let groups = LatentGroups::new(indices, &host.1, self.num_latents());
-                let sparse = self.sparse(groups, values, None);
-                (PreActivations::Device(pre), sparse, host.0, host.1)
+                let valid = on_device.valid.as_deref();
+                let passes = valid.map(|valid| zero_padding(values.ones_like(), Some(valid)));
+                let sparse = self.sparse(groups, values, passes);
+                (
+                    PreActivations::Device(on_device.pre),
+                    sparse,
+                    host.0,
+                    host.1,
+                )
             }
             None => {
                 let pre = self.host_pre_activations(&x_c)?;

@@ -1,8 +1,9 @@
-//! TopK selection on the device for the CubeCL backends (wgpu, cuda): the
+//! TopK and BatchTopK selection on the device for the CubeCL backends (wgpu, cuda): the
 //! [`top_k_rows`](crate::kernels::top_k_rows) kernel picks each token's `k` largest
 //! pre-activations in the order of [`select::top_k`](crate::select::top_k) (larger first, ties
 //! to the lower index), so the dense `[tokens, latents]` pre-activations stay on the device;
-//! only the `[tokens, k]` indices and the selected values are read back. The CPU backends
+//! only the `[tokens, k]` indices and the selected values are read back (BatchTopK: each
+//! token's `4k` largest, from which the host picks the batch's `k x tokens`). The CPU backends
 //! select on the host, where the pre-activations already are.
 
 use burn::tensor::backend::Backend;
@@ -11,7 +12,8 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use crate::config::Architecture;
 use crate::error::Result;
 use crate::kernels::{SaeBackend, top_k_rows};
-use crate::sae::{Sae, non_finite_input, to_host};
+use crate::sae::{Sae, int_to_host, non_finite_input, to_host, zero_padding};
+use crate::select;
 
 /// True on the CubeCL backends (`B` possibly wrapped in autodiff or fusion), which select on
 /// the device.
@@ -71,24 +73,48 @@ impl<B: Backend> PreActivations<B> {
     }
 }
 
-/// A TopK selection made on the device.
-pub(crate) struct DeviceTopK<B: Backend> {
+/// A TopK or BatchTopK selection made on the device.
+pub(crate) struct DeviceSelection<B: Backend> {
     /// The detached pre-activations, `[tokens, latents]` (bias and ReLU applied).
     pub pre: Tensor<B, 2>,
-    /// Each token's `k` latent indices, `[tokens, k]`, largest first.
+    /// Each token's latent indices, `[tokens, width]`, largest first.
     pub indices: Tensor<B, 2, Int>,
+    /// Which slots are real, where tokens have different counts (BatchTopK); padding slots
+    /// point at latent 0.
+    pub valid: Option<Vec<bool>>,
 }
 
+impl<B: Backend> DeviceSelection<B> {
+    /// The selected pre-activations, `[tokens, width]`, zero at padding slots.
+    pub(crate) fn values(&self) -> Tensor<B, 2> {
+        let values = self.pre.clone().gather(1, self.indices.clone());
+        zero_padding(values, self.valid.as_deref())
+    }
+}
+
+/// The widest per-token candidate list BatchTopK's device selection reads back, in multiples
+/// of `k`: past it the pre-activations are read back whole.
+const BATCH_CANDIDATES: usize = 4;
+
 impl<B: SaeBackend> Sae<B> {
-    /// TopK's selection on the device. `None` where selection runs on the host: the CPU
-    /// backends, the other architectures, `k` not below the number of latents. An error when a
-    /// pre-activation is NaN or infinite (checked before the ReLU, which would hide a NaN).
-    pub(crate) fn select_on_device(&self, x_c: &Tensor<B, 2>) -> Result<Option<DeviceTopK<B>>> {
-        let k = self.config.k;
-        if self.config.architecture != Architecture::TopK
-            || k >= self.num_latents()
-            || !selects_on_device::<B>(&x_c.device())
-        {
+    /// TopK's and BatchTopK's selection on the device. `None` where selection runs on the
+    /// host: the CPU backends, the other architectures, `k` not below the number of latents. An
+    /// error when a pre-activation is NaN or infinite (checked before the ReLU, which would
+    /// hide a NaN).
+    ///
+    /// BatchTopK reads back each token's `4k` largest pre-activations, which settle the batch's
+    /// selection unless a token has all of them selected; then the whole matrix is read back.
+    pub(crate) fn select_on_device(
+        &self,
+        x_c: &Tensor<B, 2>,
+    ) -> Result<Option<DeviceSelection<B>>> {
+        let (k, latents) = (self.config.k, self.num_latents());
+        let batch = match self.config.architecture {
+            Architecture::TopK => false,
+            Architecture::BatchTopK => true,
+            _ => return Ok(None),
+        };
+        if k >= latents || !selects_on_device::<B>(&x_c.device()) {
             return Ok(None);
         }
         let mut pre = x_c
@@ -104,7 +130,28 @@ impl<B: SaeBackend> Sae<B> {
         if self.config.relu {
             pre = burn::tensor::activation::relu(pre);
         }
-        let indices = top_k_rows(pre.clone(), k);
-        Ok(Some(DeviceTopK { pre, indices }))
+        if !batch {
+            let indices = top_k_rows(pre.clone(), k);
+            return Ok(Some(DeviceSelection {
+                pre,
+                indices,
+                valid: None,
+            }));
+        }
+        let tokens = pre.dims()[0];
+        let cap = (BATCH_CANDIDATES * k).min(latents);
+        let candidates = top_k_rows(pre.clone(), cap);
+        let values = to_host(pre.clone().gather(1, candidates.clone()));
+        let indices = int_to_host(candidates);
+        let total = k * tokens;
+        let selection = select::batch_top_k_of_candidates(&values, &indices, cap, latents, total)
+            .unwrap_or_else(|| select::batch_top_k(&to_host(pre.clone()), latents, total));
+        let shape = [selection.rows, selection.width];
+        let indices = Tensor::from_data(TensorData::new(selection.indices, shape), &pre.device());
+        Ok(Some(DeviceSelection {
+            pre,
+            indices,
+            valid: selection.valid,
+        }))
     }
 }

@@ -18,7 +18,7 @@ use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
-use crate::device_select::{DeviceTopK, PreActivations};
+use crate::device_select::PreActivations;
 use crate::error::{Result, SaeError};
 use crate::params::HostParams;
 use crate::reduce::dot;
@@ -134,15 +134,19 @@ impl<B: SaeBackend> Sae<B> {
         } else {
             let x_c = self.center(x.clone());
             Some(match self.select_on_device(&x_c)? {
-                Some(DeviceTopK { pre, indices }) => {
-                    let values = to_host(pre.clone().gather(1, indices.clone()));
+                Some(on_device) => {
+                    let values = to_host(on_device.values());
                     let selection = Selection {
                         rows: n,
-                        width: self.config.k,
-                        indices: int_to_host(indices),
-                        valid: None,
+                        width: on_device.indices.dims()[1],
+                        indices: int_to_host(on_device.indices),
+                        valid: on_device.valid,
                     };
-                    (PreActivations::Device(pre), selection, Some(values))
+                    (
+                        PreActivations::Device(on_device.pre),
+                        selection,
+                        Some(values),
+                    )
                 }
                 None => {
                     let pre = self.host_pre_activations(&x_c)?;

@@ -13,7 +13,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
-use crate::device_select::{DeviceTopK, PreActivations, selects_on_device};
+use crate::device_select::{PreActivations, selects_on_device};
 use crate::error::{Result, SaeError};
 use crate::kernels::reference::scatter_rows;
 use crate::kernels::{SaeBackend, sparse_decode};
@@ -287,14 +287,16 @@ impl<B: SaeBackend> Sae<B> {
     pub fn encode(&self, x: Tensor<B, 2>) -> Result<SparseLatents<B>> {
         self.check_width(&x)?;
         let x_c = self.center(x);
-        if let Some(DeviceTopK { pre, indices }) = self.select_on_device(&x_c)? {
+        if let Some(selection) = self.select_on_device(&x_c)? {
             // Without autodiff the selected values are read from the pre-activations already
             // on the device; with it they are recomputed differentiably.
             if !B::ad_enabled(&x_c.device()) {
-                let values = pre.gather(1, indices.clone());
+                let values = selection.values();
+                let indices = selection.indices;
                 return Ok(SparseLatents { values, indices });
             }
-            return Ok(self.activations_of(x_c, indices, None));
+            let valid = selection.valid.as_deref();
+            return Ok(self.activations_of(x_c, selection.indices, valid));
         }
         let pre = self.host_pre_activations(&x_c)?;
         Ok(self.activations_at(x_c, &self.select(&pre)))
@@ -361,9 +363,9 @@ impl<B: SaeBackend> Sae<B> {
             (latents, recon, PreActivations::Host(host), Some(l1))
         } else {
             let (latents, pre) = match self.select_on_device(&x_c)? {
-                Some(DeviceTopK { pre, indices }) => (
-                    self.activations_of(x_c.clone(), indices, None),
-                    PreActivations::Device(pre),
+                Some(selection) => (
+                    self.activations_of(x_c.clone(), selection.indices, selection.valid.as_deref()),
+                    PreActivations::Device(selection.pre),
                 ),
                 None => {
                     let pre = self.host_pre_activations(&x_c)?;
@@ -463,7 +465,10 @@ pub fn unit_norm_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// `values` (`[rows, width]`) with the slots `valid` marks false set to zero.
-fn zero_padding<B: Backend>(values: Tensor<B, 2>, valid: Option<&[bool]>) -> Tensor<B, 2> {
+pub(crate) fn zero_padding<B: Backend>(
+    values: Tensor<B, 2>,
+    valid: Option<&[bool]>,
+) -> Tensor<B, 2> {
     match valid {
         None => values,
         Some(valid) => {

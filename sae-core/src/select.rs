@@ -171,6 +171,65 @@ pub fn batch_top_k(values: &[f32], cols: usize, total: usize) -> Selection {
     from_row_lists(rows, per_row, values, cols)
 }
 
+/// [`batch_top_k`] from each row's `cap` largest entries only: `[rows, cap]` `values` and
+/// their column `indices` out of `cols`, each row ordered as [`top_k`] orders it. The same
+/// selection as [`batch_top_k`] on the whole matrix, or `None` where that cannot be told: a row
+/// with all `cap` of its entries selected may have more (fewer than `cols`).
+pub fn batch_top_k_of_candidates(
+    values: &[f32],
+    indices: &[i64],
+    cap: usize,
+    cols: usize,
+    total: usize,
+) -> Option<Selection> {
+    let rows = values.len() / cap;
+    let total = total.min(rows * cols);
+    if total > values.len() {
+        return None;
+    }
+    // Global order: value, then the flat position `row * cols + col` (as `batch_top_k`).
+    let mut flat: Vec<u32> = (0..values.len() as u32).collect();
+    let flat_index = |p: u32| (p as usize / cap * cols) as i64 + indices[p as usize];
+    let cmp = |&a: &u32, &b: &u32| {
+        values[b as usize]
+            .total_cmp(&values[a as usize])
+            .then(flat_index(a).cmp(&flat_index(b)))
+    };
+    let mut counts = vec![0usize; rows];
+    if total > 0 {
+        flat.select_nth_unstable_by(total - 1, cmp);
+        for &p in &flat[..total] {
+            counts[p as usize / cap] += 1;
+        }
+    }
+    if cap < cols && counts.contains(&cap) {
+        return None;
+    }
+    // A row's selected entries lead its candidate list, which is already in order.
+    let width = counts.iter().copied().max().unwrap_or(0).max(1);
+    let mut selection = Selection {
+        rows,
+        width,
+        indices: vec![0; rows * width],
+        valid: Some(vec![false; rows * width]),
+    };
+    for (r, &count) in counts.iter().enumerate() {
+        let slots = r * width..r * width + count;
+        selection.indices[slots.clone()].copy_from_slice(&indices[r * cap..r * cap + count]);
+        if let Some(valid) = selection.valid.as_mut() {
+            valid[slots].fill(true);
+        }
+    }
+    if selection
+        .valid
+        .as_ref()
+        .is_some_and(|v| v.iter().all(|&v| v))
+    {
+        selection.valid = None;
+    }
+    Some(selection)
+}
+
 /// The latents of each row whose value is strictly above that latent's threshold.
 pub fn above_threshold(values: &[f32], cols: usize, thresholds: &[f32]) -> Selection {
     let per_row: Vec<Vec<u32>> = values
@@ -301,6 +360,47 @@ mod tests {
         assert_eq!(s.width, 2);
         assert_eq!(s.indices, vec![3, 0, 1, 2]);
         assert_eq!(s.valid, Some(vec![true, false, true, true]));
+    }
+
+    #[test]
+    fn batch_top_k_from_candidates_is_exact_or_declines() {
+        // Each row's 2 largest cannot settle V's batch top 3: row 1 has both selected.
+        let (values, indices) = ([5.0, 3.0, 4.0, 4.0], [3, 0, 1, 2]);
+        assert_eq!(batch_top_k_of_candidates(&values, &indices, 2, 4, 3), None);
+        let three = top_k(&V, 4, 3);
+        let values = gather_rows(&V, 4, &three.indices, 3);
+        let got = batch_top_k_of_candidates(&values, &three.indices, 3, 4, 3);
+        assert_eq!(got, Some(batch_top_k(&V, 4, 3)));
+
+        // Pseudo-random rows with repeated values: every answer given equals the full one.
+        let cols = 16;
+        let big: Vec<f32> = (0..8 * cols)
+            .map(|i| ((i * 29 % 13) as f32) * ((i % 5) as f32))
+            .collect();
+        let mut answered = 0;
+        for cap in [2, 4, 8, 16] {
+            for total in [0, 5, 16, 40] {
+                let candidates = top_k(&big, cols, cap);
+                let values = gather_rows(&big, cols, &candidates.indices, cap);
+                if let Some(s) =
+                    batch_top_k_of_candidates(&values, &candidates.indices, cap, cols, total)
+                {
+                    assert_eq!(
+                        s,
+                        batch_top_k(&big, cols, total),
+                        "cap {cap}, total {total}"
+                    );
+                    answered += 1;
+                }
+            }
+        }
+        assert!(answered >= 8, "{answered}");
+    }
+
+    /// The values at each row's `width` column indices.
+    fn gather_rows(values: &[f32], cols: usize, indices: &[i64], width: usize) -> Vec<f32> {
+        let at = |slot: usize| values[slot / width * cols + indices[slot] as usize];
+        (0..indices.len()).map(at).collect()
     }
 
     #[test]

@@ -92,17 +92,49 @@ fn training_loss_and_gradients_match_the_cpu_path() {
         aux_k: Some(12),
         ..SaeConfig::sparsify_topk(8, L)
     };
-    let dead: Vec<bool> = (0..L).map(|i| i % 3 == 0).collect();
+    training_matches_the_cpu_path(&config, &input());
+}
+
+// BatchTopK selects from each token's 4k largest pre-activations read back; where one token
+// takes all of them (its input scaled up), from the whole matrix.
+#[test]
+fn batch_top_k_training_matches_the_cpu_path() {
+    let config = SaeConfig {
+        aux_k: Some(12),
+        ..SaeConfig::batch_topk(8, L)
+    };
     let x = input();
-    let (cpu_step, cpu_grads) = sae::<Cpu>(&config)
-        .loss_and_grads(tensor(&x, [N, D]), Some(&dead), 1.0)
+    training_matches_the_cpu_path(&config, &x);
+    let mut loud = x;
+    loud[..D].iter_mut().for_each(|v| *v *= 40.0);
+    training_matches_the_cpu_path(&config, &loud);
+}
+
+#[test]
+fn batch_top_k_encode_picks_the_cpu_latents() {
+    let config = SaeConfig::batch_topk(8, L);
+    let x = input();
+    let cpu = sae::<Cpu>(&config).encode(tensor(&x, [N, D])).unwrap();
+    let gpu = sae::<Gpu>(&config).encode(tensor(&x, [N, D])).unwrap();
+    assert_eq!(int_to_host(gpu.indices), int_to_host(cpu.indices));
+    let (gv, cv) = (values(gpu.values), values(cpu.values));
+    assert!(max_rel_diff(&gv, &cv) < 1e-5, "values: {gv:?} vs {cv:?}");
+    assert!(cv.contains(&0.0), "no token has fewer latents than another");
+}
+
+/// The loss and gradients of `config` on `x` on the GPU (host gradients with the selection on
+/// the device, device gradients, Burn's autodiff) against the CPU path, at 1e-5.
+fn training_matches_the_cpu_path(config: &SaeConfig, x: &[f32]) {
+    let dead: Vec<bool> = (0..L).map(|i| i % 3 == 0).collect();
+    let (cpu_step, cpu_grads) = sae::<Cpu>(config)
+        .loss_and_grads(tensor(x, [N, D]), Some(&dead), 1.0)
         .unwrap();
     let cpu_b_enc = cpu_grads.b_enc.clone().unwrap();
     let cpu_grads = [&cpu_grads.w_enc, &cpu_grads.w_dec, &cpu_grads.b_dec];
 
     // The host-gradient path with the selection on the device, as the trainer runs it.
-    let (step, grads) = sae::<Gpu>(&config)
-        .loss_and_grads(tensor(&x, [N, D]), Some(&dead), 1.0)
+    let (step, grads) = sae::<Gpu>(config)
+        .loss_and_grads(tensor(x, [N, D]), Some(&dead), 1.0)
         .unwrap();
     assert_eq!(step.indices, cpu_step.indices);
     assert!(max_rel_diff(&[step.loss], &[cpu_step.loss]) < 1e-5);
@@ -114,10 +146,10 @@ fn training_loss_and_gradients_match_the_cpu_path() {
     }
 
     // The same math as tensor operations, the parameters and gradients staying on the device.
-    let gpu_sae = sae::<Gpu>(&config);
+    let gpu_sae = sae::<Gpu>(config);
     let mut on_device = gpu_sae.device_params().zeros_like();
     let step = gpu_sae
-        .add_device_loss_grads(tensor(&x, [N, D]), Some(&dead), 1.0, &mut on_device)
+        .add_device_loss_grads(tensor(x, [N, D]), Some(&dead), 1.0, &mut on_device)
         .unwrap();
     let grads = on_device.to_host();
     assert_eq!(step.indices, cpu_step.indices);
@@ -134,8 +166,8 @@ fn training_loss_and_gradients_match_the_cpu_path() {
     assert!(err < 1e-5, "device b_enc gradient differs by {err}");
 
     // Burn's autodiff through the device selection.
-    let gpu = sae::<Autodiff<Gpu>>(&config);
-    let out = gpu.forward(tensor(&x, [N, D]), Some(&dead)).unwrap();
+    let gpu = sae::<Autodiff<Gpu>>(config);
+    let out = gpu.forward(tensor(x, [N, D]), Some(&dead)).unwrap();
     let loss = out.loss(&gpu.config);
     let backward = loss.clone().backward();
     assert!(max_rel_diff(&values(loss), &[cpu_step.loss]) < 1e-5);
