@@ -203,6 +203,12 @@ fn top_k_kernel_picks_the_host_latents() {
     let narrow = &values[..N * 8];
     let device = top_k_rows(tensor::<Gpu, 2>(narrow, [N, 8]), 8);
     assert_eq!(int_to_host(device), top_k_among(narrow, 8, 8, None).indices);
+
+    // More rows than one launch's 64 MiB of lists holds at k = 100 (2,621): two launches.
+    let (rows, cols) = (2_700, 128);
+    let many = host_values(11, rows * cols, 1.0);
+    let device = top_k_rows(tensor::<Gpu, 2>(&many, [rows, cols]), 100);
+    assert_eq!(int_to_host(device), top_k_among(&many, cols, 100, None).indices);
 }
 
 // The sparse kernels against the reference (dense) implementations on flex, on a selection with

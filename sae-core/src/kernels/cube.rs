@@ -19,13 +19,18 @@ use super::SaeBackend;
 /// The units of a cube that selects one row's top k.
 const TOP_K_UNITS: usize = 32;
 
+/// The most bytes of per-unit lists one top-k launch uses; more rows take more launches
+/// (AuxK's `k` of `d_in / 2` on many tokens would otherwise need gigabytes).
+const TOP_K_SCRATCH_BYTES: usize = 64 << 20;
+
 /// One cube of [`TOP_K_UNITS`] units per row, in two scans of the row. Each unit reads the
 /// columns `unit`, `unit + units`, ... (adjacent units read adjacent values) into its sorted
 /// list in `best`/`picked`, and the first unit merges the lists into the row's `merged`/
 /// `indices`, each list until one of its entries no longer enters. The first scan keeps each
 /// unit's `ceil(k / units)` largest: the k-th largest of those (at least `k` distinct entries)
 /// bounds the row's k-th largest from below, so the second scan lists only the columns that
-/// reach it. Ties go to the lower column.
+/// reach it. Ties go to the lower column. A launch covers the rows from `first_row` on, one
+/// cube each, with the lists of its cube `c` at `c * units * k` in the scratch.
 #[cube(launch)]
 fn top_k_rows_kernel<F: Float, I: Int>(
     values: &Array<F>,
@@ -33,19 +38,20 @@ fn top_k_rows_kernel<F: Float, I: Int>(
     picked: &mut Array<I>,
     merged: &mut Array<F>,
     indices: &mut Array<I>,
+    first_row: usize,
     rows: usize,
     cols: usize,
     k: usize,
     #[comptime] units: usize,
 ) {
-    let row = CUBE_POS;
+    let row = first_row + CUBE_POS;
     if row >= rows {
         terminate!();
     }
     let unit = UNIT_POS as usize;
     let mut counts = SharedMemory::<u32>::new(units);
     let mut bound = SharedMemory::<F>::new(1usize);
-    let list = (row * units + unit) * k;
+    let list = (CUBE_POS * units + unit) * k;
     let out = row * k;
     for scan in 0..2u32 {
         let mut size = k;
@@ -74,7 +80,7 @@ fn top_k_rows_kernel<F: Float, I: Int>(
         if unit == 0 {
             let mut total = 0usize;
             for source in 0..units {
-                let from = (row * units + source) * k;
+                let from = (CUBE_POS * units + source) * k;
                 let count = usize::cast_from(counts[source]);
                 for j in 0..count {
                     let (value, index) = (best[from + j], picked[from + j]);
@@ -249,7 +255,9 @@ where
         let values = input(values, F::dtype());
         let [rows, cols] = dims2(&values);
         assert!(k <= cols, "top_k_rows: k = {k} exceeds the {cols} columns");
-        let lists = [rows, TOP_K_UNITS * k];
+        let entry = F::dtype().size() + I::dtype().size();
+        let chunk = (TOP_K_SCRATCH_BYTES / (TOP_K_UNITS * k * entry)).clamp(1, rows.max(1));
+        let lists = [chunk, TOP_K_UNITS * k];
         let (best, picked) = (
             output(&values, lists, F::dtype()),
             output(&values, lists, I::dtype()),
@@ -257,21 +265,25 @@ where
         let merged = output(&values, [rows, k], F::dtype());
         let indices = output(&values, [rows, k], I::dtype());
         let dim = CubeDim::new_1d(TOP_K_UNITS as u32);
-        let count = calculate_cube_count_elemwise(&values.client, rows * TOP_K_UNITS, dim);
-        top_k_rows_kernel::launch::<F, I, R>(
-            &values.client.clone(),
-            count,
-            dim,
-            values.into_array_arg(),
-            best.into_array_arg(),
-            picked.into_array_arg(),
-            merged.into_array_arg(),
-            indices.clone().into_array_arg(),
-            rows,
-            cols,
-            k,
-            TOP_K_UNITS,
-        );
+        for first_row in (0..rows).step_by(chunk) {
+            let cubes = chunk.min(rows - first_row);
+            let count = calculate_cube_count_elemwise(&values.client, cubes * TOP_K_UNITS, dim);
+            top_k_rows_kernel::launch::<F, I, R>(
+                &values.client,
+                count,
+                dim,
+                values.clone().into_array_arg(),
+                best.clone().into_array_arg(),
+                picked.clone().into_array_arg(),
+                merged.clone().into_array_arg(),
+                indices.clone().into_array_arg(),
+                first_row,
+                rows,
+                cols,
+                k,
+                TOP_K_UNITS,
+            );
+        }
         indices
     }
 
