@@ -103,7 +103,8 @@ impl<B: SaeBackend> Sae<B> {
     /// hide a NaN).
     ///
     /// BatchTopK reads back each token's `4k` largest pre-activations, which settle the batch's
-    /// selection unless a token has all of them selected; then the whole matrix is read back.
+    /// selection unless a token has all of them selected; then, or where `4k` is not below the
+    /// number of latents, the whole matrix is read back.
     pub(crate) fn select_on_device(
         &self,
         x_c: &Tensor<B, 2>,
@@ -138,13 +139,18 @@ impl<B: SaeBackend> Sae<B> {
                 valid: None,
             }));
         }
-        let tokens = pre.dims()[0];
-        let cap = (BATCH_CANDIDATES * k).min(latents);
-        let candidates = top_k_rows(pre.clone(), cap);
-        let values = to_host(pre.clone().gather(1, candidates.clone()));
-        let indices = int_to_host(candidates);
-        let total = k * tokens;
-        let selection = select::batch_top_k_of_candidates(&values, &indices, cap, latents, total)
+        let (total, cap) = (k * pre.dims()[0], BATCH_CANDIDATES * k);
+        // The kernel ranks -0.0 and +0.0 (and, where a GPU flushes them, subnormals and zero)
+        // as equal, the host does not: among such ties the two may keep different latents.
+        let from_candidates = || {
+            let candidates = top_k_rows(pre.clone(), cap);
+            let values = to_host(pre.clone().gather(1, candidates.clone()));
+            let indices = int_to_host(candidates);
+            select::batch_top_k_of_candidates(&values, &indices, cap, latents, total)
+        };
+        let selection = (cap < latents)
+            .then(from_candidates)
+            .flatten()
             .unwrap_or_else(|| select::batch_top_k(&to_host(pre.clone()), latents, total));
         let shape = [selection.rows, selection.width];
         let indices = Tensor::from_data(TensorData::new(selection.indices, shape), &pre.device());

@@ -127,8 +127,8 @@ impl<B: SaeBackend> Sae<B> {
             )));
         }
         let [n, d] = x.dims();
-        // Off the CPU backends the selection product runs on the backend, and TopK also
-        // selects there (`select_on_device`); otherwise its product is read back.
+        // Off the CPU backends the selection product runs on the backend, and TopK and
+        // BatchTopK also select there (`select_on_device`); otherwise its product is read back.
         let on_backend = if gemm_on_host::<B>(&x.device()) {
             None
         } else {

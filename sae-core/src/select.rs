@@ -182,6 +182,9 @@ pub fn batch_top_k_of_candidates(
     cols: usize,
     total: usize,
 ) -> Option<Selection> {
+    if cap == 0 {
+        return None;
+    }
     let rows = values.len() / cap;
     let total = total.min(rows * cols);
     if total > values.len() {
@@ -367,6 +370,7 @@ mod tests {
         // Each row's 2 largest cannot settle V's batch top 3: row 1 has both selected.
         let (values, indices) = ([5.0, 3.0, 4.0, 4.0], [3, 0, 1, 2]);
         assert_eq!(batch_top_k_of_candidates(&values, &indices, 2, 4, 3), None);
+        assert_eq!(batch_top_k_of_candidates(&[], &[], 0, 4, 3), None);
         let three = top_k(&V, 4, 3);
         let values = gather_rows(&V, 4, &three.indices, 3);
         let got = batch_top_k_of_candidates(&values, &three.indices, 3, 4, 3);

@@ -1,5 +1,5 @@
 //! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
-//! lavapipe) TopK selects on the device (`sae_core::device_select`), the CubeCL kernels of
+//! lavapipe) TopK and BatchTopK select on the device (`sae_core::device_select`), the CubeCL kernels of
 //! `sae_core::kernels` must equal their reference implementations, and encoding, the
 //! training loss and its gradients (by autodiff, by the host-gradient path, and by the same math
 //! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with
@@ -204,11 +204,17 @@ fn top_k_kernel_picks_the_host_latents() {
     let device = top_k_rows(tensor::<Gpu, 2>(narrow, [N, 8]), 8);
     assert_eq!(int_to_host(device), top_k_among(narrow, 8, 8, None).indices);
 
+    let none = top_k_rows(tensor::<Gpu, 2>(narrow, [N, 8]), 0);
+    assert_eq!(none.dims(), [N, 0]);
+
     // More rows than one launch's 64 MiB of lists holds at k = 100 (2,621): two launches.
     let (rows, cols) = (2_700, 128);
     let many = host_values(11, rows * cols, 1.0);
     let device = top_k_rows(tensor::<Gpu, 2>(&many, [rows, cols]), 100);
-    assert_eq!(int_to_host(device), top_k_among(&many, cols, 100, None).indices);
+    assert_eq!(
+        int_to_host(device),
+        top_k_among(&many, cols, 100, None).indices
+    );
 }
 
 // The sparse kernels against the reference (dense) implementations on flex, on a selection with

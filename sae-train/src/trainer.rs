@@ -8,8 +8,9 @@
 //! host, where the hand-derived gradients and the optimiser run as fused loops; on the GPU
 //! backends (TopK and BatchTopK) they stay on the device, where the same math runs as tensor
 //! operations ([`sae_core::device_grad`]) and only the selection and a few scalars are read
-//! back (BatchTopK also reads the pre-activations back for its batch-wide selection). The SAE
-//! on the backend is renewed from them after each step for the forward passes that need it.
+//! back (BatchTopK: each token's `4k` largest pre-activations, for its batch-wide selection).
+//! The SAE on the backend is renewed from them after each step for the forward passes that
+//! need it.
 
 use std::borrow::Cow;
 

@@ -29,7 +29,7 @@ const TOP_K_SCRATCH_BYTES: usize = 64 << 20;
 /// `indices`, each list until one of its entries no longer enters. The first scan keeps each
 /// unit's `ceil(k / units)` largest: the k-th largest of those (at least `k` distinct entries)
 /// bounds the row's k-th largest from below, so the second scan lists only the columns that
-/// reach it. Ties go to the lower column. A launch covers the rows from `first_row` on, one
+/// reach it. Ties go to the lower column. A launch covers the rows `first_row..end_row`, one
 /// cube each, with the lists of its cube `c` at `c * units * k` in the scratch.
 #[cube(launch)]
 fn top_k_rows_kernel<F: Float, I: Int>(
@@ -39,13 +39,14 @@ fn top_k_rows_kernel<F: Float, I: Int>(
     merged: &mut Array<F>,
     indices: &mut Array<I>,
     first_row: usize,
-    rows: usize,
+    end_row: usize,
     cols: usize,
     k: usize,
     #[comptime] units: usize,
 ) {
+    // A large grid may hold a few cubes more than rows; they have no lists.
     let row = first_row + CUBE_POS;
-    if row >= rows {
+    if row >= end_row {
         terminate!();
     }
     let unit = UNIT_POS as usize;
@@ -76,6 +77,8 @@ fn top_k_rows_kernel<F: Float, I: Int>(
             col += units;
         }
         counts[unit] = u32::cast_from(filled);
+        // The lists are in global memory: make them visible to the cube, then wait for it.
+        sync_storage();
         sync_cube();
         if unit == 0 {
             let mut total = 0usize;
@@ -255,8 +258,11 @@ where
         let values = input(values, F::dtype());
         let [rows, cols] = dims2(&values);
         assert!(k <= cols, "top_k_rows: k = {k} exceeds the {cols} columns");
+        if k == 0 || rows == 0 {
+            return super::reference::top_k_rows::<Self>(values, k);
+        }
         let entry = F::dtype().size() + I::dtype().size();
-        let chunk = (TOP_K_SCRATCH_BYTES / (TOP_K_UNITS * k * entry)).clamp(1, rows.max(1));
+        let chunk = (TOP_K_SCRATCH_BYTES / (TOP_K_UNITS * k * entry)).clamp(1, rows);
         let lists = [chunk, TOP_K_UNITS * k];
         let (best, picked) = (
             output(&values, lists, F::dtype()),
@@ -278,7 +284,7 @@ where
                 merged.clone().into_array_arg(),
                 indices.clone().into_array_arg(),
                 first_row,
-                rows,
+                first_row + cubes,
                 cols,
                 k,
                 TOP_K_UNITS,
