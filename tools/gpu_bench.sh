@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the `device` tool):
-# our SAE step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on)
-# on the same GPU, in the same run, and each CubeCL kernel of the step against its reference.
+# The GPU checks and benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the
+# `device` tool): the CubeCL path's tests (sae-core/tests/cubecl_backend.rs) on cuda, then our SAE
+# step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on) on the
+# same GPU, in the same run, and each CubeCL kernel of the step against its reference.
 #
-#   tools/gpu_bench.sh prepare   # here: xtask built with the cuda feature, sparsify's wheels, in .gpu/
-#                                # (about 21 MiB; carry it: `carry: [".gpu"]`)
-#   tools/gpu_bench.sh run       # there, with .gpu carried: installs the wheels, runs the cases
+#   tools/gpu_bench.sh prepare   # here: xtask and the test built with the cuda feature,
+#                                # sparsify's wheels, in .gpu/ (carry it: `carry: [".gpu"]`)
+#   tools/gpu_bench.sh run       # there, with .gpu carried: runs the tests, installs the
+#                                # wheels, runs the cases
 #
 # `prepare` needs cargo and pip with registry access. `run` needs an NVIDIA driver and the
 # lent machines' python3 (torch with its NVIDIA wheels, transformers, accelerate, einops,
@@ -20,10 +22,13 @@ case "${1:-}" in
 prepare)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sae-target}"
     cargo build -p xtask --features cuda
+    tests=$(cargo test -p sae-core --features cuda --test cubecl_backend --no-run 2>&1 |
+        sed -n 's/.*Executable .*(\(.*cubecl_backend-[0-9a-f]*\)).*/\1/p')
     mkdir -p "$dir/whl"
-    # Stripped and compressed (about 20 MiB): a carried tree may hold 64 MiB in all.
+    # Stripped and compressed: a carried tree may hold 64 MiB in all.
     strip -o "$dir/xtask" "$CARGO_TARGET_DIR/debug/xtask"
-    gzip -9 -f "$dir/xtask"
+    strip -o "$dir/cubecl_backend" "$tests"
+    gzip -9 -f "$dir/xtask" "$dir/cubecl_backend"
     # sparsify and what it imports beyond the lent machines' packages (their Python is 3.12).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -37,9 +42,10 @@ run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$dir"/whl/*.whl
     export PYTHONPATH=/tmp/site SAE_BENCH_PYTHON=python3 SAE_TOOLS_DIR="$PWD/tools"
-    xtask=/tmp/sae-xtask
+    xtask=/tmp/sae-xtask tests=/tmp/sae-cubecl-tests
     gunzip -c "$dir/xtask.gz" >"$xtask"
-    chmod +x "$xtask"
+    gunzip -c "$dir/cubecl_backend.gz" >"$tests"
+    chmod +x "$xtask" "$tests"
     # CubeCL loads the CUDA driver and NVRTC at run time: NVRTC from the CUDA toolkit or from
     # the NVIDIA wheels torch brings.
     nvrtc=$(python3 -c 'import glob, os, site
@@ -52,6 +58,8 @@ print(":".join(sorted(dirs)))')
         python3 -c 'import torch; print("torch", torch.__version__)'
         date -u
     } | tee "$out/machine.txt"
+    # The kernels' correctness on this GPU first; the benchmarks run whatever it says.
+    "$tests" --test-threads 1 2>&1 | tee "$out/cubecl-tests.log" || true
     for case in sae-step sae-encode sae-kernels; do
         "$xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
     done

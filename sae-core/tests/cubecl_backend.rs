@@ -1,14 +1,15 @@
 //! The CubeCL path against the CPU path: on wgpu (in CI a software Vulkan device, Mesa's
-//! lavapipe) TopK and BatchTopK select on the device (`sae_core::device_select`), the CubeCL kernels of
-//! `sae_core::kernels` must equal their reference implementations, and encoding, the
-//! training loss and its gradients (by autodiff, by the host-gradient path, and by the same math
-//! as tensor operations, which the trainer runs on these backends) must equal flex's. Run with
-//! `cargo test -p sae-core --features wgpu --test cubecl_backend`.
-#![cfg(feature = "wgpu")]
+//! lavapipe) or cuda, TopK and BatchTopK select on the device (`sae_core::device_select`), the
+//! CubeCL kernels of `sae_core::kernels` must equal their reference implementations, and
+//! encoding, the training loss and its gradients (by autodiff, by the host-gradient path, and by
+//! the same math as tensor operations, which the trainer runs on these backends) must equal
+//! flex's. Run with `cargo test -p sae-core --features wgpu --test cubecl_backend` (or
+//! `--features cuda`: `tools/gpu_bench.sh` runs it on a lent NVIDIA machine).
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
-use burn::backend::{Autodiff, Wgpu};
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::{AB, B as Cpu, max_rel_diff, values};
@@ -21,7 +22,11 @@ use sae_core::sae::int_to_host;
 use sae_core::select::top_k_among;
 use sae_core::{Sae, SaeConfig, SaeError};
 
-type Gpu = Wgpu;
+/// The GPU backend under test: cuda where enabled, else wgpu.
+#[cfg(feature = "cuda")]
+type Gpu = burn::backend::Cuda;
+#[cfg(not(feature = "cuda"))]
+type Gpu = burn::backend::Wgpu;
 
 const N: usize = 64;
 const D: usize = 32;
@@ -277,7 +282,7 @@ fn non_finite_input_is_an_error_on_the_device() {
 // The self-check a `sae` built for a GPU runs at start passes where the kernels are right (the
 // tests above); a kernel whose shader failed to compile made it fail (tried by hand).
 #[test]
-fn kernel_self_check_passes_on_wgpu() {
+fn kernel_self_check_passes_on_the_gpu() {
     check_kernels::<Gpu>(&Default::default()).unwrap();
     check_kernels::<Autodiff<Gpu>>(&Default::default()).unwrap();
 }
