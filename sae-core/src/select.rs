@@ -158,7 +158,7 @@ pub fn batch_top_k(values: &[f32], cols: usize, total: usize) -> Selection {
     let rows = values.len() / cols;
     let total = total.min(values.len());
     if total == 0 {
-        return from_row_lists(rows, vec![Vec::new(); rows], values, cols);
+        return from_row_lists(vec![Vec::new(); rows], values, cols);
     }
     let mut flat: Vec<u32> = (0..values.len() as u32).collect();
     let cmp = by_value_desc(values);
@@ -168,7 +168,7 @@ pub fn batch_top_k(values: &[f32], cols: usize, total: usize) -> Selection {
     for i in flat {
         per_row[i as usize / cols].push(i % cols as u32);
     }
-    from_row_lists(rows, per_row, values, cols)
+    from_row_lists(per_row, values, cols)
 }
 
 /// [`batch_top_k`] from each row's `cap` largest entries only: `[rows, cap]` `values` and
@@ -209,28 +209,10 @@ pub fn batch_top_k_of_candidates(
         return None;
     }
     // A row's selected entries lead its candidate list, which is already in order.
-    let width = counts.iter().copied().max().unwrap_or(0).max(1);
-    let mut selection = Selection {
-        rows,
-        width,
-        indices: vec![0; rows * width],
-        valid: Some(vec![false; rows * width]),
-    };
-    for (r, &count) in counts.iter().enumerate() {
-        let slots = r * width..r * width + count;
-        selection.indices[slots.clone()].copy_from_slice(&indices[r * cap..r * cap + count]);
-        if let Some(valid) = selection.valid.as_mut() {
-            valid[slots].fill(true);
-        }
-    }
-    if selection
-        .valid
-        .as_ref()
-        .is_some_and(|v| v.iter().all(|&v| v))
-    {
-        selection.valid = None;
-    }
-    Some(selection)
+    let per_row: Vec<&[i64]> = (counts.iter().enumerate())
+        .map(|(r, &count)| &indices[r * cap..r * cap + count])
+        .collect();
+    Some(pack(&per_row))
 }
 
 /// The latents of each row whose value is strictly above that latent's threshold.
@@ -243,23 +225,31 @@ pub fn above_threshold(values: &[f32], cols: usize, thresholds: &[f32]) -> Selec
                 .collect()
         })
         .collect();
-    from_row_lists(per_row.len(), per_row, values, cols)
+    from_row_lists(per_row, values, cols)
 }
 
 /// Packs per-row latent lists into a padded [`Selection`], each row sorted largest first.
-fn from_row_lists(
-    rows: usize,
-    mut per_row: Vec<Vec<u32>>,
-    values: &[f32],
-    cols: usize,
-) -> Selection {
-    let width = per_row.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut indices = vec![0i64; rows * width];
-    let mut valid = vec![false; rows * width];
+fn from_row_lists(mut per_row: Vec<Vec<u32>>, values: &[f32], cols: usize) -> Selection {
     for (r, list) in per_row.iter_mut().enumerate() {
         list.sort_unstable_by(by_value_desc(&values[r * cols..(r + 1) * cols]));
-        for (slot, &i) in list.iter().enumerate() {
-            indices[r * width + slot] = i as i64;
+    }
+    pack(&per_row)
+}
+
+/// Packs per-row latent lists, each already in order, into a padded [`Selection`].
+fn pack<T: Copy + Into<i64>, L: AsRef<[T]>>(per_row: &[L]) -> Selection {
+    let rows = per_row.len();
+    let width = per_row
+        .iter()
+        .map(|l| l.as_ref().len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut indices = vec![0i64; rows * width];
+    let mut valid = vec![false; rows * width];
+    for (r, list) in per_row.iter().enumerate() {
+        for (slot, &i) in list.as_ref().iter().enumerate() {
+            indices[r * width + slot] = i.into();
             valid[r * width + slot] = true;
         }
     }

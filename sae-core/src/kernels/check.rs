@@ -41,7 +41,10 @@ pub fn check_kernels<B: SaeBackend>(device: &B::Device) -> Result<()> {
     // The host's math, slot by slot: slot `s` is token `s / k`'s pick of latent `indices[s]`.
     let slot = |s: usize| (s / k, indices[s] as usize);
     let selected: Vec<f32> = (0..rows * k)
-        .map(|s| values[slot(s).0 * cols + slot(s).1])
+        .map(|s| {
+            let (t, l) = slot(s);
+            values[t * cols + l]
+        })
         .collect();
     let (mut decoded, mut dots, mut grouped) = (
         vec![0.0; rows * m],

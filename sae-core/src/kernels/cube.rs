@@ -59,6 +59,8 @@ fn top_k_rows_kernel<F: Float, I: Int>(
         if scan == 0 {
             size = k.div_ceil(units);
         }
+        // Read once a scan (in the first, before any is set, and not used).
+        let floor = bound[0];
         let mut filled = 0usize;
         let mut col = unit;
         loop {
@@ -66,8 +68,8 @@ fn top_k_rows_kernel<F: Float, I: Int>(
                 break;
             }
             let value = values[row * cols + col];
-            // Not `value >= bound`: a NaN bound keeps every column.
-            let below = value < bound[0];
+            // Not `value >= floor`: a NaN bound keeps every column.
+            let below = value < floor;
             if scan == 0 || !below {
                 let index = I::cast_from(col);
                 if insert::<F, I>(value, index, best, picked, list, size, filled) && filled < size {
