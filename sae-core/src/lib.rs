@@ -23,6 +23,7 @@ pub mod host_grad;
 pub mod inject;
 pub mod kernels;
 pub mod params;
+pub mod parity;
 pub mod reduce;
 pub mod sae;
 mod scratch;

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::DType;
+use sae_core::parity::max_abs_diff;
 use sae_core::{HostData, TensorFile};
 use sae_data::{Batching, Dataset, Format, Loader, OnError, PreprocessOptions, StreamConfig};
 use sae_models::{ProcessedImages, VisionLanguageModel};
@@ -70,11 +71,7 @@ fn image_rows_are_batched_as_transformers_processor_does() {
     assert_eq!(grids, ints(&reference, "image_grid_thw"));
     let expected = reference.get("pixel_values").unwrap();
     assert_eq!(pixel_values.shape, expected.shape);
-    let worst = pixel_values
-        .to_f32()
-        .iter()
-        .zip(expected.to_f32())
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let worst = max_abs_diff(&pixel_values.to_f32(), &expected.to_f32());
     assert!(worst < 1e-5, "pixel values differ by {worst}");
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
+use sae_core::parity::max_rel_diff;
 use sae_core::{Sae, SaeConfig, TensorFile};
 use sae_train::config::{BiasInit, OptimConfig};
 use sae_train::{HookTrainer, Trainer};
@@ -20,13 +21,6 @@ fn fixture() -> TensorFile {
 
 fn floats(file: &TensorFile, name: &str) -> Vec<f32> {
     file.get(name).unwrap().to_f32()
-}
-
-/// `max |a - b| / max |b|`.
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<AB, D> {

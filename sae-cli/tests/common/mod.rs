@@ -1,9 +1,10 @@
 //! Helpers shared by the command-line tests: running `sae`, reading its outputs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub use sae_core::parity::max_rel_diff;
 use sae_core::{HostData, TensorFile};
 
 /// A file under `<crate>/tests/fixtures` of the workspace crate `krate`.
@@ -79,13 +80,6 @@ pub fn ints(file: &Path, name: &str) -> Vec<i64> {
         HostData::I64(v) => v,
         other => panic!("{name} should be int64: {other:?}"),
     }
-}
-
-/// `max |a - b| / max |b|`.
-pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// A path as a command-line argument.

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::PathBuf;
 
+pub use sae_core::parity::max_rel_diff;
 use sae_core::{HostTensor, TensorFile};
 
 /// The CPU backend the tests run on.
@@ -20,16 +21,6 @@ pub fn fixture(rel: &str) -> PathBuf {
 /// Tensor `name` of a fixture safetensors file.
 pub fn reference(file: &str, name: &str) -> HostTensor {
     TensorFile::open(fixture(file)).unwrap().get(name).unwrap()
-}
-
-/// `max |a - b| / max |b|`: the relative error measure of the fixtures' README.
-pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    let scale = b
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// A float tensor's values.

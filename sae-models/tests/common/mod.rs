@@ -1,9 +1,10 @@
 //! Helpers shared by the sae-models tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
+pub use sae_core::parity::max_rel_diff;
 use sae_core::{HostData, TensorFile};
 
 /// The CPU backend the tests run on.
@@ -14,13 +15,6 @@ pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(rel)
-}
-
-/// `max |a - b| / max |b|`: the relative error measure of the fixtures' README.
-pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// A float tensor's values as f32 (whatever its dtype).
