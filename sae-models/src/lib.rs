@@ -17,6 +17,7 @@ pub mod gguf_model;
 pub mod image_processor;
 pub mod language_model;
 pub mod llava_onevision;
+mod mask;
 pub mod qwen2_vl;
 mod rope;
 pub mod source;

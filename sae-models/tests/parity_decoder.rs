@@ -1,7 +1,7 @@
 //! Parity with transformers on the `qwen2_tiny` and `llama_tiny` fixtures: logits and every
 //! recorded hook output within 1e-4 relative (`max |ours - ref| / max |ref|`).
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::{DecoderLm, LmInput};
 
@@ -33,10 +33,11 @@ fn llama_matches_transformers() {
     check("llama_tiny");
 }
 
-#[test]
-fn left_padding_gives_the_same_logits_as_no_padding() {
+/// How far the logits of `qwen2_tiny`'s prompt after 3 positions of left padding, computed in
+/// `dtype`, are from transformers' logits of the prompt alone.
+fn left_padded_error(dtype: DType) -> f32 {
     let device = Default::default();
-    let model = DecoderLm::<B>::load(&fixture("qwen2_tiny"), &device).unwrap();
+    let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
     let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
     let ids = ints(&reference, "inputs.input_ids");
     let t = ids.len();
@@ -57,7 +58,25 @@ fn left_padding_gives_the_same_logits_as_no_padding() {
         .unwrap()
         .slice([0..1, 3..t + 3, 0..1034]);
     let expected = reference.get("logits").unwrap().to_f32();
-    assert!(max_rel_diff(&values(logits), &expected) < 1e-4);
+    max_rel_diff(&values(logits), &expected)
+}
+
+#[test]
+fn left_padding_gives_the_same_logits_as_no_padding() {
+    let err = left_padded_error(DType::F32);
+    assert!(err < 1e-4, "logits differ by {err}");
+}
+
+// The padding queries see no position. Their mask rows must stay finite in the compute dtype
+// (f32::MIN rounds to -inf in both), or their softmax is NaN and the next layer's values carry
+// it to every token: all logits were NaN before the mask took the dtype's lowest value.
+#[test]
+fn left_padding_in_reduced_precision_stays_close_to_float32() {
+    // The bounds of `reduced_precision_compute_stays_close_to_float32`.
+    for (dtype, bound) in [(DType::F16, 4e-3), (DType::BF16, 3e-2)] {
+        let err = left_padded_error(dtype);
+        assert!(err < bound, "{dtype:?}: logits differ by {err}");
+    }
 }
 
 #[test]
@@ -99,7 +118,7 @@ fn logits_with_sae(dtype: burn::tensor::DType) -> (burn::tensor::DType, f32) {
 
 #[test]
 fn sae_made_easy_adapter_on_qwen2_matches_its_logits() {
-    let (_, err) = logits_with_sae(burn::tensor::DType::F32);
+    let (_, err) = logits_with_sae(DType::F32);
     assert!(err < 1e-4, "logits with the SAE differ by {err}");
 }
 
@@ -111,10 +130,7 @@ fn reduced_precision_compute_stays_close_to_float32() {
     let expected = reference.get("logits").unwrap().to_f32();
     // Bounds: four units of each format's epsilon (f16 2^-10, bf16 2^-7) relative to max |logit|
     // (measured: 0.7 units for both).
-    for (dtype, bound) in [
-        (burn::tensor::DType::F16, 4e-3),
-        (burn::tensor::DType::BF16, 3e-2),
-    ] {
+    for (dtype, bound) in [(DType::F16, 4e-3), (DType::BF16, 3e-2)] {
         let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
         assert_eq!(model.dtype(), dtype);
         let logits = model
@@ -129,8 +145,8 @@ fn reduced_precision_compute_stays_close_to_float32() {
 
 #[test]
 fn an_f32_sae_runs_inside_a_bf16_model() {
-    let (dtype, err) = logits_with_sae(burn::tensor::DType::BF16);
-    assert_eq!(dtype, burn::tensor::DType::BF16);
+    let (dtype, err) = logits_with_sae(DType::BF16);
+    assert_eq!(dtype, DType::BF16);
     // The bf16 bound of the test above: four units of bf16's epsilon.
     assert!(err < 3e-2, "logits with the SAE differ by {err}");
 }

@@ -16,6 +16,7 @@ use sae_core::{HookKind, HookPoint};
 
 use super::config::VisionConfig;
 use crate::error::{ModelError, Result};
+use crate::mask;
 use crate::rope::{Rope, softmax_in_f32};
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
@@ -463,20 +464,20 @@ fn window_order(grids: &[[usize; 3]], merge: usize, size: usize) -> Order {
 }
 
 /// The additive mask letting each patch attend to the patches of its own segment only: 0 inside,
-/// the most negative float elsewhere.
+/// [`mask::hidden`] elsewhere.
 fn segment_mask<B: Backend>(
     segments: &[(usize, usize)],
     n: usize,
     dtype: DType,
     device: &B::Device,
 ) -> Tensor<B, 3> {
-    let mut mask = vec![f32::MIN; n * n];
+    let mut values = vec![mask::hidden::<B>(device, dtype); n * n];
     for &(start, end) in segments {
         for q in start..end {
-            mask[q * n + start..q * n + end].fill(0.0);
+            values[q * n + start..q * n + end].fill(0.0);
         }
     }
-    Tensor::<B, 3>::from_data(TensorData::new(mask, [1, n, n]), device).cast(dtype)
+    Tensor::<B, 3>::from_data(TensorData::new(values, [1, n, n]), device).cast(dtype)
 }
 
 #[cfg(test)]
