@@ -2,10 +2,10 @@
 //! [`sae_core::HookedModule`] with hook paths named as Hugging Face names the modules in memory,
 //! so SAE Made Easy's `target_modules` work unchanged.
 //!
-//! Now: decoder-only LMs (Qwen2, Llama / SmolLM2) loaded from a Hugging Face folder, and the
-//! Qwen2-VL and LLaVA-OneVision image processors.
-//! Next: tokenizer and chat templates, GGUF and hub loading, KV-cache generation, Qwen2-VL,
-//! Qwen2.5-VL and LLaVA-OneVision.
+//! Models: decoder-only LMs (Qwen2, Llama / SmolLM2) from a Hugging Face folder, the hub or a
+//! GGUF file ([`LanguageModel`]), and the vision-language models Qwen2-VL, Qwen2.5-VL and
+//! LLaVA-OneVision with their image processors ([`VisionLanguageModel`]); tokenizers and chat
+//! templates, and generation with a KV cache ([`generate()`]).
 
 pub mod any_model;
 pub mod config;
