@@ -1,6 +1,7 @@
 //! Parity with transformers on the `qwen2_tiny` and `llama_tiny` fixtures: logits and every
 //! recorded hook output within 1e-4 relative (`max |ours - ref| / max |ref|`).
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, TensorFile};
 use sae_models::{DecoderLm, LmInput};
@@ -9,9 +10,9 @@ mod common;
 
 use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
 
-fn check(model_dir: &str) {
+fn check<Bk: Backend>(model_dir: &str) {
     let device = Default::default();
-    let model = DecoderLm::<B>::load(&fixture(model_dir), &device).unwrap();
+    let model = DecoderLm::<Bk>::load(&fixture(model_dir), &device).unwrap();
     let reference =
         TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
     let ids = ints(&reference, "inputs.input_ids");
@@ -25,19 +26,19 @@ fn check(model_dir: &str) {
 
 #[test]
 fn qwen2_matches_transformers() {
-    check("qwen2_tiny");
+    check::<B>("qwen2_tiny");
 }
 
 #[test]
 fn llama_matches_transformers() {
-    check("llama_tiny");
+    check::<B>("llama_tiny");
 }
 
 /// How far the logits of `qwen2_tiny`'s prompt after 3 positions of left padding, computed in
 /// `dtype`, are from transformers' logits of the prompt alone.
-fn left_padded_error(dtype: DType) -> f32 {
+fn left_padded_error<Bk: Backend>(dtype: DType) -> f32 {
     let device = Default::default();
-    let model = DecoderLm::<B>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
+    let model = DecoderLm::<Bk>::load_as(&fixture("qwen2_tiny"), dtype, &device).unwrap();
     let reference = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
     let ids = ints(&reference, "inputs.input_ids");
     let t = ids.len();
@@ -46,7 +47,7 @@ fn left_padded_error(dtype: DType) -> f32 {
     let mut mask = vec![0i64; 3];
     mask.extend(vec![1i64; t]);
     let input = LmInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [1, t + 3]), &device),
+        input_ids: Tensor::<Bk, 2, Int>::from_data(TensorData::new(padded, [1, t + 3]), &device),
         attention_mask: Some(Tensor::from_data(
             TensorData::new(mask, [1, t + 3]),
             &device,
@@ -63,7 +64,7 @@ fn left_padded_error(dtype: DType) -> f32 {
 
 #[test]
 fn left_padding_gives_the_same_logits_as_no_padding() {
-    let err = left_padded_error(DType::F32);
+    let err = left_padded_error::<B>(DType::F32);
     assert!(err < 1e-4, "logits differ by {err}");
 }
 
@@ -74,9 +75,19 @@ fn left_padding_gives_the_same_logits_as_no_padding() {
 fn left_padding_in_reduced_precision_stays_close_to_float32() {
     // The bounds of `reduced_precision_compute_stays_close_to_float32`.
     for (dtype, bound) in [(DType::F16, 4e-3), (DType::BF16, 3e-2)] {
-        let err = left_padded_error(dtype);
+        let err = left_padded_error::<B>(dtype);
         assert!(err < bound, "{dtype:?}: logits differ by {err}");
     }
+}
+
+// The same model code on a CubeCL backend (in CI Mesa's software Vulkan device), where the
+// masks hold the lowest finite value rather than -inf.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn qwen2_and_left_padding_match_transformers_on_the_gpu_backend() {
+    check::<common::Gpu>("qwen2_tiny");
+    let err = left_padded_error::<common::Gpu>(DType::F32);
+    assert!(err < 1e-4, "logits differ by {err}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! another pinpoint with unpadded rows, a left-padded batch, two images in a prompt, and the
 //! `anyres_max_N` downsampling.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use image::DynamicImage;
 use sae_core::tensor_file::{StorageDtype, write_tensors};
@@ -21,7 +22,7 @@ use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, v
 
 const MODEL: &str = "llava_onevision_tiny";
 
-fn model() -> LlavaOnevision<B> {
+fn model<Bk: Backend>() -> LlavaOnevision<Bk> {
     LlavaOnevision::load_as(&fixture(MODEL), DType::F32, &Default::default()).unwrap()
 }
 
@@ -30,7 +31,7 @@ fn reference() -> TensorFile {
 }
 
 /// `[batch, tokens]` int64 tensor `name` of `file`.
-fn int_tensor(file: &TensorFile, name: &str) -> Tensor<B, 2, Int> {
+fn int_tensor<Bk: Backend>(file: &TensorFile, name: &str) -> Tensor<Bk, 2, Int> {
     let shape = file.shape(name).unwrap();
     Tensor::from_data(
         TensorData::new(ints(file, name), [shape[0], shape[1]]),
@@ -40,7 +41,11 @@ fn int_tensor(file: &TensorFile, name: &str) -> Tensor<B, 2, Int> {
 
 /// The model input stored under `prefix` (`inputs.` or `<case>.inputs.`) of `file`, with
 /// `pixel_values`.
-fn stored_input(file: &TensorFile, prefix: &str, pixel_values: HostTensor) -> VlInput<B> {
+fn stored_input<Bk: Backend>(
+    file: &TensorFile,
+    prefix: &str,
+    pixel_values: HostTensor,
+) -> VlInput<Bk> {
     let device = Default::default();
     let name = |key: &str| format!("{prefix}{key}");
     let sizes = ints(file, &name("image_sizes"));
@@ -62,14 +67,14 @@ fn stored_input(file: &TensorFile, prefix: &str, pixel_values: HostTensor) -> Vl
 }
 
 /// The shared fixture's input.
-fn reference_input(reference: &TensorFile) -> VlInput<B> {
+fn reference_input<Bk: Backend>(reference: &TensorFile) -> VlInput<Bk> {
     let pixels = reference.get("inputs.pixel_values").unwrap();
     stored_input(reference, "inputs.", pixels)
 }
 
-#[test]
-fn llava_onevision_matches_transformers() {
-    let (model, reference) = (model(), reference());
+/// The shared fixture's logits and hook outputs on backend `Bk`.
+fn check_reference<Bk: Backend>() {
+    let (model, reference) = (model::<Bk>(), reference());
     let mut record = Record::default();
     let out = model
         .forward_hooked(reference_input(&reference), &mut record)
@@ -129,7 +134,26 @@ fn real_positions(logits: &[f32], mask: &[i64]) -> Vec<f32> {
 // image files through the image processor (its outputs equal to the file's): the logits of
 // every real token within 1e-4 relative.
 #[test]
+fn llava_onevision_matches_transformers() {
+    check_reference::<B>();
+}
+
+#[test]
 fn other_shapes_padded_batches_and_several_images_match_transformers() {
+    check_other_cases::<B>();
+}
+
+// The same model code on a CubeCL backend (in CI Mesa's software Vulkan device), where the
+// masks hold the lowest finite value rather than -inf.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn llava_onevision_and_its_other_cases_match_transformers_on_the_gpu_backend() {
+    check_reference::<common::Gpu>();
+    check_other_cases::<common::Gpu>();
+}
+
+/// The cases of `extra.safetensors` on backend `Bk`.
+fn check_other_cases<Bk: Backend>() {
     let file = TensorFile::open(fixture(&format!("{MODEL}/extra.safetensors"))).unwrap();
     let image =
         |name: &str| load_image(&fixture(&format!("image_processors/images/{name}.png"))).unwrap();
@@ -160,7 +184,7 @@ fn other_shapes_padded_batches_and_several_images_match_transformers() {
         config.max_num_patches = max_num_patches;
         config.vision.image_size = tile as usize;
         config.image_grid_pinpoints = pinpoints.clone();
-        let model = LlavaOnevision::<B>::from_weights(config, &weights, &device).unwrap();
+        let model = LlavaOnevision::<Bk>::from_weights(config, &weights, &device).unwrap();
         let mut processor = LlavaOnevisionImageProcessor::from_model_dir(&fixture(MODEL)).unwrap();
         processor.size = [tile, tile];
         processor.tile_size = tile;
@@ -169,7 +193,7 @@ fn other_shapes_padded_batches_and_several_images_match_transformers() {
         let prefix = format!("{case}.inputs.");
         let slices: Vec<&[DynamicImage]> = prompts.iter().map(Vec::as_slice).collect();
         let processed = processor.preprocess_prompts(&slices).unwrap();
-        let input = stored_input(&file, &prefix, processed.pixel_values.clone());
+        let input = stored_input::<Bk>(&file, &prefix, processed.pixel_values.clone());
         let images = input.images.as_ref().unwrap();
         assert_eq!(processed.image_sizes, images.image_sizes, "{case}");
         assert_eq!(
@@ -194,7 +218,7 @@ fn other_shapes_padded_batches_and_several_images_match_transformers() {
 
 #[test]
 fn a_prompt_whose_image_tokens_do_not_match_the_images_is_an_error() {
-    let (model, reference) = (model(), reference());
+    let (model, reference) = (model::<B>(), reference());
     let mut bad = reference_input(&reference);
     bad.input_ids = Tensor::from_data(
         TensorData::new(vec![1i64, 2, 3], [1, 3]),
@@ -229,7 +253,7 @@ fn the_pass_stops_after_the_last_needed_hook() {
             Some("model.multi_modal_projector")
         }
     }
-    let (model, reference) = (model(), reference());
+    let (model, reference) = (model::<B>(), reference());
     let mut hooks = StopAt(Vec::new());
     let out = model
         .forward_hooked(reference_input(&reference), &mut hooks)

@@ -2,6 +2,7 @@
 //! processor's `input_ids`, `pixel_values` and `image_grid_thw`, the logits and every recorded
 //! hook output (vision blocks, merger, language-model layers) within 1e-4 relative.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, TensorFile};
 use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
@@ -12,9 +13,9 @@ mod common;
 use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
 
 /// The fixture's model, reference file and processor inputs.
-fn load(model_dir: &str) -> (Qwen2Vl<B>, TensorFile, VlInput<B>) {
+fn load<Bk: Backend>(model_dir: &str) -> (Qwen2Vl<Bk>, TensorFile, VlInput<Bk>) {
     let device = Default::default();
-    let model = Qwen2Vl::<B>::load_as(&fixture(model_dir), DType::F32, &device).unwrap();
+    let model = Qwen2Vl::<Bk>::load_as(&fixture(model_dir), DType::F32, &device).unwrap();
     let reference =
         TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
     let ids = ints(&reference, "inputs.input_ids");
@@ -24,7 +25,7 @@ fn load(model_dir: &str) -> (Qwen2Vl<B>, TensorFile, VlInput<B>) {
         .map(|v| v as usize)
         .collect();
     let input = VlInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(
+        input_ids: Tensor::<Bk, 2, Int>::from_data(
             TensorData::new(ids.clone(), [1, ids.len()]),
             &device,
         ),
@@ -40,8 +41,8 @@ fn load(model_dir: &str) -> (Qwen2Vl<B>, TensorFile, VlInput<B>) {
     (model, reference, input)
 }
 
-fn check(model_dir: &str) {
-    let (model, reference, input) = load(model_dir);
+fn check<Bk: Backend>(model_dir: &str) {
+    let (model, reference, input) = load::<Bk>(model_dir);
     let mut record = Record::default();
     let out = model.forward_hooked(input, &mut record).unwrap();
     let logits = values(out.logits.unwrap());
@@ -51,19 +52,28 @@ fn check(model_dir: &str) {
 
 #[test]
 fn qwen2_vl_matches_transformers() {
-    check("qwen2_vl_tiny");
+    check::<B>("qwen2_vl_tiny");
 }
 
 #[test]
 fn qwen2_5_vl_matches_transformers() {
-    check("qwen2_5_vl_tiny");
+    check::<B>("qwen2_5_vl_tiny");
+}
+
+// The same model code on a CubeCL backend (in CI Mesa's software Vulkan device), where the
+// vision tower's segment masks hold the lowest finite value rather than -inf.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn qwen2_vl_and_qwen2_5_vl_match_transformers_on_the_gpu_backend() {
+    check::<common::Gpu>("qwen2_vl_tiny");
+    check::<common::Gpu>("qwen2_5_vl_tiny");
 }
 
 // The processor's token types (0 text, 1 image) are what get_rope_index groups by; ours come
 // from the image token id, and must agree.
 #[test]
 fn image_tokens_are_where_the_processor_put_them() {
-    let (model, reference, _) = load("qwen2_vl_tiny");
+    let (model, reference, _) = load::<B>("qwen2_vl_tiny");
     let ids = ints(&reference, "inputs.input_ids");
     let types = ints(&reference, "inputs.mm_token_type_ids");
     let image = model.config().image_token_id;
@@ -73,7 +83,7 @@ fn image_tokens_are_where_the_processor_put_them() {
 
 #[test]
 fn a_prompt_whose_image_tokens_do_not_match_the_images_is_an_error() {
-    let (model, _, mut input) = load("qwen2_vl_tiny");
+    let (model, _, mut input) = load::<B>("qwen2_vl_tiny");
     let device = Default::default();
     let ids: Vec<i64> = vec![1, 2, 3];
     input.input_ids = Tensor::from_data(TensorData::new(ids, [1, 3]), &device);

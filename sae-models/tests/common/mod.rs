@@ -4,11 +4,19 @@
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 pub use sae_core::parity::max_rel_diff;
 use sae_core::{HostData, TensorFile};
 
 /// The CPU backend the tests run on.
 pub type B = burn::backend::Flex;
+
+/// The GPU backend of the `wgpu` and `cuda` test builds (cuda where both are on): the parity
+/// tests run the same fixtures on it.
+#[cfg(feature = "cuda")]
+pub type Gpu = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type Gpu = burn::backend::Wgpu;
 
 /// A file or folder under `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -18,7 +26,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 /// A float tensor's values as f32 (whatever its dtype).
-pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
@@ -34,8 +42,8 @@ pub fn ints(file: &TensorFile, name: &str) -> Vec<i64> {
 #[derive(Default)]
 pub struct Record(pub std::collections::BTreeMap<String, Vec<f32>>);
 
-impl sae_core::Hooks<B> for Record {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
+impl<Bk: Backend> sae_core::Hooks<Bk> for Record {
+    fn call(&mut self, path: &str, x: Tensor<Bk, 3>) -> Tensor<Bk, 3> {
         self.0.insert(path.to_string(), values(x.clone()));
         x
     }
