@@ -23,8 +23,9 @@ pub fn selects_on_device<B: Backend>(device: &B::Device) -> bool {
 
 /// Each row's `k` largest values, as their column indices `[rows, k]`, largest first and ties
 /// to the lower index as [`select::top_k_among`](crate::select::top_k_among), among the
-/// columns `allowed` marks (all when `None`; `k` must not exceed them): the others are set to
-/// -inf before [`top_k_rows`].
+/// columns `allowed` marks (all when `None`; `k` must not exceed them): the others get the most
+/// negative float added before [`top_k_rows`]: below every allowed pre-activation, and finite
+/// (WGSL lets compilers assume no infinities).
 pub fn top_k_on_device<B: SaeBackend>(
     values: Tensor<B, 2>,
     k: usize,
@@ -33,7 +34,7 @@ pub fn top_k_on_device<B: SaeBackend>(
     let values = match allowed {
         None => values,
         Some(allowed) => {
-            let barred = |&a: &bool| if a { 0.0 } else { f32::NEG_INFINITY };
+            let barred = |&a: &bool| if a { 0.0 } else { f32::MIN };
             let penalty: Vec<f32> = allowed.iter().map(barred).collect();
             let penalty = TensorData::new(penalty, [allowed.len()]);
             let penalty = Tensor::<B, 1>::from_data(penalty, &values.device());
