@@ -172,7 +172,7 @@ impl Weights {
         }
     }
 
-    /// A linear layer from torch's `weight [out, in]` (and `bias [out]` when `bias`).
+    /// A [`Linear`] from `{prefix}.weight [d_out, d_in]` and, with `bias`, `{prefix}.bias [d_out]`.
     pub fn linear<B: Backend>(
         &self,
         prefix: &str,
@@ -181,8 +181,24 @@ impl Weights {
         bias: bool,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let w = self.values(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        // Burn's Linear keeps [in, out]: transpose once here, on the host.
+        self.flattened_linear(prefix, &[d_out, d_in], bias, device)
+    }
+
+    /// A [`Linear`] from `{prefix}.weight` of shape `[d_out, ...]`, its other dimensions flattened
+    /// into `d_in` (a convolution whose kernel equals its stride, over flattened patches), and,
+    /// with `bias`, `{prefix}.bias [d_out]`.
+    pub fn flattened_linear<B: Backend>(
+        &self,
+        prefix: &str,
+        shape: &[usize],
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let (d_out, d_in) = (shape[0], shape[1..].iter().product());
+        let w = self.values(&format!("{prefix}.weight"), shape)?;
+        // Burn's Linear keeps [in, out]: transpose once here, on the host. (A transposed view
+        // on the device also works, but cubecl's autotuned matmul on lavapipe returned wrong
+        // products for one, [1176, 32], while tuning.)
         let t = sae_core::tensor_file::transpose(&w, d_out, d_in);
         let weight = self.create(TensorData::new(t, [d_in, d_out]), device);
         let bias = bias

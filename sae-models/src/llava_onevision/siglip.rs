@@ -8,7 +8,7 @@
 //! Hooks: `model.vision_tower.encoder.layers.N` and its `.self_attn` and `.mlp`, each as
 //! `[tiles, patches, width]`.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, gelu_approximate};
@@ -175,21 +175,12 @@ impl<B: Backend> SiglipVisionTower<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let (e, p) = (c.hidden_size, c.patch_size);
-        let patch = c.num_channels * p * p;
-        let conv = w.tensor::<B, 4>(
-            &format!("{stored}.embeddings.patch_embedding.weight"),
-            [e, c.num_channels, p, p],
+        let patch_embedding = w.flattened_linear(
+            &format!("{stored}.embeddings.patch_embedding"),
+            &[e, c.num_channels, p, p],
+            true,
             device,
         )?;
-        let bias = w.tensor::<B, 1>(
-            &format!("{stored}.embeddings.patch_embedding.bias"),
-            [e],
-            device,
-        )?;
-        let patch_embedding = Linear {
-            weight: Param::from_tensor(conv.reshape([e, patch]).transpose()),
-            bias: Some(Param::from_tensor(bias)),
-        };
         let depth = selected.iter().copied().max().unwrap_or(0);
         let layers = (0..depth)
             .map(|i| {

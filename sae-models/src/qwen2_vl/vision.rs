@@ -169,22 +169,18 @@ impl<B: Backend> VisionTower<B> {
     /// Loads the tower from tensors stored under `stored` (`visual` or `model.visual`).
     pub fn load(c: VisionConfig, w: &Weights, stored: &str, device: &B::Device) -> Result<Self> {
         let e = c.embed_dim;
-        let patch = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
-        let conv = w.tensor::<B, 5>(
-            &format!("{stored}.patch_embed.proj.weight"),
-            [
+        let patch_embed = w.flattened_linear(
+            &format!("{stored}.patch_embed.proj"),
+            &[
                 e,
                 c.in_channels,
                 c.temporal_patch_size,
                 c.patch_size,
                 c.patch_size,
             ],
+            false,
             device,
         )?;
-        let patch_embed = Linear {
-            weight: burn::module::Param::from_tensor(conv.reshape([e, patch]).transpose()),
-            bias: None,
-        };
         let blocks = (0..c.depth)
             .map(|i| {
                 let p = format!("{stored}.blocks.{i}");
