@@ -21,7 +21,7 @@ use crate::kernels::{
     LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul,
 };
 use crate::params::DeviceParams;
-use crate::sae::{Sae, int_to_host, to_host, total_variance, zero_padding};
+use crate::sae::{Sae, to_host, total_variance, zero_padding};
 use crate::select::{self, Selection};
 
 /// A selection on the device: its activations, latents grouped for the weight gradients, and
@@ -58,9 +58,8 @@ impl<B: SaeBackend> Sae<B> {
         let (pre, sparse, values, indices) = match self.select_on_device(&x_c)? {
             Some(on_device) => {
                 let values = on_device.values();
-                let indices = on_device.indices;
-                let host = (to_host(values.clone()), int_to_host(indices.clone()));
-                let groups = LatentGroups::new(indices, &host.1, self.num_latents());
+                let host = (to_host(values.clone()), on_device.host_indices());
+                let groups = LatentGroups::new(on_device.indices, &host.1, self.num_latents());
                 let valid = on_device.valid.as_deref();
                 let passes = valid.map(|valid| zero_padding(values.ones_like(), Some(valid)));
                 let sparse = self.sparse(groups, values, passes);

@@ -83,6 +83,8 @@ pub(crate) struct DeviceSelection<B: Backend> {
     /// Which slots are real, where tokens have different counts (BatchTopK); padding slots
     /// point at latent 0.
     pub valid: Option<Vec<bool>>,
+    /// `indices` on the host where they were chosen there (BatchTopK).
+    chosen_on_host: Option<Vec<i64>>,
 }
 
 impl<B: Backend> DeviceSelection<B> {
@@ -90,6 +92,14 @@ impl<B: Backend> DeviceSelection<B> {
     pub(crate) fn values(&self) -> Tensor<B, 2> {
         let values = self.pre.clone().gather(1, self.indices.clone());
         zero_padding(values, self.valid.as_deref())
+    }
+
+    /// `indices` on the host: read back, unless they were chosen there.
+    pub(crate) fn host_indices(&self) -> Vec<i64> {
+        match &self.chosen_on_host {
+            Some(indices) => indices.clone(),
+            None => int_to_host(self.indices.clone()),
+        }
     }
 }
 
@@ -138,6 +148,7 @@ impl<B: SaeBackend> Sae<B> {
                 pre,
                 indices,
                 valid: None,
+                chosen_on_host: None,
             }));
         }
         let (total, cap) = (k * pre.dims()[0], BATCH_CANDIDATES * k);
@@ -154,11 +165,12 @@ impl<B: SaeBackend> Sae<B> {
             .flatten()
             .unwrap_or_else(|| select::batch_top_k(&to_host(pre.clone()), latents, total));
         let shape = [selection.rows, selection.width];
-        let indices = Tensor::from_data(TensorData::new(selection.indices, shape), &pre.device());
+        let data = TensorData::new(selection.indices.clone(), shape);
         Ok(Some(DeviceSelection {
+            indices: Tensor::from_data(data, &pre.device()),
             pre,
-            indices,
             valid: selection.valid,
+            chosen_on_host: Some(selection.indices),
         }))
     }
 }

@@ -22,7 +22,7 @@ use crate::device_select::PreActivations;
 use crate::error::{Result, SaeError};
 use crate::params::HostParams;
 use crate::reduce::dot;
-use crate::sae::{Sae, finish_pre_activations, finish_row, int_to_host, non_finite_input, to_host};
+use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
 use crate::scratch;
 use crate::select::{self, Selection};
 
@@ -139,7 +139,7 @@ impl<B: SaeBackend> Sae<B> {
                     let selection = Selection {
                         rows: n,
                         width: on_device.indices.dims()[1],
-                        indices: int_to_host(on_device.indices),
+                        indices: on_device.host_indices(),
                         valid: on_device.valid,
                     };
                     (
