@@ -196,9 +196,9 @@ impl Weights {
     ) -> Result<Linear<B>> {
         let (d_out, d_in) = (shape[0], shape[1..].iter().product());
         let w = self.values(&format!("{prefix}.weight"), shape)?;
-        // Burn's Linear keeps [in, out]: transpose once here, on the host. (A transposed view
-        // on the device also works, but cubecl's autotuned matmul on lavapipe returned wrong
-        // products for one, [1176, 32], while tuning.)
+        // Burn's Linear keeps [in, out]: transpose once here, on the host. (Not a transposed
+        // view on the device: cubecl's autotuned matmul on lavapipe returned wrong products for
+        // one, [1176, 32], while tuning.)
         let t = sae_core::tensor_file::transpose(&w, d_out, d_in);
         let weight = self.create(TensorData::new(t, [d_in, d_out]), device);
         let bias = bias
