@@ -11,7 +11,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::{HookPoint, HookedModule, SaeAutodiffBackend};
 use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
-use sae_models::{AnyModel, LmInput, VisionInput};
+use sae_models::{AnyModel, LmInput, Tokenizer, VisionInput};
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::checkpoint::{self, State};
@@ -28,6 +28,32 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const SAE_DIR: &str = "sae";
 /// Loss and FVU curves.
 pub const CURVES_FILE: &str = "curves.svg";
+
+/// The loader a run of `config` reads `dataset` with (its batching, order and batch size), from
+/// the start or from `cursor`: the batches the run trains on, in order.
+pub fn data_loader<'a>(
+    config: &TrainConfig,
+    dataset: &'a Dataset,
+    tokenizer: &'a Tokenizer,
+    cursor: Option<LoaderCursor>,
+) -> Result<Loader<'a>> {
+    let data = &config.data;
+    let batching = Batching::for_kind(dataset.kind(), data.context, data.max_len, data.truncate);
+    let stream = StreamConfig {
+        seed: config.train.seed,
+        shuffle: data.shuffle,
+        epochs: None,
+        ..StreamConfig::default()
+    };
+    Ok(Loader::new(
+        dataset,
+        tokenizer,
+        stream,
+        batching,
+        config.train.batch_size,
+        cursor,
+    )?)
+}
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -170,25 +196,10 @@ impl<B: SaeAutodiffBackend> Session<B> {
             None
         };
         let filter = self.token_filter();
-        let data = &self.config.data;
-        let batching = Batching::for_kind(
-            self.dataset.kind(),
-            data.context,
-            data.max_len,
-            data.truncate,
-        );
-        let stream = StreamConfig {
-            seed: self.config.train.seed,
-            shuffle: self.config.data.shuffle,
-            epochs: None,
-            ..StreamConfig::default()
-        };
-        let mut loader = Loader::new(
+        let mut loader = data_loader(
+            &self.config,
             &self.dataset,
             self.model.tokenizer(),
-            stream,
-            batching,
-            self.config.train.batch_size,
             self.cursor.take(),
         )?;
         if let AnyModel::Vision(vlm) = &self.model {

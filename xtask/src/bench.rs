@@ -75,7 +75,7 @@ pub const ROUNDS: usize = 3;
 /// percent within minutes on a shared VM) hits both alike; prints each round's figures, then
 /// the contract line with the medians (the ratio: the median of the rounds' ratios). A
 /// reference that fails is reported and dropped; ours are still timed and printed.
-fn interleaved(
+pub fn interleaved(
     case: &str,
     mut ours: impl FnMut() -> Result<f64>,
     mut reference: impl FnMut() -> Result<Option<Reference>>,
@@ -216,8 +216,17 @@ fn contract_line(case: &str, ours: f64, reference: Option<(f64, f64)>, peak_mib:
     peak::report(case, peak_mib);
 }
 
+/// Whether `SAE_BENCH_PYTHON` names the Python that runs the references; says so when not.
+pub fn reference_wanted() -> bool {
+    let wanted = std::env::var_os("SAE_BENCH_PYTHON").is_some();
+    if !wanted {
+        eprintln!("SAE_BENCH_PYTHON is not set: skipping the PyTorch reference");
+    }
+    wanted
+}
+
 /// What a PyTorch reference script measured.
-struct Reference {
+pub struct Reference {
     tokens_per_s: f64,
     /// The Python process's peak resident memory (torch included).
     peak_mib: Option<f64>,
@@ -237,11 +246,11 @@ fn sparsify_reference(mode: &str, backend: &str) -> Result<Option<Reference>> {
 
 /// Runs `tools/<script> args...` with `SAE_BENCH_PYTHON` and parses the tokens/s it prints
 /// last (and a `peak_mib N` line); `None` when the variable is not set.
-fn python_reference(script: &str, args: &[String]) -> Result<Option<Reference>> {
-    let Ok(python) = std::env::var("SAE_BENCH_PYTHON") else {
-        eprintln!("SAE_BENCH_PYTHON is not set: skipping the PyTorch reference");
+pub fn python_reference(script: &str, args: &[String]) -> Result<Option<Reference>> {
+    if !reference_wanted() {
         return Ok(None);
-    };
+    }
+    let python = std::env::var("SAE_BENCH_PYTHON").context("SAE_BENCH_PYTHON is not UTF-8")?;
     let script = tools_dir().join(script);
     let out = Command::new(&python)
         .arg(&script)

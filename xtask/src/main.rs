@@ -22,7 +22,8 @@
 //! (packed Shakespeare, padded easy-VQA chats, SmolLM2's tokenizer) against SmolLM2's forward
 //! tokens/s in the same run.
 //! `cargo xtask bench train` times end-to-end training of the SmolLM2 + Shakespeare recipe
-//! (tokens/s of model forward plus SAE step).
+//! (tokens/s of model forward plus SAE step) and, with `SAE_BENCH_PYTHON`, sparsify's `Trainer`
+//! on the same batches (`tools/bench_train.py`).
 //! `cargo xtask bench` runs every case.
 
 mod bench;

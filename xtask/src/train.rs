@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
+use sae_core::TargetModules;
 use sae_data::{Format, PreprocessOptions};
 use sae_models::{AnyModel, ModelSource};
 use sae_train::config::parse_value;
 use sae_train::{EvalConfig, TrainConfig};
 
-use crate::bench::{fetch, shakespeare_texts, smollm2_gguf};
+use crate::bench::{
+    fetch, interleaved, python_reference, reference_wanted, shakespeare_texts, smollm2_gguf,
+};
 
 const SMOLLM2: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
@@ -188,45 +191,109 @@ pub fn demo() -> Result<()> {
     Ok(())
 }
 
+/// Steps left out of the end-to-end figure at the start (initialisation, first allocations).
+const TIMING_SKIP: usize = 2;
+
 /// `cargo xtask bench train`: end-to-end training tokens/s of the SmolLM2 recipe on the CPU
-/// (model forward to layer 15 and the SAE step), over 8 steps after 2 of warmup.
+/// (model forward to layer 15 and the SAE step), over 8 steps after 2 of warmup; with
+/// `SAE_BENCH_PYTHON`, sparsify's `Trainer` on the same batches, in turn with ours.
 pub fn bench() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("shakespeare");
     let mut config = TrainConfig::load(
         &recipe_path("smollm2_shakespeare"),
         &[
-            (
-                "out".into(),
-                parse_value(&format!("{:?}", dir.path().join("run"))),
-            ),
-            ("data.path".into(), parse_value(&format!("{data:?}"))),
             ("train.steps".into(), parse_value("10")),
             ("checkpoint.save_every".into(), parse_value("0")),
             ("log.tensorboard".into(), parse_value("false")),
             ("log.progress".into(), parse_value("false")),
         ],
     )?;
+    config.data.path = data.clone();
     config.model.name = smollm2_gguf()?;
     prepare_shakespeare(&data, None)?;
-    let (batch, context) = (config.train.batch_size, config.data.context);
+    // sparsify's run sees the same batches: one more than our steps, to close the last step.
+    let tokens = dir.path().join("tokens.u16");
+    let reference_args = if reference_wanted() {
+        Some(sparsify_train_args(&config, &tokens)?)
+    } else {
+        None
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "SmolLM2-135M (Q4_1 GGUF as f32) to layer 15, TopK SAE 4608 latents k=32, batch {} x {}, flex (f32, {threads} threads), mimalloc",
+        config.train.batch_size, config.data.context
+    );
     crate::peak::reset();
+    let mut round = 0;
+    let ours = || {
+        round += 1;
+        let mut config = config.clone();
+        config.out = dir.path().join(format!("run{round}"));
+        training_tokens_per_s(config)
+    };
+    let reference = || match &reference_args {
+        Some(args) => python_reference("bench_train.py", args),
+        None => Ok(None),
+    };
+    interleaved("train", ours, reference)
+}
+
+/// Trains `config`'s run and returns the mean tokens/s of its steps after the first
+/// `TIMING_SKIP`, as `metrics.jsonl` reports them.
+fn training_tokens_per_s(config: TrainConfig) -> Result<f64> {
     let summary = run(config)?;
     let metrics = summary.run_dir.join(sae_train::metrics::METRICS_FILE);
     let rates: Vec<f64> = sae_train::metrics::series(&metrics, &["tokens_per_s"])?
         .remove(0)
         .into_iter()
-        .skip(2)
+        .skip(TIMING_SKIP)
         .map(|(_, rate)| rate)
         .collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!(
-        "SmolLM2-135M (Q4_1 GGUF as f32) to layer 15, TopK SAE 4608 latents k=32, batch {batch} x {context}, flex (f32, {threads} threads), mimalloc"
-    );
-    println!(
-        "train ours={:.0}",
-        rates.iter().sum::<f64>() / rates.len() as f64
-    );
-    crate::peak::report("train", None);
-    Ok(())
+    Ok(rates.iter().sum::<f64>() / rates.len() as f64)
+}
+
+/// Writes the token ids of the batches a run of `config` trains on (its steps and one more) to
+/// `tokens` as little-endian `u16`, the layout of sparsify's `MemmapDataset`, and returns
+/// `tools/bench_train.py`'s arguments for the same run.
+fn sparsify_train_args(config: &TrainConfig, tokens: &Path) -> Result<Vec<String>> {
+    let model = AnyModel::<Flex>::load_as(&config.model.name, DType::F32, &Default::default())?;
+    let tokenizer = model.tokenizer();
+    let dataset = sae_data::Dataset::open(&config.data.path)?;
+    let mut loader = sae_train::run::data_loader(config, &dataset, tokenizer, None)?;
+    let mut bytes = Vec::new();
+    for _ in 0..=config.train.steps {
+        let batch = loader.next_batch()?.context("the data ran out")?;
+        for &id in &batch.input_ids {
+            bytes.extend_from_slice(&u16::try_from(id)?.to_le_bytes());
+        }
+    }
+    std::fs::write(tokens, bytes)?;
+    let layer = match &config.target_modules {
+        TargetModules::Names(names) if names.len() == 1 => names[0].strip_prefix("model.layers."),
+        _ => None,
+    }
+    .context("the benchmark's recipe trains one SAE on a decoder layer's output")?;
+    let eos = tokenizer
+        .eos_token_id()
+        .context("the tokenizer has no EOS token")?;
+    let sae = &config.sae;
+    Ok([
+        config.model.name.clone(),
+        tokens.display().to_string(),
+        config.data.context.to_string(),
+        config.train.batch_size.to_string(),
+        layer.to_string(),
+        sae.k.to_string(),
+        sae.num_latents.to_string(),
+        config
+            .train
+            .lr
+            .context("the benchmark's recipe sets a learning rate")?
+            .to_string(),
+        eos.to_string(),
+        sae.dead_tokens_threshold.to_string(),
+        TIMING_SKIP.to_string(),
+    ]
+    .to_vec())
 }
