@@ -26,7 +26,7 @@ fn preprocess_writes_shards_and_prints_a_summary() {
     let stderr = fails(&args);
     assert!(
         stderr.contains(&format!(
-            "row 0 of {}: the text is empty",
+            "row 1 of {}: the text is empty",
             input.join("b.txt").display()
         )),
         "{stderr}"
@@ -63,4 +63,35 @@ fn preprocess_names_a_missing_input() {
         s(&dir.path().join("out")),
     ]);
     assert!(stderr.contains("found no questions.json"), "{stderr}");
+}
+
+#[test]
+fn counts_of_zero_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "first").unwrap();
+    let output = dir.path().join("out");
+    for (flag, what) in [
+        ("--limit", "the row limit"),
+        ("--row-group", "rows per row group"),
+        ("--shard", "rows per shard"),
+    ] {
+        let stderr = fails(&[
+            "preprocess",
+            "--format",
+            "text",
+            "--input",
+            s(&input),
+            "--output",
+            s(&output),
+            flag,
+            "0",
+        ]);
+        assert!(
+            stderr.contains(&format!("{what} must be at least 1")),
+            "{flag}: {stderr}"
+        );
+        assert!(!output.exists(), "{flag}: nothing is written");
+    }
 }

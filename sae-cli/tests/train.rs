@@ -274,6 +274,60 @@ fn unknown_keys_and_impossible_values_are_rejected_by_name() {
 }
 
 #[test]
+fn a_refused_start_leaves_nothing_and_the_retry_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    let out = dir.path().join("run");
+    let with = |flag: &str, value: &str| {
+        let mut args = run_args(&model, &data, &out, "2");
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+        args
+    };
+    // The fixture's context is 2048 positions (config.json's max_position_embeddings).
+    let stderr = fails(&strs(&with("--context", "4096")));
+    assert!(
+        stderr.contains("contexts of 4096 tokens do not fit the model, whose context is 2048"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused run writes nothing");
+    let stderr = fails(&strs(&with("--k", "300")));
+    assert!(stderr.contains("k = 300 must be in 1..=256"), "{stderr}");
+    assert!(!out.exists(), "a refused run writes nothing");
+    ok(&strs(&run_args(&model, &data, &out, "2")));
+    assert_eq!(losses(&out).len(), 2);
+
+    // Evaluation settings that cannot make a batch are refused by name.
+    let sae = out.join("sae");
+    for (flag, value, message) in [
+        ("--batches", "0", "an evaluation needs at least 1 batch"),
+        ("--batch-size", "0", "0 sequences of at most 32 tokens"),
+        ("--context", "0", "2 sequences of at most 0 tokens"),
+        ("--context", "4096", "whose context is 2048 positions"),
+    ] {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(&model),
+            "--sae",
+            s(&sae),
+            "--data",
+            s(&data),
+        ];
+        args.extend(["--batch-size", "2", "--context", "32"]);
+        let at = args.iter().position(|a| *a == flag).unwrap_or(args.len());
+        if at < args.len() {
+            args[at + 1] = value;
+        } else {
+            args.extend([flag, value]);
+        }
+        let stderr = fails(&args);
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+    }
+}
+
+#[test]
 fn non_finite_activations_stop_the_run_and_keep_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());

@@ -133,17 +133,12 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
     }
 
     /// Adds an adapter whose SAEs already exist, checking them against the hook points, and
-    /// makes it the only active one.
+    /// makes it the only active one. An SAE's path may be a `.`-separated suffix of one hook
+    /// point's path (as sparsify saves them); the adapter then holds it under the full path.
     pub fn insert_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
-        for (path, sae) in &adapter.saes {
-            let point = self
-                .hook_points
-                .iter()
-                .find(|p| &p.path == path)
-                .ok_or_else(|| SaeError::NoTargetMatched {
-                    targets: format!("{path:?}"),
-                    available: self.available_hooks(),
-                })?;
+        let mut saes = BTreeMap::new();
+        for (path, sae) in adapter.saes {
+            let point = self.hook_point_for(&path)?;
             if point.width != sae.d_in() {
                 return Err(SaeError::InvalidConfig(format!(
                     "the SAE for {path} has d_in {}, but that hook point's width is {}",
@@ -151,10 +146,44 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
                     point.width
                 )));
             }
+            saes.insert(point.path.clone(), sae);
         }
+        let adapter = Adapter {
+            config: adapter.config,
+            saes,
+        };
         self.adapters.insert(name.to_string(), adapter);
         self.active = vec![name.to_string()];
         Ok(())
+    }
+
+    /// The hook point an SAE saved for `path` attaches to: the one with that path, else the
+    /// only one that `path` is a `.`-separated suffix of (sparsify names its hook points from
+    /// the model's base module down: `layers.6` for `model.layers.6`).
+    fn hook_point_for(&self, path: &str) -> Result<&HookPoint> {
+        if let Some(point) = self.hook_points.iter().find(|p| p.path == path) {
+            return Ok(point);
+        }
+        let suffix = format!(".{path}");
+        let matches: Vec<&HookPoint> = self
+            .hook_points
+            .iter()
+            .filter(|p| p.path.ends_with(&suffix))
+            .collect();
+        match matches.as_slice() {
+            [point] => Ok(point),
+            [] => Err(SaeError::NoTargetMatched {
+                targets: format!("{path:?}"),
+                available: self.available_hooks(),
+            }),
+            several => {
+                let paths: Vec<&str> = several.iter().map(|p| p.path.as_str()).collect();
+                Err(SaeError::InvalidConfig(format!(
+                    "the SAE saved for {path:?} could attach to any of {}; save it under the full path",
+                    paths.join(", ")
+                )))
+            }
+        }
     }
 
     fn available_hooks(&self) -> String {

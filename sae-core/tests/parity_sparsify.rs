@@ -5,6 +5,8 @@ mod common;
 use burn::tensor::Tensor;
 use common::{B, fixture, max_rel_diff, reference, values};
 use sae_core::formats;
+use sae_core::tensor_file::StorageDtype;
+use sae_core::{HookKind, HookPoint, HookedModule, Hooks, Layout, SaeModel};
 
 #[test]
 fn sparsify_topk_matches_the_reference() {
@@ -58,4 +60,63 @@ fn sparsify_topk_matches_the_reference() {
     assert!(max_rel_diff(&values(out.reconstruction), &sae_out) < 1e-5);
     let fvu = reference("sparsify_topk/reference.safetensors", "fvu").to_f32();
     assert!(max_rel_diff(&values(out.fvu), &fvu) < 1e-5);
+}
+
+/// Hook points named as transformers names them, passing activations through unchanged.
+#[derive(Debug, Clone)]
+struct Passthrough;
+
+const POINTS: [&str; 3] = ["model.layers.0.mlp", "model.layers.1.mlp", "model.layers.1"];
+
+impl HookedModule<B> for Passthrough {
+    type Input = Tensor<B, 3>;
+    type Output = Tensor<B, 3>;
+
+    fn hook_points(&self) -> Vec<HookPoint> {
+        POINTS
+            .map(|p| HookPoint::new(p, 64, HookKind::Residual))
+            .to_vec()
+    }
+
+    fn forward_hooked(&self, x: Tensor<B, 3>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
+        POINTS.iter().fold(x, |x, p| hooks.call(p, x))
+    }
+}
+
+#[test]
+fn a_sparsify_checkpoint_named_from_the_base_model_attaches_to_the_full_path() {
+    // sparsify saves the SAE of `model.layers.1` as `layers.1/` (relative to the base model).
+    let device = Default::default();
+    let model =
+        SaeModel::<B, _>::from_pretrained(Passthrough, &fixture("sparsify_topk"), &device).unwrap();
+    let saes = &model.adapters()[sae_core::DEFAULT_ADAPTER].saes;
+    assert_eq!(saes.keys().collect::<Vec<_>>(), ["model.layers.1"]);
+
+    // Eval mode: the SAE's reconstruction replaces the module's output.
+    let x: Tensor<B, 2> = reference("sparsify_topk/reference.safetensors", "x").to_float(&device);
+    let [n, d] = x.dims();
+    let out = model.forward(x.reshape([1, n, d])).unwrap().output;
+    let sae_out = reference("sparsify_topk/reference.safetensors", "sae_out").to_f32();
+    assert!(max_rel_diff(&values(out), &sae_out) < 1e-5);
+}
+
+#[test]
+fn a_saved_path_must_name_one_hook_point() {
+    let renamed = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut checkpoint = formats::load(&fixture("sparsify_topk")).unwrap();
+        let sae = checkpoint.saes.remove("layers.1").unwrap();
+        checkpoint.saes.insert(name.into(), sae);
+        formats::save(&checkpoint, Layout::Sparsify, dir.path(), StorageDtype::F32).unwrap();
+        let result =
+            SaeModel::<B, _>::from_pretrained(Passthrough, dir.path(), &Default::default());
+        result.err().expect("refused").to_string()
+    };
+    let ambiguous = renamed("mlp");
+    assert!(
+        ambiguous.contains("could attach to any of model.layers.0.mlp, model.layers.1.mlp"),
+        "{ambiguous}"
+    );
+    let unknown = renamed("layers.7");
+    assert!(unknown.contains("matched no hook point"), "{unknown}");
 }

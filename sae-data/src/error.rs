@@ -35,10 +35,12 @@ pub enum DataError {
         found: String,
         schema: String,
     },
-    /// One row cannot be used; `--on-error skip` skips such rows.
-    #[error("row {row} of {path}: {reason}")]
+    /// One row cannot be used; `--on-error skip` skips such rows. The message counts rows from
+    /// 1 (a JSONL file's row is its line number).
+    #[error("row {} of {path}: {reason}", .row + 1)]
     BadRow {
         path: PathBuf,
+        /// The row's index in the file, from 0.
         row: usize,
         reason: RowProblem,
     },
@@ -51,6 +53,12 @@ pub enum DataError {
     /// An input file does not have the layout its format needs.
     #[error("{path} is not valid: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// Preprocessing options that cannot work (a limit or shard size of 0).
+    #[error("invalid preprocessing options: {0}")]
+    Options(String),
+    /// Batch settings that cannot make a batch (no sequences, no tokens).
+    #[error("invalid batching: {0}")]
+    Batching(String),
     /// A saved cursor does not belong to this dataset or stream.
     #[error("the saved data cursor does not fit this dataset: {0}")]
     Cursor(String),

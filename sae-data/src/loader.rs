@@ -94,6 +94,15 @@ impl<'a> Loader<'a> {
         batch_size: usize,
         cursor: Option<LoaderCursor>,
     ) -> Result<Self> {
+        let tokens = match batching {
+            Batching::Pack { context } => context,
+            Batching::Pad { max_len, .. } => max_len,
+        };
+        if batch_size == 0 || tokens == 0 {
+            return Err(DataError::Batching(format!(
+                "{batch_size} sequences of at most {tokens} tokens: both must be at least 1"
+            )));
+        }
         let (stream_cursor, carry, carry_rows) = match cursor {
             Some(c) => (Some(c.stream), c.carry, c.carry_rows),
             None => (None, Vec::new(), Vec::new()),

@@ -212,7 +212,7 @@ fn a_bad_row_fails_with_its_index_and_leaves_no_dataset() {
     assert!(
         error
             .to_string()
-            .starts_with(&format!("row 3 of {}", input.display()))
+            .starts_with(&format!("row 4 of {}", input.display()))
     );
     assert!(!output.exists(), "a failed run leaves nothing behind");
 }
@@ -280,7 +280,7 @@ fn jsonl_and_parquet_text_inputs() {
     .unwrap();
     let fail = PreprocessOptions::new(Format::Text, &jsonl, &dir.path().join("a"));
     let error = preprocess(&fail, &mut |_| {}).unwrap_err().to_string();
-    assert!(error.starts_with(&format!("row 1 of {}: not a JSON object", jsonl.display())));
+    assert!(error.starts_with(&format!("row 2 of {}: not a JSON object", jsonl.display())));
 
     let mut skip = PreprocessOptions::new(Format::Text, &jsonl, &dir.path().join("b"));
     skip.on_error = OnError::Skip;

@@ -331,7 +331,7 @@ fn padded_chat_batches_follow_the_chat_template() {
     };
     let mut loader = Loader::new(&dataset, &tokenizer, plain, short, 4, None).unwrap();
     let error = loader.next_batch().unwrap_err().to_string();
-    assert!(error.contains("row 0 of") && error.contains("do not fit the context of 8"));
+    assert!(error.contains("row 1 of") && error.contains("do not fit the context of 8"));
     let skip = StreamConfig {
         on_error: OnError::Skip,
         ..plain

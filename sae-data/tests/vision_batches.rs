@@ -90,7 +90,7 @@ fn image_rows_too_long_are_never_cut_but_named_or_skipped() {
         .with_image_tokens(&vlm);
     let error = loader.next_batch().unwrap_err().to_string();
     assert!(
-        error.contains("row 0 of") && error.contains("do not fit the context of 20"),
+        error.contains("row 1 of") && error.contains("do not fit the context of 20"),
         "{error}"
     );
     let skip = StreamConfig {

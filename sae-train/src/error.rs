@@ -35,6 +35,9 @@ pub enum TrainError {
     /// The dataset ended before the first step.
     #[error("{0} gives no batch: it has fewer tokens than one batch needs")]
     NoData(PathBuf),
+    /// Settings that cannot work with this model or data (a context longer than the model's).
+    #[error("{0}")]
+    Invalid(String),
     /// Something this build cannot do.
     #[error("{0}")]
     Unsupported(String),

@@ -13,13 +13,13 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::{int_to_host, to_host as host};
 use sae_core::{HookedModule, Hooks, SaeBackend, SaeModel};
-use sae_data::{Batch, Batching, Dataset, Loader, StreamConfig};
+use sae_data::{Batch, Dataset, Loader, StreamConfig};
 use sae_models::{AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionNetwork};
 use serde::Serialize;
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::error::{Result, TrainError};
-use crate::run::{lm_input, vision_input};
+use crate::run::{lm_input, sequence_batching, vision_input};
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,10 +164,16 @@ pub fn evaluate<B: SaeBackend>(
     config: &EvalConfig,
     device: &B::Device,
 ) -> Result<EvalReport> {
+    if config.batches == 0 {
+        return Err(TrainError::Invalid(
+            "an evaluation needs at least 1 batch".into(),
+        ));
+    }
+    let limits = (config, model.context());
     match model {
         AnyModel::Text(lm) => {
             let lm = *lm;
-            evaluate_model(lm.model, &lm.tokenizer, None, sae_dir, data, config, device)
+            evaluate_model(lm.model, &lm.tokenizer, None, sae_dir, data, limits, device)
         }
         AnyModel::Vision(vlm) => {
             let images: &dyn ImageTokens = vlm.as_ref();
@@ -178,7 +184,7 @@ pub fn evaluate<B: SaeBackend>(
                 Some(images),
                 sae_dir,
                 data,
-                config,
+                limits,
                 device,
             )
         }
@@ -192,7 +198,7 @@ fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
     images: Option<&dyn ImageTokens>,
     sae_dir: &Path,
     data: &Path,
-    config: &EvalConfig,
+    (config, model_context): (&EvalConfig, usize),
     device: &B::Device,
 ) -> Result<EvalReport> {
     let sae_model: SaeModel<B, M> = SaeModel::from_pretrained(model, sae_dir, device)?;
@@ -206,7 +212,13 @@ fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
         .collect();
     let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
     let dataset = Dataset::open(data)?;
-    let batching = Batching::for_kind(dataset.kind(), config.context, config.max_len, true);
+    let batching = sequence_batching(
+        dataset.kind(),
+        config.context,
+        config.max_len,
+        true,
+        model_context,
+    )?;
     let stream = StreamConfig {
         shuffle: false,
         ..StreamConfig::default()

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::{HookPoint, HookedModule, SaeAutodiffBackend};
-use sae_data::{Batch, Batching, Dataset, Loader, LoaderCursor, StreamConfig};
+use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, LmInput, Tokenizer, VisionInput};
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
@@ -29,16 +29,24 @@ pub const SAE_DIR: &str = "sae";
 /// Loss and FVU curves.
 pub const CURVES_FILE: &str = "curves.svg";
 
-/// The loader a run of `config` reads `dataset` with (its batching, order and batch size), from
-/// the start or from `cursor`: the batches the run trains on, in order.
+/// The loader a run of `config` reads `dataset` with (its batching, order and batch size) for
+/// a model of `model_context` positions, from the start or from `cursor`: the batches the run
+/// trains on, in order.
 pub fn data_loader<'a>(
     config: &TrainConfig,
     dataset: &'a Dataset,
     tokenizer: &'a Tokenizer,
+    model_context: usize,
     cursor: Option<LoaderCursor>,
 ) -> Result<Loader<'a>> {
     let data = &config.data;
-    let batching = Batching::for_kind(dataset.kind(), data.context, data.max_len, data.truncate);
+    let batching = sequence_batching(
+        dataset.kind(),
+        data.context,
+        data.max_len,
+        data.truncate,
+        model_context,
+    )?;
     let stream = StreamConfig {
         seed: config.train.seed,
         shuffle: data.shuffle,
@@ -81,9 +89,13 @@ pub fn train<B: SaeAutodiffBackend>(config: TrainConfig, device: &B::Device) -> 
                 .into(),
         });
     }
+    // Everything that can refuse the run (model, hook points, data, SAE settings) does so
+    // before the folder is written: a failed start leaves nothing that blocks the retry.
+    let toml = config.to_toml();
+    let session = Session::<B>::open(config, None, device)?;
     std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
-    sae_core::tensor_file::write_atomic(&saved, config.to_toml().as_bytes())?;
-    Session::<B>::open(config, None, device)?.run()
+    sae_core::tensor_file::write_atomic(&saved, toml.as_bytes())?;
+    session.run()
 }
 
 /// Continues the run in `run_dir` from its last checkpoint with its saved configuration, to
@@ -106,6 +118,29 @@ pub fn resume<B: SaeAutodiffBackend>(
     checkpoint::remove_partial(run_dir)?;
     let latest = checkpoint::latest(run_dir)?;
     Session::<B>::open(config, latest, device)?.run()
+}
+
+/// How rows of `kind` become sequences for a model of `model_context` positions: packed text
+/// contexts must fit in it (an error otherwise, before anything runs); chats are cut or skipped
+/// at `max_len` or the model's context, whichever is shorter.
+pub fn sequence_batching(
+    kind: Kind,
+    context: usize,
+    max_len: usize,
+    truncate: bool,
+    model_context: usize,
+) -> Result<Batching> {
+    if kind == Kind::Text && context > model_context {
+        return Err(TrainError::Invalid(format!(
+            "contexts of {context} tokens do not fit the model, whose context is {model_context} positions; use a context of at most {model_context}"
+        )));
+    }
+    Ok(Batching::for_kind(
+        kind,
+        context,
+        max_len.min(model_context),
+        truncate,
+    ))
 }
 
 /// The model's compute dtype from its name in the configuration.
@@ -147,6 +182,15 @@ impl<B: SaeAutodiffBackend> Session<B> {
         )?;
         let points = config.target_modules.resolve(&model.hook_points())?;
         let dataset = Dataset::open(&config.data.path)?;
+        // Refuses contexts longer than the model's now, before any work.
+        let data = &config.data;
+        sequence_batching(
+            dataset.kind(),
+            data.context,
+            data.max_len,
+            data.truncate,
+            model.context(),
+        )?;
         let (trainer, cursor, tokens, elapsed_s) = match &checkpoint {
             Some(dir) => {
                 tracing::info!("resuming from {}", dir.display());
@@ -200,6 +244,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             &self.config,
             &self.dataset,
             self.model.tokenizer(),
+            self.model.context(),
             self.cursor.take(),
         )?;
         if let AnyModel::Vision(vlm) = &self.model {

@@ -260,7 +260,8 @@ fn sparsify_train_args(config: &TrainConfig, tokens: &Path) -> Result<Vec<String
     let model = AnyModel::<Flex>::load_as(&config.model.name, DType::F32, &Default::default())?;
     let tokenizer = model.tokenizer();
     let dataset = sae_data::Dataset::open(&config.data.path)?;
-    let mut loader = sae_train::run::data_loader(config, &dataset, tokenizer, None)?;
+    let mut loader =
+        sae_train::run::data_loader(config, &dataset, tokenizer, model.context(), None)?;
     let mut bytes = Vec::new();
     for _ in 0..=config.train.steps {
         let batch = loader.next_batch()?.context("the data ran out")?;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_data::{Format, OnError, PreprocessOptions, ShardOptions};
 
-/// Convert a dataset into the standard Parquet format that `sae train` and `sae cache` read:
+/// Convert a dataset into the standard Parquet format that `sae train` and `sae eval` read:
 /// shards `OUTPUT/data/<split>-00000-of-0000N.parquet` (chat rows: `messages` + `images`; text
 /// rows: `text`) and `OUTPUT/sae_dataset.json`.
 #[derive(clap::Args)]
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
     options.text_column = args.text_column;
     options.shards = ShardOptions {
         split: args.split,
-        rows_per_shard: args.shard.max(1),
+        rows_per_shard: args.shard,
         rows_per_group: args.row_group,
         seed: args.seed,
         ..ShardOptions::default()

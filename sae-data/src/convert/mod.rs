@@ -86,6 +86,21 @@ impl PreprocessOptions {
             text_column: "text".into(),
         }
     }
+
+    /// Refuses counts of 0 (a row limit, rows per shard or per row group, bytes per shard).
+    fn check(&self) -> Result<()> {
+        let s = &self.shards;
+        let counts = [
+            ("the row limit", self.limit),
+            ("rows per shard", Some(s.rows_per_shard)),
+            ("bytes per shard", Some(s.bytes_per_shard)),
+            ("rows per row group", s.rows_per_group),
+        ];
+        match counts.iter().find(|(_, value)| *value == Some(0)) {
+            Some((what, _)) => Err(DataError::Options(format!("{what} must be at least 1"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Where a row came from.
@@ -141,6 +156,7 @@ pub fn preprocess(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     let start = std::time::Instant::now();
+    options.check()?;
     refuse_existing(&options.output)?;
     let created = !options.output.exists();
     let result = convert(options, progress, start);
