@@ -108,9 +108,10 @@ fn a_saved_path_must_name_one_hook_point() {
         let sae = checkpoint.saes.remove("layers.1").unwrap();
         checkpoint.saes.insert(name.into(), sae);
         formats::save(&checkpoint, Layout::Sparsify, dir.path(), StorageDtype::F32).unwrap();
-        let result =
-            SaeModel::<B, _>::from_pretrained(Passthrough, dir.path(), &Default::default());
-        result.err().expect("refused").to_string()
+        match SaeModel::<B, _>::from_pretrained(Passthrough, dir.path(), &Default::default()) {
+            Ok(_) => panic!("an SAE saved as {name:?} was attached"),
+            Err(error) => error.to_string(),
+        }
     };
     let ambiguous = renamed("mlp");
     assert!(
