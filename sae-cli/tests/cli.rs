@@ -2,10 +2,11 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{fails, floats, max_rel_diff, ok, s};
-use sae_core::{HostData, TensorFile};
+use sae_core::tensor_file::write_tensors;
+use sae_core::{HostData, HostTensor, StorageDtype, TensorFile};
 
 fn fixture(rel: &str) -> PathBuf {
     common::fixture("sae-core", rel)
@@ -146,6 +147,43 @@ fn convert_round_trip_and_inspect() {
     // An existing, non-empty output folder is left alone.
     let err = fails(&["convert", "--sae", s(&a), "--to", "peft", "--out", s(&c)]);
     assert!(err.contains("is not empty"), "{err}");
+
+    // --overwrite replaces the checkpoint there, whatever its layout, and keeps other files.
+    std::fs::write(a.join("notes.txt"), "mine").unwrap();
+    fn overwrite<'a>(from: &'a Path, to: &'a str, out: &'a Path) -> [&'a str; 8] {
+        let (from, out) = (s(from), s(out));
+        [
+            "convert",
+            "--sae",
+            from,
+            "--to",
+            to,
+            "--out",
+            out,
+            "--overwrite",
+        ]
+    }
+    ok(&overwrite(&c, "saelens", &a));
+    let text = ok(&["inspect", s(&a)]);
+    assert!(text.starts_with("layout: saelens"), "{text}");
+    assert!(
+        !a.join("linear").exists(),
+        "the sparsify layout's folder is gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cfg.json", "notes.txt", "sae_weights.safetensors"]);
+    // Converting a folder into itself is refused, and it stays as it was.
+    let err = fails(&overwrite(&a, "peft", &a));
+    assert!(err.contains("is the checkpoint being converted"), "{err}");
+    assert!(ok(&["inspect", s(&a)]).starts_with("layout: saelens"));
 }
 
 #[test]
@@ -195,4 +233,44 @@ fn bad_input_gives_one_clear_error() {
     ]);
     assert!(err.contains("No such file"), "{err}");
     assert!(!out.exists(), "nothing is written on error");
+
+    // Activations that are not a float token matrix, and an output that is the input.
+    let odd = dir.path().join("odd.safetensors");
+    let tensors = [
+        ("empty", HostTensor::f32(vec![0, 64], vec![])),
+        ("flat", HostTensor::f32(vec![64], vec![0.5; 64])),
+        ("ints", HostTensor::i64(vec![2, 64], vec![1; 128])),
+    ]
+    .map(|(name, t)| (name.to_string(), t));
+    write_tensors(&odd, &tensors, StorageDtype::F32, None).unwrap();
+    let before = std::fs::read(&odd).unwrap();
+    for (key, out_file, message) in [
+        (
+            "empty",
+            &out,
+            "invalid activations: shape [0, 64] holds no tokens",
+        ),
+        (
+            "flat",
+            &out,
+            "invalid activations: shape [64], expected [N, d] or [B, T, d]",
+        ),
+        ("ints", &out, "invalid activations: they are integers"),
+        ("flat", &odd, "is the input file"),
+    ] {
+        let err = fails(&[
+            "encode",
+            "--sae",
+            s(&fixture("sparsify_topk")),
+            "--input",
+            s(&odd),
+            "--key",
+            key,
+            "--out",
+            s(out_file),
+        ]);
+        assert!(err.contains(message), "{key}: {err}");
+    }
+    assert!(!out.exists(), "nothing is written on error");
+    assert_eq!(std::fs::read(&odd).unwrap(), before, "the input is intact");
 }

@@ -8,6 +8,9 @@ pub enum SaeError {
     /// The SAE configuration is inconsistent (e.g. `k` larger than the number of latents).
     #[error("invalid SAE configuration: {0}")]
     InvalidConfig(String),
+    /// Activations that are not a float matrix of tokens (a wrong rank, no tokens, integers).
+    #[error("invalid activations: {0}")]
+    InvalidActivations(String),
     /// Activations whose last dimension differs from the SAE's input width.
     #[error("activation width {got} does not match the SAE's d_in {expected}")]
     WidthMismatch { expected: usize, got: usize },

@@ -23,12 +23,19 @@ pub struct Args {
     /// How to store floats: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: StorageDtype,
-    /// Write into a non-empty folder, replacing files of the same names.
+    /// Write into a non-empty folder, replacing the SAE checkpoint it holds (any layout; other
+    /// files stay).
     #[arg(long)]
     overwrite: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if super::same_file(&args.sae, &args.out) {
+        bail!(
+            "--out {} is the checkpoint being converted; write the conversion to another folder",
+            args.out.display()
+        );
+    }
     let non_empty = std::fs::read_dir(&args.out)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -39,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let checkpoint = super::load_checkpoint(&args.sae)?;
-    sae_core::formats::save(&checkpoint, args.to, &args.out, args.dtype)
+    sae_core::formats::save_replacing(&checkpoint, args.to, &args.out, args.dtype)
         .with_context(|| format!("cannot write {} as {}", args.out.display(), args.to))?;
     tracing::info!(from = %checkpoint.layout, to = %args.to, saes = checkpoint.saes.len(), out = %args.out.display(), "converted");
     Ok(())

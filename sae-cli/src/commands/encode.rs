@@ -15,7 +15,9 @@ use crate::backend;
   sae encode --sae runs/sae --input acts.safetensors --key hook.model.layers.1 --out latents.safetensors
   sae encode --sae sparsify-run --hook layers.6 --input acts.safetensors --key x --out out.safetensors
 
-The tensor NAME may be [N, d] or [B, T, d] (flattened to N = B x T).")]
+The tensor NAME may be [N, d] or [B, T, d] (flattened to N = B x T). For SAEs whose tokens have
+different numbers of active latents (BatchTopK, JumpReLU, ReLU), the width is the largest count
+and empty slots hold index -1 and value 0.")]
 pub struct Args {
     /// SAE checkpoint folder (PEFT adapter, sparsify or SAELens; detected).
     #[arg(long, value_name = "DIR")]
@@ -47,6 +49,12 @@ pub fn run(args: Args) -> Result<()> {
         None if hooks.len() == 1 => &checkpoint.saes[hooks[0]],
         None => bail!("the checkpoint holds SAEs for {hooks:?}; choose one with --hook"),
     };
+    if super::same_file(&args.input, &args.out) {
+        bail!(
+            "--out {} is the input file; choose another path (the activations would be lost)",
+            args.out.display()
+        );
+    }
     let file = TensorFile::open(&args.input).context("cannot read the activations")?;
     if !file.contains(&args.key) {
         bail!(

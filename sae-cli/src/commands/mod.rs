@@ -42,3 +42,11 @@ pub fn with_sae<M: HookedModule<Backend>, T>(
     hooks.finish().context("the SAE failed")?;
     Ok(out)
 }
+
+/// Whether `a` and `b` name the same existing file (through links and relative paths).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

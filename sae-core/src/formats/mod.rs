@@ -239,6 +239,76 @@ pub fn save(
     }
 }
 
+/// Writes `checkpoint` to `dir` as [`save`] does, replacing the SAE checkpoint `dir` already
+/// holds, of any layout (other files stay). The new checkpoint is written beside `dir` first, so
+/// a save that fails leaves `dir` as it was.
+pub fn save_replacing(
+    checkpoint: &Checkpoint,
+    layout: Layout,
+    dir: &Path,
+    dtype: StorageDtype,
+) -> Result<()> {
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy()) else {
+        // The file system's root: nowhere beside it to stage.
+        return save(checkpoint, layout, dir, dtype);
+    };
+    let staging = dir.with_file_name(format!(".{name}.saving-{}", std::process::id()));
+    let saved = save(checkpoint, layout, &staging, dtype).and_then(|()| {
+        remove_checkpoint(dir)?;
+        move_into(&staging, dir)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    saved
+}
+
+/// The files an SAE checkpoint of any layout consists of.
+const CHECKPOINT_FILES: [&str; 5] = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "cfg.json",
+    "sae.safetensors",
+    "sae_weights.safetensors",
+];
+
+/// Removes the checkpoint in `dir` (its files in `dir` and in the sub-folders that hold an SAE,
+/// and those sub-folders once empty); anything else stays.
+fn remove_checkpoint(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let holds_sae =
+        |d: &Path| d.join("adapter_config.json").is_file() || single_layout(d).is_some();
+    let folders = std::iter::once(dir.to_path_buf()).chain(subdirs(dir)?);
+    for folder in folders.filter(|d| holds_sae(d)) {
+        for file in CHECKPOINT_FILES.map(|f| folder.join(f)) {
+            if file.is_file() {
+                std::fs::remove_file(&file).map_err(SaeError::io(&file))?;
+            }
+        }
+        if folder != dir {
+            // Only succeeds when nothing else is left in it.
+            let _ = std::fs::remove_dir(&folder);
+        }
+    }
+    Ok(())
+}
+
+/// Moves every entry of `from` into `to`, merging folders that exist in both.
+fn move_into(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(SaeError::io(to))?;
+    for entry in std::fs::read_dir(from).map_err(SaeError::io(from))? {
+        let source = entry.map_err(SaeError::io(from))?.path();
+        let target = to.join(source.file_name().unwrap_or_default());
+        if source.is_dir() && target.is_dir() {
+            move_into(&source, &target)?;
+        } else {
+            std::fs::rename(&source, &target).map_err(SaeError::io(&target))?;
+        }
+    }
+    Ok(())
+}
+
 /// Our full configuration, stored beside a layout's own keys where that layout cannot express it.
 const SAE_CONFIG_KEY: &str = "sae_config";
 
