@@ -231,8 +231,16 @@ fn bad_model_input_gives_one_clear_error() {
     let err = activations(&fixture("qwen2_tiny"), &["--hooks", "nothing"]);
     assert!(err.contains("no hook point matches"), "{err}");
     let err = activations(&fixture("sae_missing"), &[]);
-    assert!(err.contains("is not a model folder"), "{err}");
+    assert!(
+        err.contains("sae_missing does not exist: expected a model folder"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
+    let err = activations(dir.path(), &[]);
+    assert!(
+        err.contains("is not a model folder (no config.json)"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
     std::fs::copy(
         fixture("qwen2_tiny/tokenizer.json"),

@@ -266,6 +266,21 @@ fn unknown_keys_and_impossible_values_are_rejected_by_name() {
         stderr.contains("train.steps must be at least 1"),
         "{stderr}"
     );
+    let stderr = fails(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--hook",
+        "x",
+        "--stop-at",
+        "0",
+    ]);
+    assert!(
+        stderr.contains("checkpoint.stop_at must be at least 1"),
+        "{stderr}"
+    );
     let stderr = fails(&["train", "--model", "m", "--data", "d"]);
     assert!(
         stderr.contains("missing field `target_modules`"),

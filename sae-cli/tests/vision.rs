@@ -127,6 +127,22 @@ fn bad_images_and_text_models_with_images_are_clear_errors() {
         "1",
     ]);
     assert!(err.contains("text-only model"), "{err}");
+    // --text is tokenized as it is: without the image token, the error names it.
+    let err = fails(&[
+        "generate",
+        "--model",
+        s(&fixture("qwen2_vl_tiny")),
+        "--image",
+        s(&fixture("image_processors/images/image1.png")),
+        "--text",
+        "Hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert!(
+        err.contains("with --text, the text holds one <|image_pad|> per --image"),
+        "{err}"
+    );
 }
 
 // A hub id resolved from the local cache (offline) brings the processor config along.

@@ -57,6 +57,10 @@ pub enum SaeError {
     /// `adapter_config.json` names a PEFT type other than `TOPK_SAE`.
     #[error("{file}: peft_type {found:?} is not supported (only \"TOPK_SAE\")")]
     UnknownPeftType { file: PathBuf, found: String },
+    /// A folder that holds no SAE checkpoint itself, but a PEFT adapter one level down (a
+    /// training run's `sae/`, a checkpoint's `adapter/`).
+    #[error("{dir} holds no SAE checkpoint itself, but {inner} does: pass that folder")]
+    NestedCheckpoint { dir: PathBuf, inner: PathBuf },
     /// A folder that holds no SAE checkpoint in any known layout.
     #[error(
         "{0} holds no SAE checkpoint: expected adapter_config.json (PEFT), cfg.json + sae.safetensors (sparsify) or cfg.json + sae_weights.safetensors (SAELens), directly or one level down"

@@ -274,6 +274,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    if dir.exists() && !dir.is_dir() {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "it is a file, not a folder",
+        );
+        return Err(SaeError::io(dir)(error));
+    }
     std::fs::create_dir_all(dir).map_err(SaeError::io(dir))?;
     let name = path
         .file_name()

@@ -96,6 +96,30 @@ fn a_folder_without_a_checkpoint_says_what_it_expected() {
 }
 
 #[test]
+fn an_adapter_one_level_down_is_named() {
+    // A training run keeps its SAEs in `sae/`, a checkpoint in `adapter/`.
+    let run = tempfile::tempdir().unwrap();
+    let adapter = adapter_copy();
+    std::fs::rename(adapter.path(), run.path().join("sae")).unwrap();
+    std::fs::create_dir(run.path().join("checkpoints")).unwrap();
+    let err = load_err(run.path());
+    let expected = format!(
+        "{} holds no SAE checkpoint itself, but {} does: pass that folder",
+        run.path().display(),
+        run.path().join("sae").display()
+    );
+    assert_eq!(err, expected);
+}
+
+#[test]
+fn an_impossible_configuration_is_refused_at_load() {
+    let dir = adapter_copy();
+    edit_config(dir.path(), "k", serde_json::json!(7));
+    let err = load_err(dir.path());
+    assert!(err.contains("k = 7 must be in 1..=6"), "{err}");
+}
+
+#[test]
 fn unmatched_target_modules_list_the_hook_points() {
     let device = Default::default();
     let config = AdapterConfig {

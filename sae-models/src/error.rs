@@ -27,6 +27,9 @@ pub enum ModelError {
     /// A `--model` path that is not a model folder.
     #[error("{0} is not a model folder (no config.json)")]
     NotAModel(PathBuf),
+    /// A `--model` path that does not exist.
+    #[error("{0} does not exist: expected a model folder, a .gguf file or a hub id (org/name)")]
+    NoSuchModel(PathBuf),
     /// A GGUF file that is corrupt, truncated or uses something we cannot read.
     #[error("{file}: {message}")]
     BadGguf { file: PathBuf, message: String },

@@ -44,6 +44,7 @@ impl ModelSource {
     pub fn local_dir(&self) -> Result<PathBuf> {
         match self {
             ModelSource::Dir(dir) if dir.join("config.json").is_file() => Ok(dir.clone()),
+            ModelSource::Dir(dir) if !dir.exists() => Err(ModelError::NoSuchModel(dir.clone())),
             ModelSource::Dir(dir) => Err(ModelError::NotAModel(dir.clone())),
             ModelSource::Gguf(path) => Err(ModelError::NotAModel(path.clone())),
             ModelSource::Hub(id) => hub_snapshot(id),

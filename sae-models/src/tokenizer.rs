@@ -130,6 +130,13 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenize(e.to_string()))
     }
 
+    /// The token string of an id, special tokens included, if it is in the vocabulary.
+    pub fn token(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<i64> {
         self.inner.token_to_id(token).map(i64::from)

@@ -325,6 +325,9 @@ impl TrainConfig {
         if self.data.context == 0 || self.data.max_len == 0 {
             return Err("data.context and data.max_len must be at least 1".into());
         }
+        if self.checkpoint.stop_at == Some(0) {
+            return Err("checkpoint.stop_at must be at least 1".into());
+        }
         if self.checkpoint.keep == 0 {
             return Err("checkpoint.keep must be at least 1".into());
         }

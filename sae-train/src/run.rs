@@ -232,6 +232,12 @@ impl<B: SaeAutodiffBackend> Session<B> {
         let run_dir = self.config.out.clone();
         let total = self.config.train.steps;
         let end = self.config.checkpoint.stop_at.unwrap_or(total).min(total);
+        if self.trainer.step >= end {
+            tracing::warn!(
+                "the run is already at step {} (this part ends at step {end}): nothing to train",
+                self.trainer.step
+            );
+        }
         let mut metrics = MetricsLog::open(&run_dir, self.trainer.step)?;
         let board_dir = run_dir.join("tensorboard");
         let mut board = if self.config.log.tensorboard {

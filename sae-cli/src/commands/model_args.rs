@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use sae_core::{HostTensor, StorageDtype};
-use sae_models::{AnyModel, ProcessedPrompt, Prompt, load_image};
+use sae_models::{AnyModel, ImageTokens, ProcessedPrompt, Prompt, load_image};
 
 use crate::backend::{self, Backend};
 
@@ -108,7 +108,18 @@ impl ModelArgs {
                     .iter()
                     .map(|path| load_image(path))
                     .collect::<sae_models::Result<Vec<_>>>()?;
-                Processed::Vision(vlm.process(prompt, &images)?)
+                let text_prompt = matches!(prompt, Prompt::Text(_));
+                let processed = vlm.process(prompt, &images);
+                Processed::Vision(processed.with_context(|| match text_prompt {
+                    true => {
+                        let id = vlm.image_token();
+                        let token = vlm.tokenizer.token(id).unwrap_or_else(|| id.to_string());
+                        format!(
+                            "with --text, the text holds one {token} per --image; --chat places them"
+                        )
+                    }
+                    false => "cannot prepare the prompt".to_string(),
+                })?)
             }
         };
         let (n, limit) = (processed.ids().len(), loaded.context());

@@ -136,12 +136,20 @@ pub fn detect(dir: &Path) -> Result<Layout> {
     if let Some(layout) = single_layout(dir) {
         return Ok(layout);
     }
-    for sub in subdirs(dir)? {
-        if let Some(layout) = single_layout(&sub) {
-            return Ok(layout);
-        }
+    let subs = subdirs(dir)?;
+    if let Some(layout) = subs.iter().find_map(|sub| single_layout(sub)) {
+        return Ok(layout);
     }
-    Err(SaeError::UnknownLayout(dir.to_path_buf()))
+    match subs
+        .into_iter()
+        .find(|sub| sub.join("adapter_config.json").is_file())
+    {
+        Some(inner) => Err(SaeError::NestedCheckpoint {
+            dir: dir.to_path_buf(),
+            inner,
+        }),
+        None => Err(SaeError::UnknownLayout(dir.to_path_buf())),
+    }
 }
 
 /// The layout of a folder that holds exactly one sparsify or SAELens SAE.
@@ -202,6 +210,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None),
         Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None),
     };
+    for sae in saes.values() {
+        sae.config.validate(sae.d_in)?;
+    }
     Ok(Checkpoint {
         layout,
         saes,
