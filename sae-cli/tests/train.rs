@@ -380,21 +380,65 @@ fn non_finite_activations_stop_the_run_and_keep_the_last_checkpoint() {
     assert_eq!(losses(&run).len(), 5);
 }
 
+#[test]
+fn resuming_with_a_model_of_another_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = dir.path().join("model");
+    let run = dir.path().join("run");
+    let source = fixture("sae-models", "qwen2_tiny");
+    let args = [
+        run_args(&source, &data, &run, "20"),
+        vec!["--stop-at".into(), "5".into()],
+    ]
+    .concat();
+    ok(&strs(&args));
+    // The same hook paths on a narrower model: the saved SAEs read 64 inputs.
+    narrowed_model(&model);
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(s(&source), s(&model))).unwrap();
+    let stderr = fails(&["train", "--resume", s(&run)]);
+    assert!(
+        stderr.contains(
+            "its SAE for model.layers.0.mlp reads 64 inputs, but the model's model.layers.0.mlp is 32 wide"
+        ),
+        "{stderr}"
+    );
+    // The narrowed model itself runs: the refusal is about the checkpoint.
+    ok(&[
+        "activations",
+        "--model",
+        s(&model),
+        "--text",
+        "hi",
+        "--out",
+        s(&dir.path().join("a.safetensors")),
+    ]);
+}
+
 /// Rewrites one f32 tensor of a safetensors file with infinities.
 fn poison(file: &Path, name: &str) {
+    rewrite(file, |n, shape, data| {
+        if n == name {
+            data.clear();
+            let count: usize = shape.iter().product();
+            data.extend((0..count).flat_map(|_| f32::INFINITY.to_le_bytes()));
+        }
+    });
+}
+
+/// Rewrites every tensor of a safetensors file of f32 tensors by `edit(name, shape, bytes)`.
+fn rewrite(file: &Path, edit: impl Fn(&str, &mut Vec<usize>, &mut Vec<u8>)) {
     let bytes = std::fs::read(file).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
         .tensors()
         .into_iter()
         .map(|(n, t)| {
-            let mut data = t.data().to_vec();
-            if n == name {
-                for chunk in data.chunks_exact_mut(4) {
-                    chunk.copy_from_slice(&f32::INFINITY.to_le_bytes());
-                }
-            }
-            (n, t.dtype(), t.shape().to_vec(), data)
+            let (mut shape, mut data) = (t.shape().to_vec(), t.data().to_vec());
+            edit(&n, &mut shape, &mut data);
+            (n, t.dtype(), shape, data)
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
@@ -407,6 +451,43 @@ fn poison(file: &Path, name: &str) {
         })
         .collect();
     std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// The tiny Qwen2 fixture cut from 64 to 32 hidden units (2 attention heads of 16), in `dir`.
+fn narrowed_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let source = fixture("sae-models", "qwen2_tiny");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["hidden_size"] = 32.into();
+    json["num_attention_heads"] = 2.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    // Every dimension of 64 (the hidden size, and 4 heads x 16) keeps its first 32 entries.
+    rewrite(&dir.join("model.safetensors"), |_, shape, data| {
+        let old = shape.clone();
+        let values: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let kept: Vec<f32> = (0..values.len())
+            .filter(|&flat| {
+                let mut rest = flat;
+                old.iter().rev().all(|&dim| {
+                    let index = rest % dim;
+                    rest /= dim;
+                    dim != 64 || index < 32
+                })
+            })
+            .map(|flat| values[flat])
+            .collect();
+        shape.iter_mut().filter(|d| **d == 64).for_each(|d| *d = 32);
+        *data = kept.iter().flat_map(|v| v.to_le_bytes()).collect();
+    });
 }
 
 /// A tmpfs of `size` mounted at `dir` for the test's lifetime (needs root, as CI runs here).

@@ -284,6 +284,38 @@ fn train_saes_on_both_towers_of_qwen2_vl() {
         adapter.contains("model.visual.blocks.1")
             && adapter.contains("model.language_model.layers.0")
     );
+
+    // Evaluated on text alone, the vision SAE sees nothing: one clear error, not a panic.
+    let texts = dir.path().join("texts");
+    std::fs::create_dir(&texts).unwrap();
+    std::fs::write(texts.join("a.txt"), "words ".repeat(200)).unwrap();
+    let text_data = dir.path().join("text-data");
+    ok(&[
+        "preprocess",
+        "--format",
+        "text",
+        "--input",
+        s(&texts),
+        "--output",
+        s(&text_data),
+    ]);
+    let stderr = fails(&[
+        "eval",
+        "--model",
+        s(&fixture("qwen2_vl_tiny")),
+        "--sae",
+        s(&out.join("sae")),
+        "--data",
+        s(&text_data),
+        "--batch-size",
+        "1",
+        "--context",
+        "32",
+    ]);
+    assert!(
+        stderr.contains("the SAE for model.visual.blocks.1 saw no activations"),
+        "{stderr}"
+    );
 }
 
 // The same on LLaVA-OneVision: the vision SAE sees every patch of every real tile (the padding

@@ -126,6 +126,18 @@ impl<B: SaeBackend> Sae<B> {
                 self.config.architecture
             )));
         }
+        self.check_width(&x)?;
+        let (latents, d_in) = (self.num_latents(), self.d_in());
+        let shapes = [
+            (params.w_enc.len(), latents * d_in),
+            (params.w_dec.len(), latents * d_in),
+            (params.b_dec.len(), d_in),
+        ];
+        if shapes.iter().any(|(got, expected)| got != expected) {
+            return Err(SaeError::InvalidConfig(format!(
+                "the host parameters do not fit an SAE of {latents} latents over {d_in} inputs"
+            )));
+        }
         let [n, d] = x.dims();
         // Off the CPU backends the selection product runs on the backend, and TopK and
         // BatchTopK also select there (`select_on_device`); otherwise its product is read back.
@@ -245,6 +257,7 @@ fn encoder_product(h: &Host) -> Vec<f32> {
     let (n, d, l) = (h.n, h.d, h.latents);
     // Every element is overwritten (the product does not read `out`).
     let mut out = scratch::take(n * l);
+    assert!(h.x_c.len() == n * d && h.w_enc.len() == l * d && out.len() == n * l);
     // SAFETY: `out` is `[n, l]` row-major (column stride 1, row stride l); `x_c` is `[n, d]`
     // row-major; `W_enc^T` is `[d, l]` read from `W_enc` `[l, d]` row-major (column stride d,
     // row stride 1); all three buffers hold exactly those many elements and do not overlap.

@@ -124,7 +124,11 @@ impl<B: SaeBackend> Sae<B> {
         threshold: Option<Tensor<B, 1>>,
     ) -> Result<Self> {
         let [latents, d_in] = w_enc.dims();
-        config.validate(d_in)?;
+        if latents == 0 {
+            return Err(SaeError::InvalidConfig(
+                "W_enc has no rows: the SAE has no latents".into(),
+            ));
+        }
         let check = |name: &str, got: Vec<usize>, expected: Vec<usize>| {
             if got == expected {
                 Ok(())
@@ -157,10 +161,12 @@ impl<B: SaeBackend> Sae<B> {
                 "a threshold tensor is needed by, and only by, JumpReLU".into(),
             ));
         }
+        // `k` and the like are checked against the latents the tensors hold.
         let config = SaeConfig {
             num_latents: latents,
             ..config
         };
+        config.validate(d_in)?;
         Ok(Sae {
             w_enc: Param::from_tensor(w_enc),
             b_enc: b_enc.map(Param::from_tensor),

@@ -181,6 +181,7 @@ impl Dataset {
             order: None,
             window: None,
             skipped: 0,
+            empty_epoch: false,
         })
     }
 }
@@ -268,6 +269,8 @@ pub struct Stream<'a> {
     /// The window whose rows (this rank's, in order) are loaded.
     window: Option<Window>,
     skipped: usize,
+    /// A whole epoch, read from its start, has given no usable row so far.
+    empty_epoch: bool,
 }
 
 /// A generator seeded by the stream seed and a purpose (`epoch`, `window`).
@@ -368,6 +371,11 @@ impl Stream<'_> {
                 return Ok(None);
             }
             if self.position.window >= self.windows() {
+                // Another pass over data that gave nothing would give nothing again.
+                if self.empty_epoch {
+                    return Ok(None);
+                }
+                self.empty_epoch = true;
                 self.position = Position {
                     epoch: self.position.epoch + 1,
                     ..Position::default()
@@ -383,7 +391,10 @@ impl Stream<'_> {
             };
             self.position.offset += 1;
             match record {
-                Ok(record) => return Ok(Some(Example { id, record })),
+                Ok(record) => {
+                    self.empty_epoch = false;
+                    return Ok(Some(Example { id, record }));
+                }
                 Err(_) if self.config.on_error == OnError::Skip => self.skipped += 1,
                 Err(reason) => return Err(self.dataset.bad_row(id, reason)),
             }

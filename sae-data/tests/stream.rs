@@ -223,6 +223,48 @@ fn bad_stored_rows_fail_with_their_index_or_are_skipped() {
 }
 
 #[test]
+fn an_endless_stream_of_unusable_rows_ends_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ShardWriter::new(dir.path(), Kind::Chat, ShardOptions::default()).unwrap();
+    let record = |parts| Record {
+        id: None,
+        source: None,
+        body: Body::Chat {
+            messages: vec![Turn {
+                role: "user".into(),
+                content: parts,
+            }],
+            images: vec![],
+        },
+    };
+    // Two rows that show an image they do not hold.
+    for _ in 0..2 {
+        writer.push(record(vec![Part::Image])).unwrap();
+    }
+    writer.finish("test").unwrap();
+    let dataset = Dataset::open(dir.path()).unwrap();
+    let forever = StreamConfig {
+        shuffle: false,
+        epochs: None,
+        on_error: OnError::Skip,
+        ..StreamConfig::default()
+    };
+    let mut stream = dataset.stream(forever).unwrap();
+    assert_eq!(stream.by_ref().count(), 0);
+    assert_eq!(
+        stream.skipped(),
+        4,
+        "one whole epoch is read twice, then it ends"
+    );
+
+    // Usable rows keep coming, epoch after epoch.
+    let good = tempfile::tempdir().unwrap();
+    let dataset = numbered(good.path(), 3);
+    let rows = dataset.stream(forever).unwrap().take(10).count();
+    assert_eq!(rows, 10);
+}
+
+#[test]
 fn packing_joins_documents_with_eos_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = numbered(dir.path(), 200);

@@ -252,7 +252,13 @@ pub fn load<B: SaeAutodiffBackend>(
                 })
             };
             let two = |name: &str| -> Result<Option<burn::tensor::Tensor<B, 2>>> {
-                Ok(get(name)?.map(|t| t.to_float::<B, 2>(device)))
+                match get(name)? {
+                    Some(t) if t.shape.len() != 2 => Err(bad(format!(
+                        "{}.{name} has shape {:?}, expected two dimensions",
+                        h.path, t.shape
+                    ))),
+                    t => Ok(t.map(|t| t.to_float::<B, 2>(device))),
+                }
             };
             let one = |name: &str| -> Result<Option<burn::tensor::Tensor<B, 1>>> {
                 Ok(two(name)?.map(|t| t.flatten(0, 1)))
@@ -295,10 +301,18 @@ pub fn load<B: SaeAutodiffBackend>(
             } else {
                 None
             };
-            let counts = match get("tokens_since_fired")?.map(|t| t.data) {
+            let counts: Vec<u64> = match get("tokens_since_fired")?.map(|t| t.data) {
                 Some(HostData::I64(v)) => v.into_iter().map(|c| c as u64).collect(),
                 _ => return Err(bad(format!("{}.tokens_since_fired is missing", h.path))),
             };
+            if counts.len() != sae.num_latents() {
+                return Err(bad(format!(
+                    "{}.tokens_since_fired has {} entries for {} latents",
+                    h.path,
+                    counts.len(),
+                    sae.num_latents()
+                )));
+            }
             Ok(HookTrainer::restore(
                 h.path.clone(),
                 sae,

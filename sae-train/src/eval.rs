@@ -270,7 +270,8 @@ fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
         };
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
         for ((out, point), s) in capture.outputs.into_iter().zip(&points).zip(&mut sums) {
-            let out = out.expect("the clean pass reaches every hook");
+            // A vision hook is not reached by a batch without images.
+            let Some(out) = out else { continue };
             accumulate_sae(
                 s,
                 &adapter.saes[&point.path],
@@ -292,6 +293,12 @@ fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
     }
     if predictions == 0 {
         return Err(TrainError::NoData(data.to_path_buf()));
+    }
+    if let Some((path, _)) = paths.iter().zip(&sums).find(|(_, s)| s.tokens == 0) {
+        return Err(TrainError::Invalid(format!(
+            "the SAE for {path} saw no activations in {} (a vision hook needs rows with images)",
+            data.display()
+        )));
     }
     let n = predictions as f64;
     let [ce_clean, ce_sae, ce_zero] = ce.map(|v| -v / n);

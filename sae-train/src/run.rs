@@ -205,6 +205,18 @@ impl<B: SaeAutodiffBackend> Session<B> {
                         ),
                     });
                 }
+                for (hook, point) in trainer.hooks.iter().zip(&points) {
+                    let d_in = hook.params().b_dec.len();
+                    if d_in != point.width {
+                        return Err(TrainError::BadCheckpoint {
+                            path: dir.clone(),
+                            message: format!(
+                                "its SAE for {} reads {d_in} inputs, but the model's {} is {} wide: is this the run's model?",
+                                point.path, point.path, point.width
+                            ),
+                        });
+                    }
+                }
                 (trainer, Some(state.cursor), state.tokens, state.elapsed_s)
             }
             None => (
