@@ -24,8 +24,11 @@ pub struct Selection {
 }
 
 /// Orders latents by value, largest first; ties go to the lower index (deterministic).
-fn by_value_desc(row: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-    move |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+fn by_value_desc<I: Copy + Into<u64>>(row: &[f32]) -> impl Fn(&I, &I) -> std::cmp::Ordering + '_ {
+    move |&a, &b| {
+        let (a, b) = (a.into() as usize, b.into() as usize);
+        row[b].total_cmp(&row[a]).then(a.cmp(&b))
+    }
 }
 
 /// A key that orders (value, index) pairs like [`by_value_desc`] in reverse: a larger key is a
@@ -160,15 +163,30 @@ pub fn batch_top_k(values: &[f32], cols: usize, total: usize) -> Selection {
     if total == 0 {
         return from_row_lists(vec![Vec::new(); rows], values, cols);
     }
-    let mut flat: Vec<u32> = (0..values.len() as u32).collect();
-    let cmp = by_value_desc(values);
-    flat.select_nth_unstable_by(total - 1, &cmp);
-    flat.truncate(total);
-    let mut per_row = vec![Vec::new(); rows];
-    for i in flat {
-        per_row[i as usize / cols].push(i % cols as u32);
-    }
+    // Positions as u32 where they fit (half the memory of the usual case).
+    let per_row = match u32::try_from(values.len()) {
+        Ok(_) => largest_by_row::<u32>(values, cols, total),
+        Err(_) => largest_by_row::<u64>(values, cols, total),
+    };
     from_row_lists(per_row, values, cols)
+}
+
+/// The columns of the `total` largest entries of `[rows, cols]` `values`, per row; `I` holds a
+/// flat position.
+fn largest_by_row<I>(values: &[f32], cols: usize, total: usize) -> Vec<Vec<u32>>
+where
+    I: Copy + TryFrom<usize> + Into<u64>,
+{
+    let mut flat: Vec<I> = (0..values.len())
+        .filter_map(|p| I::try_from(p).ok())
+        .collect();
+    flat.select_nth_unstable_by(total - 1, by_value_desc(values));
+    flat.truncate(total);
+    let mut per_row = vec![Vec::new(); values.len() / cols];
+    for p in flat.into_iter().map(|p| p.into() as usize) {
+        per_row[p / cols].push((p % cols) as u32);
+    }
+    per_row
 }
 
 /// [`batch_top_k`] from each row's `cap` largest entries only: `[rows, cap]` `values` and
@@ -187,7 +205,8 @@ pub fn batch_top_k_of_candidates(
     }
     let rows = values.len() / cap;
     let total = total.min(rows * cols);
-    if total > values.len() {
+    // Beyond u32 positions, the caller selects on the whole matrix instead.
+    if total > values.len() || u32::try_from(values.len()).is_err() {
         return None;
     }
     // Global order: value, then the flat position `row * cols + col` (as `batch_top_k`).
@@ -353,6 +372,18 @@ mod tests {
         assert_eq!(s.width, 2);
         assert_eq!(s.indices, vec![3, 0, 1, 2]);
         assert_eq!(s.valid, Some(vec![true, false, true, true]));
+    }
+
+    #[test]
+    fn wide_positions_select_as_narrow_ones() {
+        // Matrices of 2^32 entries or more use u64 positions: the same selection.
+        let values: Vec<f32> = (0..96).map(|i| ((i * 37 % 17) as f32) - 8.0).collect();
+        for total in [1, 7, 30, 96] {
+            assert_eq!(
+                largest_by_row::<u64>(&values, 12, total),
+                largest_by_row::<u32>(&values, 12, total)
+            );
+        }
     }
 
     #[test]

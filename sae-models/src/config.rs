@@ -122,25 +122,11 @@ impl DecoderConfig {
             ));
         }
         let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if kv_heads == 0 || !raw.num_attention_heads.is_multiple_of(kv_heads) {
-            return Err(bad(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {kv_heads}",
-                raw.num_attention_heads
-            )));
-        }
         let head_dim = raw
             .head_dim
             .unwrap_or(raw.hidden_size / raw.num_attention_heads);
         let mrope_section = rope.and_then(|r| r.mrope_section.clone());
-        if let Some(sections) = &mrope_section
-            && sections.iter().sum::<usize>() != head_dim / 2
-        {
-            return Err(bad(format!(
-                "mrope_section {sections:?} does not add up to head_dim / 2 = {}",
-                head_dim / 2
-            )));
-        }
-        Ok(DecoderConfig {
+        let config = DecoderConfig {
             attention_bias: raw
                 .attention_bias
                 .unwrap_or(raw.model_type.starts_with("qwen2")),
@@ -158,6 +144,49 @@ impl DecoderConfig {
             mlp_bias: raw.mlp_bias,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(usize::MAX),
             mrope_section,
-        })
+        };
+        config.check().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Refuses sizes no model can have (zero heads or widths, an odd head width, key/value
+    /// heads that do not divide the query heads, M-RoPE sections that do not fill the rotary
+    /// half), whatever file they came from.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0"));
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim {} is odd: rotary embeddings rotate pairs",
+                self.head_dim
+            ));
+        }
+        if let Some(sections) = &self.mrope_section
+            && sections.iter().sum::<usize>() != self.head_dim / 2
+        {
+            return Err(format!(
+                "mrope_section {sections:?} does not add up to head_dim / 2 = {}",
+                self.head_dim / 2
+            ));
+        }
+        Ok(())
     }
 }

@@ -84,6 +84,8 @@ pub struct GgufFile {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Reading an array's elements.
+    in_array: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -140,15 +142,22 @@ impl<'a> Cursor<'a> {
             8 => Value::String(self.string()?),
             9 => {
                 let inner = self.u32()?;
-                let n = usize::try_from(self.u64()?).ok()?;
-                // Each element takes at least one byte: a count beyond the file is corrupt.
-                if n > self.bytes.len() {
+                // Arrays of arrays nest at most once in GGUF files; deeper ones are corrupt
+                // (and would recurse without bound).
+                if inner == 9 && self.in_array {
                     return None;
                 }
+                let n = usize::try_from(self.u64()?).ok()?;
+                // Each element takes at least one byte: a count beyond the bytes left is corrupt.
+                if n > self.bytes.len() - self.pos {
+                    return None;
+                }
+                let outer = std::mem::replace(&mut self.in_array, true);
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     items.push(self.value(inner)?);
                 }
+                self.in_array = outer;
                 Value::Array(items)
             }
             10 => Value::Int(int(self.take(8)?)),
@@ -198,6 +207,7 @@ impl GgufFile {
         let mut c = Cursor {
             bytes: &bytes,
             pos: 0,
+            in_array: false,
         };
         if c.take(4) != Some(b"GGUF") {
             return Err(corrupt("not a GGUF file (bad magic)"));
@@ -255,9 +265,14 @@ impl GgufFile {
         };
         for (name, info) in &file.tensors {
             if let Some((block, size)) = block_layout(info.ggml_type) {
-                let n: usize = info.dims.iter().product();
-                let end = file.data_start + info.offset + n / block * size;
-                if end > file.bytes.len() {
+                let end = info
+                    .dims
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .and_then(|n| (n / block).checked_mul(size))
+                    .and_then(|bytes| bytes.checked_add(info.offset))
+                    .and_then(|end| end.checked_add(file.data_start));
+                if end.is_none_or(|end| end > file.bytes.len()) {
                     return Err(corrupt(&format!(
                         "tensor {name} runs past the end of the file (truncated?)"
                     )));

@@ -65,10 +65,14 @@ fn config(file: &GgufFile, path: &Path) -> Result<DecoderConfig> {
     };
     let int = |key: &str| {
         let key = format!("{arch}.{key}");
-        file.get(&key)
+        let value = file
+            .get(&key)
             .and_then(Value::as_int)
-            .map(|v| v as usize)
-            .ok_or_else(|| missing(&key))
+            .ok_or_else(|| missing(&key))?;
+        usize::try_from(value).map_err(|_| ModelError::BadGguf {
+            file: path.to_path_buf(),
+            message: format!("metadata key {key} is {value}, expected a size"),
+        })
     };
     let float = |key: &str| file.get(&format!("{arch}.{key}")).and_then(Value::as_float);
     let hidden = int("embedding_length")?;
@@ -79,7 +83,7 @@ fn config(file: &GgufFile, path: &Path) -> Result<DecoderConfig> {
             .map(<[Value]>::len)
             .ok_or_else(|| missing("tokenizer.ggml.tokens"))
     })?;
-    Ok(DecoderConfig {
+    let config = DecoderConfig {
         head_dim: int("attention.key_length").unwrap_or(hidden / heads.max(1)),
         hidden_size: hidden,
         intermediate_size: int("feed_forward_length")?,
@@ -95,7 +99,12 @@ fn config(file: &GgufFile, path: &Path) -> Result<DecoderConfig> {
         max_position_embeddings: int("context_length").unwrap_or(usize::MAX),
         mrope_section: None,
         model_type: arch,
-    })
+    };
+    config.check().map_err(|message| ModelError::BadGguf {
+        file: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
 }
 
 /// The byte-level BPE tokenizer described by `tokenizer.ggml.*`, built as a tokenizer.json.
@@ -140,7 +149,7 @@ fn tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
     let added: Vec<Json> = types
         .iter()
         .enumerate()
-        .filter(|(_, t)| **t == 3 || **t == 4)
+        .filter(|(i, t)| (**t == 3 || **t == 4) && *i < tokens.len())
         .map(|(i, t)| json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": *t == 3}))
         .collect();
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});

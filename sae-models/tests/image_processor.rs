@@ -245,3 +245,31 @@ fn smart_resize_rounds_halves_to_even() {
     // 70 / 28 = 2.5 rounds to 2 in Python, and 98 / 28 = 3.5 to 4.
     assert_eq!(smart_resize(70, 98, 28, 0, 1 << 20).unwrap(), (56, 112));
 }
+
+#[test]
+fn sizes_that_cannot_make_patches_are_errors() {
+    // A 10-pixel-tall image rounds to no 28-pixel block when min_pixels allows it.
+    let err = smart_resize(10, 300, 28, 0, 1 << 20).unwrap_err();
+    assert!(
+        err.to_string().contains("a 10x300 image is too small"),
+        "{err}"
+    );
+    // min_pixels above max_pixels, or a resize target of trillions of pixels.
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("image_processors/qwen2_vl");
+    for (min, max) in [(20_000, 10_000), (3136, 1u64 << 40)] {
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        // The fixture keeps its settings in processor_config.json's `image_processor` object.
+        let file = dir.path().join("processor_config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        json["image_processor"]["min_pixels"] = min.into();
+        json["image_processor"]["max_pixels"] = max.into();
+        std::fs::write(&file, json.to_string()).unwrap();
+        let err = Qwen2VlImageProcessor::from_model_dir(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("must satisfy min <= max"), "{err}");
+    }
+}

@@ -179,3 +179,26 @@ fn legacy_rope_config_keys_load() {
     std::fs::write(&path, config.to_string()).unwrap();
     assert!(load_err(dir.path()).contains("rope type \"yarn\" is not supported"));
 }
+
+#[test]
+fn impossible_sizes_in_a_config_are_named() {
+    for (key, value, message) in [
+        ("num_attention_heads", 0, "num_attention_heads"),
+        (
+            "num_key_value_heads",
+            3,
+            "is not a multiple of num_key_value_heads 3",
+        ),
+        ("head_dim", 15, "head_dim 15 is odd"),
+        ("vocab_size", 0, "vocab_size is 0"),
+    ] {
+        let dir = model_copy();
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config[key] = value.into();
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains(message), "{key} = {value}: {err}");
+    }
+}

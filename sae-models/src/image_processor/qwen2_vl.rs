@@ -130,6 +130,11 @@ impl Qwen2VlImageProcessor {
         {
             return Err("patch_size, temporal_patch_size and merge_size must be positive".into());
         }
+        if min_pixels > max_pixels || max_pixels > MAX_PIXELS {
+            return Err(format!(
+                "min_pixels {min_pixels} and max_pixels {max_pixels} must satisfy min <= max <= {MAX_PIXELS}"
+            ));
+        }
         Ok(processor)
     }
 
@@ -198,9 +203,13 @@ impl Qwen2VlImageProcessor {
     }
 }
 
+/// The most pixels a resized image may have (a gigapixel; the models use about 13 million).
+const MAX_PIXELS: u64 = 1 << 30;
+
 /// Qwen2-VL's `smart_resize`: the size (height, width) closest to the image's with both sides
 /// multiples of `factor` and between `min_pixels` and `max_pixels` pixels, keeping the aspect
-/// ratio as well as it can. Fails, as HF does, for an aspect ratio above 200.
+/// ratio as well as it can. Fails, as HF does, for an aspect ratio above 200, and for an image
+/// that would resize to less than one `factor` block.
 pub fn smart_resize(
     height: u32,
     width: u32,
@@ -226,6 +235,11 @@ pub fn smart_resize(
         let beta = (min_pixels as f64 / (h * w)).sqrt();
         h_bar = (h * beta / f).ceil() * f;
         w_bar = (w * beta / f).ceil() * f;
+    }
+    if h_bar < f || w_bar < f {
+        return Err(ModelError::ImagePreprocess(format!(
+            "a {height}x{width} image is too small: it resizes to {h_bar}x{w_bar}, less than one {factor}x{factor} block"
+        )));
     }
     Ok((h_bar as u32, w_bar as u32))
 }
