@@ -107,6 +107,16 @@ impl<'a> Loader<'a> {
             Some(c) => (Some(c.stream), c.carry, c.carry_rows),
             None => (None, Vec::new(), Vec::new()),
         };
+        // Every carried token belongs to a row that starts at or before it.
+        if carry_rows
+            .first()
+            .map_or(!carry.is_empty(), |&(_, start)| start != 0)
+            || carry_rows.iter().any(|&(_, start)| start > carry.len())
+        {
+            return Err(DataError::Cursor(
+                "its carried tokens and their rows do not match".into(),
+            ));
+        }
         let separator = match batching {
             Batching::Pack { .. } => Some(tokenizer.eos_token_id().ok_or_else(|| {
                 DataError::Cursor("packing needs the tokenizer's end-of-sequence token".into())

@@ -312,6 +312,16 @@ fn packing_joins_documents_with_eos_and_resumes_exactly() {
             .collect();
         assert_eq!(rest, batches[cut..], "resumed after batch {cut}");
     }
+
+    // A saved cursor whose carried tokens lost their rows (a corrupt state.json) is refused.
+    let mut loader = Loader::new(&dataset, &tokenizer, config, pack, batch, None).unwrap();
+    loader.next_batch().unwrap();
+    let mut saved = serde_json::to_value(loader.cursor()).unwrap();
+    assert!(!saved["carry"].as_array().unwrap().is_empty());
+    saved["carry_rows"] = serde_json::json!([]);
+    let cursor = serde_json::from_value(saved).unwrap();
+    let resumed = Loader::new(&dataset, &tokenizer, config, pack, batch, Some(cursor));
+    assert!(matches!(resumed, Err(DataError::Cursor(_))));
 }
 
 #[test]

@@ -50,6 +50,7 @@ impl<B: Backend> LanguageModel<B> {
                 (DecoderLm::load_as(&dir, dtype, device)?, tokenizer, stop)
             }
         };
+        tokenizer.check_fits(model.config().vocab_size, Path::new(spec))?;
         add_eos(&mut stop_tokens, &tokenizer);
         Ok(LanguageModel {
             model,

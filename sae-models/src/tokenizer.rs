@@ -130,6 +130,21 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenize(e.to_string()))
     }
 
+    /// Errors when some token id would fall outside a model's `vocab_size` embeddings (a
+    /// tokenizer that does not belong to the model of `origin`).
+    pub fn check_fits(&self, vocab_size: usize, origin: &Path) -> Result<()> {
+        let tokens = self.inner.get_vocab_size(true);
+        if tokens > vocab_size {
+            return Err(ModelError::BadConfig {
+                file: origin.to_path_buf(),
+                message: format!(
+                    "the tokenizer has {tokens} tokens, more than the model's vocab_size {vocab_size}: they do not belong together"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The token string of an id, special tokens included, if it is in the vocabulary.
     pub fn token(&self, id: i64) -> Option<String> {
         u32::try_from(id)

@@ -10,6 +10,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use image::DynamicImage;
 use sae_core::{HookPoint, HookedModule, Hooks, HostTensor};
 
+use crate::config::DecoderConfig;
 use crate::decoder::{KvCache, LmOutput};
 use crate::error::{ModelError, Result};
 use crate::generate::{ImageLm, WithImages};
@@ -164,6 +165,14 @@ fn stack(parts: &[&HostTensor]) -> HostTensor {
 pub type VisionInput<B> = crate::decoder::VlInput<B, ProcessedImages>;
 
 impl<B: Backend> VisionNetwork<B> {
+    /// The language model's configuration.
+    pub fn text_config(&self) -> &DecoderConfig {
+        match self {
+            VisionNetwork::Qwen2Vl(m) => &m.config().text,
+            VisionNetwork::LlavaOnevision(m) => &m.config().text,
+        }
+    }
+
     /// The placeholder token id, one per image token.
     pub fn image_token(&self) -> i64 {
         match self {
@@ -268,10 +277,7 @@ impl<B: Backend> ImageLm<B> for VisionNetwork<B> {
     }
 
     fn context(&self) -> usize {
-        match self {
-            VisionNetwork::Qwen2Vl(m) => m.config().text.max_position_embeddings,
-            VisionNetwork::LlavaOnevision(m) => m.config().text.max_position_embeddings,
-        }
+        self.text_config().max_position_embeddings
     }
 }
 
@@ -458,6 +464,7 @@ impl<B: Backend> VisionLanguageModel<B> {
                 ImageProcessor::Qwen2Vl(Qwen2VlImageProcessor::from_model_dir(&dir)?),
             )
         };
+        tokenizer.check_fits(model.text_config().vocab_size, &dir)?;
         let placeholder = model.placeholder();
         if tokenizer.token_id(placeholder) != Some(model.image_token()) {
             return Err(ModelError::BadConfig {

@@ -202,3 +202,26 @@ fn impossible_sizes_in_a_config_are_named() {
         assert!(err.contains(message), "{key} = {value}: {err}");
     }
 }
+
+#[test]
+fn a_tokenizer_larger_than_the_embeddings_is_refused() {
+    let dir = model_copy();
+    let path = dir.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The fixture's embeddings hold 1034 ids; token 1034 would index past them.
+    tokenizer["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"id": 1034, "content": "<extra>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let device = Default::default();
+    let err = sae_models::LanguageModel::<B>::load(dir.path().to_str().unwrap(), &device)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("the tokenizer has 1035 tokens, more than the model's vocab_size 1034"),
+        "{err}"
+    );
+}
