@@ -30,15 +30,7 @@ fn dataset(root: &Path) -> PathBuf {
         std::fs::write(texts.join(format!("doc{doc}.txt")), text.join(" ")).unwrap();
     }
     let out = root.join("data");
-    ok(&[
-        "preprocess",
-        "--format",
-        "text",
-        "--input",
-        s(&texts),
-        "--output",
-        s(&out),
-    ]);
+    common::preprocess_texts(&texts, &out);
     out
 }
 

@@ -290,15 +290,7 @@ fn train_saes_on_both_towers_of_qwen2_vl() {
     std::fs::create_dir(&texts).unwrap();
     std::fs::write(texts.join("a.txt"), "words ".repeat(200)).unwrap();
     let text_data = dir.path().join("text-data");
-    ok(&[
-        "preprocess",
-        "--format",
-        "text",
-        "--input",
-        s(&texts),
-        "--output",
-        s(&text_data),
-    ]);
+    common::preprocess_texts(&texts, &text_data);
     let stderr = fails(&[
         "eval",
         "--model",

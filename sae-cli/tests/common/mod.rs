@@ -97,3 +97,16 @@ pub fn json_tokens(stdout: &str) -> Vec<i64> {
         .map(|v| v.as_i64().unwrap())
         .collect()
 }
+
+/// `sae preprocess --format text` of the `.txt` files in `texts` into the dataset `out`.
+pub fn preprocess_texts(texts: &Path, out: &Path) {
+    ok(&[
+        "preprocess",
+        "--format",
+        "text",
+        "--input",
+        s(texts),
+        "--output",
+        s(out),
+    ]);
+}
