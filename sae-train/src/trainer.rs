@@ -180,6 +180,11 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         optim: &OptimConfig,
         device: &B::Device,
     ) -> Result<Self> {
+        if sae.architecture == Architecture::JumpRelu {
+            return Err(TrainError::Unsupported(
+                "training JumpReLU SAEs is not implemented yet: their thresholds need a straight-through gradient and an L0 penalty; JumpReLU checkpoints (SAELens) load, encode, evaluate and convert".into(),
+            ));
+        }
         B::seed(device, optim.seed);
         let hooks = points
             .iter()

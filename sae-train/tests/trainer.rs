@@ -225,3 +225,17 @@ fn on_wgpu_the_state_stays_on_the_device_and_follows_the_host_path() {
     let mut device = Trainer::from_parts(vec![gpu], 0, false, &optim);
     device_follows_host(&mut host, &mut device);
 }
+
+#[test]
+fn jumprelu_training_is_refused_until_thresholds_learn() {
+    let point = HookPoint::new("h", D, HookKind::Residual);
+    let sae = SaeConfig::jumprelu(4 * D);
+    let result = Trainer::<AB>::new(&[point], &sae, &OptimConfig::default(), &Default::default());
+    match result {
+        Err(TrainError::Unsupported(message)) => {
+            assert!(message.starts_with("training JumpReLU SAEs is not implemented yet"))
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a JumpReLU trainer was built"),
+    }
+}
