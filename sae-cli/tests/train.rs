@@ -302,6 +302,13 @@ fn a_refused_start_leaves_nothing_and_the_retry_runs() {
     let stderr = fails(&strs(&with("--k", "300")));
     assert!(stderr.contains("k = 300 must be in 1..=256"), "{stderr}");
     assert!(!out.exists(), "a refused run writes nothing");
+    // 10^10 latents over 64 inputs: terabytes of training state, refused before allocating.
+    let stderr = fails(&strs(&with("--num-latents", "10000000000")));
+    assert!(
+        stderr.contains("the SAEs' training state needs at least 38147.0 GiB"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused run writes nothing");
     ok(&strs(&run_args(&model, &data, &out, "2")));
     assert_eq!(losses(&out).len(), 2);
 

@@ -131,7 +131,7 @@ impl SaeConfig {
     /// The dictionary size for an input of width `d_in`.
     pub fn latents_for(&self, d_in: usize) -> usize {
         if self.num_latents == 0 {
-            self.expansion_factor * d_in
+            self.expansion_factor.saturating_mul(d_in)
         } else {
             self.num_latents
         }

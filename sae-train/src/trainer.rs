@@ -185,15 +185,30 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
                 "training JumpReLU SAEs is not implemented yet: their thresholds need a straight-through gradient and an L0 penalty; JumpReLU checkpoints (SAELens) load, encode, evaluate and convert".into(),
             ));
         }
-        B::seed(device, optim.seed);
-        let hooks = points
+        let configs: Vec<SaeConfig> = points
             .iter()
             .map(|point| {
                 let mut config = sae.clone();
                 if config.num_latents == 0 {
-                    config.num_latents =
-                        config.expansion_factor * point.in_features.unwrap_or(point.width);
+                    config.num_latents = config
+                        .expansion_factor
+                        .saturating_mul(point.in_features.unwrap_or(point.width));
                 }
+                config
+            })
+            .collect();
+        if gemm_on_host::<B::InnerBackend>(device) {
+            let matrices = points
+                .iter()
+                .zip(&configs)
+                .map(|(p, c)| (c.num_latents, p.width));
+            check_host_memory(matrices)?;
+        }
+        B::seed(device, optim.seed);
+        let hooks = points
+            .iter()
+            .zip(configs)
+            .map(|(point, config)| {
                 Ok(HookTrainer::new(
                     point.path.clone(),
                     Sae::new(point.width, config, device)?,
@@ -591,4 +606,28 @@ fn autodiff_micro_step<B: SaeAutodiffBackend>(
         values: to_host(out.latents.values),
         indices: int_to_host(out.latents.indices),
     })
+}
+
+/// Refuses SAEs of `(latents, d_in)` whose training state cannot fit in the memory the system
+/// has available (on the CPU backends it all lives on the host): at least eight `[latents, d_in]`
+/// f32 matrices each (encoder and decoder, their gradients, two AdamW moments each).
+fn check_host_memory(saes: impl Iterator<Item = (usize, usize)>) -> Result<()> {
+    let needed = saes
+        .map(|(latents, d)| latents.saturating_mul(d).saturating_mul(8 * 4) as u64)
+        .fold(0u64, u64::saturating_add);
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    match available {
+        Some(available) if needed > available => Err(TrainError::Invalid(format!(
+            "the SAEs' training state needs at least {:.1} GiB, but {:.1} GiB of memory are available; use fewer latents",
+            needed as f64 / f64::from(1u32 << 30),
+            available as f64 / f64::from(1u32 << 30)
+        ))),
+        _ => Ok(()),
+    }
 }
