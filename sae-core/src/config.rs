@@ -53,6 +53,12 @@ pub struct SaeConfig {
     pub l1_coefficient: f32,
     /// Initial threshold of every latent (JumpReLU).
     pub jumprelu_init_threshold: f32,
+    /// Width of the rectangle kernel of the thresholds' straight-through gradient (JumpReLU,
+    /// SAELens' `jumprelu_bandwidth`).
+    pub jumprelu_bandwidth: f32,
+    /// Weight of the L0 penalty, the mean number of active latents per token (JumpReLU,
+    /// SAELens' `l0_coefficient`).
+    pub l0_coefficient: f32,
 }
 
 impl Default for SaeConfig {
@@ -71,6 +77,8 @@ impl Default for SaeConfig {
             dead_tokens_threshold: 10_000_000,
             l1_coefficient: 0.0,
             jumprelu_init_threshold: 0.001,
+            jumprelu_bandwidth: 0.05,
+            l0_coefficient: 1e-3,
         }
     }
 }

@@ -62,10 +62,14 @@ pub struct SaeOutput<B: Backend> {
     pub multi_topk_fvu: Option<Tensor<B, 1>>,
     /// Mean over tokens of `sum_i f_i ||W_dec[i]||` (ReLU architecture).
     pub l1_loss: Option<Tensor<B, 1>>,
+    /// Mean over tokens of the number of active latents, with a straight-through gradient to
+    /// the thresholds (JumpReLU architecture).
+    pub l0_loss: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> SaeOutput<B> {
-    /// The training objective: `fvu + aux_k_alpha auxk + multi_topk_fvu / 8 + l1_coefficient l1`.
+    /// The training objective: `fvu + aux_k_alpha auxk + multi_topk_fvu / 8 + l1_coefficient l1
+    /// + l0_coefficient l0`.
     pub fn loss(&self, config: &SaeConfig) -> Tensor<B, 1> {
         let mut loss = self.fvu.clone();
         if let Some(auxk) = &self.auxk_loss {
@@ -76,6 +80,9 @@ impl<B: Backend> SaeOutput<B> {
         }
         if let Some(l1) = &self.l1_loss {
             loss = loss + l1.clone().mul_scalar(config.l1_coefficient);
+        }
+        if let Some(l0) = &self.l0_loss {
+            loss = loss + l0.clone().mul_scalar(config.l0_coefficient);
         }
         loss
     }
@@ -349,9 +356,18 @@ impl<B: SaeBackend> Sae<B> {
         self.check_width(&x)?;
         let n = x.dims()[0];
         let x_c = self.center(x.clone());
+        let mut l0_loss = None;
         let (latents, reconstruction, mut pre, l1_loss) = if self.config.architecture
-            == Architecture::Relu
+            == Architecture::JumpRelu
         {
+            let pre = self.dense_pre_activations(x_c.clone());
+            let host = finite_on_host(pre.clone().detach())?;
+            let latents = self.gather_dense(&pre, &self.select(&host));
+            let (acts, l0) = self.jumprelu_with_straight_through(pre);
+            let recon = acts.matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
+            l0_loss = Some(l0);
+            (latents, recon, PreActivations::Host(host), None)
+        } else if self.config.architecture == Architecture::Relu {
             // Every positive latent is active and the L1 penalty needs all of them: dense.
             let pre = self.dense_pre_activations(x_c.clone());
             let host = finite_on_host(pre.clone().detach())?;
@@ -416,7 +432,35 @@ impl<B: SaeBackend> Sae<B> {
             auxk_loss,
             multi_topk_fvu,
             l1_loss,
+            l0_loss,
         })
+    }
+
+    /// JumpReLU's activations `z H(z - theta)` of dense pre-activations `z`, and the L0 penalty
+    /// `mean_n sum_i H(z_ni - theta_i)`, with the straight-through gradients of Rajamanoharan
+    /// et al. (SAELens' `JumpReLU` and `Step`): with `K = rect((z - theta) / eps) / eps`, the
+    /// activations pass `-theta K` to the thresholds and `H` to `z`, and the L0 passes `-K` to
+    /// the thresholds and nothing to `z`. Each surrogate term is `t - detach(t)`: zero forward,
+    /// the wanted gradient backward.
+    fn jumprelu_with_straight_through(&self, z: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        let [n, latents] = z.dims();
+        let eps = self.config.jumprelu_bandwidth;
+        let theta = self
+            .threshold
+            .as_ref()
+            .expect("checked in from_tensors")
+            .val()
+            .reshape([1, latents]);
+        let (z_d, theta_d) = (z.clone().detach(), theta.clone().detach());
+        let gap = z_d.clone() - theta_d.clone();
+        let gate = gap.clone().greater_elem(0.0).float();
+        let kernel = gap.abs().lower_elem(eps / 2.0).float().div_scalar(eps);
+        let surrogate = |t: Tensor<B, 2>| t.clone() - t.detach();
+        let acts = z * gate.clone() - surrogate(theta.clone() * (kernel.clone() * theta_d));
+        let l0 = (gate - surrogate(theta * kernel))
+            .sum()
+            .div_scalar(n as f32);
+        (acts, l0)
     }
 
     /// AuxK's latents (the top `aux_k` dead ones, `d_in / 2` by default, as sparsify) and its

@@ -81,6 +81,18 @@ fn dense_loss(sae: &Sae<AB>, x: Tensor<AB, 2>, dead: Option<&[bool]>) -> Tensor<
         let auxk = (e_hat - residual.detach()).powi_scalar(2).sum() / tv.clone();
         loss = loss + auxk.mul_scalar(scale * c.aux_k_alpha);
     }
+    if c.architecture == Architecture::JumpRelu {
+        // The L0 penalty: its value only (its straight-through gradient reaches the thresholds
+        // alone; tests/parity_jumprelu.rs checks that against SAELens).
+        let threshold = sae.threshold.as_ref().unwrap().val().unsqueeze_dim(0);
+        let l0 = pre
+            .clone()
+            .greater(threshold)
+            .float()
+            .sum()
+            .div_scalar(N as f32);
+        loss = loss + l0.detach().mul_scalar(c.l0_coefficient);
+    }
     if c.multi_topk {
         let recon = decode(top(4 * c.k, pre));
         loss = loss + ((recon - x).powi_scalar(2).sum() / tv).div_scalar(8.0);

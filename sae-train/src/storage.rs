@@ -19,6 +19,8 @@ pub trait Storage: Sized {
     fn norm_sq(&self, d: usize) -> f64;
     /// Multiplies every value by `factor`.
     fn scale(&mut self, factor: f32);
+    /// Raises every value below `min` to `min`.
+    fn clamp_min(&mut self, min: f32);
     /// Removes from each row its component along the same (unit) row of `w`.
     fn remove_parallel_component(&mut self, w: &Self, d: usize);
     /// Divides each row by (its L2 norm + eps), as sparsify normalises decoder rows.
@@ -43,6 +45,10 @@ impl Storage for Vec<f32> {
 
     fn scale(&mut self, factor: f32) {
         self.iter_mut().for_each(|v| *v *= factor);
+    }
+
+    fn clamp_min(&mut self, min: f32) {
+        self.iter_mut().for_each(|v| *v = v.max(min));
     }
 
     fn remove_parallel_component(&mut self, w: &Self, d: usize) {
@@ -77,6 +83,10 @@ impl<B: Backend> Storage for Tensor<B, 1> {
 
     fn scale(&mut self, factor: f32) {
         *self = self.clone().mul_scalar(factor);
+    }
+
+    fn clamp_min(&mut self, min: f32) {
+        *self = self.clone().clamp_min(min);
     }
 
     fn remove_parallel_component(&mut self, w: &Self, d: usize) {

@@ -155,6 +155,11 @@ impl<T: Storage> Optimised<T> {
         if config.normalize_decoder {
             params.w_dec.unit_norm_rows(d);
         }
+        // JumpReLU thresholds stay non-negative (as SAELens projects them), else the gate
+        // would pass negative pre-activations.
+        if let Some(threshold) = &mut params.threshold {
+            threshold.clamp_min(0.0);
+        }
         grad_norm
     }
 }
@@ -180,11 +185,6 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         optim: &OptimConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        if sae.architecture == Architecture::JumpRelu {
-            return Err(TrainError::Unsupported(
-                "training JumpReLU SAEs is not implemented yet: their thresholds need a straight-through gradient and an L0 penalty; JumpReLU checkpoints (SAELens) load, encode, evaluate and convert".into(),
-            ));
-        }
         let configs: Vec<SaeConfig> = points
             .iter()
             .map(|point| {

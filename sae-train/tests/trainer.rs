@@ -227,15 +227,32 @@ fn on_wgpu_the_state_stays_on_the_device_and_follows_the_host_path() {
 }
 
 #[test]
-fn jumprelu_training_is_refused_until_thresholds_learn() {
-    let point = HookPoint::new("h", D, HookKind::Residual);
-    let sae = SaeConfig::jumprelu(4 * D);
-    let result = Trainer::<AB>::new(&[point], &sae, &OptimConfig::default(), &Default::default());
-    match result {
-        Err(TrainError::Unsupported(message)) => {
-            assert!(message.starts_with("training JumpReLU SAEs is not implemented yet"))
-        }
-        Err(other) => panic!("unexpected error {other}"),
-        Ok(_) => panic!("a JumpReLU trainer was built"),
+fn jumprelu_thresholds_learn_and_the_l0_penalty_sparsifies() {
+    let sae = SaeConfig {
+        jumprelu_init_threshold: 0.3,
+        jumprelu_bandwidth: 0.5,
+        l0_coefficient: 0.05,
+        ..SaeConfig::jumprelu(4 * D)
+    };
+    let optim = OptimConfig {
+        lr: Some(1e-2),
+        b_dec_init: BiasInit::Zeros,
+        ..OptimConfig::default()
+    };
+    let mut t = trainer(sae, optim);
+    let x = acts(3, 64, 1.0);
+    let mut l0 = Vec::new();
+    for _ in 0..40 {
+        t.accumulate(vec![x.clone()]).unwrap();
+        l0.push(t.finish_step().unwrap()[0].l0);
     }
+    let thresholds = t.hooks[0].params().threshold.clone().unwrap();
+    // The straight-through gradient reaches the thresholds: they move, and stay >= 0.
+    assert!(
+        thresholds.iter().any(|&v| (v - 0.3).abs() > 0.05),
+        "{thresholds:?}"
+    );
+    assert!(thresholds.iter().all(|&v| v >= 0.0));
+    // The L0 penalty outweighs reconstruction at this weight: fewer latents fire.
+    assert!(l0[39] < 0.8 * l0[0], "L0 {} -> {}", l0[0], l0[39]);
 }
