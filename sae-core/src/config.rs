@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SaeError};
+use crate::hooks::HookPoint;
 
 /// How latents are chosen from the encoder's pre-activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -133,6 +134,15 @@ impl SaeConfig {
             encoder_bias: true,
             l1_coefficient,
             ..Self::default()
+        }
+    }
+
+    /// This configuration with `num_latents` fixed for `point`: SAE Made Easy sizes the
+    /// dictionary from a linear layer's input width (`in_features`), else the hook's width.
+    pub fn sized_for(&self, point: &HookPoint) -> SaeConfig {
+        SaeConfig {
+            num_latents: self.latents_for(point.in_features.unwrap_or(point.width)),
+            ..self.clone()
         }
     }
 

@@ -118,12 +118,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
     ) -> Result<()> {
         let mut saes = BTreeMap::new();
         for point in config.target_modules.resolve(&self.hook_points)? {
-            let mut sae_config = config.sae.clone();
-            if sae_config.num_latents == 0 {
-                // SAE Made Easy sizes the dictionary from the linear layer's input width.
-                let basis = point.in_features.unwrap_or(point.width);
-                sae_config.num_latents = sae_config.expansion_factor * basis;
-            }
+            let sae_config = config.sae.sized_for(&point);
             saes.insert(
                 point.path.clone(),
                 Sae::new(point.width, sae_config, device)?,

@@ -356,33 +356,31 @@ impl<B: SaeBackend> Sae<B> {
         self.check_width(&x)?;
         let n = x.dims()[0];
         let x_c = self.center(x.clone());
-        let mut l0_loss = None;
-        let (latents, reconstruction, mut pre, l1_loss) = if self.config.architecture
-            == Architecture::JumpRelu
-        {
+        let dense = matches!(
+            self.config.architecture,
+            Architecture::JumpRelu | Architecture::Relu
+        );
+        let (latents, reconstruction, mut pre, l1_loss, l0_loss) = if dense {
+            // JumpReLU's thresholds and ReLU's L1 penalty need every latent: dense.
             let pre = self.dense_pre_activations(x_c.clone());
             let host = finite_on_host(pre.clone().detach())?;
             let latents = self.gather_dense(&pre, &self.select(&host));
-            let (acts, l0) = self.jumprelu_with_straight_through(pre);
+            let (acts, l1_loss, l0_loss) = if self.config.architecture == Architecture::JumpRelu {
+                let (acts, l0) = self.jumprelu_with_straight_through(pre);
+                (acts, None, Some(l0))
+            } else {
+                let dec_norms = self
+                    .w_dec
+                    .val()
+                    .powi_scalar(2)
+                    .sum_dim(1)
+                    .sqrt()
+                    .reshape([1, self.num_latents()]);
+                let l1 = (pre.clone() * dec_norms).sum().div_scalar(n as f32);
+                (pre, Some(l1), None)
+            };
             let recon = acts.matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
-            l0_loss = Some(l0);
-            (latents, recon, PreActivations::Host(host), None)
-        } else if self.config.architecture == Architecture::Relu {
-            // Every positive latent is active and the L1 penalty needs all of them: dense.
-            let pre = self.dense_pre_activations(x_c.clone());
-            let host = finite_on_host(pre.clone().detach())?;
-            let selection = self.select(&host);
-            let latents = self.gather_dense(&pre, &selection);
-            let recon = pre.clone().matmul(self.w_dec.val()) + self.b_dec.val().unsqueeze_dim(0);
-            let dec_norms = self
-                .w_dec
-                .val()
-                .powi_scalar(2)
-                .sum_dim(1)
-                .sqrt()
-                .reshape([1, self.num_latents()]);
-            let l1 = (pre * dec_norms).sum().div_scalar(n as f32);
-            (latents, recon, PreActivations::Host(host), Some(l1))
+            (latents, recon, PreActivations::Host(host), l1_loss, l0_loss)
         } else {
             let (latents, pre) = match self.select_on_device(&x_c)? {
                 Some(selection) => (
@@ -396,7 +394,7 @@ impl<B: SaeBackend> Sae<B> {
                 }
             };
             let recon = self.decode(&latents);
-            (latents, recon, pre, None)
+            (latents, recon, pre, None, None)
         };
 
         let residual = x.clone() - reconstruction.clone();

@@ -206,7 +206,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
                     });
                 }
                 for (hook, point) in trainer.hooks.iter().zip(&points) {
-                    let d_in = hook.params().b_dec.len();
+                    let d_in = hook.d_in();
                     if d_in != point.width {
                         return Err(TrainError::BadCheckpoint {
                             path: dir.clone(),

@@ -185,18 +185,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         optim: &OptimConfig,
         device: &B::Device,
     ) -> Result<Self> {
-        let configs: Vec<SaeConfig> = points
-            .iter()
-            .map(|point| {
-                let mut config = sae.clone();
-                if config.num_latents == 0 {
-                    config.num_latents = config
-                        .expansion_factor
-                        .saturating_mul(point.in_features.unwrap_or(point.width));
-                }
-                config
-            })
-            .collect();
+        let configs: Vec<SaeConfig> = points.iter().map(|p| sae.sized_for(p)).collect();
         if gemm_on_host::<B::InnerBackend>(device) {
             let matrices = points
                 .iter()
@@ -348,6 +337,11 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             self.sync();
         }
         &self.sae
+    }
+
+    /// Its input width.
+    pub fn d_in(&self) -> usize {
+        self.sae.d_in()
     }
 
     /// Its configuration.
