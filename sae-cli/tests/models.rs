@@ -258,3 +258,60 @@ fn bad_model_input_gives_one_clear_error() {
     ]);
     assert!(err.contains("gpt2"), "{err}");
 }
+
+#[test]
+fn steering_generates_through_the_sae() {
+    let model = fixture("qwen2_tiny");
+    let adapter = fixture("smez_qwen2/adapter");
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", s(&model), "--text", PROMPT];
+        args.extend(["--max-new-tokens", "8", "--json", "--sae", s(&adapter)]);
+        args.extend(extra);
+        json_tokens(&ok(&args))
+    };
+    // Keeping the SAE's error with a steering that changes nothing leaves the hooked output
+    // exactly the model's: transformers' greedy tokens.
+    let greedy = ints(
+        &fixture("qwen2_tiny/reference.safetensors"),
+        "generate.greedy",
+    );
+    assert_eq!(generate(&["--add", "0=0", "--keep-error"]), greedy);
+    // A latent's direction added a hundredfold changes what the model says.
+    assert_ne!(generate(&["--add", "5=100"]), generate(&[]));
+    let err = fails(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--text",
+        PROMPT,
+        "--max-new-tokens",
+        "2",
+        "--sae",
+        s(&adapter),
+        "--clamp",
+        "128=4",
+    ]);
+    assert!(
+        err.contains("latent 128 does not exist: the SAE has 128 latents"),
+        "{err}"
+    );
+    let out = common::sae_with(
+        &[
+            "generate",
+            "--model",
+            s(&model),
+            "--text",
+            "hi",
+            "--max-new-tokens",
+            "2",
+            "--clamp",
+            "1=2",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        out.status.code() == Some(2) && stderr.contains("--sae"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,9 @@ pub enum SaeError {
     /// Activations whose last dimension differs from the SAE's input width.
     #[error("activation width {got} does not match the SAE's d_in {expected}")]
     WidthMismatch { expected: usize, got: usize },
+    /// A latent index beyond the SAE's dictionary.
+    #[error("latent {latent} does not exist: the SAE has {num_latents} latents")]
+    NoSuchLatent { latent: usize, num_latents: usize },
     /// The input (or something computed from it) holds NaN or infinity.
     #[error("{0} contains NaN or infinite values")]
     NonFinite(String),

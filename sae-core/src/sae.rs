@@ -315,6 +315,48 @@ impl<B: SaeBackend> Sae<B> {
         Ok(self.activations_at(x_c, &self.select(&pre)))
     }
 
+    /// Encodes like [`Self::encode`], with the pre-activations of some latents replaced before
+    /// selection: each `(latent, value)` of `overrides` is set at every token (steering by
+    /// clamping, as Multimodal-SAE's `clamp_features_max`). The selected activations are read
+    /// from the replaced pre-activations, without gradient.
+    pub fn encode_with_overrides(
+        &self,
+        x: Tensor<B, 2>,
+        overrides: &[(usize, f32)],
+    ) -> Result<SparseLatents<B>> {
+        self.check_width(&x)?;
+        let cols = self.num_latents();
+        if let Some(&(latent, _)) = overrides.iter().find(|(latent, _)| *latent >= cols) {
+            let num_latents = cols;
+            return Err(SaeError::NoSuchLatent {
+                latent,
+                num_latents,
+            });
+        }
+        if overrides.iter().any(|(_, value)| !value.is_finite()) {
+            return Err(SaeError::NonFinite("a latent override".into()));
+        }
+        let device = x.device();
+        let mut pre = self.host_pre_activations(&self.center(x))?;
+        for row in pre.chunks_mut(cols) {
+            for &(latent, value) in overrides {
+                row[latent] = value;
+            }
+        }
+        let selection = self.select(&pre);
+        let values: Vec<f32> = (selection.indices.iter().enumerate())
+            .map(|(slot, &latent)| match &selection.valid {
+                Some(valid) if !valid[slot] => 0.0,
+                _ => pre[slot / selection.width * cols + latent as usize],
+            })
+            .collect();
+        let shape = [selection.rows, selection.width];
+        Ok(SparseLatents {
+            values: Tensor::from_data(TensorData::new(values, shape), &device),
+            indices: Tensor::from_data(TensorData::new(selection.indices, shape), &device),
+        })
+    }
+
     /// Sparse decode: gathers the decoder rows of the active latents and combines them with a
     /// batched `[N,1,w] x [N,w,d]` matmul (on the GPU backends, one dense matmul), then adds
     /// `b_dec`.

@@ -7,7 +7,7 @@ use sae_core::{Chain, HookedModule, HostTensor, Recorder, StorageDtype};
 use sae_models::{AnyModel, LmInput, qwen2_vl};
 
 use super::model_args::{ModelArgs, Processed};
-use super::with_sae;
+use super::sae_args::SaeArgs;
 use crate::backend;
 
 /// Run a model and write `inputs.input_ids`, `logits` and `hook.<path>` for each hook point a
@@ -25,9 +25,8 @@ pub struct Args {
     /// Regexes of hook points to record (full match), e.g. 'model\.layers\.\d+'.
     #[arg(long = "hooks", value_name = "REGEX")]
     hooks: Vec<String>,
-    /// Inject this SAE checkpoint (eval mode: reconstructions replace the module outputs).
-    #[arg(long, value_name = "DIR")]
-    sae: Option<PathBuf>,
+    #[command(flatten)]
+    sae: SaeArgs,
     /// Output safetensors file.
     #[arg(
         long,
@@ -52,19 +51,18 @@ pub fn run(args: Args) -> Result<()> {
     let processed = args.model.process(&loaded)?;
     let device = backend::device()?;
     let mut recorder = Recorder::new(&args.hooks).context("bad --hooks pattern")?;
-    let sae = args.sae.as_deref();
     // Hook outputs are written in the shapes transformers gives them.
     let (logits, shape_of): (_, ShapeOf) = match (loaded, &processed) {
         (AnyModel::Text(lm), Processed::Text(ids)) => {
             let input = LmInput::from_ids(ids, &device);
-            let out = with_sae(lm.model, sae, |model, hooks| {
+            let out = args.sae.run(lm.model, |model, hooks| {
                 Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder)))
             })?;
             (out.logits, |_, shape| shape.to_vec())
         }
         (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let input = prompt.to_input(&device);
-            let out = with_sae(vlm.model, sae, |model, hooks| {
+            let out = args.sae.run(vlm.model, |model, hooks| {
                 Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder))?)
             })?;
             (out.logits, qwen2_vl::transformers_shape)

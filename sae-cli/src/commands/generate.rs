@@ -1,12 +1,10 @@
-//! `sae generate`: generate text, greedy or sampled, optionally with an SAE injected.
-
-use std::path::PathBuf;
+//! `sae generate`: generate text, greedy or sampled, optionally with an SAE injected or steering.
 
 use anyhow::Result;
 use sae_models::{AnyModel, GenerateConfig, Sampling, generate};
 
 use super::model_args::{ModelArgs, Processed};
-use super::with_sae;
+use super::sae_args::SaeArgs;
 use crate::backend;
 
 /// Generate text from a prompt with a KV cache; greedy unless --temperature, --top-p or --seed
@@ -17,6 +15,12 @@ use crate::backend;
   sae generate --model ./qwen2 --text \"Shall I compare thee\" --max-new-tokens 8 --json
   sae generate --model ./qwen2 --text \"Once\" --max-new-tokens 20 --temperature 0.8 --top-p 0.9 --seed 1
   sae generate --model Qwen/Qwen2-VL-2B-Instruct --image cat.png --chat \"What is in the picture?\" --max-new-tokens 32
+
+Steering (the SAE's reconstruction replaces the hooked output; --keep-error keeps its error):
+  sae generate --model ./smollm2 --sae runs/sae --clamp 1234=40 --chat \"Tell me a story.\" --max-new-tokens 64
+  sae generate --model ./smollm2 --sae runs/sae --add 1234=8 --keep-error --chat \"Hi\" --max-new-tokens 32
+  sae generate --model ./qwen2-vl --sae saes/ --steer-hook model.language_model.layers.24 \\
+      --clamp 77=50 --steer-prompt-only --image cat.png --chat \"What is this?\" --max-new-tokens 32
 
 --json prints {\"tokens\": [ids of the generated tokens only], \"text\": \"...\"}.")]
 pub struct Args {
@@ -37,9 +41,8 @@ pub struct Args {
     /// Random seed for sampling (default 0 when sampling).
     #[arg(long)]
     seed: Option<u64>,
-    /// Inject this SAE checkpoint (eval mode) while generating.
-    #[arg(long, value_name = "DIR")]
-    sae: Option<PathBuf>,
+    #[command(flatten)]
+    sae: SaeArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -64,14 +67,13 @@ pub fn run(args: Args) -> Result<()> {
     };
     let device = backend::device()?;
     let prompts = [processed.ids().to_vec()];
-    let sae = args.sae.as_deref();
     let tokens = match (loaded, processed) {
-        (AnyModel::Text(lm), _) => with_sae(lm.model, sae, |model, hooks| {
+        (AnyModel::Text(lm), _) => args.sae.run(lm.model, |model, hooks| {
             Ok(generate(model, &prompts, &config, hooks, &device)?)
         })?,
         (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
             let images = prompt.images;
-            with_sae(vlm.model, sae, |model, hooks| {
+            args.sae.run(vlm.model, |model, hooks| {
                 Ok(generate(
                     &model.generator(images),
                     &prompts,
