@@ -25,6 +25,8 @@ static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
   sae preprocess --format text --input shakespeare/ --output data/shakespeare
   sae train --model ./smollm2 --data data/shakespeare --hook model.layers.15 --k 32 --num-latents 4608 --out runs/smollm2
   sae eval --model ./smollm2 --sae runs/smollm2/sae --data data/shakespeare-test
+  sae cache --model ./smollm2 --sae runs/smollm2/sae --data data/shakespeare-test --out cache/smollm2
+  sae dashboard --cache cache/smollm2 --out dashboards/smollm2
 
 Logging: RUST_LOG=debug for more detail.")]
 struct Cli {
@@ -42,6 +44,8 @@ enum Command {
     Preprocess(commands::preprocess::Args),
     Train(commands::train::Args),
     Eval(commands::eval::Args),
+    Cache(commands::cache::Args),
+    Dashboard(commands::dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
         Command::Preprocess(args) => commands::preprocess::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Cache(args) => commands::cache::run(args),
+        Command::Dashboard(args) => commands::dashboard::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -285,6 +285,30 @@ fn train_saes_on_both_towers_of_qwen2_vl() {
             && adapter.contains("model.language_model.layers.0")
     );
 
+    // Cached, the language-model SAE records the image tokens with the text; the vision SAE is
+    // skipped.
+    let (cache, model, sae) = (
+        dir.path().join("cache"),
+        fixture("qwen2_vl_tiny"),
+        out.join("sae"),
+    );
+    let mut args = vec!["cache", "--model", s(&model)];
+    args.extend(["--sae", s(&sae), "--data", s(&data)]);
+    args.extend(["--batches", "1", "--batch-size", "2", "--out", s(&cache)]);
+    let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let hooks = summary["hooks"].as_object().unwrap();
+    assert_eq!(
+        hooks.keys().collect::<Vec<_>>(),
+        ["model.language_model.layers.0"]
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("cache.json")).unwrap()).unwrap();
+    let image_token = info["image_token"].as_i64().unwrap();
+    let ids = common::ints(&cache.join("tokens.safetensors"), "input_ids");
+    let image_tokens = ids.iter().filter(|&&id| id == image_token).count() as u64;
+    // Qwen2-VL merges 2 x 2 patches into one image token.
+    assert_eq!(image_tokens, (grid("image1") + grid("image2")) / 4);
+
     // Evaluated on text alone, the vision SAE sees nothing: one clear error, not a panic.
     let texts = dir.path().join("texts");
     std::fs::create_dir(&texts).unwrap();

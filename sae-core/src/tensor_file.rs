@@ -87,6 +87,14 @@ impl HostTensor {
         }
     }
 
+    /// The integer values; `None` for a float tensor.
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        match &self.data {
+            HostData::I64(v) => Some(v),
+            HostData::F32(_) => None,
+        }
+    }
+
     /// As a Burn float tensor of rank `D`.
     pub fn to_float<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         Tensor::from_data(TensorData::new(self.to_f32(), self.shape.clone()), device)

@@ -1,6 +1,11 @@
 //! Errors of the interpretation tools.
 
+use std::path::PathBuf;
+
 use sae_core::SaeError;
+use sae_data::DataError;
+use sae_models::ModelError;
+use sae_train::TrainError;
 
 /// What can go wrong while interpreting or steering latents.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +16,33 @@ pub enum InterpError {
     /// Which SAE to steer is ambiguous or names no SAE of the checkpoint.
     #[error("{0}")]
     NoSteeredSae(String),
+    /// Options that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something this version does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An output folder that already holds files.
+    #[error("{0} already exists and is not empty: choose a new folder, nothing was written")]
+    OutputExists(PathBuf),
+    /// A dataset that gave no sequence.
+    #[error("{0} gave no usable sequence")]
+    NoData(PathBuf),
+    /// A folder without a complete cache.
+    #[error("{0} holds no latent cache (no cache.json): make one with `sae cache`")]
+    NotACache(PathBuf),
+    /// A cache file whose contents contradict each other.
+    #[error("corrupt cache: {0}")]
+    Corrupt(String),
+    /// Training-side machinery (batching, activations) failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The dataset failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
     /// An SAE operation failed.
     #[error(transparent)]
     Sae(#[from] SaeError),

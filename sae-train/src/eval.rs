@@ -12,14 +12,15 @@ use std::path::Path;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::{int_to_host, to_host as host};
-use sae_core::{HookedModule, Hooks, SaeBackend, SaeModel};
-use sae_data::{Batch, Dataset, Loader, StreamConfig};
-use sae_models::{AnyModel, DecoderLm, ImageTokens, LmOutput, Tokenizer, VisionNetwork};
+use sae_core::{Hooks, SaeBackend, SaeModel};
+use sae_data::{Dataset, Loader, StreamConfig};
+use sae_models::{AnyModel, ImageTokens, Tokenizer};
 use serde::Serialize;
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
+use crate::batch_model::BatchModel;
 use crate::error::{Result, TrainError};
-use crate::run::{lm_input, sequence_batching, vision_input};
+use crate::run::sequence_batching;
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,35 +127,6 @@ impl<B: SaeBackend> Hooks<B> for ZeroAblation<'_> {
     }
 }
 
-/// A model `evaluate` runs: its input for a batch, and the logits of its output.
-trait Evaluated<B: SaeBackend>: HookedModule<B> + Sized {
-    /// The model's input for `batch`.
-    fn input(batch: &Batch, device: &B::Device) -> Self::Input;
-
-    /// The logits of a forward pass (`None` when the pass stopped early).
-    fn logits(output: Self::Output) -> Result<Option<Tensor<B, 3>>>;
-}
-
-impl<B: SaeBackend> Evaluated<B> for DecoderLm<B> {
-    fn input(batch: &Batch, device: &B::Device) -> Self::Input {
-        lm_input(batch, device)
-    }
-
-    fn logits(output: LmOutput<B>) -> Result<Option<Tensor<B, 3>>> {
-        Ok(output.logits)
-    }
-}
-
-impl<B: SaeBackend> Evaluated<B> for &VisionNetwork<B> {
-    fn input(batch: &Batch, device: &B::Device) -> Self::Input {
-        vision_input(batch, device)
-    }
-
-    fn logits(output: sae_models::Result<LmOutput<B>>) -> Result<Option<Tensor<B, 3>>> {
-        Ok(output?.logits)
-    }
-}
-
 /// Evaluates the SAEs in `sae_dir` (any layout) on `model` (a language model, or a
 /// vision-language model whose data is batched through its processor) over `data`.
 pub fn evaluate<B: SaeBackend>(
@@ -192,7 +164,7 @@ pub fn evaluate<B: SaeBackend>(
 }
 
 /// `evaluate` on one model type.
-fn evaluate_model<B: SaeBackend, M: Evaluated<B>>(
+fn evaluate_model<B: SaeBackend, M: BatchModel<B>>(
     model: M,
     tokenizer: &Tokenizer,
     images: Option<&dyn ImageTokens>,

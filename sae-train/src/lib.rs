@@ -4,6 +4,7 @@
 
 pub mod activations;
 pub mod adamw;
+pub mod batch_model;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod storage;
 pub mod tensorboard;
 pub mod trainer;
 
+pub use batch_model::BatchModel;
 pub use config::{BiasInit, Schedule, Strategy, TrainConfig};
 pub use error::{Result, TrainError};
 pub use eval::{EvalConfig, EvalReport, evaluate};

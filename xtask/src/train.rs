@@ -9,6 +9,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 use sae_core::TargetModules;
 use sae_data::{Format, PreprocessOptions};
+use sae_interp::{Cache, CacheConfig, SamplingConfig, write_dashboard};
 use sae_models::{AnyModel, ModelSource};
 use sae_train::config::parse_value;
 use sae_train::{EvalConfig, TrainConfig};
@@ -135,7 +136,8 @@ fn run(config: TrainConfig) -> Result<sae_train::RunSummary> {
     Ok(summary)
 }
 
-/// `cargo xtask demo`: SmolLM2-135M + Shakespeare, trained and evaluated under `runs/demo/`.
+/// `cargo xtask demo`: SmolLM2-135M + Shakespeare, trained, evaluated, cached and shown in a
+/// latent dashboard under `runs/demo/`.
 pub fn demo() -> Result<()> {
     let root = PathBuf::from("runs/demo");
     let (train_data, test_data) = (root.join("shakespeare"), root.join("shakespeare-test"));
@@ -170,6 +172,23 @@ pub fn demo() -> Result<()> {
     let report = sae_train::evaluate(lm, &sae_dir, &test_data, &eval, &device)?;
     let eval_path = summary.run_dir.join("eval.json");
     std::fs::write(&eval_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    eprintln!("caching the SAE's latents on held-out plays for the dashboard");
+    let (cache_dir, dashboard_dir) = (root.join("cache"), root.join("dashboard"));
+    if cache_dir.exists() {
+        std::fs::remove_dir_all(&cache_dir)?;
+    }
+    let cache = CacheConfig {
+        batches: Some(eval.batches),
+        batch_size: eval.batch_size,
+        context: eval.context,
+        exclude_special_tokens: eval.exclude_special_tokens,
+        skip_first_tokens: eval.skip_first_tokens,
+        ..CacheConfig::default()
+    };
+    let lm = AnyModel::<Flex>::load_as(&model, DType::F32, &device)?;
+    sae_interp::cache_latents(lm, &sae_dir, &test_data, &cache_dir, &cache, &device)?;
+    let cache = Cache::open(&cache_dir)?;
+    let dashboard = write_dashboard(&cache, None, &dashboard_dir, &SamplingConfig::default())?;
     let run_dir = summary.run_dir.display();
     println!(
         "\nTrained a TopK SAE on SmolLM2-135M's layer 15 residual stream ({} steps).\n\
@@ -178,7 +197,8 @@ pub fn demo() -> Result<()> {
          trained SAE      {} (PEFT adapter: `sae inspect {}`)\n\
          metrics          {run_dir}/metrics.jsonl, {run_dir}/curves.svg\n\
          TensorBoard      tensorboard --logdir {run_dir}/tensorboard\n\
-         evaluation       {}",
+         evaluation       {}\n\
+         latent dashboard {} ({} latents)",
         summary.step,
         report.ce_loss_recovered,
         report.kl_loss_recovered,
@@ -187,6 +207,8 @@ pub fn demo() -> Result<()> {
         sae_dir.display(),
         sae_dir.display(),
         eval_path.display(),
+        dashboard.index.display(),
+        dashboard.latent_pages,
     );
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! One module per subcommand: argument parsing and wiring to the libraries.
 
 pub mod activations;
+pub mod cache;
 pub mod convert;
+pub mod dashboard;
 pub mod encode;
 pub mod eval;
 pub mod generate;

@@ -1,0 +1,75 @@
+//! `sae cache`: record the latents an SAE finds over a dataset.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::DType;
+use sae_interp::CacheConfig;
+use sae_models::AnyModel;
+
+use crate::backend;
+
+/// Run a model over a dataset with an SAE checkpoint and record every token's active latents
+/// (sequence, position, latent, activation) with the tokens, for `sae dashboard` and
+/// `sae explain`. Prints a JSON summary.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sae cache --model smollm2.gguf --sae runs/smollm2/sae --data data/shakespeare-test --out cache/smollm2
+  sae cache --model ./qwen2-vl --sae runs/qwen/sae --data data/vqa --batches 100 --out cache/qwen
+
+OUT holds cache.json, tokens.safetensors and latents/<hook path>/NNNNN.safetensors
+(locations [n, 3] = sequence, position, latent; activations [n]); see the book's
+Interpretation page.")]
+pub struct Args {
+    /// Model: a local HF folder, a hub id or a .gguf file.
+    #[arg(long, value_name = "M")]
+    model: String,
+    /// The SAEs (a run's sae/ or any SAE checkpoint layout); language-model hook points only.
+    #[arg(long, value_name = "DIR")]
+    sae: PathBuf,
+    /// Dataset folder written by `sae preprocess`.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// A new (or empty) folder for the cache.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Batches to run (default: the whole dataset, once).
+    #[arg(long, value_name = "N")]
+    batches: Option<usize>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per packed context (text data).
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Leave special tokens out.
+    #[arg(long)]
+    exclude_special_tokens: bool,
+    /// Leave the first N positions of every sequence out (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_first_tokens: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = backend::device()?;
+    let model = AnyModel::<backend::Backend>::load_as(&args.model, DType::F32, &device)
+        .with_context(|| format!("cannot load model {}", args.model))?;
+    let config = CacheConfig {
+        batches: args.batches,
+        batch_size: args.batch_size,
+        context: args.context,
+        exclude_special_tokens: args.exclude_special_tokens,
+        skip_first_tokens: args.skip_first_tokens,
+        ..CacheConfig::default()
+    };
+    let info = sae_interp::cache_latents(model, &args.sae, &args.data, &args.out, &config, &device)
+        .with_context(|| format!("cannot cache the latents of {}", args.sae.display()))?;
+    let summary = serde_json::json!({
+        "out": args.out,
+        "sequences": info.sequences,
+        "tokens": info.tokens,
+        "hooks": info.hooks,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `sae cache` and `sae dashboard` as scripts call them, on the tiny Qwen2 fixture with SAE
+//! Made Easy's adapter (128 latents, k = 4, at model.layers.1.mlp.down_proj).
+
+mod common;
+
+use common::{fails, ok, s};
+
+#[test]
+fn cache_then_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts");
+    std::fs::create_dir_all(&texts).unwrap();
+    let text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. ";
+    std::fs::write(texts.join("sonnet.txt"), text.repeat(20)).unwrap();
+    let data = dir.path().join("data");
+    common::preprocess_texts(&texts, &data);
+    let model = common::fixture("sae-models", "qwen2_tiny");
+    let adapter = common::fixture("sae-models", "smez_qwen2/adapter");
+    let cache = dir.path().join("cache");
+    let mut args = vec!["cache", "--model", s(&model), "--sae", s(&adapter)];
+    args.extend(["--data", s(&data), "--batches", "2", "--batch-size", "2"]);
+    args.extend(["--context", "16", "--out", s(&cache)]);
+    let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    // 2 batches of 2 contexts of 16 tokens; TopK with k = 4 keeps 4 latents a token (none
+    // exactly 0 on real activations).
+    let hook = &summary["hooks"]["model.layers.1.mlp.down_proj"];
+    assert_eq!(summary["tokens"], 64);
+    assert_eq!(
+        (hook["tokens"].as_u64(), hook["records"].as_u64()),
+        (Some(64), Some(256))
+    );
+    // A second cache into the same folder is refused and leaves the first intact.
+    let err = fails(&args);
+    assert!(err.contains("already exists and is not empty"), "{err}");
+    assert!(cache.join("cache.json").is_file());
+
+    let dash = dir.path().join("dash");
+    let explanations = dir.path().join("explanations");
+    std::fs::create_dir_all(&explanations).unwrap();
+    std::fs::write(
+        explanations.join("explanations.json"),
+        r#"{"model.layers.1.mlp.down_proj": {"0": "a test explanation"}}"#,
+    )
+    .unwrap();
+    let out = ok(&[
+        "dashboard",
+        "--cache",
+        s(&cache),
+        "--explanations",
+        s(&explanations),
+        "--out",
+        s(&dash),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pages = summary["latent_pages"].as_u64().unwrap();
+    let written = std::fs::read_dir(dash.join("0")).unwrap().count() as u64;
+    assert!(
+        pages > 0 && pages == written,
+        "{pages} pages, {written} files"
+    );
+    let index = std::fs::read_to_string(dash.join("index.html")).unwrap();
+    assert!(index.contains("SAE latents"));
+    let err = fails(&["dashboard", "--cache", s(&data), "--out", s(&dash)]);
+    assert!(
+        err.contains("holds no latent cache (no cache.json)"),
+        "{err}"
+    );
+}

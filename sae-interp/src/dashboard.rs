@@ -1,0 +1,196 @@
+//! Static HTML dashboards (`sae dashboard`): an index of every latent that fired, per hook
+//! point, with its firing frequency, activations, explanation and most activating snippet, and
+//! one page per latent with its top contexts, each token shaded by the latent's activation.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use sae_core::tensor_file::write_atomic;
+
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
+use crate::explanations::Explanations;
+
+/// What a dashboard holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DashboardSummary {
+    /// The index page.
+    pub index: std::path::PathBuf,
+    /// Latent pages written.
+    pub latent_pages: usize,
+}
+
+/// Writes `out/index.html` and `out/<hook index>/<latent>.html` for `cache`.
+pub fn write_dashboard(
+    cache: &Cache,
+    explanations: Option<&Explanations>,
+    out: &Path,
+    sampling: &SamplingConfig,
+) -> Result<DashboardSummary> {
+    let mut index = page_start("SAE latents");
+    let info = &cache.info;
+    let _ = writeln!(
+        index,
+        "<h1>SAE latents</h1><p>SAE <code>{}</code> on <code>{}</code>: {} sequences, {} tokens.</p>",
+        escape(&info.sae),
+        escape(&info.data),
+        info.sequences,
+        info.tokens
+    );
+    let mut pages = 0;
+    for (h, (hook, meta)) in info.hooks.iter().enumerate() {
+        let examples = latent_examples(cache, hook, sampling)?;
+        let explained = explanations.and_then(|e| e.get(hook));
+        let _ = writeln!(
+            index,
+            "<h2><code>{}</code></h2><p>{} of {} latents fired over {} tokens ({} records).</p>",
+            escape(hook),
+            examples.len(),
+            meta.num_latents,
+            meta.tokens,
+            meta.records
+        );
+        index.push_str(
+            "<table><tr><th>latent</th><th>firing</th><th>max</th><th>mean</th><th>explanation</th><th>top context</th></tr>\n",
+        );
+        for latent in &examples {
+            let explanation = explained.and_then(|e| e.get(&latent.latent));
+            let href = format!("{h}/{}.html", latent.latent);
+            let _ = writeln!(
+                index,
+                "<tr><td><a href=\"{href}\">{}</a></td><td>{:.3}%</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td class=\"ctx\">{}</td></tr>",
+                latent.latent,
+                100.0 * latent.frequency,
+                latent.max_activation,
+                latent.mean_activation,
+                escape(explanation.map_or("", String::as_str)),
+                latent.top.first().map_or(String::new(), |c| context_html(
+                    cache,
+                    c,
+                    latent.max_activation
+                ))
+            );
+            let page = latent_page(cache, hook, latent, explanation.map(String::as_str));
+            write_atomic(&out.join(&href), page.as_bytes())?;
+            pages += 1;
+        }
+        index.push_str("</table>\n");
+    }
+    index.push_str("</body></html>\n");
+    let index_file = out.join("index.html");
+    write_atomic(&index_file, index.as_bytes())?;
+    Ok(DashboardSummary {
+        index: index_file,
+        latent_pages: pages,
+    })
+}
+
+/// One latent's page.
+fn latent_page(
+    cache: &Cache,
+    hook: &str,
+    latent: &LatentExamples,
+    explanation: Option<&str>,
+) -> String {
+    let mut page = page_start(&format!("latent {} at {hook}", latent.latent));
+    let _ = writeln!(
+        page,
+        "<p><a href=\"../index.html\">all latents</a></p><h1>Latent {} at <code>{}</code></h1>",
+        latent.latent,
+        escape(hook)
+    );
+    if let Some(explanation) = explanation {
+        let _ = writeln!(page, "<p class=\"explanation\">{}</p>", escape(explanation));
+    }
+    let _ = writeln!(
+        page,
+        "<p>Fires on {} tokens ({:.3}%); max activation {:.4}, mean {:.4}.</p><h2>Top contexts</h2><ol>",
+        latent.firings,
+        100.0 * latent.frequency,
+        latent.max_activation,
+        latent.mean_activation
+    );
+    for context in &latent.top {
+        let _ = writeln!(
+            page,
+            "<li><span class=\"meta\">{:.4} &middot; sequence {}, token {}</span><div class=\"ctx\">{}</div></li>",
+            context.max_activation(),
+            context.sequence,
+            context.position,
+            context_html(cache, context, latent.max_activation)
+        );
+    }
+    page.push_str("</ol></body></html>\n");
+    page
+}
+
+/// A context's tokens, each where the latent fired shaded by its activation relative to `max`
+/// (shown on hover), the activating token outlined.
+fn context_html(cache: &Cache, context: &Context, max: f32) -> String {
+    let mut html = String::new();
+    for (i, (&id, &a)) in context.tokens.iter().zip(&context.activations).enumerate() {
+        let text = escape(&cache.text(id).replace('\n', "\u{21b5}"));
+        let class = if context.start + i == context.position {
+            " class=\"at\""
+        } else {
+            ""
+        };
+        if a == 0.0 {
+            let _ = write!(html, "<span{class}>{text}</span>");
+            continue;
+        }
+        let alpha = if max > 0.0 {
+            (a / max).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let _ = write!(
+            html,
+            "<span{class} style=\"background:rgba(255,140,0,{alpha:.3})\" title=\"{a:.4}\">{text}</span>"
+        );
+    }
+    html
+}
+
+/// The start of a page, with its style.
+fn page_start(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+body{{font-family:sans-serif;margin:2em;}}table{{border-collapse:collapse;}}\
+td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top;}}\
+.ctx{{font-family:monospace;white-space:pre-wrap;}}.at{{outline:1px solid #c60;}}\
+.meta{{color:#666;font-size:small;}}.explanation{{font-size:large;}}li{{margin-bottom:1em;}}\
+</style></head><body>\n",
+        escape(title)
+    )
+}
+
+/// `s` with HTML's special characters escaped.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn special_characters_are_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}
