@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
-/// Sparse autoencoders for multimodal models: run models with hook points, encode
-/// activations, and convert or inspect SAE checkpoints (SAE Made Easy PEFT adapters,
+/// Sparse autoencoders for multimodal models: preprocess data, train and evaluate SAEs on
+/// frozen models, run models with hook points, encode activations, cache, explain, score and
+/// steer latents, and convert or inspect SAE checkpoints (SAE Made Easy PEFT adapters,
 /// EleutherAI sparsify, SAELens).
 #[derive(Parser)]
 #[command(name = "sae", version, propagate_version = true)]
@@ -27,6 +28,8 @@ static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
   sae eval --model ./smollm2 --sae runs/smollm2/sae --data data/shakespeare-test
   sae cache --model ./smollm2 --sae runs/smollm2/sae --data data/shakespeare-test --out cache/smollm2
   sae dashboard --cache cache/smollm2 --out dashboards/smollm2
+  sae explain --cache cache/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --out explanations/smollm2
+  sae generate --model ./smollm2 --sae runs/smollm2/sae --clamp 123=20 --chat \"Hi\" --max-new-tokens 32
 
 Logging: RUST_LOG=debug for more detail.")]
 struct Cli {
@@ -46,6 +49,8 @@ enum Command {
     Eval(commands::eval::Args),
     Cache(commands::cache::Args),
     Dashboard(commands::dashboard::Args),
+    Explain(commands::explain::Args),
+    Score(commands::score::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Cache(args) => commands::cache::run(args),
         Command::Dashboard(args) => commands::dashboard::run(args),
+        Command::Explain(args) => commands::explain::run(args),
+        Command::Score(args) => commands::score::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! `sae cache` and `sae dashboard` as scripts call them, on the tiny Qwen2 fixture with SAE
+//! `sae cache`, `sae dashboard`, `sae explain` and `sae score` as scripts call them, on the tiny Qwen2 fixture with SAE
 //! Made Easy's adapter (128 latents, k = 4, at model.layers.1.mlp.down_proj).
 
 mod common;
@@ -37,11 +37,11 @@ fn cache_then_dashboard() {
     let dash = dir.path().join("dash");
     let explanations = dir.path().join("explanations");
     std::fs::create_dir_all(&explanations).unwrap();
-    std::fs::write(
-        explanations.join("explanations.json"),
-        r#"{"model.layers.1.mlp.down_proj": {"0": "a test explanation"}}"#,
-    )
-    .unwrap();
+    let every: serde_json::Map<String, serde_json::Value> = (0..128)
+        .map(|l| (l.to_string(), format!("latent {l}").into()))
+        .collect();
+    let written = serde_json::json!({"model.layers.1.mlp.down_proj": every});
+    std::fs::write(explanations.join("explanations.json"), written.to_string()).unwrap();
     let out = ok(&[
         "dashboard",
         "--cache",
@@ -59,10 +59,40 @@ fn cache_then_dashboard() {
         "{pages} pages, {written} files"
     );
     let index = std::fs::read_to_string(dash.join("index.html")).unwrap();
-    assert!(index.contains("SAE latents"));
+    assert!(index.contains("SAE latents") && index.contains("<td>latent "));
     let err = fails(&["dashboard", "--cache", s(&data), "--out", s(&dash)]);
     assert!(
         err.contains("holds no latent cache (no cache.json)"),
         "{err}"
     );
+
+    // The explainer and scorer calls reach the API they are given (none listens here).
+    let api = ["--base-url", "http://127.0.0.1:9/v1", "--model", "m"];
+    let fresh = dir.path().join("fresh");
+    let mut explain = vec!["explain", "--cache", s(&cache), "--out", s(&fresh)];
+    explain.extend(api);
+    let err = fails(&explain);
+    assert!(
+        err.contains("the chat API at http://127.0.0.1:9/v1/chat/completions failed"),
+        "{err}"
+    );
+    let mut score = vec!["score", "--cache", s(&cache), "--out", s(&dash)];
+    score.extend(["--explanations", s(&explanations)]);
+    score.extend(api);
+    let err = fails(&score);
+    assert!(err.contains("the chat API at"), "{err}");
+    let err = fails(&[
+        "score",
+        "--cache",
+        s(&cache),
+        "--explanations",
+        s(&data),
+        "--out",
+        s(&dash),
+        "--base-url",
+        "u",
+        "--model",
+        "m",
+    ]);
+    assert!(err.contains("holds no explanations.json"), "{err}");
 }

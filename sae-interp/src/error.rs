@@ -34,6 +34,9 @@ pub enum InterpError {
     /// A cache file whose contents contradict each other.
     #[error("corrupt cache: {0}")]
     Corrupt(String),
+    /// The explainer model's API failed or answered something unusable.
+    #[error("the chat API at {url} failed: {reason}")]
+    Api { url: String, reason: String },
     /// Training-side machinery (batching, activations) failed.
     #[error(transparent)]
     Train(#[from] TrainError),

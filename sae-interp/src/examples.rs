@@ -1,10 +1,14 @@
 //! Example sampling: each latent's firing statistics and its top-activating contexts, from a
 //! [`Cache`]. A context is a window of tokens around the token where the latent fired, with the
 //! latent's activation at each of them; one sequence gives a latent at most one context per
-//! window, so the examples are not copies of one passage.
+//! window, so the examples are not copies of one passage. For scoring explanations, also
+//! contexts around random firings and windows where the latent does not fire at all (seeded).
 
 use std::collections::{HashMap, HashSet};
 
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::cache::Cache;
@@ -17,6 +21,13 @@ pub struct SamplingConfig {
     pub top: usize,
     /// Tokens on each side of the activating token.
     pub window: usize,
+    /// Contexts around random firings per latent, apart from the top ones (fewer where the
+    /// latent fires too rarely).
+    pub random: usize,
+    /// Windows where the latent does not fire, per latent.
+    pub non_activating: usize,
+    /// Seeds the random contexts (with the latent's index).
+    pub seed: u64,
 }
 
 impl Default for SamplingConfig {
@@ -24,6 +35,9 @@ impl Default for SamplingConfig {
         SamplingConfig {
             top: 10,
             window: 12,
+            random: 0,
+            non_activating: 0,
+            seed: 0,
         }
     }
 }
@@ -65,6 +79,10 @@ pub struct LatentExamples {
     pub mean_activation: f32,
     /// Its most activating contexts.
     pub top: Vec<Context>,
+    /// Contexts around random firings (`SamplingConfig::random`).
+    pub random: Vec<Context>,
+    /// Windows where it does not fire (`SamplingConfig::non_activating`), activations all 0.
+    pub non_activating: Vec<Context>,
 }
 
 /// Every latent of the SAE at `hook` that fired in the cache, in latent order, with its
@@ -93,7 +111,11 @@ pub fn latent_examples(
                 let [s, p, _] = records.locations[r];
                 ((s, p), records.activations[r])
             };
-            let top = top_contexts(cache, group.iter().map(|&r| firing(r)), config);
+            let firings: Vec<((usize, usize), f32)> = group.iter().map(|&r| firing(r)).collect();
+            let top = top_contexts(cache, firings.iter().copied(), config);
+            let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ latent as u64);
+            let random = random_contexts(cache, &firings, &top, config, &mut rng);
+            let non_activating = quiet_windows(cache, &firings, config, &mut rng);
             LatentExamples {
                 latent,
                 firings: group.len() as u64,
@@ -101,6 +123,8 @@ pub fn latent_examples(
                 max_activation: records.activations[group[0]],
                 mean_activation: (sum / group.len() as f64) as f32,
                 top,
+                random,
+                non_activating,
             }
         })
         .collect();
@@ -124,15 +148,92 @@ fn top_contexts(
             chosen.push((s, p));
         }
     }
-    let sequences: HashSet<usize> = chosen.iter().map(|c| c.0).collect();
+    windows(cache, firings, &chosen, config.window)
+}
+
+/// Contexts around up to `config.random` firings drawn at random, none overlapping the `top`
+/// contexts or each other (fewer when the latent fires too rarely).
+fn random_contexts(
+    cache: &Cache,
+    firings: &[((usize, usize), f32)],
+    top: &[Context],
+    config: &SamplingConfig,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Context> {
+    if config.random == 0 {
+        return Vec::new();
+    }
+    let mut taken: Vec<(usize, usize)> = top.iter().map(|c| (c.sequence, c.position)).collect();
+    let mut order: Vec<usize> = (0..firings.len()).collect();
+    order.shuffle(rng);
+    let mut chosen = Vec::new();
+    for i in order {
+        let (s, p) = firings[i].0;
+        if chosen.len() == config.random {
+            break;
+        }
+        if !(taken.iter()).any(|&(ts, tp)| ts == s && tp.abs_diff(p) <= 2 * config.window) {
+            taken.push((s, p));
+            chosen.push((s, p));
+        }
+    }
+    windows(cache, firings.iter().copied(), &chosen, config.window)
+}
+
+/// Up to `config.non_activating` random windows in which the latent does not fire.
+fn quiet_windows(
+    cache: &Cache,
+    firings: &[((usize, usize), f32)],
+    config: &SamplingConfig,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Context> {
+    let fired: HashSet<(usize, usize)> = firings.iter().map(|f| f.0).collect();
+    let sequences = cache.info.sequences;
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
+    for _ in 0..20 * config.non_activating {
+        if chosen.len() == config.non_activating {
+            break;
+        }
+        let s = rng.random_range(0..sequences);
+        let len = cache.sequence(s).len();
+        if len == 0 {
+            continue;
+        }
+        let p = rng.random_range(0..len);
+        let (start, end) = span(p, len, config.window);
+        let quiet = (start..end).all(|q| !fired.contains(&(s, q)));
+        let apart =
+            !(chosen.iter()).any(|&(cs, cp)| cs == s && cp.abs_diff(p) <= 2 * config.window);
+        if quiet && apart {
+            chosen.push((s, p));
+        }
+    }
+    windows(cache, std::iter::empty(), &chosen, config.window)
+}
+
+/// The positions `[start, end)` of the window around `position` in a sequence of `len`.
+fn span(position: usize, len: usize, window: usize) -> (usize, usize) {
+    (
+        position.saturating_sub(window),
+        (position + window + 1).min(len),
+    )
+}
+
+/// The contexts around `places`, with the activations `firings` give in them.
+fn windows(
+    cache: &Cache,
+    firings: impl Iterator<Item = ((usize, usize), f32)>,
+    places: &[(usize, usize)],
+    window: usize,
+) -> Vec<Context> {
+    let sequences: HashSet<usize> = places.iter().map(|c| c.0).collect();
     let values: HashMap<(usize, usize), f32> = firings
         .filter(|((s, _), _)| sequences.contains(s))
         .collect();
-    (chosen.into_iter())
-        .map(|(sequence, position)| {
+    (places.iter())
+        .map(|&(sequence, position)| {
             let ids = cache.sequence(sequence);
-            let start = position.saturating_sub(config.window);
-            let end = (position + config.window + 1).min(ids.len());
+            let (start, end) = span(position, ids.len(), window);
             let activations = (start..end)
                 .map(|p| values.get(&(sequence, p)).copied().unwrap_or(0.0))
                 .collect();

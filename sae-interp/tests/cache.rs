@@ -142,7 +142,16 @@ fn the_records_are_the_active_latents_of_every_token() {
     assert_eq!(cache.text(id), lm.tokenizer.decode(&[id]).unwrap());
 
     // Each latent's statistics and top context follow from the same activations.
-    let examples = latent_examples(&cache, HOOK, &SamplingConfig { top: 3, window: 2 }).unwrap();
+    let examples = latent_examples(
+        &cache,
+        HOOK,
+        &SamplingConfig {
+            top: 3,
+            window: 2,
+            ..SamplingConfig::default()
+        },
+    )
+    .unwrap();
     let first = examples.iter().find(|e| e.latent == 5).unwrap();
     let fired: Vec<f32> = records
         .locations

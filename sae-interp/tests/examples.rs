@@ -1,81 +1,26 @@
-//! Example sampling and the dashboard on a cache written by hand: two sequences of ten tokens,
-//! latent 3 firing at (0, 2) = 1.0, (0, 3) = 0.5 and (1, 5) = 2.0, latent 7 at (0, 9) = 0.25.
+//! Example sampling and the dashboard on the hand-written cache of `common`.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use sae_core::HostTensor;
-use sae_core::StorageDtype;
-use sae_core::tensor_file::{write_json, write_tensors};
-use sae_interp::{Cache, CacheInfo, HookCache, SamplingConfig, latent_examples, write_dashboard};
-
-const HOOK: &str = "model.layers.0";
-
-fn write_cache(dir: &Path, locations: Vec<i64>, activations: Vec<f32>) {
-    let ids: Vec<i64> = (100..120).collect();
-    let tokens = [
-        (
-            "input_ids".to_string(),
-            HostTensor::i64(vec![20], ids.clone()),
-        ),
-        (
-            "sequence_starts".to_string(),
-            HostTensor::i64(vec![3], vec![0, 10, 20]),
-        ),
-        (
-            "first_rows".to_string(),
-            HostTensor::i64(vec![2, 2], vec![0, 0, 0, 1]),
-        ),
-    ];
-    write_tensors(
-        &dir.join("tokens.safetensors"),
-        &tokens,
-        StorageDtype::F32,
-        None,
-    )
-    .unwrap();
-    let n = activations.len();
-    let shard = [
-        (
-            "locations".to_string(),
-            HostTensor::i64(vec![n, 3], locations),
-        ),
-        (
-            "activations".to_string(),
-            HostTensor::f32(vec![n], activations),
-        ),
-    ];
-    let file = dir.join("latents").join(HOOK).join("00000.safetensors");
-    write_tensors(&file, &shard, StorageDtype::F32, None).unwrap();
-    let hook = HookCache {
-        num_latents: 8,
-        tokens: 20,
-        records: n as u64,
-        shards: 1,
-    };
-    let info = CacheInfo {
-        sae: "sae".into(),
-        data: "data".into(),
-        sequences: 2,
-        tokens: 20,
-        image_token: None,
-        hooks: BTreeMap::from([(HOOK.to_string(), hook)]),
-        vocab: ids.iter().map(|&id| (id, format!("<t{id}>"))).collect(),
-    };
-    write_json(&dir.join("cache.json"), &info).unwrap();
-}
-
-fn hand_cache(dir: &Path) -> Cache {
-    let locations = vec![0, 2, 3, 0, 3, 3, 1, 5, 3, 0, 9, 7];
-    write_cache(dir, locations, vec![1.0, 0.5, 2.0, 0.25]);
-    Cache::open(dir).unwrap()
-}
+use common::{HOOK, hand_cache, write_cache};
+use sae_interp::{Cache, SamplingConfig, latent_examples, write_dashboard};
 
 #[test]
 fn top_contexts_are_the_most_activating_windows_without_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let cache = hand_cache(dir.path());
-    let examples = latent_examples(&cache, HOOK, &SamplingConfig { top: 2, window: 1 }).unwrap();
+    let examples = latent_examples(
+        &cache,
+        HOOK,
+        &SamplingConfig {
+            top: 2,
+            window: 1,
+            ..SamplingConfig::default()
+        },
+    )
+    .unwrap();
     assert_eq!(
         examples.iter().map(|e| e.latent).collect::<Vec<_>>(),
         [3, 7]
@@ -151,4 +96,34 @@ fn records_outside_the_sequences_or_the_dictionary_are_corrupt() {
             "{location:?}: {err}"
         );
     }
+}
+
+#[test]
+fn random_and_quiet_contexts_stay_apart_from_the_top_ones_and_from_firings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = hand_cache(dir.path());
+    let config = SamplingConfig {
+        top: 1,
+        window: 1,
+        random: 5,
+        non_activating: 4,
+        seed: 7,
+    };
+    let examples = latent_examples(&cache, HOOK, &config).unwrap();
+    let three = &examples[0];
+    assert_eq!((three.top[0].sequence, three.top[0].position), (1, 5));
+    // (0, 2) and (0, 3) are within two windows of each other: one of them, not both.
+    assert_eq!(three.random.len(), 1);
+    let r = &three.random[0];
+    assert!(r.sequence == 0 && [2, 3].contains(&r.position), "{r:?}");
+    assert_eq!(r.max_activation(), if r.position == 2 { 1.0 } else { 0.5 });
+    assert_eq!(three.non_activating.len(), 4);
+    for q in &three.non_activating {
+        let fired: &[usize] = if q.sequence == 0 { &[2, 3] } else { &[5] };
+        let window = q.start..q.start + q.tokens.len();
+        assert!(fired.iter().all(|p| !window.contains(p)), "{q:?}");
+        assert!(q.activations.iter().all(|&a| a == 0.0));
+    }
+    // Seeded: the same contexts again.
+    assert_eq!(latent_examples(&cache, HOOK, &config).unwrap(), examples);
 }

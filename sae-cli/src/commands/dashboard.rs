@@ -42,6 +42,7 @@ pub fn run(args: Args) -> Result<()> {
     let sampling = SamplingConfig {
         top: args.top,
         window: args.window,
+        ..SamplingConfig::default()
     };
     let summary = write_dashboard(&cache, explanations.as_ref(), &args.out, &sampling)
         .with_context(|| format!("cannot write the dashboard to {}", args.out.display()))?;

@@ -6,11 +6,13 @@ pub mod convert;
 pub mod dashboard;
 pub mod encode;
 pub mod eval;
+pub mod explain;
 pub mod generate;
 pub mod inspect;
 mod model_args;
 pub mod preprocess;
 mod sae_args;
+pub mod score;
 pub mod train;
 
 use std::path::Path;

@@ -1,0 +1,59 @@
+//! `sae explain`: explain latents with a larger model behind an OpenAI-compatible API.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sae_interp::{Cache, ChatClient, ExplainConfig, SamplingConfig, explain_latents};
+
+/// Explain the latents of a cache (`sae cache`) with a chat model behind an OpenAI-compatible
+/// API (vLLM, SGLang, llama.cpp, Ollama, OpenAI): each latent's top contexts, activating tokens
+/// marked, go to the model, whose one-line explanation is saved to OUT/explanations.json after
+/// each latent. Run it again on the same OUT to continue after an interruption. Sends
+/// OPENAI_API_KEY as a bearer token when it is set.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sae explain --cache cache/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --max-latents 100 --out explanations/smollm2
+  OPENAI_API_KEY=... sae explain --cache cache/qwen --base-url https://api.openai.com/v1 --model gpt-4o-mini --out explanations/qwen
+
+Then: sae dashboard --cache cache/smollm2 --explanations explanations/smollm2 --out dash")]
+pub struct Args {
+    /// A cache folder written by `sae cache`.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// The API's base URL (its /chat/completions is called).
+    #[arg(long, value_name = "URL")]
+    base_url: String,
+    /// The explainer model's name on that server.
+    #[arg(long, value_name = "NAME")]
+    model: String,
+    /// Explain at most N latents per hook point (the first that fired, by index).
+    #[arg(long, value_name = "N")]
+    max_latents: Option<usize>,
+    /// Contexts shown per latent, most activating first.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Tokens shown on each side of the activating token.
+    #[arg(long, default_value_t = 12)]
+    window: usize,
+    /// The folder for explanations.json (kept explanations are not asked again).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cache = Cache::open(&args.cache)?;
+    let client = ChatClient::new(&args.base_url, &args.model);
+    let config = ExplainConfig {
+        sampling: SamplingConfig {
+            top: args.top,
+            window: args.window,
+            ..SamplingConfig::default()
+        },
+        max_latents: args.max_latents,
+    };
+    let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "explained");
+    let summary = explain_latents(&cache, &client, &args.out, &config, &mut progress)
+        .with_context(|| format!("cannot explain the latents of {}", args.cache.display()))?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

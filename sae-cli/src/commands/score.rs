@@ -1,0 +1,89 @@
+//! `sae score`: score explanations by detection.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sae_interp::{
+    Cache, ChatClient, SamplingConfig, ScoreConfig, read_explanations, score_explanations,
+};
+
+/// Score the explanations of `sae explain` by detection: a chat model behind an
+/// OpenAI-compatible API reads each explanation and a shuffled mix of excerpts where the latent
+/// fires and where it does not, and says where it would fire. Writes OUT/scores.json (per hook
+/// point and latent: accuracy, precision, recall, F1) and prints the mean of each.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  sae score --cache cache/smollm2 --explanations explanations/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --out scores/smollm2")]
+pub struct Args {
+    /// A cache folder written by `sae cache`.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// A folder holding explanations.json.
+    #[arg(long, value_name = "DIR")]
+    explanations: PathBuf,
+    /// The API's base URL (its /chat/completions is called).
+    #[arg(long, value_name = "URL")]
+    base_url: String,
+    /// The scorer model's name on that server.
+    #[arg(long, value_name = "NAME")]
+    model: String,
+    /// Excerpts where the latent fires, per latent (drawn at random, apart from the --top
+    /// contexts the explainer saw).
+    #[arg(long, default_value_t = 10)]
+    activating: usize,
+    /// Excerpts where it does not fire, per latent.
+    #[arg(long, default_value_t = 10)]
+    non_activating: usize,
+    /// The --top the explanations were made with (those contexts are not scored on).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Tokens on each side of an excerpt's centre.
+    #[arg(long, default_value_t = 12)]
+    window: usize,
+    /// Seeds the choice and order of the excerpts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The folder for scores.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cache = Cache::open(&args.cache)?;
+    let explanations = read_explanations(&args.explanations)?;
+    let client = ChatClient::new(&args.base_url, &args.model);
+    let config = ScoreConfig {
+        sampling: SamplingConfig {
+            top: args.top,
+            window: args.window,
+            random: args.activating,
+            non_activating: args.non_activating,
+            seed: args.seed,
+        },
+    };
+    let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "scored");
+    let scores = score_explanations(
+        &cache,
+        &explanations,
+        &client,
+        &args.out,
+        &config,
+        &mut progress,
+    )
+    .context("cannot score the explanations")?;
+    let all: Vec<_> = scores.values().flat_map(|s| s.values()).collect();
+    let mean = |f: fn(&sae_interp::LatentScore) -> f64| {
+        all.iter().map(|s| f(s)).sum::<f64>() / all.len().max(1) as f64
+    };
+    let summary = serde_json::json!({
+        "scored": all.len(),
+        "unusable_answers": all.iter().filter(|s| s.error.is_some()).count(),
+        "accuracy": mean(|s| s.accuracy),
+        "precision": mean(|s| s.precision),
+        "recall": mean(|s| s.recall),
+        "f1": mean(|s| s.f1),
+        "scores": args.out.join(sae_interp::SCORES_FILE),
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

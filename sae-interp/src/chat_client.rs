@@ -1,0 +1,83 @@
+//! A client for OpenAI-compatible chat completion APIs (`POST <base>/chat/completions`), as
+//! vLLM, SGLang, llama.cpp's server, Ollama and OpenAI serve them: the explainer and scorer
+//! models of `sae explain` and `sae score`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::error::{InterpError, Result};
+
+/// Where the explainer model is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatClient {
+    /// The API's base URL, e.g. `http://localhost:8000/v1`.
+    pub base_url: String,
+    /// The model name the server knows.
+    pub model: String,
+    /// Sent as a bearer token when set (`OPENAI_API_KEY`).
+    pub api_key: Option<String>,
+    /// Most tokens per answer.
+    pub max_tokens: usize,
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: &'static str,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatClient {
+    /// A client of `model` at `base_url`, with `OPENAI_API_KEY` when it is set.
+    pub fn new(base_url: &str, model: &str) -> Self {
+        ChatClient {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            api_key: std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            max_tokens: 512,
+        }
+    }
+
+    /// The model's answer to `messages`, greedy (temperature 0).
+    pub fn complete(&self, messages: &[Message]) -> Result<String> {
+        let url = format!("{}/chat/completions", self.base_url);
+        let body = json!({
+            "model": self.model,
+            "messages": messages
+                .iter()
+                .map(|m| json!({"role": m.role, "content": m.content}))
+                .collect::<Vec<_>>(),
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+        });
+        let mut request = ureq::post(&url).timeout(Duration::from_secs(300));
+        if let Some(key) = &self.api_key {
+            request = request.set("Authorization", &format!("Bearer {key}"));
+        }
+        let failed = |reason: String| InterpError::Api {
+            url: url.clone(),
+            reason,
+        };
+        let response = match request.send_json(body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(code, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let excerpt: String = text.chars().take(300).collect();
+                return Err(failed(format!("HTTP {code}: {excerpt}")));
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let answer: Value = response
+            .into_json()
+            .map_err(|e| failed(format!("the answer is not JSON: {e}")))?;
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| failed("the answer has no choices[0].message.content".into()))
+    }
+}
