@@ -308,6 +308,33 @@ fn train_saes_on_both_towers_of_qwen2_vl() {
     let image_tokens = ids.iter().filter(|&&id| id == image_token).count() as u64;
     // Qwen2-VL merges 2 x 2 patches into one image token.
     assert_eq!(image_tokens, (grid("image1") + grid("image2")) / 4);
+    // Each image is placed on its tokens' grid and kept as the dataset holds it.
+    let placed = info["images"].as_array().unwrap();
+    assert_eq!(placed.len(), 2);
+    for (i, name) in ["image1", "image2"].iter().enumerate() {
+        let p = &placed[i];
+        let cells = p["rows"].as_u64().unwrap() * p["cols"].as_u64().unwrap();
+        assert_eq!(
+            (p["sequence"].as_u64(), cells),
+            (Some(i as u64), grid(name) / 4)
+        );
+        let kept = std::fs::read(cache.join(p["file"].as_str().unwrap())).unwrap();
+        let original = fixture(&format!("image_processors/images/{name}.png"));
+        assert_eq!(kept, std::fs::read(original).unwrap(), "{name}");
+    }
+    // The dashboard draws the latents that fire on image tokens over the images.
+    let dash = dir.path().join("dash");
+    ok(&["dashboard", "--cache", s(&cache), "--out", s(&dash)]);
+    let pages = std::fs::read_dir(dash.join("0")).unwrap();
+    let with_images = pages
+        .filter(|p| {
+            std::fs::read_to_string(p.as_ref().unwrap().path())
+                .unwrap()
+                .contains("<img src=\"../images/")
+        })
+        .count();
+    assert!(with_images > 0);
+    assert!(dash.join("images/000000.png").is_file());
 
     // Evaluated on text alone, the vision SAE sees nothing: one clear error, not a panic.
     let texts = dir.path().join("texts");

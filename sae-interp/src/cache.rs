@@ -9,23 +9,26 @@
 //!   the other), `sequence_starts [sequences + 1]` and `first_rows [sequences, 2]` (the
 //!   dataset shard and row each sequence starts with), all int64;
 //! - `latents/<hook path>/NNNNN.safetensors`: `locations [n, 3]` (sequence, position in it,
-//!   latent; int64) and `activations [n]` (f32), in shards of at most `shard_records`.
+//!   latent; int64) and `activations [n]` (f32), in shards of at most `shard_records`;
+//! - `images/NNNNNN.<ext>`: the images of Qwen2-VL sequences, placed among their tokens in
+//!   `cache.json` (see [`image_grid`](crate::image_grid)).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::sae::{int_to_host, to_host};
-use sae_core::tensor_file::{read_json, write_json, write_tensors};
+use sae_core::tensor_file::{read_json, write_atomic, write_json, write_tensors};
 use sae_core::{HookKind, HookPoint, HostTensor, SaeBackend, SaeModel, StorageDtype, TensorFile};
-use sae_data::{Batch, Dataset, Loader, StreamConfig};
+use sae_data::{Batch, Dataset};
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
 use sae_train::BatchModel;
 use sae_train::activations::{Capture, TokenFilter, select_tokens};
-use sae_train::run::sequence_batching;
+use sae_train::run::in_order_loader;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InterpError, Result};
+use crate::image_grid::{ImagePlacement, image_extension, place_images};
 
 /// The cache's description.
 pub const CACHE_FILE: &str = "cache.json";
@@ -97,6 +100,9 @@ pub struct CacheInfo {
     pub hooks: BTreeMap<String, HookCache>,
     /// The text of each token id in the cache (its token string when it decodes to nothing).
     pub vocab: BTreeMap<i64, String>,
+    /// The images placed among the cached tokens.
+    #[serde(default)]
+    pub images: Vec<ImagePlacement>,
 }
 
 /// Runs `model` over `data` (one pass, or `config.batches` batches) with the SAEs of `sae_dir`
@@ -170,29 +176,8 @@ impl Run<'_> {
         }
         let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
         let dataset = Dataset::open(self.data)?;
-        let batching = sequence_batching(
-            dataset.kind(),
-            config.context,
-            config.max_len,
-            true,
-            self.model_context,
-        )?;
-        let stream = StreamConfig {
-            shuffle: false,
-            epochs: Some(1),
-            ..StreamConfig::default()
-        };
-        let mut loader = Loader::new(
-            &dataset,
-            tokenizer,
-            stream,
-            batching,
-            config.batch_size,
-            None,
-        )?;
-        if let Some(images) = images {
-            loader = loader.with_image_tokens(images);
-        }
+        let limits = (config.context, config.max_len, self.model_context);
+        let mut loader = in_order_loader(&dataset, tokenizer, images, limits, config.batch_size)?;
         let filter = TokenFilter::new(
             tokenizer,
             config.exclude_special_tokens,
@@ -203,6 +188,8 @@ impl Run<'_> {
             .map(|p| HookWriter::new(self.out, p, config.shard_records))
             .collect();
         let mut tokens = TokenStore::default();
+        let mut placed_images = Vec::new();
+        let image_token = images.map(|i| i.image_token());
         let bar = progress_bar(config.batches);
         let mut batches = 0;
         while config.batches.is_none_or(|n| batches < n) {
@@ -213,9 +200,25 @@ impl Run<'_> {
             let input = M::input(&batch, device);
             M::logits(sae_model.model().forward_hooked(input, &mut capture))?;
             let places = tokens.push(&batch);
+            if let Some(token) = image_token {
+                let first = tokens.sequences() - batch.batch_size;
+                for placed in place_images(&batch, token) {
+                    let n = placed_images.len();
+                    let file = format!("images/{n:06}.{}", image_extension(placed.bytes));
+                    write_atomic(&self.out.join(&file), placed.bytes)?;
+                    placed_images.push(ImagePlacement {
+                        file,
+                        sequence: first + placed.batch_sequence,
+                        ..placed.placement
+                    });
+                }
+            }
             let counted = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
             for ((out, path), writer) in capture.outputs.into_iter().zip(&paths).zip(&mut writers) {
                 let Some(out) = out else { continue };
+                if counted.is_empty() {
+                    continue;
+                }
                 let latents = adapter.saes[path].encode(select_tokens(out, &counted))?;
                 let values = to_host(latents.values);
                 let indices = int_to_host(latents.indices);
@@ -250,9 +253,10 @@ impl Run<'_> {
             data: self.data.display().to_string(),
             sequences: tokens.sequences(),
             tokens: tokens.input_ids.len() as u64,
-            image_token: images.map(|i| i.image_token()),
+            image_token,
             hooks,
             vocab: vocab(tokenizer, &tokens.input_ids),
+            images: placed_images,
         };
         write_json(&self.out.join(CACHE_FILE), &info)?;
         Ok(info)
@@ -439,6 +443,8 @@ pub struct Cache {
     pub input_ids: Vec<i64>,
     /// Where each sequence starts in `input_ids` (and, last, where the last one ends).
     pub sequence_starts: Vec<usize>,
+    /// The indices in `info.images` of each sequence's images.
+    images_by_sequence: HashMap<usize, Vec<usize>>,
 }
 
 /// One hook point's latent records.
@@ -469,12 +475,35 @@ impl Cache {
                 file.path().display()
             )));
         }
+        let mut images_by_sequence: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, image) in info.images.iter().enumerate() {
+            let s = image.sequence;
+            let fits = s < info.sequences
+                && image.start + image.rows * image.cols
+                    <= sequence_starts[s + 1] - sequence_starts[s];
+            if !fits || !dir.join(&image.file).is_file() {
+                return Err(InterpError::Corrupt(format!(
+                    "{}: image {} does not exist or lies outside its sequence",
+                    info_file.display(),
+                    image.file
+                )));
+            }
+            images_by_sequence.entry(s).or_default().push(i);
+        }
         Ok(Cache {
             dir: dir.to_path_buf(),
             info,
             input_ids,
             sequence_starts,
+            images_by_sequence,
         })
+    }
+
+    /// The image (its index in `info.images`) and grid cell at position `p` of sequence `s`,
+    /// if that token is one of an image's.
+    pub fn image_at(&self, s: usize, p: usize) -> Option<(usize, usize)> {
+        let images = self.images_by_sequence.get(&s)?;
+        (images.iter()).find_map(|&i| self.info.images[i].cell(p).map(|cell| (i, cell)))
     }
 
     /// The real tokens of sequence `s`.

@@ -30,6 +30,22 @@ pub struct Message {
     pub content: String,
 }
 
+impl Message {
+    /// A request's messages: the instructions, then the user's text.
+    pub fn prompt(system: &str, user: String) -> Vec<Message> {
+        vec![
+            Message {
+                role: "system",
+                content: system.to_string(),
+            },
+            Message {
+                role: "user",
+                content: user,
+            },
+        ]
+    }
+}
+
 impl ChatClient {
     /// A client of `model` at `base_url`, with `OPENAI_API_KEY` when it is set.
     pub fn new(base_url: &str, model: &str) -> Self {

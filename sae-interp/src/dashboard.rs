@@ -1,10 +1,13 @@
 //! Static HTML dashboards (`sae dashboard`): an index of every latent that fired, per hook
 //! point, with its firing frequency, activations, explanation and most activating snippet, and
-//! one page per latent with its top contexts, each token shaded by the latent's activation.
+//! one page per latent with its top contexts, each token shaded by the latent's activation,
+//! and the images it fires on most, its activation on each image region drawn over them.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use sae_core::SaeError;
 use sae_core::tensor_file::write_atomic;
 
 use crate::cache::Cache;
@@ -39,6 +42,7 @@ pub fn write_dashboard(
         info.tokens
     );
     let mut pages = 0;
+    let mut images = BTreeSet::new();
     for (h, (hook, meta)) in info.hooks.iter().enumerate() {
         let examples = latent_examples(cache, hook, sampling)?;
         let explained = explanations.and_then(|e| e.get(hook));
@@ -74,10 +78,18 @@ pub fn write_dashboard(
             let page = latent_page(cache, hook, latent, explanation.map(String::as_str));
             write_atomic(&out.join(&href), page.as_bytes())?;
             pages += 1;
+            images.extend(latent.images.iter().map(|i| i.image));
         }
         index.push_str("</table>\n");
     }
     index.push_str("</body></html>\n");
+    for image in images {
+        let file = &info.images[image].file;
+        let (from, to) = (cache.dir.join(file), out.join(file));
+        let parent = to.parent().unwrap_or(out);
+        std::fs::create_dir_all(parent).map_err(SaeError::io(parent))?;
+        std::fs::copy(&from, &to).map_err(SaeError::io(&from))?;
+    }
     let index_file = out.join("index.html");
     write_atomic(&index_file, index.as_bytes())?;
     Ok(DashboardSummary {
@@ -121,8 +133,44 @@ fn latent_page(
             context_html(cache, context, latent.max_activation)
         );
     }
-    page.push_str("</ol></body></html>\n");
+    page.push_str("</ol>\n");
+    if !latent.images.is_empty() {
+        page.push_str("<h2>Top images</h2>\n");
+    }
+    for heat in &latent.images {
+        let image = &cache.info.images[heat.image];
+        let _ = write!(
+            page,
+            "<figure><div class=\"img\"><img src=\"../{}\" alt=\"image {}\"><div class=\"grid\" style=\"grid-template-columns:repeat({},1fr);grid-template-rows:repeat({},1fr)\">",
+            escape(&image.file),
+            heat.image,
+            image.cols,
+            image.rows
+        );
+        for &a in &heat.activations {
+            let alpha = shade(a, latent.max_activation);
+            let _ = write!(
+                page,
+                "<div style=\"background:rgba(255,0,0,{alpha:.3})\" title=\"{a:.4}\"></div>"
+            );
+        }
+        let _ = writeln!(
+            page,
+            "</div></div><figcaption class=\"meta\">{:.4} &middot; sequence {}</figcaption></figure>",
+            heat.max, image.sequence
+        );
+    }
+    page.push_str("</body></html>\n");
     page
+}
+
+/// How strongly to shade activation `a` of a latent whose largest is `max` (0 to 1).
+fn shade(a: f32, max: f32) -> f32 {
+    if max > 0.0 {
+        (a / max).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
 }
 
 /// A context's tokens, each where the latent fired shaded by its activation relative to `max`
@@ -140,11 +188,7 @@ fn context_html(cache: &Cache, context: &Context, max: f32) -> String {
             let _ = write!(html, "<span{class}>{text}</span>");
             continue;
         }
-        let alpha = if max > 0.0 {
-            (a / max).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let alpha = shade(a, max);
         let _ = write!(
             html,
             "<span{class} style=\"background:rgba(255,140,0,{alpha:.3})\" title=\"{a:.4}\">{text}</span>"
@@ -161,6 +205,8 @@ body{{font-family:sans-serif;margin:2em;}}table{{border-collapse:collapse;}}\
 td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top;}}\
 .ctx{{font-family:monospace;white-space:pre-wrap;}}.at{{outline:1px solid #c60;}}\
 .meta{{color:#666;font-size:small;}}.explanation{{font-size:large;}}li{{margin-bottom:1em;}}\
+figure{{display:inline-block;margin:0 1em 1em 0;}}.img{{position:relative;display:inline-block;}}\
+.img img{{display:block;width:256px;}}.grid{{position:absolute;inset:0;display:grid;}}\
 </style></head><body>\n",
         escape(title)
     )

@@ -28,6 +28,8 @@ pub struct SamplingConfig {
     pub non_activating: usize,
     /// Seeds the random contexts (with the latent's index).
     pub seed: u64,
+    /// Images per latent with its activations on their tokens, most activating first.
+    pub images: usize,
 }
 
 impl Default for SamplingConfig {
@@ -38,6 +40,7 @@ impl Default for SamplingConfig {
             random: 0,
             non_activating: 0,
             seed: 0,
+            images: 4,
         }
     }
 }
@@ -83,6 +86,20 @@ pub struct LatentExamples {
     pub random: Vec<Context>,
     /// Windows where it does not fire (`SamplingConfig::non_activating`), activations all 0.
     pub non_activating: Vec<Context>,
+    /// The images it fires on most (`SamplingConfig::images`).
+    pub images: Vec<ImageActivations>,
+}
+
+/// A latent's activations on an image's tokens: a heatmap over the image's regions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageActivations {
+    /// The image's index in the cache's `info.images`.
+    pub image: usize,
+    /// The activation on each token of its `rows x cols` grid, row-major (0 where it did not
+    /// fire).
+    pub activations: Vec<f32>,
+    /// The largest of them.
+    pub max: f32,
 }
 
 /// Every latent of the SAE at `hook` that fired in the cache, in latent order, with its
@@ -116,6 +133,7 @@ pub fn latent_examples(
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ latent as u64);
             let random = random_contexts(cache, &firings, &top, config, &mut rng);
             let non_activating = quiet_windows(cache, &firings, config, &mut rng);
+            let images = top_images(cache, &firings, config.images);
             LatentExamples {
                 latent,
                 firings: group.len() as u64,
@@ -125,6 +143,7 @@ pub fn latent_examples(
                 top,
                 random,
                 non_activating,
+                images,
             }
         })
         .collect();
@@ -209,6 +228,41 @@ fn quiet_windows(
         }
     }
     windows(cache, std::iter::empty(), &chosen, config.window)
+}
+
+/// The `count` images with the largest activations among `firings`, each with the latent's
+/// activation on every token of its grid.
+fn top_images(
+    cache: &Cache,
+    firings: &[((usize, usize), f32)],
+    count: usize,
+) -> Vec<ImageActivations> {
+    if count == 0 || cache.info.images.is_empty() {
+        return Vec::new();
+    }
+    let mut heat: HashMap<usize, Vec<f32>> = HashMap::new();
+    for &((s, p), a) in firings {
+        if let Some((image, cell)) = cache.image_at(s, p) {
+            let placement = &cache.info.images[image];
+            let cells = heat
+                .entry(image)
+                .or_insert_with(|| vec![0.0; placement.rows * placement.cols]);
+            cells[cell] = a;
+        }
+    }
+    let mut images: Vec<ImageActivations> = (heat.into_iter())
+        .map(|(image, activations)| {
+            let max = activations.iter().fold(f32::MIN, |m, &a| m.max(a));
+            ImageActivations {
+                image,
+                activations,
+                max,
+            }
+        })
+        .collect();
+    images.sort_by(|a, b| b.max.total_cmp(&a.max).then(a.image.cmp(&b.image)));
+    images.truncate(count);
+    images
 }
 
 /// The positions `[start, end)` of the window around `position` in a sequence of `len`.

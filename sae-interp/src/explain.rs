@@ -99,16 +99,7 @@ pub fn explainer_prompt(cache: &Cache, latent: &LatentExamples) -> Vec<Message> 
             marked(cache, context, latent.max_activation)
         );
     }
-    vec![
-        Message {
-            role: "system",
-            content: EXPLAINER_SYSTEM.to_string(),
-        },
-        Message {
-            role: "user",
-            content: user,
-        },
-    ]
+    Message::prompt(EXPLAINER_SYSTEM, user)
 }
 
 /// A context's text, each token where the latent fires as `<<token>>(a)` with `a` its

@@ -11,6 +11,7 @@ pub mod error;
 pub mod examples;
 pub mod explain;
 pub mod explanations;
+pub mod image_grid;
 pub mod score;
 pub mod steer;
 
@@ -21,5 +22,6 @@ pub use error::{InterpError, Result};
 pub use examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 pub use explain::{ExplainConfig, ExplainSummary, explain_latents};
 pub use explanations::{EXPLANATIONS_FILE, Explanations, read_explanations};
+pub use image_grid::ImagePlacement;
 pub use score::{LatentScore, SCORES_FILE, ScoreConfig, Scores, score_explanations};
 pub use steer::{LatentValue, Steering, SteeringHooks, steered_sae};

@@ -138,16 +138,7 @@ pub fn scorer_prompt(
         let text: String = context.tokens.iter().map(|&id| cache.text(id)).collect();
         let _ = write!(user, "\nExcerpt {}: {text}\n", i + 1);
     }
-    vec![
-        Message {
-            role: "system",
-            content: SCORER_SYSTEM.to_string(),
-        },
-        Message {
-            role: "user",
-            content: user,
-        },
-    ]
+    Message::prompt(SCORER_SYSTEM, user)
 }
 
 /// The `n` judgements of an answer: its first JSON list of 0/1 (or booleans); an error says why

@@ -3,59 +3,20 @@
 //! latent `d + i` with activation `-x_i` where `x_i < 0`, so every record follows from the
 //! activations a plain forward pass records.
 
+#[path = "../../sae-train/tests/common/mod.rs"]
+mod exact;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
-use sae_core::formats::{self, Checkpoint, HostSae, Layout};
-use sae_core::{HookedModule, Recorder, Sae, SaeConfig, StorageDtype, TargetModules};
-use sae_data::{Batching, Dataset, Format, Loader, PreprocessOptions, StreamConfig};
+use burn::tensor::DType;
+use sae_core::{HookedModule, Recorder};
+use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_interp::{Cache, CacheConfig, InterpError, SamplingConfig, cache_latents, latent_examples};
 use sae_models::{AnyModel, LanguageModel};
 
-const HOOK: &str = "model.layers.1";
-const D: usize = 64;
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/qwen2_tiny")
-}
-
-fn dataset(root: &Path) -> PathBuf {
-    let texts = root.join("texts");
-    std::fs::create_dir_all(&texts).unwrap();
-    let words = [
-        "one", "two", "red", "blue", "fish", "cat", "sat", "on", "the", "mat",
-    ];
-    for doc in 0..4usize {
-        let text: Vec<&str> = (0..120)
-            .map(|i| words[(i * 7 + doc * 3 + i / 5) % 10])
-            .collect();
-        std::fs::write(texts.join(format!("{doc}.txt")), text.join(" ")).unwrap();
-    }
-    let out = root.join("data");
-    let options = PreprocessOptions::new(Format::Text, &texts, &out);
-    sae_data::preprocess(&options, &mut |_| {}).unwrap();
-    out
-}
-
-fn exact_sae(dir: &Path) {
-    let mut eye = vec![0f32; 2 * D * D];
-    for i in 0..D {
-        eye[i * D + i] = 1.0;
-        eye[(D + i) * D + i] = -1.0;
-    }
-    let device = Default::default();
-    let w = || Tensor::<Flex, 2>::from_data(TensorData::new(eye.clone(), [2 * D, D]), &device);
-    let b_dec = Tensor::zeros([D], &device);
-    let sae = Sae::from_tensors(SaeConfig::topk(D, 2 * D), w(), None, w(), b_dec, None).unwrap();
-    let checkpoint = Checkpoint {
-        layout: Layout::Peft,
-        saes: [(HOOK.to_string(), HostSae::from_sae(&sae))].into(),
-        target_modules: Some(TargetModules::Names(vec![HOOK.into()])),
-    };
-    formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32).unwrap();
-}
+use exact::{D, HOOK, dataset, exact_sae, model_dir};
 
 /// The first `batches` packed batches and the hook's activations on them, by a plain pass.
 fn reference(data: &Path, batches: usize) -> Vec<(Vec<i64>, Vec<f32>)> {
@@ -95,12 +56,8 @@ fn the_records_are_the_active_latents_of_every_token() {
         ..CacheConfig::default()
     };
     let device = Default::default();
-    let model = AnyModel::<Flex>::load_as(
-        model_dir().to_str().unwrap(),
-        burn::tensor::DType::F32,
-        &device,
-    )
-    .unwrap();
+    let model =
+        AnyModel::<Flex>::load_as(model_dir().to_str().unwrap(), DType::F32, &device).unwrap();
     let info = cache_latents(model, &sae_dir, &data, &out, &config, &device).unwrap();
     assert_eq!((info.sequences, info.tokens), (6, 6 * 32));
     let hook = &info.hooks[HOOK];
@@ -181,12 +138,8 @@ fn a_used_output_folder_and_a_folder_without_a_cache_are_refused() {
     let sae_dir = dir.path().join("sae");
     exact_sae(&sae_dir);
     let device = Default::default();
-    let model = AnyModel::<Flex>::load_as(
-        model_dir().to_str().unwrap(),
-        burn::tensor::DType::F32,
-        &device,
-    )
-    .unwrap();
+    let model =
+        AnyModel::<Flex>::load_as(model_dir().to_str().unwrap(), DType::F32, &device).unwrap();
     let err = cache_latents(
         model,
         &sae_dir,
@@ -198,6 +151,34 @@ fn a_used_output_folder_and_a_folder_without_a_cache_are_refused() {
     .unwrap_err();
     assert!(matches!(err, InterpError::OutputExists(_)), "{err}");
     assert!(!dir.path().join("cache.json").exists());
+    // Skipping more positions than a context holds leaves no token to record, not an error.
+    let config = CacheConfig {
+        batches: Some(1),
+        batch_size: 2,
+        context: 32,
+        skip_first_tokens: 32,
+        ..CacheConfig::default()
+    };
+    let model =
+        AnyModel::<Flex>::load_as(model_dir().to_str().unwrap(), DType::F32, &device).unwrap();
+    let out = dir.path().join("empty");
+    let info = cache_latents(model, &sae_dir, &data, &out, &config, &device).unwrap();
+    assert_eq!(
+        (
+            info.sequences,
+            info.hooks[HOOK].tokens,
+            info.hooks[HOOK].records
+        ),
+        (2, 0, 0)
+    );
+    assert!(
+        Cache::open(&out)
+            .unwrap()
+            .records(HOOK)
+            .unwrap()
+            .activations
+            .is_empty()
+    );
     let err = Cache::open(&sae_dir).unwrap_err();
     assert!(err.to_string().contains("holds no latent cache"), "{err}");
 }

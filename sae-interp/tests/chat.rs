@@ -143,6 +143,7 @@ fn detection_scores_follow_from_the_answers() {
             random: 5,
             non_activating: 4,
             seed: 7,
+            images: 0,
         },
     };
     let out = dir.path().join("scores");

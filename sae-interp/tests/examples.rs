@@ -41,6 +41,11 @@ fn top_contexts_are_the_most_activating_windows_without_overlap() {
     );
     assert_eq!(three.top[1].activations, [0.0, 1.0, 0.5]);
     assert_eq!(three.top[0].tokens, [114, 115, 116]);
+    // (1, 5) is the second token of the 2 x 2 image: the top row's right cell.
+    assert_eq!(three.images.len(), 1);
+    assert_eq!((three.images[0].image, three.images[0].max), (0, 2.0));
+    assert_eq!(three.images[0].activations, [0.0, 2.0, 0.0, 0.0]);
+    assert!(examples[1].images.is_empty());
     // At the end of a sequence the window is cut.
     assert_eq!(examples[1].top[0].tokens, [108, 109]);
 }
@@ -80,12 +85,16 @@ fn the_dashboard_links_every_latent_and_escapes_explanations() {
         page.contains("Fires on 3 tokens (15.000%); max activation 2.0000, mean 1.1667"),
         "{page}"
     );
+    // The image latent 3 fires on, copied, its top right region fully shaded.
+    assert!(page.contains("<img src=\"../images/000000.png\""), "{page}");
+    assert!(page.contains("repeat(2,1fr)\"><div style=\"background:rgba(255,0,0,0.000)\" title=\"0.0000\"></div><div style=\"background:rgba(255,0,0,1.000)\" title=\"2.0000\">"), "{page}");
+    assert!(out.join("images/000000.png").is_file());
     // The activating token, fully shaded, with its activation on hover.
     assert!(page.contains("<span class=\"at\" style=\"background:rgba(255,140,0,1.000)\" title=\"2.0000\">&lt;t115&gt;</span>"), "{page}");
 }
 
 #[test]
-fn records_outside_the_sequences_or_the_dictionary_are_corrupt() {
+fn records_or_images_outside_the_sequences_or_the_dictionary_are_corrupt() {
     for location in [vec![2, 0, 0], vec![0, 10, 0], vec![0, 0, 8]] {
         let dir = tempfile::tempdir().unwrap();
         write_cache(dir.path(), location.clone(), vec![1.0]);
@@ -96,6 +105,15 @@ fn records_outside_the_sequences_or_the_dictionary_are_corrupt() {
             "{location:?}: {err}"
         );
     }
+    let dir = tempfile::tempdir().unwrap();
+    hand_cache(dir.path());
+    std::fs::remove_file(dir.path().join("images/000000.png")).unwrap();
+    let err = Cache::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("image images/000000.png does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,6 +126,7 @@ fn random_and_quiet_contexts_stay_apart_from_the_top_ones_and_from_firings() {
         random: 5,
         non_activating: 4,
         seed: 7,
+        images: 0,
     };
     let examples = latent_examples(&cache, HOOK, &config).unwrap();
     let three = &examples[0];

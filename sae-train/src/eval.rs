@@ -13,14 +13,14 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::sae::{int_to_host, to_host as host};
 use sae_core::{Hooks, SaeBackend, SaeModel};
-use sae_data::{Dataset, Loader, StreamConfig};
+use sae_data::Dataset;
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
 use serde::Serialize;
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::batch_model::BatchModel;
 use crate::error::{Result, TrainError};
-use crate::run::sequence_batching;
+use crate::run::in_order_loader;
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,28 +184,8 @@ fn evaluate_model<B: SaeBackend, M: BatchModel<B>>(
         .collect();
     let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
     let dataset = Dataset::open(data)?;
-    let batching = sequence_batching(
-        dataset.kind(),
-        config.context,
-        config.max_len,
-        true,
-        model_context,
-    )?;
-    let stream = StreamConfig {
-        shuffle: false,
-        ..StreamConfig::default()
-    };
-    let mut loader = Loader::new(
-        &dataset,
-        tokenizer,
-        stream,
-        batching,
-        config.batch_size,
-        None,
-    )?;
-    if let Some(images) = images {
-        loader = loader.with_image_tokens(images);
-    }
+    let limits = (config.context, config.max_len, model_context);
+    let mut loader = in_order_loader(&dataset, tokenizer, images, limits, config.batch_size)?;
     let filter = TokenFilter::new(
         tokenizer,
         config.exclude_special_tokens,

@@ -7,6 +7,7 @@ use burn::tensor::DType;
 use sae_interp::CacheConfig;
 use sae_models::AnyModel;
 
+use super::read_args::ReadArgs;
 use crate::backend;
 
 /// Run a model over a dataset with an SAE checkpoint and record every token's active latents
@@ -36,18 +37,8 @@ pub struct Args {
     /// Batches to run (default: the whole dataset, once).
     #[arg(long, value_name = "N")]
     batches: Option<usize>,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Tokens per packed context (text data).
-    #[arg(long, default_value_t = 256)]
-    context: usize,
-    /// Leave special tokens out.
-    #[arg(long)]
-    exclude_special_tokens: bool,
-    /// Leave the first N positions of every sequence out (attention sinks).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    skip_first_tokens: usize,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -56,10 +47,10 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = CacheConfig {
         batches: args.batches,
-        batch_size: args.batch_size,
-        context: args.context,
-        exclude_special_tokens: args.exclude_special_tokens,
-        skip_first_tokens: args.skip_first_tokens,
+        batch_size: args.read.batch_size,
+        context: args.read.context,
+        exclude_special_tokens: args.read.exclude_special_tokens,
+        skip_first_tokens: args.read.skip_first_tokens,
         ..CacheConfig::default()
     };
     let info = sae_interp::cache_latents(model, &args.sae, &args.data, &args.out, &config, &device)

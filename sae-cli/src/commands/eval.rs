@@ -7,6 +7,7 @@ use burn::tensor::DType;
 use sae_models::AnyModel;
 use sae_train::EvalConfig;
 
+use super::read_args::ReadArgs;
 use crate::backend;
 
 /// Evaluate trained SAEs on held-out data: per hook point FVU, L0, dead and dense latents; for
@@ -32,21 +33,11 @@ pub struct Args {
     /// Batches to evaluate.
     #[arg(long, default_value_t = 16)]
     batches: usize,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Tokens per packed context (text data).
-    #[arg(long, default_value_t = 256)]
-    context: usize,
+    #[command(flatten)]
+    read: ReadArgs,
     /// A latent firing on more than this fraction of tokens counts as dense.
     #[arg(long, default_value_t = 0.1)]
     dense_threshold: f64,
-    /// Leave special tokens out of the SAE metrics.
-    #[arg(long)]
-    exclude_special_tokens: bool,
-    /// Leave the first N positions of every sequence out of the SAE metrics (attention sinks).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    skip_first_tokens: usize,
     /// Also write the report to this file.
     #[arg(long, value_name = "F.json")]
     out: Option<PathBuf>,
@@ -58,11 +49,11 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = EvalConfig {
         batches: args.batches,
-        batch_size: args.batch_size,
-        context: args.context,
+        batch_size: args.read.batch_size,
+        context: args.read.context,
         dense_threshold: args.dense_threshold,
-        exclude_special_tokens: args.exclude_special_tokens,
-        skip_first_tokens: args.skip_first_tokens,
+        exclude_special_tokens: args.read.exclude_special_tokens,
+        skip_first_tokens: args.read.skip_first_tokens,
         ..EvalConfig::default()
     };
     let report = sae_train::evaluate(model, &args.sae, &args.data, &config, &device)

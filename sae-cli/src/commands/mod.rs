@@ -11,6 +11,7 @@ pub mod generate;
 pub mod inspect;
 mod model_args;
 pub mod preprocess;
+mod read_args;
 mod sae_args;
 pub mod score;
 pub mod train;

@@ -59,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
             random: args.activating,
             non_activating: args.non_activating,
             seed: args.seed,
+            images: 0,
         },
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "scored");

@@ -1,6 +1,7 @@
 //! The hand-written cache the example, dashboard and chat tests share: two sequences of ten
 //! tokens (ids 100..120, text `<tID>`), latent 3 firing at (0, 2) = 1.0, (0, 3) = 0.5 and
-//! (1, 5) = 2.0, latent 7 at (0, 9) = 0.25, of 8 latents at model.layers.0.
+//! (1, 5) = 2.0, latent 7 at (0, 9) = 0.25, of 8 latents at model.layers.0; positions 4 to 7
+//! of sequence 1 are a 2 x 2 image.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::path::Path;
 
 use sae_core::tensor_file::{write_json, write_tensors};
 use sae_core::{HostTensor, StorageDtype};
-use sae_interp::{Cache, CacheInfo, HookCache};
+use sae_interp::{Cache, CacheInfo, HookCache, ImagePlacement};
 
 /// The hook point of the hand cache.
 pub const HOOK: &str = "model.layers.0";
@@ -64,7 +65,16 @@ pub fn write_cache(dir: &Path, locations: Vec<i64>, activations: Vec<f32>) {
         image_token: None,
         hooks: BTreeMap::from([(HOOK.to_string(), hook)]),
         vocab: ids.iter().map(|&id| (id, format!("<t{id}>"))).collect(),
+        images: vec![ImagePlacement {
+            file: "images/000000.png".into(),
+            sequence: 1,
+            start: 4,
+            rows: 2,
+            cols: 2,
+        }],
     };
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::write(dir.join("images/000000.png"), b"\x89PNG image").unwrap();
     write_json(&dir.join("cache.json"), &info).unwrap();
 }
 

@@ -1,0 +1,18 @@
+//! How `sae eval` and `sae cache` read a dataset: batches, contexts and the tokens that count.
+
+/// Batch size, context and the tokens left out.
+#[derive(clap::Args)]
+pub struct ReadArgs {
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tokens per packed context (text data).
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Leave special tokens out of the SAE's tokens.
+    #[arg(long)]
+    pub exclude_special_tokens: bool,
+    /// Leave the first N positions of every sequence out of the SAE's tokens (attention sinks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub skip_first_tokens: usize,
+}
