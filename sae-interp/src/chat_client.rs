@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Value, json};
 
 use crate::error::{InterpError, Result};
@@ -28,6 +29,8 @@ pub struct Message {
     pub role: &'static str,
     /// The text.
     pub content: String,
+    /// PNG images sent after the text (the model must take images).
+    pub images: Vec<Vec<u8>>,
 }
 
 impl Message {
@@ -37,12 +40,28 @@ impl Message {
             Message {
                 role: "system",
                 content: system.to_string(),
+                images: Vec::new(),
             },
             Message {
                 role: "user",
                 content: user,
+                images: Vec::new(),
             },
         ]
+    }
+
+    /// As the API takes it: the text alone, or the text and `data:` URLs of the images.
+    fn to_json(&self) -> Value {
+        if self.images.is_empty() {
+            return json!({"role": self.role, "content": self.content});
+        }
+        let text = json!({"type": "text", "text": self.content});
+        let images = self.images.iter().map(|png| {
+            let url = format!("data:image/png;base64,{}", BASE64_STANDARD.encode(png));
+            json!({"type": "image_url", "image_url": {"url": url}})
+        });
+        let content: Vec<Value> = std::iter::once(text).chain(images).collect();
+        json!({"role": self.role, "content": content})
     }
 }
 
@@ -64,10 +83,7 @@ impl ChatClient {
         let url = format!("{}/chat/completions", self.base_url);
         let body = json!({
             "model": self.model,
-            "messages": messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect::<Vec<_>>(),
+            "messages": messages.iter().map(Message::to_json).collect::<Vec<_>>(),
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
         });

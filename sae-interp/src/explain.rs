@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use sae_core::SaeError;
 use sae_core::tensor_file::write_json;
 
 use crate::cache::Cache;
@@ -14,14 +15,28 @@ use crate::chat_client::{ChatClient, Message};
 use crate::error::{InterpError, Result};
 use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::{EXPLANATIONS_FILE, Explanations, read_explanations};
+use crate::heatmap::heatmap_png;
 
 /// What to explain.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExplainConfig {
-    /// The contexts shown per latent (`top`, `window`).
+    /// The contexts shown per latent (`top`, `window`) and the images (`images`: the latent's
+    /// most activating images, its activations drawn over them; 0 for a text-only model).
     pub sampling: SamplingConfig,
     /// Explain at most this many latents per hook point (the first that fired, by index).
     pub max_latents: Option<usize>,
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            sampling: SamplingConfig {
+                images: 0,
+                ..SamplingConfig::default()
+            },
+            max_latents: None,
+        }
+    }
 }
 
 /// How an explanation run went.
@@ -70,7 +85,7 @@ pub fn explain_latents(
                 summary.kept += 1;
                 continue;
             }
-            let answer = client.complete(&explainer_prompt(cache, latent))?;
+            let answer = client.complete(&explainer_prompt(cache, latent)?)?;
             let explanation = parse_explanation(&answer).ok_or_else(|| InterpError::Api {
                 url: client.base_url.clone(),
                 reason: format!("the explanation of latent {} is empty", latent.latent),
@@ -88,8 +103,9 @@ pub fn explain_latents(
     Ok(summary)
 }
 
-/// The messages that ask for one latent's explanation.
-pub fn explainer_prompt(cache: &Cache, latent: &LatentExamples) -> Vec<Message> {
+/// The messages that ask for one latent's explanation: its top contexts, and its top images
+/// with its activations drawn over them.
+pub fn explainer_prompt(cache: &Cache, latent: &LatentExamples) -> Result<Vec<Message>> {
     let mut user = String::from("Excerpts where the latent activates:\n");
     for (i, context) in latent.top.iter().enumerate() {
         let _ = writeln!(
@@ -99,8 +115,31 @@ pub fn explainer_prompt(cache: &Cache, latent: &LatentExamples) -> Vec<Message> 
             marked(cache, context, latent.max_activation)
         );
     }
-    Message::prompt(EXPLAINER_SYSTEM, user)
+    let mut images = Vec::new();
+    for heat in &latent.images {
+        let placement = &cache.info.images[heat.image];
+        let file = cache.dir.join(&placement.file);
+        let bytes = std::fs::read(&file).map_err(SaeError::io(&file))?;
+        let (rows, cols) = (placement.rows, placement.cols);
+        images.push(heatmap_png(
+            &bytes,
+            rows,
+            cols,
+            &heat.activations,
+            latent.max_activation,
+        )?);
+    }
+    if !images.is_empty() {
+        user.push_str(IMAGES_NOTE);
+    }
+    let mut messages = Message::prompt(EXPLAINER_SYSTEM, user);
+    messages[1].images = images;
+    Ok(messages)
 }
+
+/// What the explainer is told about the images.
+const IMAGES_NOTE: &str = "\nThe images that follow are the ones it activates on most; the \
+regions where it activates are shaded red, deeper for stronger activation.\n";
 
 /// A context's text, each token where the latent fires as `<<token>>(a)` with `a` its
 /// activation scaled to 0-10 by `max`.

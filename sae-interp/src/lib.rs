@@ -11,6 +11,7 @@ pub mod error;
 pub mod examples;
 pub mod explain;
 pub mod explanations;
+pub mod heatmap;
 pub mod image_grid;
 pub mod score;
 pub mod steer;

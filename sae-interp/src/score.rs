@@ -38,6 +38,7 @@ impl Default for ScoreConfig {
             sampling: SamplingConfig {
                 random: 10,
                 non_activating: 10,
+                images: 0,
                 ..SamplingConfig::default()
             },
         }

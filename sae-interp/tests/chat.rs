@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use sae_interp::{
     Cache, ChatClient, ExplainConfig, SamplingConfig, ScoreConfig, explain_latents,
     read_explanations, score_explanations,
@@ -58,8 +59,13 @@ fn serve(answer: fn(&Value) -> String) -> (String, Requests) {
     (url, seen)
 }
 
+/// The text of the user message (alone, or the first part before images).
 fn user_message(body: &Value) -> &str {
-    body["messages"][1]["content"].as_str().unwrap()
+    let content = &body["messages"][1]["content"];
+    content
+        .as_str()
+        .or_else(|| content[0]["text"].as_str())
+        .unwrap()
 }
 
 #[test]
@@ -79,6 +85,7 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
         sampling: SamplingConfig {
             top: 2,
             window: 1,
+            images: 1,
             ..SamplingConfig::default()
         },
         max_latents: None,
@@ -114,6 +121,20 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
         user.contains("Excerpt 2: <t101><<<t102>>>(5)<<<t103>>>(3)"),
         "{user}"
     );
+    // Latent 3 fires on the image (top right region, at its maximum): it follows the text,
+    // that region drawn red. Latent 7 has no image: its content is plain text.
+    let parts = body["messages"][1]["content"].as_array().unwrap();
+    assert_eq!(parts[1]["type"], "image_url");
+    let url = parts[1]["image_url"]["url"].as_str().unwrap();
+    let png = BASE64_STANDARD
+        .decode(url.strip_prefix("data:image/png;base64,").unwrap())
+        .unwrap();
+    let drawn = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(
+        (drawn.get_pixel(3, 0).0, drawn.get_pixel(0, 0).0),
+        ([193, 40, 40], [100, 100, 100])
+    );
+    assert!(requests[1].1["messages"][1]["content"].is_string());
 
     // A second run asks nothing: every latent is explained already.
     let summary = explain_latents(&cache, &client, &out, &config, &mut |_, _| {}).unwrap();

@@ -14,6 +14,7 @@ use sae_interp::{Cache, ChatClient, ExplainConfig, SamplingConfig, explain_laten
 #[command(after_help = "Examples:
   sae explain --cache cache/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --max-latents 100 --out explanations/smollm2
   OPENAI_API_KEY=... sae explain --cache cache/qwen --base-url https://api.openai.com/v1 --model gpt-4o-mini --out explanations/qwen
+  sae explain --cache cache/qwen2-vl --base-url http://localhost:8000/v1 --model llava-hf/llava-onevision-qwen2-72b-ov-hf --images 3 --out explanations/qwen2-vl
 
 Then: sae dashboard --cache cache/smollm2 --explanations explanations/smollm2 --out dash")]
 pub struct Args {
@@ -35,6 +36,10 @@ pub struct Args {
     /// Tokens shown on each side of the activating token.
     #[arg(long, default_value_t = 12)]
     window: usize,
+    /// Also show the N images each latent fires on most, its activation drawn over them in
+    /// red (Qwen2-VL caches; the explainer model must take images).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    images: usize,
     /// The folder for explanations.json (kept explanations are not asked again).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -47,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         sampling: SamplingConfig {
             top: args.top,
             window: args.window,
+            images: args.images,
             ..SamplingConfig::default()
         },
         max_latents: args.max_latents,

@@ -1,7 +1,7 @@
 //! The hand-written cache the example, dashboard and chat tests share: two sequences of ten
 //! tokens (ids 100..120, text `<tID>`), latent 3 firing at (0, 2) = 1.0, (0, 3) = 0.5 and
 //! (1, 5) = 2.0, latent 7 at (0, 9) = 0.25, of 8 latents at model.layers.0; positions 4 to 7
-//! of sequence 1 are a 2 x 2 image.
+//! of sequence 1 are a 2 x 2 image (a 4 x 4 gray PNG).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -74,7 +74,8 @@ pub fn write_cache(dir: &Path, locations: Vec<i64>, activations: Vec<f32>) {
         }],
     };
     std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::write(dir.join("images/000000.png"), b"\x89PNG image").unwrap();
+    let gray = image::RgbImage::from_pixel(4, 4, image::Rgb([100, 100, 100]));
+    gray.save(dir.join("images/000000.png")).unwrap();
     write_json(&dir.join("cache.json"), &info).unwrap();
 }
 
