@@ -29,6 +29,14 @@ fn cache_then_dashboard() {
         (hook["tokens"].as_u64(), hook["records"].as_u64()),
         (Some(64), Some(256))
     );
+    // A file is no cache folder.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let at = args.len() - 1;
+    let mut to_file = args.clone();
+    to_file[at] = s(&file);
+    let err = fails(&to_file);
+    assert!(err.contains("is a file, not a folder"), "{err}");
     // A second cache into the same folder is refused and leaves the first intact.
     let err = fails(&args);
     assert!(err.contains("already exists and is not empty"), "{err}");
@@ -60,6 +68,16 @@ fn cache_then_dashboard() {
     );
     let index = std::fs::read_to_string(dash.join("index.html")).unwrap();
     assert!(index.contains("SAE latents") && index.contains("<td>latent "));
+    let err = fails(&[
+        "dashboard",
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&dash),
+        "--top",
+        "0",
+    ]);
+    assert!(err.contains("at least 1 top context"), "{err}");
     let err = fails(&["dashboard", "--cache", s(&data), "--out", s(&dash)]);
     assert!(
         err.contains("holds no latent cache (no cache.json)"),
@@ -77,7 +95,14 @@ fn cache_then_dashboard() {
         "{err}"
     );
     let mut score = vec!["score", "--cache", s(&cache), "--out", s(&dash)];
-    score.extend(["--explanations", s(&explanations)]);
+    score.extend([
+        "--explanations",
+        s(&explanations),
+        "--top",
+        "1",
+        "--window",
+        "1",
+    ]);
     score.extend(api);
     let err = fails(&score);
     assert!(err.contains("the chat API at"), "{err}");

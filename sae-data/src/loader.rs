@@ -82,6 +82,8 @@ pub struct Loader<'a> {
     /// Rows the loader itself skipped (too long, or images the processor refuses).
     rejected: usize,
     image_tokens: Option<&'a dyn ImageTokens>,
+    /// Yield the complete sequences of a last partial batch instead of dropping them.
+    last_partial: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -133,6 +135,7 @@ impl<'a> Loader<'a> {
             carry_rows,
             rejected: 0,
             image_tokens: None,
+            last_partial: false,
         })
     }
 
@@ -140,6 +143,14 @@ impl<'a> Loader<'a> {
     /// placeholders (padded batching only), as transformers' processor does.
     pub fn with_image_tokens(mut self, processor: &'a dyn ImageTokens) -> Self {
         self.image_tokens = Some(processor);
+        self
+    }
+
+    /// At the end of the data, yields the complete sequences left as one smaller batch instead
+    /// of dropping them (reading a dataset once: evaluation, caching). Packed tokens short of a
+    /// whole context are still dropped.
+    pub fn with_last_partial_batch(mut self) -> Self {
+        self.last_partial = true;
         self
     }
 
@@ -173,7 +184,8 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// The next batch, or `None` at the end of the data (a last partial batch is dropped).
+    /// The next batch, or `None` at the end of the data (a last partial batch is dropped unless
+    /// [`with_last_partial_batch`](Self::with_last_partial_batch)).
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
         match self.batching {
             Batching::Pack { context } => self.next_packed(context),
@@ -182,9 +194,13 @@ impl<'a> Loader<'a> {
     }
 
     fn next_packed(&mut self, context: usize) -> Result<Option<Batch>> {
-        let need = context * self.batch_size;
-        while self.carry.len() < need {
+        let mut sequences = self.batch_size;
+        while self.carry.len() < context * sequences {
             let Some(example) = self.stream.next().transpose()? else {
+                if self.last_partial && self.carry.len() >= context {
+                    sequences = self.carry.len() / context;
+                    break;
+                }
                 return Ok(None);
             };
             let (text, _) = self.render(&example.record)?;
@@ -193,6 +209,7 @@ impl<'a> Loader<'a> {
                 .push(self.separator.expect("packing has a separator"));
             self.carry.extend(self.tokenizer.encode(&text, false)?);
         }
+        let need = context * sequences;
         let input_ids: Vec<i64> = self.carry.drain(..need).collect();
         // Row i spans [start_i, start_{i+1}); each context lists the rows it overlaps.
         let ends: Vec<usize> = self.carry_rows[1..]
@@ -200,7 +217,7 @@ impl<'a> Loader<'a> {
             .map(|&(_, start)| start)
             .chain([usize::MAX])
             .collect();
-        let rows = (0..self.batch_size)
+        let rows = (0..sequences)
             .map(|s| {
                 let (lo, hi) = (s * context, (s + 1) * context);
                 self.carry_rows
@@ -221,10 +238,10 @@ impl<'a> Loader<'a> {
         Ok(Some(Batch {
             attention_mask: vec![1; need],
             input_ids,
-            batch_size: self.batch_size,
+            batch_size: sequences,
             seq_len: context,
             rows,
-            images: vec![Vec::new(); self.batch_size],
+            images: vec![Vec::new(); sequences],
             vision: None,
         }))
     }
@@ -234,6 +251,9 @@ impl<'a> Loader<'a> {
         let mut vision_parts = Vec::new();
         while sequences.len() < self.batch_size {
             let Some(example) = self.stream.next().transpose()? else {
+                if self.last_partial && !sequences.is_empty() {
+                    break;
+                }
                 return Ok(None);
             };
             let (text, special) = self.render(&example.record)?;
@@ -279,13 +299,14 @@ impl<'a> Loader<'a> {
             .max()
             .unwrap_or(0);
         let pad = self.tokenizer.pad_token_id().unwrap_or(0);
+        let n = sequences.len();
         let mut batch = Batch {
-            input_ids: Vec::with_capacity(self.batch_size * seq_len),
-            attention_mask: Vec::with_capacity(self.batch_size * seq_len),
-            batch_size: self.batch_size,
+            input_ids: Vec::with_capacity(n * seq_len),
+            attention_mask: Vec::with_capacity(n * seq_len),
+            batch_size: n,
             seq_len,
-            rows: Vec::with_capacity(self.batch_size),
-            images: Vec::with_capacity(self.batch_size),
+            rows: Vec::with_capacity(n),
+            images: Vec::with_capacity(n),
             vision: ProcessedImages::concat(vision_parts),
         };
         for (id, ids, images) in sequences {

@@ -294,6 +294,18 @@ fn packing_joins_documents_with_eos_and_resumes_exactly() {
         assert_eq!((got.batch_size, got.seq_len), (batch, context));
         assert_eq!(got.tokens(), n);
     }
+    // Reading once, the complete contexts after the last full batch come as a smaller batch.
+    let full = batches.len() * context * batch;
+    let last = Loader::new(&dataset, &tokenizer, config, pack, batch, None)
+        .unwrap()
+        .with_last_partial_batch()
+        .map(Result::unwrap)
+        .last()
+        .unwrap();
+    let left = (expected.len() - full) / context;
+    assert!(left > 0 && left < batch, "{left} contexts left");
+    assert_eq!((last.batch_size, last.rows.len()), (left, left));
+    assert_eq!(last.input_ids, expected[full..full + left * context]);
     // Each context lists the rows it overlaps; the first starts with the first row.
     let first_row = dataset.stream(config).unwrap().next().unwrap().unwrap().id;
     assert_eq!(batches[0].rows[0][0], first_row);
@@ -342,6 +354,21 @@ fn padded_chat_batches_follow_the_chat_template() {
     };
     let mut loader = Loader::new(&dataset, &tokenizer, plain, pad, 4, None).unwrap();
     let batch = loader.next_batch().unwrap().unwrap();
+    // 20 rows in batches of 6: 3 batches, and a last one of 2 when reading once.
+    let sizes = |partial: bool| {
+        let loader = Loader::new(&dataset, &tokenizer, plain, pad, 6, None).unwrap();
+        let loader = if partial {
+            loader.with_last_partial_batch()
+        } else {
+            loader
+        };
+        let sizes: Vec<usize> = loader.map(|b| b.unwrap().batch_size).collect();
+        sizes
+    };
+    assert_eq!(
+        (sizes(false), sizes(true)),
+        (vec![6, 6, 6], vec![6, 6, 6, 2])
+    );
     // easy-VQA's first train question, through the fixture's Qwen2-VL style template.
     let questions: Vec<(String, String, usize)> = serde_json::from_str(
         &std::fs::read_to_string(common::easy_vqa().join("train/questions.json")).unwrap(),

@@ -120,6 +120,12 @@ pub fn cache_latents<B: SaeBackend>(
             "batches, the batch size and records per shard must be at least 1".into(),
         ));
     }
+    if out.is_file() {
+        return Err(InterpError::Invalid(format!(
+            "{} is a file, not a folder: give a new folder for the cache",
+            out.display()
+        )));
+    }
     if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
         return Err(InterpError::OutputExists(out.to_path_buf()));
     }
@@ -466,7 +472,10 @@ impl Cache {
         let info: CacheInfo = read_json(&info_file)?;
         let file = TensorFile::open(dir.join(TOKENS_FILE))?;
         let input_ids = ints(&file, "input_ids", None)?;
-        let starts = ints(&file, "sequence_starts", Some(&[info.sequences + 1]))?;
+        let corrupt = |what: &str| InterpError::Corrupt(format!("{}: {what}", info_file.display()));
+        let count =
+            (info.sequences.checked_add(1)).ok_or_else(|| corrupt("impossible sequences"))?;
+        let starts = ints(&file, "sequence_starts", Some(&[count]))?;
         let sequence_starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
         let ordered = sequence_starts.windows(2).all(|w| w[0] <= w[1]);
         if !ordered || sequence_starts.last() != Some(&input_ids.len()) {
@@ -478,13 +487,15 @@ impl Cache {
         let mut images_by_sequence: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, image) in info.images.iter().enumerate() {
             let s = image.sequence;
+            let end = (image.rows.checked_mul(image.cols)).and_then(|n| n.checked_add(image.start));
             let fits = s < info.sequences
-                && image.start + image.rows * image.cols
-                    <= sequence_starts[s + 1] - sequence_starts[s];
-            if !fits || !dir.join(&image.file).is_file() {
-                return Err(InterpError::Corrupt(format!(
-                    "{}: image {} does not exist or lies outside its sequence",
-                    info_file.display(),
+                && end.is_some_and(|end| end <= sequence_starts[s + 1] - sequence_starts[s]);
+            // Image files lie inside the cache: no absolute path, no `..`.
+            let inside = (Path::new(&image.file).components())
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !fits || !inside || !dir.join(&image.file).is_file() {
+                return Err(corrupt(&format!(
+                    "image {} does not exist, lies outside the cache or outside its sequence",
                     image.file
                 )));
             }

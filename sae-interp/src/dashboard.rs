@@ -11,7 +11,7 @@ use sae_core::SaeError;
 use sae_core::tensor_file::write_atomic;
 
 use crate::cache::Cache;
-use crate::error::Result;
+use crate::error::{InterpError, Result};
 use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::Explanations;
 
@@ -31,6 +31,17 @@ pub fn write_dashboard(
     out: &Path,
     sampling: &SamplingConfig,
 ) -> Result<DashboardSummary> {
+    if sampling.top == 0 {
+        return Err(InterpError::Invalid(
+            "a dashboard needs at least 1 top context per latent".into(),
+        ));
+    }
+    if within(out, &cache.dir) {
+        return Err(InterpError::Invalid(format!(
+            "the dashboard folder {} is the cache folder or inside it: give another folder",
+            out.display()
+        )));
+    }
     let mut index = page_start("SAE latents");
     let info = &cache.info;
     let _ = writeln!(
@@ -96,6 +107,30 @@ pub fn write_dashboard(
         index: index_file,
         latent_pages: pages,
     })
+}
+
+/// Whether `path` is `dir` or lies inside it (through links and relative paths; a path that
+/// does not exist yet is taken from its nearest existing ancestor).
+fn within(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return false,
+        }
+    }
+    let Ok(mut resolved) = existing.canonicalize() else {
+        return false;
+    };
+    resolved.extend(rest.iter().rev());
+    resolved.starts_with(&dir)
 }
 
 /// One latent's page.

@@ -26,7 +26,9 @@ pub enum InterpError {
     #[error("{0} already exists and is not empty: choose a new folder, nothing was written")]
     OutputExists(PathBuf),
     /// A dataset that gave no sequence.
-    #[error("{0} gave no usable sequence")]
+    #[error(
+        "{0} gave no sequence to cache: its text is shorter than one context (--context), or no row is usable"
+    )]
     NoData(PathBuf),
     /// A folder without a complete cache.
     #[error("{0} holds no latent cache (no cache.json): make one with `sae cache`")]

@@ -1,7 +1,7 @@
 //! Example sampling: each latent's firing statistics and its top-activating contexts, from a
 //! [`Cache`]. A context is a window of tokens around the token where the latent fired, with the
-//! latent's activation at each of them; one sequence gives a latent at most one context per
-//! window, so the examples are not copies of one passage. For scoring explanations, also
+//! latent's activation at each of them; no two of a latent's contexts share a token, so the
+//! examples are not copies of one passage. For scoring explanations, also
 //! contexts around random firings and windows where the latent does not fire at all (seeded).
 
 use std::collections::{HashMap, HashSet};
@@ -162,8 +162,7 @@ fn top_contexts(
         if chosen.len() == config.top {
             break;
         }
-        let overlaps = (chosen.iter()).any(|&(cs, cp)| cs == s && cp.abs_diff(p) <= config.window);
-        if !overlaps {
+        if apart(&chosen, (s, p), config.window) {
             chosen.push((s, p));
         }
     }
@@ -191,7 +190,7 @@ fn random_contexts(
         if chosen.len() == config.random {
             break;
         }
-        if !(taken.iter()).any(|&(ts, tp)| ts == s && tp.abs_diff(p) <= 2 * config.window) {
+        if apart(&taken, (s, p), config.window) {
             taken.push((s, p));
             chosen.push((s, p));
         }
@@ -209,7 +208,7 @@ fn quiet_windows(
     let fired: HashSet<(usize, usize)> = firings.iter().map(|f| f.0).collect();
     let sequences = cache.info.sequences;
     let mut chosen: Vec<(usize, usize)> = Vec::new();
-    for _ in 0..20 * config.non_activating {
+    for _ in 0..config.non_activating.saturating_mul(20) {
         if chosen.len() == config.non_activating {
             break;
         }
@@ -221,9 +220,7 @@ fn quiet_windows(
         let p = rng.random_range(0..len);
         let (start, end) = span(p, len, config.window);
         let quiet = (start..end).all(|q| !fired.contains(&(s, q)));
-        let apart =
-            !(chosen.iter()).any(|&(cs, cp)| cs == s && cp.abs_diff(p) <= 2 * config.window);
-        if quiet && apart {
+        if quiet && apart(&chosen, (s, p), config.window) {
             chosen.push((s, p));
         }
     }
@@ -265,12 +262,17 @@ fn top_images(
     images
 }
 
+/// Whether the window around position `p` of sequence `s` shares no token with the windows
+/// around `chosen`.
+fn apart(chosen: &[(usize, usize)], (s, p): (usize, usize), window: usize) -> bool {
+    let reach = window.saturating_mul(2);
+    !(chosen.iter()).any(|&(cs, cp)| cs == s && cp.abs_diff(p) <= reach)
+}
+
 /// The positions `[start, end)` of the window around `position` in a sequence of `len`.
 fn span(position: usize, len: usize, window: usize) -> (usize, usize) {
-    (
-        position.saturating_sub(window),
-        (position + window + 1).min(len),
-    )
+    let end = position.saturating_add(window).saturating_add(1);
+    (position.saturating_sub(window), end.min(len))
 }
 
 /// The contexts around `places`, with the activations `firings` give in them.

@@ -66,6 +66,11 @@ pub fn explain_latents(
     config: &ExplainConfig,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<ExplainSummary> {
+    if config.sampling.top == 0 {
+        return Err(InterpError::Invalid(
+            "explaining needs at least 1 top context per latent".into(),
+        ));
+    }
     let mut explanations: Explanations = if out.join(EXPLANATIONS_FILE).is_file() {
         read_explanations(out)?
     } else {

@@ -26,7 +26,8 @@ pub struct ImagePlacement {
 impl ImagePlacement {
     /// The grid cell of position `p` of the sequence, if it is one of the image's tokens.
     pub fn cell(&self, p: usize) -> Option<usize> {
-        (p >= self.start && p < self.start + self.rows * self.cols).then(|| p - self.start)
+        let cells = self.rows.saturating_mul(self.cols);
+        p.checked_sub(self.start).filter(|&cell| cell < cells)
     }
 }
 

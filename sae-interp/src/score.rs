@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use sae_core::tensor_file::write_json;
+use sae_core::tensor_file::{read_json, write_json};
 
 use crate::cache::Cache;
 use crate::chat_client::{ChatClient, Message};
@@ -62,7 +62,8 @@ pub struct LatentScore {
     pub recall: f64,
     /// The harmonic mean of precision and recall.
     pub f1: f64,
-    /// Why the answer could not be used, when it could not (the numbers are then 0).
+    /// Why there is no score, when there is none (an unusable answer, no excerpt to score on;
+    /// the numbers are then 0).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
 }
@@ -77,8 +78,9 @@ each excerpt decide whether the latent, as the explanation describes it, activat
 token of it. Answer with only a JSON list of 0s and 1s, one per excerpt, in order: 1 where it \
 activates, 0 where it does not.";
 
-/// Scores every explanation in `explanations` whose latent fired in `cache`, writing
-/// `out/scores.json`; `progress` hears of each latent scored.
+/// Scores every explanation in `explanations` whose latent fired in `cache`, adding the scores
+/// to `out/scores.json` (a latent that fires nowhere but in its top contexts gets an `error`
+/// and no request); `progress` hears of each latent scored.
 pub fn score_explanations(
     cache: &Cache,
     explanations: &Explanations,
@@ -87,15 +89,44 @@ pub fn score_explanations(
     config: &ScoreConfig,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<Scores> {
-    let mut scores = Scores::new();
+    let sampling = &config.sampling;
+    if sampling.random == 0 {
+        return Err(InterpError::Invalid(
+            "scoring needs at least 1 activating excerpt per latent".into(),
+        ));
+    }
+    // Scores of earlier runs stay; the latents scored now are replaced.
+    let file = out.join(SCORES_FILE);
+    let mut scores: Scores = if file.is_file() {
+        read_json(&file)?
+    } else {
+        Scores::new()
+    };
+    let mut scored = 0;
     for (hook, explained) in explanations {
         if !cache.info.hooks.contains_key(hook) {
             tracing::warn!(hook = %hook, "explanations for a hook point the cache does not hold; skipped");
             continue;
         }
-        let latents = latent_examples(cache, hook, &config.sampling)?;
+        let latents = latent_examples(cache, hook, sampling)?;
         for latent in latents.iter().filter(|l| explained.contains_key(&l.latent)) {
             let explanation = &explained[&latent.latent];
+            scored += 1;
+            if latent.random.is_empty() {
+                let reason = format!(
+                    "it fires nowhere apart from its {} top contexts: nothing to score on",
+                    latent.top.len()
+                );
+                let score = LatentScore {
+                    error: Some(reason),
+                    ..detection_score(explanation, &[], &[])
+                };
+                scores
+                    .entry(hook.clone())
+                    .or_default()
+                    .insert(latent.latent, score);
+                continue;
+            }
             let mut excerpts: Vec<(&Context, bool)> = (latent.random.iter().map(|c| (c, true)))
                 .chain(latent.non_activating.iter().map(|c| (c, false)))
                 .collect();
@@ -114,17 +145,17 @@ pub fn score_explanations(
                 .entry(hook.clone())
                 .or_default()
                 .insert(latent.latent, score);
-            write_json(&out.join(SCORES_FILE), &scores)?;
+            write_json(&file, &scores)?;
             progress(hook, latent.latent);
         }
     }
-    if scores.is_empty() {
+    if scored == 0 {
         let explained: usize = explanations.values().map(|e| e.len()).sum();
         return Err(InterpError::Invalid(format!(
             "none of the {explained} explained latents fired in the cache: score on a cache of the SAE the explanations are for"
         )));
     }
-    write_json(&out.join(SCORES_FILE), &scores)?;
+    write_json(&file, &scores)?;
     Ok(scores)
 }
 

@@ -10,7 +10,7 @@
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Hooks, Sae, SaeBackend, SaeError, SaeModel, SparseLatents};
 
 use crate::error::{InterpError, Result};
@@ -198,7 +198,13 @@ impl<'a, B: SaeBackend> SteeringHooks<'a, B> {
         } else {
             reconstruct(false)?
         };
-        Ok(out.reshape([b, t, d]).cast(model_dtype))
+        // A clamp or coefficient too large for f32 overflows here: an error, not garbage text.
+        let out = out.reshape([b, t, d]).cast(model_dtype);
+        let finite = out.clone().is_finite().all().into_scalar();
+        if !finite.elem::<bool>() {
+            return Err(SaeError::NonFinite("the steered output".into()));
+        }
+        Ok(out)
     }
 }
 

@@ -147,7 +147,7 @@ fn detection_scores_follow_from_the_answers() {
     let dir = tempfile::tempdir().unwrap();
     let cache = common::hand_cache(dir.path());
     // The scorer says every excerpt fires.
-    let (url, _) = serve(|body| {
+    let (url, seen) = serve(|body| {
         let n = user_message(body).matches("Excerpt ").count();
         format!("{:?}", vec![1; n])
     });
@@ -189,9 +189,34 @@ fn detection_scores_follow_from_the_answers() {
         (0.2, 0.2, 1.0)
     );
     assert!((three.f1 - 1.0 / 3.0).abs() < 1e-12);
-    // Latent 7 fires once, in its top context: only quiet windows, all wrongly judged.
+    // Latent 7 fires once, in its top context: nothing to score on, and nothing asked.
     let seven = &scores[common::HOOK][&7];
-    assert_eq!((seven.activating, seven.accuracy, seven.f1), (0, 0.0, 0.0));
+    assert!(
+        seven
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("fires nowhere apart from its 1 top contexts")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // A later run on latent 3 alone keeps latent 7's entry.
+    let only_three = [(common::HOOK.to_string(), [(3, "fish!".to_string())].into())].into();
+    let again = score_explanations(&cache, &only_three, &client, &out, &config, &mut |_, _| {});
+    let again = &again.unwrap()[common::HOOK];
+    assert_eq!((again[&3].explanation.as_str(), again.len()), ("fish!", 2));
+    // No excerpt where a latent fires: nothing to score on.
+    let none = ScoreConfig {
+        sampling: SamplingConfig {
+            random: 0,
+            ..config.sampling.clone()
+        },
+    };
+    let err = score_explanations(&cache, &only_three, &client, &out, &none, &mut |_, _| {});
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("at least 1 activating excerpt")
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn top_contexts_are_the_most_activating_windows_without_overlap() {
         (three.max_activation, three.mean_activation),
         (2.0, 3.5 / 3.0)
     );
-    // (1, 5) first; then (0, 2); (0, 3) lies within one token of (0, 2) and is left out.
+    // (1, 5) first; then (0, 2); (0, 3)'s window would share tokens with (0, 2)'s: left out.
     let places: Vec<(usize, usize)> = three.top.iter().map(|c| (c.sequence, c.position)).collect();
     assert_eq!(places, [(1, 5), (0, 2)]);
     assert_eq!(
@@ -53,7 +53,14 @@ fn top_contexts_are_the_most_activating_windows_without_overlap() {
 #[test]
 fn the_dashboard_links_every_latent_and_escapes_explanations() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = hand_cache(dir.path());
+    let cache = hand_cache(&dir.path().join("cache"));
+    // Not into the cache: copying its images onto themselves would empty them.
+    let sampling = SamplingConfig::default();
+    let err = write_dashboard(&cache, None, &dir.path().join("cache/dash"), &sampling).unwrap_err();
+    assert!(
+        err.to_string().contains("is the cache folder or inside it"),
+        "{err}"
+    );
     let out = dir.path().join("dash");
     let explanations = BTreeMap::from([(
         HOOK.to_string(),

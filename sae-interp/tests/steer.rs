@@ -160,6 +160,12 @@ fn bad_pairs_and_latents_are_refused() {
     }
     let model = model(&["model.layers.0"]);
     let (path, sae) = steered_sae(&model, None).unwrap();
+    // A coefficient that overflows f32 in the output is an error once the pass is over.
+    let mut hooks = SteeringHooks::new(path, sae, add(&["1=3e38", "2=3e38"])).unwrap();
+    let x = Tensor::<B, 3>::from_data([[[2.0, 1.0]]], &Default::default());
+    model.model().forward_hooked(x, &mut hooks);
+    let err = hooks.finish().err().unwrap().to_string();
+    assert_eq!(err, "the steered output contains NaN or infinite values");
     let err = SteeringHooks::new(path, sae, clamp(&["3=1"]))
         .err()
         .unwrap();

@@ -64,9 +64,9 @@ pub fn data_loader<'a>(
 }
 
 /// A loader that reads `dataset` once, in file order (evaluation, caching): `batch_size`
-/// sequences a batch, packed text contexts of `context` tokens or chats of at most `max_len`
-/// (cut, for a model of `model_context` positions), a vision-language model's images
-/// processed by `images`.
+/// sequences a batch (the last batch may hold fewer), packed text contexts of `context` tokens
+/// or chats of at most `max_len` (cut, for a model of `model_context` positions), a
+/// vision-language model's images processed by `images`.
 pub fn in_order_loader<'a>(
     dataset: &'a Dataset,
     tokenizer: &'a Tokenizer,
@@ -79,7 +79,8 @@ pub fn in_order_loader<'a>(
         shuffle: false,
         ..StreamConfig::default()
     };
-    let loader = Loader::new(dataset, tokenizer, stream, batching, batch_size, None)?;
+    let loader = Loader::new(dataset, tokenizer, stream, batching, batch_size, None)?
+        .with_last_partial_batch();
     Ok(match images {
         Some(images) => loader.with_image_tokens(images),
         None => loader,

@@ -49,6 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         batches: args.batches,
         batch_size: args.read.batch_size,
         context: args.read.context,
+        max_len: args.read.max_len,
         exclude_special_tokens: args.read.exclude_special_tokens,
         skip_first_tokens: args.read.skip_first_tokens,
         ..CacheConfig::default()

@@ -9,6 +9,10 @@ pub struct ReadArgs {
     /// Tokens per packed context (text data).
     #[arg(long, default_value_t = 256)]
     pub context: usize,
+    /// Longest sequence in tokens (chat data; at most the model's context): longer text-only
+    /// chats are cut, a longer chat with images stops the command.
+    #[arg(long, value_name = "T", default_value_t = 2048)]
+    pub max_len: usize,
     /// Leave special tokens out of the SAE's tokens.
     #[arg(long)]
     pub exclude_special_tokens: bool,

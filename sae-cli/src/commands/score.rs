@@ -10,7 +10,8 @@ use sae_interp::{
 /// Score the explanations of `sae explain` by detection: a chat model behind an
 /// OpenAI-compatible API reads each explanation and a shuffled mix of excerpts where the latent
 /// fires and where it does not, and says where it would fire. Writes OUT/scores.json (per hook
-/// point and latent: accuracy, precision, recall, F1) and prints the mean of each.
+/// point and latent: accuracy, precision, recall, F1; a latent that cannot be scored gets an
+/// `error`) and prints the mean of each over the scored latents of the file.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   sae score --cache cache/smollm2 --explanations explanations/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --out scores/smollm2")]
@@ -73,12 +74,13 @@ pub fn run(args: Args) -> Result<()> {
     )
     .context("cannot score the explanations")?;
     let all: Vec<_> = scores.values().flat_map(|s| s.values()).collect();
+    let scored: Vec<_> = all.iter().filter(|s| s.error.is_none()).collect();
     let mean = |f: fn(&sae_interp::LatentScore) -> f64| {
-        all.iter().map(|s| f(s)).sum::<f64>() / all.len().max(1) as f64
+        scored.iter().map(|s| f(s)).sum::<f64>() / scored.len().max(1) as f64
     };
     let summary = serde_json::json!({
-        "scored": all.len(),
-        "unusable_answers": all.iter().filter(|s| s.error.is_some()).count(),
+        "scored": scored.len(),
+        "not_scored": all.len() - scored.len(),
         "accuracy": mean(|s| s.accuracy),
         "precision": mean(|s| s.precision),
         "recall": mean(|s| s.recall),
