@@ -2,6 +2,8 @@
 //! vLLM, SGLang, llama.cpp's server, Ollama and OpenAI serve them: the explainer and scorer
 //! models of `sae explain` and `sae score`.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
@@ -111,5 +113,75 @@ impl ChatClient {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| failed("the answer has no choices[0].message.content".into()))
+    }
+}
+
+/// Runs `ask` on every item on up to `concurrency` threads (requests to the API overlap) and
+/// hands each result to `done` on the calling thread as it comes, in any order. The first error
+/// (of `ask` or `done`) stops handing out items and is returned once the threads end.
+pub fn ask_concurrently<T: Sync, R: Send>(
+    items: &[T],
+    concurrency: usize,
+    ask: impl Fn(&T) -> Result<R> + Sync,
+    mut done: impl FnMut(&T, R) -> Result<()>,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (sender, results) = mpsc::channel();
+        for _ in 0..concurrency.clamp(1, items.len().max(1)) {
+            let (sender, next, failed, ask) = (sender.clone(), &next, &failed, &ask);
+            scope.spawn(move || {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = ask(item);
+                    failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                    if sender.send((i, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let mut first_error = None;
+        for (i, result) in results {
+            if let Err(e) = result.and_then(|r| done(&items[i], r)) {
+                failed.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_is_asked_once_and_the_first_error_stops_the_rest() {
+        let items: Vec<usize> = (0..20).collect();
+        let mut got = Vec::new();
+        let double = |&i: &usize| Ok(2 * i);
+        ask_concurrently(&items, 4, double, |&i, r| {
+            got.push((i, r));
+            Ok(())
+        })
+        .unwrap();
+        got.sort();
+        assert_eq!(got, (0..20).map(|i| (i, 2 * i)).collect::<Vec<_>>());
+        let fail_at_5 = |&i: &usize| match i {
+            5 => Err(InterpError::Invalid("item 5".into())),
+            i => Ok(i),
+        };
+        let mut done = 0;
+        let err = ask_concurrently(&items, 1, fail_at_5, |_, _| {
+            done += 1;
+            Ok(())
+        });
+        assert_eq!(err.unwrap_err().to_string(), "item 5");
+        // One thread: items 0 to 4 were done, nothing after the error was asked.
+        assert_eq!(done, 5);
     }
 }

@@ -11,7 +11,7 @@ use sae_core::SaeError;
 use sae_core::tensor_file::write_json;
 
 use crate::cache::Cache;
-use crate::chat_client::{ChatClient, Message};
+use crate::chat_client::{ChatClient, Message, ask_concurrently};
 use crate::error::{InterpError, Result};
 use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::{EXPLANATIONS_FILE, Explanations, read_explanations};
@@ -25,6 +25,8 @@ pub struct ExplainConfig {
     pub sampling: SamplingConfig,
     /// Explain at most this many latents per hook point (the first that fired, by index).
     pub max_latents: Option<usize>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
 }
 
 impl Default for ExplainConfig {
@@ -35,6 +37,7 @@ impl Default for ExplainConfig {
                 ..SamplingConfig::default()
             },
             max_latents: None,
+            concurrency: 4,
         }
     }
 }
@@ -79,28 +82,30 @@ pub fn explain_latents(
     let mut summary = ExplainSummary::default();
     for hook in cache.info.hooks.keys() {
         let latents = latent_examples(cache, hook, &config.sampling)?;
-        let latents = latents
-            .iter()
-            .take(config.max_latents.unwrap_or(usize::MAX));
-        for latent in latents {
-            if explanations
+        let latents = &latents[..latents.len().min(config.max_latents.unwrap_or(usize::MAX))];
+        let known = |l: &LatentExamples| {
+            explanations
                 .get(hook)
-                .is_some_and(|e| e.contains_key(&latent.latent))
-            {
-                summary.kept += 1;
-                continue;
-            }
+                .is_some_and(|e| e.contains_key(&l.latent))
+        };
+        let asked: Vec<&LatentExamples> = latents.iter().filter(|l| !known(l)).collect();
+        summary.kept += latents.len() - asked.len();
+        let ask = |latent: &&LatentExamples| {
             let answer = client.complete(&explainer_prompt(cache, latent)?)?;
-            let explanation = parse_explanation(&answer).ok_or_else(|| InterpError::Api {
+            parse_explanation(&answer).ok_or_else(|| InterpError::Api {
                 url: client.base_url.clone(),
                 reason: format!("the explanation of latent {} is empty", latent.latent),
-            })?;
+            })
+        };
+        let done = |latent: &&LatentExamples, explanation: String| {
             let hook_explanations = explanations.entry(hook.clone()).or_default();
             hook_explanations.insert(latent.latent, explanation);
             write_json(&out.join(EXPLANATIONS_FILE), &explanations)?;
             summary.explained += 1;
             progress(hook, latent.latent);
-        }
+            Ok(())
+        };
+        ask_concurrently(&asked, config.concurrency, ask, done)?;
     }
     if summary.explained == 0 && summary.kept == 0 {
         write_json(&out.join(EXPLANATIONS_FILE), &explanations)?;

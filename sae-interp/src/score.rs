@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use sae_core::tensor_file::{read_json, write_json};
 
 use crate::cache::Cache;
-use crate::chat_client::{ChatClient, Message};
+use crate::chat_client::{ChatClient, Message, ask_concurrently};
 use crate::error::{InterpError, Result};
-use crate::examples::{Context, SamplingConfig, latent_examples};
+use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::Explanations;
 
 /// The file `sae score` writes.
@@ -30,6 +30,8 @@ pub struct ScoreConfig {
     /// `window` and `seed`; `top` as when the explanations were made, so those contexts are
     /// left out.
     pub sampling: SamplingConfig,
+    /// Requests in flight at once.
+    pub concurrency: usize,
 }
 
 impl Default for ScoreConfig {
@@ -41,6 +43,7 @@ impl Default for ScoreConfig {
                 images: 0,
                 ..SamplingConfig::default()
             },
+            concurrency: 4,
         }
     }
 }
@@ -109,45 +112,53 @@ pub fn score_explanations(
             continue;
         }
         let latents = latent_examples(cache, hook, sampling)?;
-        for latent in latents.iter().filter(|l| explained.contains_key(&l.latent)) {
-            let explanation = &explained[&latent.latent];
-            scored += 1;
-            if latent.random.is_empty() {
-                let reason = format!(
-                    "it fires nowhere apart from its {} top contexts: nothing to score on",
-                    latent.top.len()
-                );
-                let score = LatentScore {
-                    error: Some(reason),
-                    ..detection_score(explanation, &[], &[])
-                };
-                scores
-                    .entry(hook.clone())
-                    .or_default()
-                    .insert(latent.latent, score);
-                continue;
-            }
+        let explained: Vec<(&LatentExamples, &String)> = (latents.iter())
+            .filter_map(|l| explained.get(&l.latent).map(|e| (l, e)))
+            .collect();
+        scored += explained.len();
+        let (scorable, unscorable): (Vec<_>, Vec<_>) = explained
+            .into_iter()
+            .partition(|(l, _)| !l.random.is_empty());
+        for (latent, explanation) in unscorable {
+            let reason = format!(
+                "it fires nowhere apart from its {} top contexts: nothing to score on",
+                latent.top.len()
+            );
+            let score = LatentScore {
+                error: Some(reason),
+                ..detection_score(explanation, &[], &[])
+            };
+            scores
+                .entry(hook.clone())
+                .or_default()
+                .insert(latent.latent, score);
+        }
+        let ask = |&(latent, explanation): &(&LatentExamples, &String)| {
             let mut excerpts: Vec<(&Context, bool)> = (latent.random.iter().map(|c| (c, true)))
                 .chain(latent.non_activating.iter().map(|c| (c, false)))
                 .collect();
-            let mut rng = ChaCha8Rng::seed_from_u64(config.sampling.seed ^ latent.latent as u64);
+            let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed ^ latent.latent as u64);
             excerpts.shuffle(&mut rng);
             let answer = client.complete(&scorer_prompt(cache, explanation, &excerpts))?;
             let truth: Vec<bool> = excerpts.iter().map(|e| e.1).collect();
-            let score = match parse_judgements(&answer, excerpts.len()) {
+            Ok(match parse_judgements(&answer, excerpts.len()) {
                 Ok(judged) => detection_score(explanation, &truth, &judged),
                 Err(reason) => LatentScore {
                     error: Some(reason),
                     ..detection_score(explanation, &truth, &vec![false; truth.len()]).zeroed()
                 },
-            };
+            })
+        };
+        let done = |&(latent, _): &(&LatentExamples, &String), score: LatentScore| {
             scores
                 .entry(hook.clone())
                 .or_default()
                 .insert(latent.latent, score);
             write_json(&file, &scores)?;
             progress(hook, latent.latent);
-        }
+            Ok(())
+        };
+        ask_concurrently(&scorable, config.concurrency, ask, done)?;
     }
     if scored == 0 {
         let explained: usize = explanations.values().map(|e| e.len()).sum();

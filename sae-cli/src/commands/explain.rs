@@ -40,6 +40,9 @@ pub struct Args {
     /// red (Qwen2-VL caches; the explainer model must take images).
     #[arg(long, value_name = "N", default_value_t = 0)]
     images: usize,
+    /// Requests in flight at once (the API server answers them in parallel).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    concurrency: usize,
     /// The folder for explanations.json (kept explanations are not asked again).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -56,6 +59,7 @@ pub fn run(args: Args) -> Result<()> {
             ..SamplingConfig::default()
         },
         max_latents: args.max_latents,
+        concurrency: args.concurrency,
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "explained");
     let summary = explain_latents(&cache, &client, &args.out, &config, &mut progress)

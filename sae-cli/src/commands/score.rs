@@ -44,6 +44,9 @@ pub struct Args {
     /// Seeds the choice and order of the excerpts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Requests in flight at once (the API server answers them in parallel).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    concurrency: usize,
     /// The folder for scores.json.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -62,6 +65,7 @@ pub fn run(args: Args) -> Result<()> {
             seed: args.seed,
             images: 0,
         },
+        concurrency: args.concurrency,
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "scored");
     let scores = score_explanations(
