@@ -421,4 +421,54 @@ fn train_saes_on_both_towers_of_llava_onevision() {
             .unwrap()
             .is_finite()
     );
+
+    // Cached, each (tiled) image is placed on its reassembled tile map: after the whole-image
+    // view's 16 tokens, rows ending in a newline token, in the image's own aspect ratio.
+    let (cache, model, sae) = (
+        dir.path().join("cache"),
+        fixture("llava_onevision_tiny"),
+        out.join("sae"),
+    );
+    let mut args = vec![
+        "cache",
+        "--model",
+        s(&model),
+        "--sae",
+        s(&sae),
+        "--data",
+        s(&data),
+    ];
+    args.extend(["--batches", "1", "--batch-size", "2", "--out", s(&cache)]);
+    ok(&args);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("cache.json")).unwrap()).unwrap();
+    let image_token = info["image_token"].as_i64().unwrap();
+    let ids = common::ints(&cache.join("tokens.safetensors"), "input_ids");
+    let starts = common::ints(&cache.join("tokens.safetensors"), "sequence_starts");
+    let placed = info["images"].as_array().unwrap();
+    assert_eq!(placed.len(), 2);
+    for (i, name) in ["image1", "image2"].iter().enumerate() {
+        let p = &placed[i];
+        let get = |key: &str| p[key].as_u64().unwrap() as usize;
+        let (rows, cols) = (get("rows"), get("cols"));
+        assert_eq!((get("sequence"), get("stride")), (i, cols + 1));
+        let sequence = &ids[starts[i] as usize..starts[i + 1] as usize];
+        let run = sequence.iter().position(|&id| id == image_token).unwrap();
+        let len = sequence[run..]
+            .iter()
+            .take_while(|&&id| id == image_token)
+            .count();
+        assert_eq!(
+            (get("start"), len),
+            (run + 16, 16 + rows * (cols + 1)),
+            "{name}"
+        );
+        let img = sae_models::load_image(&fixture(&format!("image_processors/images/{name}.png")))
+            .unwrap();
+        let aspect = f64::from(img.width()) / f64::from(img.height());
+        assert!(
+            (cols as f64 - rows as f64 * aspect).abs() <= 1.0,
+            "{name}: {rows} x {cols}, aspect {aspect}"
+        );
+    }
 }

@@ -10,7 +10,7 @@
 //!   dataset shard and row each sequence starts with), all int64;
 //! - `latents/<hook path>/NNNNN.safetensors`: `locations [n, 3]` (sequence, position in it,
 //!   latent; int64) and `activations [n]` (f32), in shards of at most `shard_records`;
-//! - `images/NNNNNN.<ext>`: the images of Qwen2-VL sequences, placed among their tokens in
+//! - `images/NNNNNN.<ext>`: the images of the cached sequences, placed among their tokens in
 //!   `cache.json` (see [`image_grid`](crate::image_grid)).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -206,9 +206,9 @@ impl Run<'_> {
             let input = M::input(&batch, device);
             M::logits(sae_model.model().forward_hooked(input, &mut capture))?;
             let places = tokens.push(&batch);
-            if let Some(token) = image_token {
+            if let Some(model) = images {
                 let first = tokens.sequences() - batch.batch_size;
-                for placed in place_images(&batch, token) {
+                for placed in place_images(&batch, model) {
                     let n = placed_images.len();
                     let file = format!("images/{n:06}.{}", image_extension(placed.bytes));
                     write_atomic(&self.out.join(&file), placed.bytes)?;
@@ -487,9 +487,10 @@ impl Cache {
         let mut images_by_sequence: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, image) in info.images.iter().enumerate() {
             let s = image.sequence;
-            let end = (image.rows.checked_mul(image.cols)).and_then(|n| n.checked_add(image.start));
             let fits = s < info.sequences
-                && end.is_some_and(|end| end <= sequence_starts[s + 1] - sequence_starts[s]);
+                && image.cols <= image.stride
+                && (image.end())
+                    .is_some_and(|end| end <= sequence_starts[s + 1] - sequence_starts[s]);
             // Image files lie inside the cache: no absolute path, no `..`.
             let inside = (Path::new(&image.file).components())
                 .all(|c| matches!(c, std::path::Component::Normal(_)));

@@ -1,56 +1,66 @@
 //! Where images lie among a cached sequence's tokens, so a latent's activations on image tokens
-//! can be drawn over the image as a heatmap (Multimodal-SAE's image-region view). Qwen2-VL and
-//! Qwen2.5-VL give one image token per `m x m` merged patches, in raster order: an image's
-//! tokens are a `rows x cols` grid of its regions. LLaVA-OneVision's tiled layout (base image,
-//! crops, newline tokens) is not placed.
+//! can be drawn over the image as a heatmap (Multimodal-SAE's image-region view). The model says
+//! which of an image's tokens form a grid over it ([`TokenGrid`]): Qwen2-VL's one token per
+//! merged patch block, in raster order; LLaVA-OneVision's reassembled tile map (after the
+//! whole-image view, each row ending in an `image_newline`).
 
 use sae_data::Batch;
-use sae_models::ProcessedImages;
+use sae_models::{ImageTokens, TokenGrid};
 use serde::{Deserialize, Serialize};
 
-/// One cached image and the grid of tokens it became.
+/// One cached image and the grid of its tokens over it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagePlacement {
     /// The image file, relative to the cache folder.
     pub file: String,
     /// The cached sequence holding it.
     pub sequence: usize,
-    /// The position of its first token in the sequence.
+    /// The position of the grid's first token in the sequence.
     pub start: usize,
     /// Token rows (top to bottom).
     pub rows: usize,
-    /// Token columns (left to right).
+    /// Tokens per row (left to right).
     pub cols: usize,
+    /// Positions from one row's start to the next's (`cols`, or more where rows end in tokens
+    /// that are no region).
+    pub stride: usize,
 }
 
 impl ImagePlacement {
-    /// The grid cell of position `p` of the sequence, if it is one of the image's tokens.
+    /// The grid cell (row-major, `rows x cols`) of position `p` of the sequence, if that token
+    /// is one of the grid's.
     pub fn cell(&self, p: usize) -> Option<usize> {
-        let cells = self.rows.saturating_mul(self.cols);
-        p.checked_sub(self.start).filter(|&cell| cell < cells)
+        let q = p.checked_sub(self.start)?;
+        let (row, col) = (q / self.stride.max(1), q % self.stride.max(1));
+        (row < self.rows && col < self.cols).then(|| row * self.cols + col)
+    }
+
+    /// One past the last position of the grid (`None` when that overflows).
+    pub fn end(&self) -> Option<usize> {
+        let last_row = self.rows.checked_sub(1)?.checked_mul(self.stride)?;
+        self.start.checked_add(last_row)?.checked_add(self.cols)
     }
 }
 
-/// A batch image placed in its sequence: the placement (without a file yet), its sequence in
-/// the batch and its encoded bytes.
+/// A batch image placed in its sequence: the placement (its file and cached sequence still to
+/// fill in), its sequence in the batch and its encoded bytes.
 pub struct Placed<'a> {
     /// Sequence index within the batch.
     pub batch_sequence: usize,
-    /// Where it lies (sequence and file are filled in by the cache).
+    /// Where its grid lies in that sequence's real tokens.
     pub placement: ImagePlacement,
     /// The encoded image, as the dataset holds it.
     pub bytes: &'a [u8],
 }
 
-/// The images of a Qwen2-VL `batch` placed among its sequences' real tokens: each sequence's
-/// runs of `image_token` are its images in order, `t x h x w` patches merged `m x m` into the
-/// run's tokens. Images whose run does not fit their grid (a truncated sequence, video frames)
-/// are left out.
-pub fn place_images(batch: &Batch, image_token: i64) -> Vec<Placed<'_>> {
-    let Some(ProcessedImages::Qwen2Vl { image_grid_thw, .. }) = &batch.vision else {
+/// The images of `batch` whose token grid `model` knows, placed among their sequences' real
+/// tokens: each sequence's runs of the image token are its images in order. An image whose run
+/// cannot hold its grid (a truncated sequence) is left out.
+pub fn place_images<'a>(batch: &'a Batch, model: &dyn ImageTokens) -> Vec<Placed<'a>> {
+    let Some(vision) = &batch.vision else {
         return Vec::new();
     };
-    let mut grids = image_grid_thw.iter();
+    let mut grids = model.token_grids(vision).into_iter();
     let mut placed = Vec::new();
     let t = batch.seq_len;
     for s in 0..batch.batch_size {
@@ -58,21 +68,14 @@ pub fn place_images(batch: &Batch, image_token: i64) -> Vec<Placed<'_>> {
             .filter(|&i| batch.attention_mask[i] != 0)
             .map(|i| batch.input_ids[i])
             .collect();
-        let runs = runs_of(&real, image_token);
+        let runs = runs_of(&real, model.image_token());
         for (i, bytes) in batch.images[s].iter().enumerate() {
-            // Every image has a grid, placed or not: take it first.
-            let grid = grids.next();
+            // Every image has an entry, placed or not: take it first.
+            let grid = grids.next().flatten();
             let (Some(grid), Some(&(start, len))) = (grid, runs.get(i)) else {
                 continue;
             };
-            if let Some((rows, cols)) = merged_grid(*grid, len) {
-                let placement = ImagePlacement {
-                    file: String::new(),
-                    sequence: 0,
-                    start,
-                    rows,
-                    cols,
-                };
+            if let Some(placement) = placement(grid, start, len) {
                 placed.push(Placed {
                     batch_sequence: s,
                     placement,
@@ -82,6 +85,20 @@ pub fn place_images(batch: &Batch, image_token: i64) -> Vec<Placed<'_>> {
         }
     }
     placed
+}
+
+/// `grid` placed in a run of `len` image tokens at `start`, if it fits there.
+fn placement(grid: TokenGrid, start: usize, len: usize) -> Option<ImagePlacement> {
+    let placement = ImagePlacement {
+        file: String::new(),
+        sequence: 0,
+        start: start.checked_add(grid.offset)?,
+        rows: grid.rows,
+        cols: grid.cols,
+        stride: grid.stride,
+    };
+    let fits = grid.cols <= grid.stride && placement.end()? <= start.checked_add(len)?;
+    fits.then_some(placement)
 }
 
 /// The `(start, length)` of each maximal run of `token` in `ids`.
@@ -97,18 +114,6 @@ fn runs_of(ids: &[i64], token: i64) -> Vec<(usize, usize)> {
         }
     }
     runs
-}
-
-/// The `rows x cols` token grid of an image of `[t, h, w]` patches that became `tokens` tokens:
-/// `h x w` patches merged `m x m` with `m^2 = h w / tokens`; `None` for video (`t > 1`) or a
-/// count that no square merge gives.
-fn merged_grid([t, h, w]: [usize; 3], tokens: usize) -> Option<(usize, usize)> {
-    if t != 1 || tokens == 0 || (h * w) % tokens != 0 {
-        return None;
-    }
-    let m2 = h * w / tokens;
-    let m = (1..=m2).find(|m| m * m >= m2).filter(|m| m * m == m2)?;
-    (h % m == 0 && w % m == 0).then(|| (h / m, w / m))
 }
 
 /// The file extension of an encoded image, from its first bytes.
@@ -141,13 +146,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_and_grids() {
+    fn runs_grids_and_cells() {
         assert_eq!(runs_of(&[1, 9, 9, 2, 9, 9, 9], 9), [(1, 2), (4, 3)]);
-        // 6 x 8 patches merged 2 x 2: 12 tokens in 3 rows of 4.
-        assert_eq!(merged_grid([1, 6, 8], 12), Some((3, 4)));
-        assert_eq!(merged_grid([1, 6, 8], 48), Some((6, 8)));
-        assert_eq!(merged_grid([1, 6, 8], 10), None);
-        assert_eq!(merged_grid([2, 6, 8], 24), None);
+        // A 2 x 3 grid after 4 whole-view tokens, rows ending in a newline: stride 4.
+        let grid = TokenGrid {
+            offset: 4,
+            rows: 2,
+            cols: 3,
+            stride: 4,
+        };
+        let p = placement(grid, 10, 4 + 2 * 4).unwrap();
+        assert_eq!((p.start, p.end()), (14, Some(21)));
+        let cells: Vec<Option<usize>> = (13..23).map(|q| p.cell(q)).collect();
+        let none = None;
+        assert_eq!(
+            cells,
+            [
+                none,
+                Some(0),
+                Some(1),
+                Some(2),
+                none,
+                Some(3),
+                Some(4),
+                Some(5),
+                none,
+                none
+            ]
+        );
+        // A run too short for its grid (a cut sequence) is not placed.
+        assert_eq!(placement(grid, 10, 10), None);
+        assert!(placement(grid, 10, 11).is_some());
         assert_eq!(image_extension(b"\x89PNG\r\n"), "png");
         assert_eq!(image_extension(b"RIFF\0\0\0\0WEBPVP8"), "webp");
     }

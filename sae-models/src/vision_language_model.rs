@@ -57,6 +57,14 @@ pub enum ProcessedImages {
 }
 
 impl ProcessedImages {
+    /// How many images.
+    pub fn count(&self) -> usize {
+        match self {
+            ProcessedImages::Qwen2Vl { image_grid_thw, .. } => image_grid_thw.len(),
+            ProcessedImages::LlavaOnevision { image_sizes, .. } => image_sizes.len(),
+        }
+    }
+
     /// The pixel values.
     pub fn pixel_values(&self) -> &HostTensor {
         match self {
@@ -318,6 +326,26 @@ pub trait ImageTokens {
 
     /// The processed images of one prompt and how many tokens each takes.
     fn process_images(&self, images: &[DynamicImage]) -> Result<(ProcessedImages, Vec<usize>)>;
+
+    /// For each image of `images`, the grid of its tokens that covers the whole image (for
+    /// drawing what a latent does on each region), if it has one.
+    fn token_grids(&self, images: &ProcessedImages) -> Vec<Option<TokenGrid>>;
+}
+
+/// Tokens of an image that form a grid over the whole image, row by row: `rows x cols` tokens
+/// starting `offset` tokens into the image's tokens, each row `stride` tokens after the one
+/// above (more than `cols` where a row ends in tokens that are no region, as LLaVA-OneVision's
+/// `image_newline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGrid {
+    /// Tokens of the image before the grid.
+    pub offset: usize,
+    /// Token rows, top to bottom.
+    pub rows: usize,
+    /// Tokens per row, left to right.
+    pub cols: usize,
+    /// Tokens from one row's start to the next's.
+    pub stride: usize,
 }
 
 /// `ids` with the `i`-th `image_token` repeated `counts[i]` times: transformers expands the
@@ -440,6 +468,36 @@ impl<B: Backend> ImageTokens for VisionLanguageModel<B> {
                 Ok((images, counts))
             }
             (ImageProcessor::LlavaOnevision(_), _) => Err(other_processor()),
+        }
+    }
+
+    fn token_grids(&self, images: &ProcessedImages) -> Vec<Option<TokenGrid>> {
+        match (images, &self.processor, &self.model) {
+            // One token per `merge x merge` patches, in raster order (single frames only).
+            (ProcessedImages::Qwen2Vl { image_grid_thw, .. }, ImageProcessor::Qwen2Vl(p), _) => {
+                let merge = p.merge_size as usize;
+                (image_grid_thw.iter())
+                    .map(|&[t, h, w]| {
+                        let (rows, cols) = (h / merge, w / merge);
+                        (t == 1).then_some(TokenGrid {
+                            offset: 0,
+                            rows,
+                            cols,
+                            stride: cols,
+                        })
+                    })
+                    .collect()
+            }
+            (
+                ProcessedImages::LlavaOnevision {
+                    image_sizes,
+                    batch_num_images,
+                    ..
+                },
+                _,
+                VisionNetwork::LlavaOnevision(m),
+            ) => m.token_grids(image_sizes, batch_num_images),
+            (images, _, _) => vec![None; images.count()],
         }
     }
 }

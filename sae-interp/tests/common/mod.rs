@@ -71,6 +71,7 @@ pub fn write_cache(dir: &Path, locations: Vec<i64>, activations: Vec<f32>) {
             start: 4,
             rows: 2,
             cols: 2,
+            stride: 2,
         }],
     };
     std::fs::create_dir_all(dir.join("images")).unwrap();

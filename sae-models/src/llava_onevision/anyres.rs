@@ -14,6 +14,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use super::config::LlavaOnevisionConfig;
 use crate::image_processor::select_best_resolution;
+use crate::vision_language_model::TokenGrid;
 
 /// Where one image's tokens come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +79,30 @@ impl ImageLayout {
             Some(g) => {
                 let [h, w] = g.resized.unwrap_or([g.rows.len(), g.cols.len()]);
                 patches + h * (w + 1)
+            }
+        }
+    }
+
+    /// The grid of the image's tokens that covers it when each tile gives `patches` features
+    /// (`side x side` for a square grid): the tile map after the whole-image view, or the
+    /// whole-image view of an untiled image.
+    pub(crate) fn token_grid(&self, patches: usize, side: usize) -> Option<TokenGrid> {
+        match &self.grid {
+            None => (patches == side * side).then_some(TokenGrid {
+                offset: 0,
+                rows: side,
+                cols: side,
+                stride: side,
+            }),
+            Some(g) => {
+                let [rows, cols] = g.resized.unwrap_or([g.rows.len(), g.cols.len()]);
+                let stride = cols + 1;
+                Some(TokenGrid {
+                    offset: patches,
+                    rows,
+                    cols,
+                    stride,
+                })
             }
         }
     }

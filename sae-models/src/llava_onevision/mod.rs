@@ -33,6 +33,7 @@ use crate::error::{ModelError, Result};
 use crate::image_processor::LlavaOnevisionImageInputs;
 use crate::qwen2_vl::scatter_image_tokens;
 use crate::tap::{Stopped, Tap, linear};
+use crate::vision_language_model::TokenGrid;
 use crate::weights::Weights;
 
 /// The projector's hook path.
@@ -200,6 +201,23 @@ impl<B: Backend> LlavaOnevision<B> {
         self.layouts_of(image_sizes, batch_num_images)
             .iter()
             .map(|l| l.tokens(patches))
+            .collect()
+    }
+
+    /// Each image's token grid over the whole image: a tiled image's reassembled tile map
+    /// (after the whole-image view, each row ending in an `image_newline`), or the whole-image
+    /// view of an image that is not tiled (when its features are a square grid).
+    pub fn token_grids(
+        &self,
+        image_sizes: &[[usize; 2]],
+        batch_num_images: &[usize],
+    ) -> Vec<Option<TokenGrid>> {
+        let (patches, side) = (
+            self.patches_per_tile(),
+            self.config.vision.patches_per_side(),
+        );
+        (self.layouts_of(image_sizes, batch_num_images).iter())
+            .map(|l| l.token_grid(patches, side))
             .collect()
     }
 
