@@ -132,6 +132,8 @@ pub fn ask_concurrently<T: Sync, R: Send>(
         for _ in 0..concurrency.clamp(1, items.len().max(1)) {
             let (sender, next, failed, ask) = (sender.clone(), &next, &failed, &ask);
             scope.spawn(move || {
+                // A panicking `ask` stops the others too (the scope then re-raises it).
+                let _stop = StopOnPanic(failed);
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
@@ -153,6 +155,17 @@ pub fn ask_concurrently<T: Sync, R: Send>(
         }
         first_error.map_or(Ok(()), Err)
     })
+}
+
+/// Sets its flag when dropped by a panicking thread.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! whole-image view, each row ending in an `image_newline`).
 
 use sae_data::Batch;
-use sae_models::{ImageTokens, TokenGrid};
+use sae_models::{ImageTokenLayout, ImageTokens, TokenGrid};
 use serde::{Deserialize, Serialize};
 
 /// One cached image and the grid of its tokens over it.
@@ -54,28 +54,41 @@ pub struct Placed<'a> {
 }
 
 /// The images of `batch` whose token grid `model` knows, placed among their sequences' real
-/// tokens: each sequence's runs of the image token are its images in order. An image whose run
-/// cannot hold its grid (a truncated sequence) is left out.
+/// tokens: a sequence's image tokens are its images' tokens one image after the other (so
+/// images whose placeholders touch are still told apart). A sequence whose image tokens do not
+/// add up to its images' (a row cut short) places none.
 pub fn place_images<'a>(batch: &'a Batch, model: &dyn ImageTokens) -> Vec<Placed<'a>> {
     let Some(vision) = &batch.vision else {
         return Vec::new();
     };
-    let mut grids = model.token_grids(vision).into_iter();
+    let layouts = model.token_layouts(vision);
+    let held: usize = batch.images.iter().map(Vec::len).sum();
+    if layouts.len() != held {
+        return Vec::new();
+    }
+    let mut layouts = layouts.into_iter();
     let mut placed = Vec::new();
     let t = batch.seq_len;
     for s in 0..batch.batch_size {
-        let real: Vec<i64> = (s * t..(s + 1) * t)
-            .filter(|&i| batch.attention_mask[i] != 0)
-            .map(|i| batch.input_ids[i])
+        let real = (s * t..(s + 1) * t).filter(|&i| batch.attention_mask[i] != 0);
+        let positions: Vec<usize> = (real.enumerate())
+            .filter(|&(_, i)| batch.input_ids[i] == model.image_token())
+            .map(|(p, _)| p)
             .collect();
-        let runs = runs_of(&real, model.image_token());
-        for (i, bytes) in batch.images[s].iter().enumerate() {
-            // Every image has an entry, placed or not: take it first.
-            let grid = grids.next().flatten();
-            let (Some(grid), Some(&(start, len))) = (grid, runs.get(i)) else {
+        let mine: Vec<ImageTokenLayout> = layouts.by_ref().take(batch.images[s].len()).collect();
+        if mine.iter().map(|l| l.tokens).sum::<usize>() != positions.len() {
+            continue;
+        }
+        let mut next = 0;
+        for (layout, bytes) in mine.iter().zip(&batch.images[s]) {
+            let span = &positions[next..next + layout.tokens];
+            next += layout.tokens;
+            // An image's tokens are one unbroken stretch.
+            let unbroken = span.windows(2).all(|w| w[1] == w[0] + 1);
+            let (Some(grid), Some(&start), true) = (layout.grid, span.first(), unbroken) else {
                 continue;
             };
-            if let Some(placement) = placement(grid, start, len) {
+            if let Some(placement) = placement(grid, start, layout.tokens) {
                 placed.push(Placed {
                     batch_sequence: s,
                     placement,
@@ -87,7 +100,7 @@ pub fn place_images<'a>(batch: &'a Batch, model: &dyn ImageTokens) -> Vec<Placed
     placed
 }
 
-/// `grid` placed in a run of `len` image tokens at `start`, if it fits there.
+/// `grid` placed in an image's `len` tokens starting at `start`, if it fits there.
 fn placement(grid: TokenGrid, start: usize, len: usize) -> Option<ImagePlacement> {
     let placement = ImagePlacement {
         file: String::new(),
@@ -99,21 +112,6 @@ fn placement(grid: TokenGrid, start: usize, len: usize) -> Option<ImagePlacement
     };
     let fits = grid.cols <= grid.stride && placement.end()? <= start.checked_add(len)?;
     fits.then_some(placement)
-}
-
-/// The `(start, length)` of each maximal run of `token` in `ids`.
-fn runs_of(ids: &[i64], token: i64) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, &id) in ids.iter().enumerate() {
-        if id != token {
-            continue;
-        }
-        match runs.last_mut() {
-            Some((start, len)) if *start + *len == i => *len += 1,
-            _ => runs.push((i, 1)),
-        }
-    }
-    runs
 }
 
 /// The file extension of an encoded image, from its first bytes.
@@ -144,10 +142,85 @@ pub fn image_extension(bytes: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sae_core::HostTensor;
+    use sae_models::ProcessedImages;
+
+    /// Two images of 4 (a 2 x 2 grid) and 6 tokens (a 2 x 3 grid), image token 9.
+    struct TwoImages;
+
+    impl ImageTokens for TwoImages {
+        fn image_token(&self) -> i64 {
+            9
+        }
+
+        fn process_images(
+            &self,
+            _: &[image::DynamicImage],
+        ) -> sae_models::Result<(ProcessedImages, Vec<usize>)> {
+            unreachable!("placing images processes none")
+        }
+
+        fn token_layouts(&self, _: &ProcessedImages) -> Vec<ImageTokenLayout> {
+            let grid = |rows, cols| TokenGrid {
+                offset: 0,
+                rows,
+                cols,
+                stride: cols,
+            };
+            vec![
+                ImageTokenLayout {
+                    tokens: 4,
+                    grid: Some(grid(2, 2)),
+                },
+                ImageTokenLayout {
+                    tokens: 6,
+                    grid: Some(grid(2, 3)),
+                },
+            ]
+        }
+    }
+
+    fn batch(ids: Vec<i64>) -> Batch {
+        let n = ids.len();
+        Batch {
+            attention_mask: vec![1; n],
+            input_ids: ids,
+            batch_size: 1,
+            seq_len: n,
+            rows: vec![Vec::new()],
+            images: vec![vec![b"first".to_vec(), b"second".to_vec()]],
+            vision: Some(ProcessedImages::Qwen2Vl {
+                pixel_values: HostTensor::f32(vec![0], Vec::new()),
+                image_grid_thw: Vec::new(),
+            }),
+        }
+    }
 
     #[test]
-    fn runs_grids_and_cells() {
-        assert_eq!(runs_of(&[1, 9, 9, 2, 9, 9, 9], 9), [(1, 2), (4, 3)]);
+    fn images_whose_tokens_touch_are_told_apart() {
+        // 1, then the two images' 10 tokens back to back, then 2.
+        let ids: Vec<i64> = std::iter::once(1).chain([9; 10]).chain([2]).collect();
+        let touching = batch(ids);
+        let placed = place_images(&touching, &TwoImages);
+        let got: Vec<(&[u8], usize, usize, usize)> = (placed.iter())
+            .map(|p| {
+                (
+                    p.bytes,
+                    p.placement.start,
+                    p.placement.rows,
+                    p.placement.cols,
+                )
+            })
+            .collect();
+        assert_eq!(got, [(&b"first"[..], 1, 2, 2), (&b"second"[..], 5, 2, 3)]);
+        // Image tokens that do not add up to the images' (a cut row) place nothing.
+        let ids: Vec<i64> = std::iter::once(1).chain([9; 7]).collect();
+        let cut = batch(ids);
+        assert!(place_images(&cut, &TwoImages).is_empty());
+    }
+
+    #[test]
+    fn grids_and_cells() {
         // A 2 x 3 grid after 4 whole-view tokens, rows ending in a newline: stride 4.
         let grid = TokenGrid {
             offset: 4,

@@ -39,7 +39,7 @@ pub use language_model::{LanguageModel, Prompt};
 pub use source::ModelSource;
 pub use tokenizer::{Message, Tokenizer};
 pub use vision_language_model::{
-    ImageProcessor, ImageTokens, ProcessedImages, ProcessedPrompt, TokenGrid, VisionInput,
-    VisionLanguageModel, VisionNetwork, expand_image_tokens, is_vision_language,
+    ImageProcessor, ImageTokenLayout, ImageTokens, ProcessedImages, ProcessedPrompt, TokenGrid,
+    VisionInput, VisionLanguageModel, VisionNetwork, expand_image_tokens, is_vision_language,
 };
 pub use weights::Weights;

@@ -327,9 +327,18 @@ pub trait ImageTokens {
     /// The processed images of one prompt and how many tokens each takes.
     fn process_images(&self, images: &[DynamicImage]) -> Result<(ProcessedImages, Vec<usize>)>;
 
-    /// For each image of `images`, the grid of its tokens that covers the whole image (for
-    /// drawing what a latent does on each region), if it has one.
-    fn token_grids(&self, images: &ProcessedImages) -> Vec<Option<TokenGrid>>;
+    /// For each image of `images`: how many tokens it takes, and which of them form a grid
+    /// over the whole image (for drawing what a latent does on each region).
+    fn token_layouts(&self, images: &ProcessedImages) -> Vec<ImageTokenLayout>;
+}
+
+/// How one image's tokens lie in a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageTokenLayout {
+    /// The image's tokens (its placeholder expanded).
+    pub tokens: usize,
+    /// Which of them form a grid over the image, if any do.
+    pub grid: Option<TokenGrid>,
 }
 
 /// Tokens of an image that form a grid over the whole image, row by row: `rows x cols` tokens
@@ -471,20 +480,24 @@ impl<B: Backend> ImageTokens for VisionLanguageModel<B> {
         }
     }
 
-    fn token_grids(&self, images: &ProcessedImages) -> Vec<Option<TokenGrid>> {
+    fn token_layouts(&self, images: &ProcessedImages) -> Vec<ImageTokenLayout> {
         match (images, &self.processor, &self.model) {
-            // One token per `merge x merge` patches, in raster order (single frames only).
+            // One token per `merge x merge` patches, in raster order (a grid for single frames).
             (ProcessedImages::Qwen2Vl { image_grid_thw, .. }, ImageProcessor::Qwen2Vl(p), _) => {
                 let merge = p.merge_size as usize;
                 (image_grid_thw.iter())
                     .map(|&[t, h, w]| {
                         let (rows, cols) = (h / merge, w / merge);
-                        (t == 1).then_some(TokenGrid {
+                        let grid = TokenGrid {
                             offset: 0,
                             rows,
                             cols,
                             stride: cols,
-                        })
+                        };
+                        ImageTokenLayout {
+                            tokens: t * rows * cols,
+                            grid: (t == 1).then_some(grid),
+                        }
                     })
                     .collect()
             }
@@ -496,8 +509,9 @@ impl<B: Backend> ImageTokens for VisionLanguageModel<B> {
                 },
                 _,
                 VisionNetwork::LlavaOnevision(m),
-            ) => m.token_grids(image_sizes, batch_num_images),
-            (images, _, _) => vec![None; images.count()],
+            ) => m.token_layouts(image_sizes, batch_num_images),
+            // Images of another model's processor: nothing is known of them.
+            _ => Vec::new(),
         }
     }
 }

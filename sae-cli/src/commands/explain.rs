@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 12)]
     window: usize,
     /// Also show the N images each latent fires on most, its activation drawn over them in
-    /// red (Qwen2-VL caches; the explainer model must take images).
+    /// red (caches of vision-language models; the explainer model must take images).
     #[arg(long, value_name = "N", default_value_t = 0)]
     images: usize,
     /// Requests in flight at once (the API server answers them in parallel).

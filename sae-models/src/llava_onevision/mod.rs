@@ -33,7 +33,7 @@ use crate::error::{ModelError, Result};
 use crate::image_processor::LlavaOnevisionImageInputs;
 use crate::qwen2_vl::scatter_image_tokens;
 use crate::tap::{Stopped, Tap, linear};
-use crate::vision_language_model::TokenGrid;
+use crate::vision_language_model::ImageTokenLayout;
 use crate::weights::Weights;
 
 /// The projector's hook path.
@@ -204,20 +204,23 @@ impl<B: Backend> LlavaOnevision<B> {
             .collect()
     }
 
-    /// Each image's token grid over the whole image: a tiled image's reassembled tile map
-    /// (after the whole-image view, each row ending in an `image_newline`), or the whole-image
-    /// view of an image that is not tiled (when its features are a square grid).
-    pub fn token_grids(
+    /// Each image's tokens and their grid over the whole image: a tiled image's reassembled
+    /// tile map (after the whole-image view, each row ending in an `image_newline`), or the
+    /// whole-image view of an image that is not tiled (when its features are a square grid).
+    pub fn token_layouts(
         &self,
         image_sizes: &[[usize; 2]],
         batch_num_images: &[usize],
-    ) -> Vec<Option<TokenGrid>> {
+    ) -> Vec<ImageTokenLayout> {
         let (patches, side) = (
             self.patches_per_tile(),
             self.config.vision.patches_per_side(),
         );
         (self.layouts_of(image_sizes, batch_num_images).iter())
-            .map(|l| l.token_grid(patches, side))
+            .map(|l| ImageTokenLayout {
+                tokens: l.tokens(patches),
+                grid: l.token_grid(patches, side),
+            })
             .collect()
     }
 
