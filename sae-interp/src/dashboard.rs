@@ -1,5 +1,5 @@
 //! Static HTML dashboards (`sae dashboard`): an index of every latent that fired, per hook
-//! point, with its firing frequency, activations, explanation and most activating snippet, and
+//! point, with a histogram of firing frequencies and each latent's frequency, activations, explanation and most activating snippet, and
 //! one page per latent with its top contexts, each token shaded by the latent's activation,
 //! and the images it fires on most, its activation on each image region drawn over them.
 
@@ -66,6 +66,7 @@ pub fn write_dashboard(
             meta.tokens,
             meta.records
         );
+        index.push_str(&density_histogram(&examples));
         index.push_str(
             "<table><tr><th>latent</th><th>firing</th><th>max</th><th>mean</th><th>explanation</th><th>top context</th></tr>\n",
         );
@@ -107,6 +108,51 @@ pub fn write_dashboard(
         index: index_file,
         latent_pages: pages,
     })
+}
+
+/// Lowest firing frequency the density histogram shows, as a power of ten.
+const DENSITY_FLOOR: f64 = -7.0;
+/// Width of a histogram bin, in powers of ten.
+const DENSITY_BIN: f64 = 0.25;
+
+/// An SVG histogram of the latents' firing frequencies on a log scale (the feature density
+/// plot of SAE dashboards): one bar per bin of `DENSITY_BIN` powers of ten that holds latents.
+fn density_histogram(examples: &[LatentExamples]) -> String {
+    let bins = (-DENSITY_FLOOR / DENSITY_BIN) as usize;
+    let mut counts = vec![0usize; bins];
+    for latent in examples {
+        let at = ((latent.frequency.log10() - DENSITY_FLOOR) / DENSITY_BIN).floor();
+        counts[(at.max(0.0) as usize).min(bins - 1)] += 1;
+    }
+    let tallest = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let (bar, height) = (12.0, 80.0);
+    let mut svg = format!(
+        "<p>Firing frequency (log10, {DENSITY_FLOOR} to 0):</p><svg width=\"{}\" height=\"{}\" role=\"img\">",
+        bar * bins as f64,
+        height + 14.0
+    );
+    for (i, &count) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+        let h = height * count as f64 / tallest;
+        let lo = DENSITY_FLOOR + i as f64 * DENSITY_BIN;
+        let _ = write!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{h:.1}\" fill=\"#c60\"><title>{count} latents fire on 10^{lo:.2} to 10^{:.2} of tokens</title></rect>",
+            i as f64 * bar,
+            height - h,
+            bar - 1.0,
+            lo + DENSITY_BIN
+        );
+    }
+    for power in (DENSITY_FLOOR as i32)..=0 {
+        let x = (f64::from(power) - DENSITY_FLOOR) / DENSITY_BIN * bar;
+        let _ = write!(
+            svg,
+            "<text x=\"{x}\" y=\"{}\" font-size=\"10\">{power}</text>",
+            height + 12.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// Whether `path` is `dir` or lies inside it (through links and relative paths; a path that

@@ -228,32 +228,21 @@ fn detection_scores_follow_from_the_answers() {
 fn an_unreachable_or_failing_server_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cache: Cache = common::hand_cache(dir.path());
-    let client = ChatClient::new("http://127.0.0.1:9/v1", "m");
-    let err = explain_latents(
-        &cache,
-        &client,
-        dir.path(),
-        &ExplainConfig::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let explain = |url: &str| {
+        let client = ChatClient::new(url, "m");
+        let config = ExplainConfig::default();
+        explain_latents(&cache, &client, dir.path(), &config, &mut |_, _| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let err = explain("http://127.0.0.1:9/v1");
     assert!(
-        err.to_string()
-            .starts_with("the chat API at http://127.0.0.1:9/v1/chat/completions failed"),
+        err.starts_with("the chat API at http://127.0.0.1:9/v1/chat/completions failed"),
         "{err}"
     );
     let (url, _) = serve(|_| "   ".to_string());
-    let client = ChatClient::new(&url, "m");
-    let err = explain_latents(
-        &cache,
-        &client,
-        dir.path(),
-        &ExplainConfig::default(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
     // Both latents are asked at once: either may fail first.
-    let err = err.to_string();
+    let err = explain(&url);
     assert!(
         err.contains("the explanation of latent 3 is empty")
             || err.contains("the explanation of latent 7 is empty"),

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use sae_interp::{Cache, ChatClient, ExplainConfig, SamplingConfig, explain_latents};
+use sae_interp::{Cache, ExplainConfig, SamplingConfig, explain_latents};
+
+use super::api_args::ApiArgs;
 
 /// Explain the latents of a cache (`sae cache`) with a chat model behind an OpenAI-compatible
 /// API (vLLM, SGLang, llama.cpp, Ollama, OpenAI): each latent's top contexts, activating tokens
@@ -21,12 +23,8 @@ pub struct Args {
     /// A cache folder written by `sae cache`.
     #[arg(long, value_name = "DIR")]
     cache: PathBuf,
-    /// The API's base URL (its /chat/completions is called).
-    #[arg(long, value_name = "URL")]
-    base_url: String,
-    /// The explainer model's name on that server.
-    #[arg(long, value_name = "NAME")]
-    model: String,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Explain at most N latents per hook point (the first that fired, by index).
     #[arg(long, value_name = "N")]
     max_latents: Option<usize>,
@@ -40,9 +38,6 @@ pub struct Args {
     /// red (caches of vision-language models; the explainer model must take images).
     #[arg(long, value_name = "N", default_value_t = 0)]
     images: usize,
-    /// Requests in flight at once (the API server answers them in parallel).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    concurrency: usize,
     /// The folder for explanations.json (kept explanations are not asked again).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -50,7 +45,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cache = Cache::open(&args.cache)?;
-    let client = ChatClient::new(&args.base_url, &args.model);
+    let client = args.api.client();
     let config = ExplainConfig {
         sampling: SamplingConfig {
             top: args.top,
@@ -59,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             ..SamplingConfig::default()
         },
         max_latents: args.max_latents,
-        concurrency: args.concurrency,
+        concurrency: args.api.concurrency,
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "explained");
     let summary = explain_latents(&cache, &client, &args.out, &config, &mut progress)

@@ -1,6 +1,7 @@
 //! One module per subcommand: argument parsing and wiring to the libraries.
 
 pub mod activations;
+mod api_args;
 pub mod cache;
 pub mod convert;
 pub mod dashboard;

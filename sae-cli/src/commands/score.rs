@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use sae_interp::{
-    Cache, ChatClient, SamplingConfig, ScoreConfig, read_explanations, score_explanations,
-};
+use sae_interp::{Cache, SamplingConfig, ScoreConfig, read_explanations, score_explanations};
+
+use super::api_args::ApiArgs;
 
 /// Score the explanations of `sae explain` by detection: a chat model behind an
 /// OpenAI-compatible API reads each explanation and a shuffled mix of excerpts where the latent
@@ -22,12 +22,8 @@ pub struct Args {
     /// A folder holding explanations.json.
     #[arg(long, value_name = "DIR")]
     explanations: PathBuf,
-    /// The API's base URL (its /chat/completions is called).
-    #[arg(long, value_name = "URL")]
-    base_url: String,
-    /// The scorer model's name on that server.
-    #[arg(long, value_name = "NAME")]
-    model: String,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Excerpts where the latent fires, per latent (drawn at random, apart from the --top
     /// contexts the explainer saw).
     #[arg(long, default_value_t = 10)]
@@ -44,9 +40,6 @@ pub struct Args {
     /// Seeds the choice and order of the excerpts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Requests in flight at once (the API server answers them in parallel).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    concurrency: usize,
     /// The folder for scores.json.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -55,7 +48,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let cache = Cache::open(&args.cache)?;
     let explanations = read_explanations(&args.explanations)?;
-    let client = ChatClient::new(&args.base_url, &args.model);
+    let client = args.api.client();
     let config = ScoreConfig {
         sampling: SamplingConfig {
             top: args.top,
@@ -65,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
             seed: args.seed,
             images: 0,
         },
-        concurrency: args.concurrency,
+        concurrency: args.api.concurrency,
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "scored");
     let scores = score_explanations(
