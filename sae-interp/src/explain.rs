@@ -25,6 +25,8 @@ pub struct ExplainConfig {
     pub sampling: SamplingConfig,
     /// Explain at most this many latents per hook point (the first that fired, by index).
     pub max_latents: Option<usize>,
+    /// Explain only these latents (of every hook point), when given.
+    pub latents: Option<Vec<usize>>,
     /// Requests in flight at once.
     pub concurrency: usize,
 }
@@ -37,6 +39,7 @@ impl Default for ExplainConfig {
                 ..SamplingConfig::default()
             },
             max_latents: None,
+            latents: None,
             concurrency: 4,
         }
     }
@@ -82,6 +85,23 @@ pub fn explain_latents(
     let mut summary = ExplainSummary::default();
     for hook in cache.info.hooks.keys() {
         let latents = latent_examples(cache, hook, &config.sampling)?;
+        let latents: Vec<LatentExamples> = match &config.latents {
+            Some(wanted) => {
+                let fired: Vec<LatentExamples> = latents
+                    .into_iter()
+                    .filter(|l| wanted.contains(&l.latent))
+                    .collect();
+                if fired.len() < wanted.len() {
+                    let missing = wanted
+                        .iter()
+                        .filter(|w| !fired.iter().any(|l| l.latent == **w));
+                    let missing: Vec<String> = missing.map(|w| w.to_string()).collect();
+                    tracing::warn!(hook = %hook, latents = %missing.join(", "), "never fire in the cache; not explained");
+                }
+                fired
+            }
+            None => latents,
+        };
         let latents = &latents[..latents.len().min(config.max_latents.unwrap_or(usize::MAX))];
         let known = |l: &LatentExamples| {
             explanations

@@ -89,6 +89,7 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
             ..SamplingConfig::default()
         },
         max_latents: None,
+        latents: None,
         concurrency: 2,
     };
     let summary = explain_latents(&cache, &client, &out, &config, &mut |_, _| {}).unwrap();
@@ -139,10 +140,20 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
     );
     assert!(requests[1].1["messages"][1]["content"].is_string());
 
+    // Only the latents asked for: latent 7 alone, into a new folder.
+    let only = ExplainConfig {
+        latents: Some(vec![7, 5]),
+        ..config.clone()
+    };
+    let seven = dir.path().join("seven");
+    let summary = explain_latents(&cache, &client, &seven, &only, &mut |_, _| {}).unwrap();
+    assert_eq!(summary.explained, 1);
+    let explained = read_explanations(&seven).unwrap();
+    assert_eq!(explained[common::HOOK].keys().collect::<Vec<_>>(), [&7]);
     // A second run asks nothing: every latent is explained already.
     let summary = explain_latents(&cache, &client, &out, &config, &mut |_, _| {}).unwrap();
     assert_eq!((summary.explained, summary.kept), (0, 2));
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
 #[test]

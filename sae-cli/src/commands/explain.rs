@@ -28,6 +28,10 @@ pub struct Args {
     /// Explain at most N latents per hook point (the first that fired, by index).
     #[arg(long, value_name = "N")]
     max_latents: Option<usize>,
+    /// Explain only these latents, e.g. --latents 12,345,6789 (the ones a dashboard or a
+    /// steering run points to).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    latents: Option<Vec<usize>>,
     /// Contexts shown per latent, most activating first.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
             ..SamplingConfig::default()
         },
         max_latents: args.max_latents,
+        latents: args.latents,
         concurrency: args.api.concurrency,
     };
     let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "explained");
