@@ -276,8 +276,22 @@ fn steering_generates_through_the_sae() {
         "generate.greedy",
     );
     assert_eq!(generate(&["--add", "0=0", "--keep-error"]), greedy);
-    // A latent's direction added a hundredfold changes what the model says.
+    // A latent's direction added a hundredfold changes what the model says; --compare also
+    // gives the plain model's tokens.
     assert_ne!(generate(&["--add", "5=100"]), generate(&[]));
+    let mut args = vec!["generate", "--model", s(&model), "--text", PROMPT];
+    args.extend(["--max-new-tokens", "8", "--json", "--sae", s(&adapter)]);
+    args.extend(["--add", "5=100", "--compare"]);
+    let both: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&both["tokens"]), generate(&["--add", "5=100"]));
+    assert_eq!(ids(&both["without_sae"]["tokens"]), greedy);
     let err = fails(&[
         "generate",
         "--model",

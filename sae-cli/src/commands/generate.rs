@@ -18,7 +18,7 @@ use crate::backend;
 
 Steering (the SAE's reconstruction replaces the hooked output; --keep-error keeps its error):
   sae generate --model ./smollm2 --sae runs/sae --clamp 1234=40 --chat \"Tell me a story.\" --max-new-tokens 64
-  sae generate --model ./smollm2 --sae runs/sae --add 1234=8 --keep-error --chat \"Hi\" --max-new-tokens 32
+  sae generate --model ./smollm2 --sae runs/sae --add 1234=8 --keep-error --chat \"Hi\" --max-new-tokens 32 --compare
   sae generate --model ./qwen2-vl --sae saes/ --steer-hook model.language_model.layers.24 \\
       --clamp 77=50 --steer-prompt-only --image cat.png --chat \"What is this?\" --max-new-tokens 32
 
@@ -43,6 +43,10 @@ pub struct Args {
     seed: Option<u64>,
     #[command(flatten)]
     sae: SaeArgs,
+    /// Also generate without the SAE and print both (Multimodal-SAE's original and clamped
+    /// responses); with --json the plain run is under "without_sae".
+    #[arg(long, requires = "sae")]
+    compare: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -67,30 +71,45 @@ pub fn run(args: Args) -> Result<()> {
     };
     let device = backend::device()?;
     let prompts = [processed.ids().to_vec()];
-    let tokens = match (loaded, processed) {
-        (AnyModel::Text(lm), _) => args.sae.run(lm.model, |model, hooks| {
-            Ok(generate(model, &prompts, &config, hooks, &device)?)
-        })?,
-        (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
-            let images = prompt.images;
-            args.sae.run(vlm.model, |model, hooks| {
-                Ok(generate(
-                    &model.generator(images),
-                    &prompts,
-                    &config,
-                    hooks,
-                    &device,
-                )?)
-            })?
-        }
-        _ => unreachable!("a prompt is processed for the model that was loaded"),
+    let run = |sae: &SaeArgs| -> Result<Vec<i64>> {
+        let tokens = match (&loaded, &processed) {
+            (AnyModel::Text(lm), _) => sae.run(&lm.model, |model, hooks| {
+                Ok(generate(*model, &prompts, &config, hooks, &device)?)
+            })?,
+            (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
+                sae.run(&vlm.model, |model, hooks| {
+                    let generator = model.generator(prompt.images.clone());
+                    Ok(generate(&generator, &prompts, &config, hooks, &device)?)
+                })?
+            }
+            _ => unreachable!("a prompt is processed for the model that was loaded"),
+        };
+        Ok(tokens.into_iter().next().unwrap_or_default())
     };
-    let tokens = tokens.into_iter().next().unwrap_or_default();
+    let tokens = run(&args.sae)?;
     let text = tokenizer.decode(&tokens)?;
-    if args.json {
-        println!("{}", serde_json::json!({"tokens": tokens, "text": text}));
-    } else {
-        println!("{text}");
+    let plain = match args.compare {
+        true => {
+            let tokens = run(&SaeArgs::default())?;
+            let text = tokenizer.decode(&tokens)?;
+            Some((tokens, text))
+        }
+        false => None,
+    };
+    match (args.json, plain) {
+        (true, None) => println!("{}", serde_json::json!({"tokens": tokens, "text": text})),
+        (true, Some((plain_tokens, plain_text))) => println!(
+            "{}",
+            serde_json::json!({
+                "tokens": tokens,
+                "text": text,
+                "without_sae": {"tokens": plain_tokens, "text": plain_text},
+            })
+        ),
+        (false, None) => println!("{text}"),
+        (false, Some((_, plain_text))) => {
+            println!("with the SAE:\n{text}\n\nwithout the SAE:\n{plain_text}")
+        }
     }
     Ok(())
 }

@@ -9,8 +9,9 @@ use sae_interp::{LatentValue, Steering, SteeringHooks, steered_sae};
 
 use crate::backend::{self, Backend};
 
-/// An SAE to inject, optionally steering the model through one of its latents.
-#[derive(clap::Args)]
+/// An SAE to inject, optionally steering the model through one of its latents (the default:
+/// none).
+#[derive(clap::Args, Default)]
 pub struct SaeArgs {
     /// Inject this SAE checkpoint (eval mode: reconstructions replace the module outputs).
     #[arg(long, value_name = "DIR")]
