@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use sae_interp::{Cache, SamplingConfig, read_explanations, write_dashboard};
 
-/// Write a static HTML dashboard of a latent cache (`sae cache`): OUT/index.html lists every
-/// latent that fired, per hook point, with its firing frequency, activations, explanation and
-/// most activating snippet; OUT/<hook>/<latent>.html shows its top contexts, each token shaded
-/// by the latent's activation.
+/// Write a static HTML dashboard of a latent cache (`sae cache`): OUT/index.html shows, per hook
+/// point, a histogram of firing frequencies and every latent that fired with its frequency,
+/// activations, explanation and most activating snippet; OUT/<hook index>/<latent>.html shows
+/// its top contexts, each token shaded by the latent's activation, and the images it fires on
+/// most with its activation drawn over them (copied to OUT/images/).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   sae dashboard --cache cache/smollm2 --out dashboards/smollm2
