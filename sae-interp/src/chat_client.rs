@@ -116,6 +116,19 @@ impl ChatClient {
     }
 }
 
+/// Where a run of requests is: one latent answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// The hook point whose latents are asked about.
+    pub hook: &'a str,
+    /// The latent just answered.
+    pub latent: usize,
+    /// Latents of this hook point answered so far in this run.
+    pub done: usize,
+    /// Latents of this hook point this run asks about.
+    pub total: usize,
+}
+
 /// Runs `ask` on every item on up to `concurrency` threads (requests to the API overlap) and
 /// hands each result to `done` on the calling thread as it comes, in any order. The first error
 /// (of `ask` or `done`) stops handing out items and is returned once the threads end.

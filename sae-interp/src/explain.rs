@@ -11,7 +11,7 @@ use sae_core::SaeError;
 use sae_core::tensor_file::write_json;
 
 use crate::cache::Cache;
-use crate::chat_client::{ChatClient, Message, ask_concurrently};
+use crate::chat_client::{ChatClient, Message, Progress, ask_concurrently};
 use crate::error::{InterpError, Result};
 use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::{EXPLANATIONS_FILE, Explanations, read_explanations};
@@ -70,7 +70,7 @@ pub fn explain_latents(
     client: &ChatClient,
     out: &Path,
     config: &ExplainConfig,
-    progress: &mut dyn FnMut(&str, usize),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<ExplainSummary> {
     if config.sampling.top == 0 {
         return Err(InterpError::Invalid(
@@ -110,6 +110,7 @@ pub fn explain_latents(
         };
         let asked: Vec<&LatentExamples> = latents.iter().filter(|l| !known(l)).collect();
         summary.kept += latents.len() - asked.len();
+        let before = summary.explained;
         let ask = |latent: &&LatentExamples| {
             let answer = client.complete(&explainer_prompt(cache, latent)?)?;
             parse_explanation(&answer).ok_or_else(|| InterpError::Api {
@@ -122,7 +123,12 @@ pub fn explain_latents(
             hook_explanations.insert(latent.latent, explanation);
             write_json(&out.join(EXPLANATIONS_FILE), &explanations)?;
             summary.explained += 1;
-            progress(hook, latent.latent);
+            progress(Progress {
+                hook,
+                latent: latent.latent,
+                done: summary.explained - before,
+                total: asked.len(),
+            });
             Ok(())
         };
         ask_concurrently(&asked, config.concurrency, ask, done)?;

@@ -17,7 +17,7 @@ pub mod score;
 pub mod steer;
 
 pub use cache::{Cache, CacheConfig, CacheInfo, HookCache, Records, cache_latents};
-pub use chat_client::{ChatClient, Message};
+pub use chat_client::{ChatClient, Message, Progress};
 pub use dashboard::{DashboardSummary, write_dashboard};
 pub use error::{InterpError, Result};
 pub use examples::{Context, LatentExamples, SamplingConfig, latent_examples};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sae_core::tensor_file::{read_json, write_json};
 
 use crate::cache::Cache;
-use crate::chat_client::{ChatClient, Message, ask_concurrently};
+use crate::chat_client::{ChatClient, Message, Progress, ask_concurrently};
 use crate::error::{InterpError, Result};
 use crate::examples::{Context, LatentExamples, SamplingConfig, latent_examples};
 use crate::explanations::Explanations;
@@ -90,7 +90,7 @@ pub fn score_explanations(
     client: &ChatClient,
     out: &Path,
     config: &ScoreConfig,
-    progress: &mut dyn FnMut(&str, usize),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Scores> {
     let sampling = &config.sampling;
     if sampling.random == 0 {
@@ -133,6 +133,7 @@ pub fn score_explanations(
                 .or_default()
                 .insert(latent.latent, score);
         }
+        let mut done = 0;
         let ask = |&(latent, explanation): &(&LatentExamples, &String)| {
             let mut excerpts: Vec<(&Context, bool)> = (latent.random.iter().map(|c| (c, true)))
                 .chain(latent.non_activating.iter().map(|c| (c, false)))
@@ -155,7 +156,14 @@ pub fn score_explanations(
                 .or_default()
                 .insert(latent.latent, score);
             write_json(&file, &scores)?;
-            progress(hook, latent.latent);
+            done += 1;
+            let total = scorable.len();
+            progress(Progress {
+                hook,
+                latent: latent.latent,
+                done,
+                total,
+            });
             Ok(())
         };
         ask_concurrently(&scorable, config.concurrency, ask, done)?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use sae_interp::{
-    Cache, ChatClient, ExplainConfig, SamplingConfig, ScoreConfig, explain_latents,
+    Cache, ChatClient, ExplainConfig, Progress, SamplingConfig, ScoreConfig, explain_latents,
     read_explanations, score_explanations,
 };
 use serde_json::{Value, json};
@@ -92,8 +92,12 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
         latents: None,
         concurrency: 2,
     };
-    let summary = explain_latents(&cache, &client, &out, &config, &mut |_, _| {}).unwrap();
+    let mut heard = Vec::new();
+    let mut progress = |p: Progress| heard.push((p.hook.to_string(), p.done, p.total));
+    let summary = explain_latents(&cache, &client, &out, &config, &mut progress).unwrap();
     assert_eq!((summary.explained, summary.kept), (2, 0));
+    let hook = common::HOOK.to_string();
+    assert_eq!(heard, [(hook.clone(), 1, 2), (hook, 2, 2)]);
     let explanations = read_explanations(&out).unwrap();
     let hook = &explanations[common::HOOK];
     // Latent 3's top context is (1, 5), at its maximum: 10 on the 0-10 scale.
@@ -146,12 +150,12 @@ fn explanations_come_from_the_model_and_are_kept_across_runs() {
         ..config.clone()
     };
     let seven = dir.path().join("seven");
-    let summary = explain_latents(&cache, &client, &seven, &only, &mut |_, _| {}).unwrap();
+    let summary = explain_latents(&cache, &client, &seven, &only, &mut |_| {}).unwrap();
     assert_eq!(summary.explained, 1);
     let explained = read_explanations(&seven).unwrap();
     assert_eq!(explained[common::HOOK].keys().collect::<Vec<_>>(), [&7]);
     // A second run asks nothing: every latent is explained already.
-    let summary = explain_latents(&cache, &client, &out, &config, &mut |_, _| {}).unwrap();
+    let summary = explain_latents(&cache, &client, &out, &config, &mut |_| {}).unwrap();
     assert_eq!((summary.explained, summary.kept), (0, 2));
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
@@ -183,15 +187,8 @@ fn detection_scores_follow_from_the_answers() {
         concurrency: 2,
     };
     let out = dir.path().join("scores");
-    let scores = score_explanations(
-        &cache,
-        &explanations,
-        &client,
-        &out,
-        &config,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let scores =
+        score_explanations(&cache, &explanations, &client, &out, &config, &mut |_| {}).unwrap();
     let written: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
     assert_eq!(written[common::HOOK]["3"]["explanation"], "fish");
@@ -216,7 +213,7 @@ fn detection_scores_follow_from_the_answers() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     // A later run on latent 3 alone keeps latent 7's entry.
     let only_three = [(common::HOOK.to_string(), [(3, "fish!".to_string())].into())].into();
-    let again = score_explanations(&cache, &only_three, &client, &out, &config, &mut |_, _| {});
+    let again = score_explanations(&cache, &only_three, &client, &out, &config, &mut |_| {});
     let again = &again.unwrap()[common::HOOK];
     assert_eq!((again[&3].explanation.as_str(), again.len()), ("fish!", 2));
     // No excerpt where a latent fires: nothing to score on.
@@ -227,7 +224,7 @@ fn detection_scores_follow_from_the_answers() {
         },
         concurrency: 1,
     };
-    let err = score_explanations(&cache, &only_three, &client, &out, &none, &mut |_, _| {});
+    let err = score_explanations(&cache, &only_three, &client, &out, &none, &mut |_| {});
     assert!(
         err.unwrap_err()
             .to_string()
@@ -242,7 +239,7 @@ fn an_unreachable_or_failing_server_is_a_clear_error() {
     let explain = |url: &str| {
         let client = ChatClient::new(url, "m");
         let config = ExplainConfig::default();
-        explain_latents(&cache, &client, dir.path(), &config, &mut |_, _| {})
+        explain_latents(&cache, &client, dir.path(), &config, &mut |_| {})
             .unwrap_err()
             .to_string()
     };
@@ -273,7 +270,7 @@ fn explanations_of_latents_that_never_fired_are_refused() {
         &client,
         dir.path(),
         &ScoreConfig::default(),
-        &mut |_, _| {},
+        &mut |_| {},
     )
     .unwrap_err();
     assert!(

@@ -1,6 +1,9 @@
 //! The chat API `sae explain` and `sae score` talk to.
 
-use sae_interp::ChatClient;
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sae_interp::{ChatClient, Progress};
 
 /// An OpenAI-compatible chat API and how hard to use it.
 #[derive(clap::Args)]
@@ -15,6 +18,34 @@ pub struct ApiArgs {
     /// Requests in flight at once (the server answers them in parallel).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
+}
+
+/// Reports each answered latent: a progress bar per hook point on a terminal, else a log line
+/// (`verb`: what was done to the latent).
+pub fn progress_reporter(verb: &'static str) -> impl FnMut(Progress) {
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<(String, ProgressBar)> = None;
+    move |p: Progress| {
+        if !terminal {
+            tracing::info!(hook = p.hook, latent = p.latent, "{verb}");
+            return;
+        }
+        if bar.as_ref().is_none_or(|(hook, _)| hook != p.hook) {
+            let new = ProgressBar::new(p.total as u64).with_style(
+                ProgressStyle::with_template(
+                    "{msg} {bar:30} {pos}/{len} latents [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("a valid template"),
+            );
+            new.set_message(p.hook.to_string());
+            if let Some((_, old)) = bar.replace((p.hook.to_string(), new)) {
+                old.finish();
+            }
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(p.done as u64);
+        }
+    }
 }
 
 impl ApiArgs {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use sae_interp::{Cache, ExplainConfig, SamplingConfig, explain_latents};
 
-use super::api_args::ApiArgs;
+use super::api_args::{ApiArgs, progress_reporter};
 
 /// Explain the latents of a cache (`sae cache`) with a chat model behind an OpenAI-compatible
 /// API (vLLM, SGLang, llama.cpp, Ollama, OpenAI): each latent's top contexts, activating tokens
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         latents: args.latents,
         concurrency: args.api.concurrency,
     };
-    let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "explained");
+    let mut progress = progress_reporter("explained");
     let summary = explain_latents(&cache, &client, &args.out, &config, &mut progress)
         .with_context(|| format!("cannot explain the latents of {}", args.cache.display()))?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use sae_interp::{Cache, SamplingConfig, ScoreConfig, read_explanations, score_explanations};
 
-use super::api_args::ApiArgs;
+use super::api_args::{ApiArgs, progress_reporter};
 
 /// Score the explanations of `sae explain` by detection: a chat model behind an
 /// OpenAI-compatible API reads each explanation and a shuffled mix of excerpts where the latent
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         concurrency: args.api.concurrency,
     };
-    let mut progress = |hook: &str, latent: usize| tracing::info!(hook, latent, "scored");
+    let mut progress = progress_reporter("scored");
     let scores = score_explanations(
         &cache,
         &explanations,
