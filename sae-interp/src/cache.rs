@@ -22,9 +22,8 @@ use sae_core::tensor_file::{read_json, write_atomic, write_json, write_tensors};
 use sae_core::{HookKind, HookPoint, HostTensor, SaeBackend, SaeModel, StorageDtype, TensorFile};
 use sae_data::{Batch, Dataset};
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
-use sae_train::BatchModel;
-use sae_train::activations::{Capture, TokenFilter, select_tokens};
-use sae_train::run::in_order_loader;
+use sae_train::activations::{Capture, select_tokens};
+use sae_train::{BatchModel, ReadConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InterpError, Result};
@@ -42,16 +41,8 @@ pub const LATENTS_DIR: &str = "latents";
 pub struct CacheConfig {
     /// Batches to run; `None`: the whole dataset, once.
     pub batches: Option<usize>,
-    /// Sequences per batch.
-    pub batch_size: usize,
-    /// Tokens per packed context (text data).
-    pub context: usize,
-    /// Longest sequence (chat data).
-    pub max_len: usize,
-    /// Leave special tokens out.
-    pub exclude_special_tokens: bool,
-    /// Leave the first this many positions of every sequence out.
-    pub skip_first_tokens: usize,
+    /// How the data is read, and the tokens recorded.
+    pub read: ReadConfig,
     /// Records per shard file.
     pub shard_records: usize,
 }
@@ -60,11 +51,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             batches: None,
-            batch_size: 8,
-            context: 256,
-            max_len: 2048,
-            exclude_special_tokens: false,
-            skip_first_tokens: 0,
+            read: ReadConfig::default(),
             shard_records: 1 << 23,
         }
     }
@@ -115,7 +102,7 @@ pub fn cache_latents<B: SaeBackend>(
     config: &CacheConfig,
     device: &B::Device,
 ) -> Result<CacheInfo> {
-    if config.batch_size == 0 || config.shard_records == 0 || config.batches == Some(0) {
+    if config.read.batch_size == 0 || config.shard_records == 0 || config.batches == Some(0) {
         return Err(InterpError::Invalid(
             "batches, the batch size and records per shard must be at least 1".into(),
         ));
@@ -182,14 +169,10 @@ impl Run<'_> {
         }
         let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
         let dataset = Dataset::open(self.data)?;
-        let limits = (config.context, config.max_len, self.model_context);
-        let mut loader = in_order_loader(&dataset, tokenizer, images, limits, config.batch_size)?;
-        let filter = TokenFilter::new(
-            tokenizer,
-            config.exclude_special_tokens,
-            &[],
-            config.skip_first_tokens,
-        );
+        let mut loader = config
+            .read
+            .loader(&dataset, tokenizer, images, self.model_context)?;
+        let filter = config.read.filter(tokenizer);
         let mut writers: Vec<HookWriter> = (paths.iter())
             .map(|p| HookWriter::new(self.out, p, config.shard_records))
             .collect();
@@ -221,14 +204,14 @@ impl Run<'_> {
             }
             let counted = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
             for ((out, path), writer) in capture.outputs.into_iter().zip(&paths).zip(&mut writers) {
-                let Some(out) = out else { continue };
-                if counted.is_empty() {
+                // A batch whose tokens all left out records nothing.
+                let Some(out) = out.filter(|_| !counted.is_empty()) else {
                     continue;
-                }
+                };
                 let latents = adapter.saes[path].encode(select_tokens(out, &counted))?;
                 let values = to_host(latents.values);
                 let indices = int_to_host(latents.indices);
-                let width = values.len() / counted.len().max(1);
+                let width = values.len() / counted.len();
                 for (j, &flat) in counted.iter().enumerate() {
                     let (sequence, position) = places[flat as usize];
                     for slot in j * width..(j + 1) * width {
@@ -248,9 +231,9 @@ impl Run<'_> {
             return Err(InterpError::NoData(self.data.to_path_buf()));
         }
         let mut hooks = BTreeMap::new();
-        for (mut writer, (path, point)) in writers.into_iter().zip(paths.iter().zip(&points)) {
+        for (mut writer, path) in writers.into_iter().zip(&paths) {
             writer.flush()?;
-            let num_latents = adapter.saes[&point.path].num_latents();
+            let num_latents = adapter.saes[path].num_latents();
             hooks.insert(path.clone(), writer.summary(num_latents));
         }
         tokens.write(&self.out.join(TOKENS_FILE))?;

@@ -122,14 +122,13 @@ pub fn latent_examples(
     let examples = groups
         .map(|group| {
             let latent = records.locations[group[0]][2];
-            let values = group.iter().map(|&r| records.activations[r]);
-            let sum: f64 = values.map(f64::from).sum();
             let firing = |r: usize| {
                 let [s, p, _] = records.locations[r];
                 ((s, p), records.activations[r])
             };
             let firings: Vec<((usize, usize), f32)> = group.iter().map(|&r| firing(r)).collect();
-            let top = top_contexts(cache, firings.iter().copied(), config);
+            let sum: f64 = firings.iter().map(|f| f64::from(f.1)).sum();
+            let top = top_contexts(cache, &firings, config);
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ latent as u64);
             let random = random_contexts(cache, &firings, &top, config, &mut rng);
             let non_activating = quiet_windows(cache, &firings, config, &mut rng);
@@ -154,11 +153,11 @@ pub fn latent_examples(
 /// most activating first.
 fn top_contexts(
     cache: &Cache,
-    firings: impl Iterator<Item = ((usize, usize), f32)> + Clone,
+    firings: &[((usize, usize), f32)],
     config: &SamplingConfig,
 ) -> Vec<Context> {
     let mut chosen: Vec<(usize, usize)> = Vec::new();
-    for ((s, p), _) in firings.clone() {
+    for &((s, p), _) in firings {
         if chosen.len() == config.top {
             break;
         }
@@ -166,7 +165,7 @@ fn top_contexts(
             chosen.push((s, p));
         }
     }
-    windows(cache, firings, &chosen, config.window)
+    windows(cache, firings.iter().copied(), &chosen, config.window)
 }
 
 /// Contexts around up to `config.random` firings drawn at random, none overlapping the `top`

@@ -15,6 +15,7 @@ use sae_core::{HookedModule, Recorder};
 use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_interp::{Cache, CacheConfig, InterpError, SamplingConfig, cache_latents, latent_examples};
 use sae_models::{AnyModel, LanguageModel};
+use sae_train::ReadConfig;
 
 use exact::{D, HOOK, dataset, exact_sae, model_dir};
 
@@ -50,10 +51,12 @@ fn the_records_are_the_active_latents_of_every_token() {
     let out = dir.path().join("cache");
     let config = CacheConfig {
         batches: Some(3),
-        batch_size: 2,
-        context: 32,
+        read: ReadConfig {
+            batch_size: 2,
+            context: 32,
+            ..ReadConfig::default()
+        },
         shard_records: 1000,
-        ..CacheConfig::default()
     };
     let device = Default::default();
     let model =
@@ -154,9 +157,12 @@ fn a_used_output_folder_and_a_folder_without_a_cache_are_refused() {
     // Skipping more positions than a context holds leaves no token to record, not an error.
     let config = CacheConfig {
         batches: Some(1),
-        batch_size: 2,
-        context: 32,
-        skip_first_tokens: 32,
+        read: ReadConfig {
+            batch_size: 2,
+            context: 32,
+            skip_first_tokens: 32,
+            ..ReadConfig::default()
+        },
         ..CacheConfig::default()
     };
     let model =

@@ -17,40 +17,28 @@ use sae_data::Dataset;
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
 use serde::Serialize;
 
-use crate::activations::{Capture, TokenFilter, hook_rows};
+use crate::activations::{Capture, hook_rows};
 use crate::batch_model::BatchModel;
 use crate::error::{Result, TrainError};
-use crate::run::in_order_loader;
+use crate::reading::ReadConfig;
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalConfig {
     /// Batches to evaluate (fewer if the data ends first).
     pub batches: usize,
-    /// Sequences per batch.
-    pub batch_size: usize,
-    /// Tokens per packed context (text data).
-    pub context: usize,
-    /// Longest sequence (chat data).
-    pub max_len: usize,
+    /// How the data is read, and the tokens the SAE metrics cover.
+    pub read: ReadConfig,
     /// A latent firing on more than this fraction of tokens counts as dense.
     pub dense_threshold: f64,
-    /// Leave special tokens out of the SAE metrics.
-    pub exclude_special_tokens: bool,
-    /// Leave the first this many positions of every sequence out of the SAE metrics.
-    pub skip_first_tokens: usize,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
             batches: 16,
-            batch_size: 8,
-            context: 256,
-            max_len: 2048,
+            read: ReadConfig::default(),
             dense_threshold: 0.1,
-            exclude_special_tokens: false,
-            skip_first_tokens: 0,
         }
     }
 }
@@ -184,14 +172,10 @@ fn evaluate_model<B: SaeBackend, M: BatchModel<B>>(
         .collect();
     let paths: Vec<String> = points.iter().map(|p| p.path.clone()).collect();
     let dataset = Dataset::open(data)?;
-    let limits = (config.context, config.max_len, model_context);
-    let mut loader = in_order_loader(&dataset, tokenizer, images, limits, config.batch_size)?;
-    let filter = TokenFilter::new(
-        tokenizer,
-        config.exclude_special_tokens,
-        &[],
-        config.skip_first_tokens,
-    );
+    let mut loader = config
+        .read
+        .loader(&dataset, tokenizer, images, model_context)?;
+    let filter = config.read.filter(tokenizer);
     let mut sums: Vec<HookSums> = paths
         .iter()
         .map(|p| {

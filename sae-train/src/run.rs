@@ -11,7 +11,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_core::{HookPoint, HookedModule, SaeAutodiffBackend};
 use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
-use sae_models::{AnyModel, ImageTokens, LmInput, Tokenizer, VisionInput};
+use sae_models::{AnyModel, LmInput, Tokenizer, VisionInput};
 
 use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::checkpoint::{self, State};
@@ -61,30 +61,6 @@ pub fn data_loader<'a>(
         config.train.batch_size,
         cursor,
     )?)
-}
-
-/// A loader that reads `dataset` once, in file order (evaluation, caching): `batch_size`
-/// sequences a batch (the last batch may hold fewer), packed text contexts of `context` tokens
-/// or chats of at most `max_len` (cut, for a model of `model_context` positions), a
-/// vision-language model's images processed by `images`.
-pub fn in_order_loader<'a>(
-    dataset: &'a Dataset,
-    tokenizer: &'a Tokenizer,
-    images: Option<&'a dyn ImageTokens>,
-    (context, max_len, model_context): (usize, usize, usize),
-    batch_size: usize,
-) -> Result<Loader<'a>> {
-    let batching = sequence_batching(dataset.kind(), context, max_len, true, model_context)?;
-    let stream = StreamConfig {
-        shuffle: false,
-        ..StreamConfig::default()
-    };
-    let loader = Loader::new(dataset, tokenizer, stream, batching, batch_size, None)?
-        .with_last_partial_batch();
-    Ok(match images {
-        Some(images) => loader.with_image_tokens(images),
-        None => loader,
-    })
 }
 
 /// How a run ended.

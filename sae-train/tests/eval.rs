@@ -12,7 +12,7 @@ use common::{D, HOOK, dataset, exact_sae, model_dir};
 use sae_core::{HookedModule, Hooks, NoHooks};
 use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_models::{AnyModel, LanguageModel};
-use sae_train::{EvalConfig, evaluate};
+use sae_train::{EvalConfig, ReadConfig, evaluate};
 
 struct Zero;
 impl Hooks<Flex> for Zero {
@@ -73,8 +73,11 @@ fn an_exact_sae_recovers_everything_and_ce_matches_log_sum_exp() {
     exact_sae(&sae_dir);
     let config = EvalConfig {
         batches: 3,
-        batch_size: 2,
-        context: 32,
+        read: ReadConfig {
+            batch_size: 2,
+            context: 32,
+            ..ReadConfig::default()
+        },
         ..EvalConfig::default()
     };
     let device = Default::default();

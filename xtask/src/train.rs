@@ -12,7 +12,7 @@ use sae_data::{Format, PreprocessOptions};
 use sae_interp::{Cache, CacheConfig, SamplingConfig, write_dashboard};
 use sae_models::{AnyModel, ModelSource};
 use sae_train::config::parse_value;
-use sae_train::{EvalConfig, TrainConfig};
+use sae_train::{EvalConfig, ReadConfig, TrainConfig};
 
 use crate::bench::{
     fetch, interleaved, python_reference, reference_wanted, shakespeare_texts, smollm2_gguf,
@@ -161,10 +161,13 @@ pub fn demo() -> Result<()> {
     eprintln!("evaluating on held-out plays ({})", test_data.display());
     let eval = EvalConfig {
         batches: 4,
-        batch_size: 4,
-        context: 128,
-        exclude_special_tokens: config.train.exclude_special_tokens,
-        skip_first_tokens: config.train.skip_first_tokens,
+        read: ReadConfig {
+            batch_size: 4,
+            context: 128,
+            exclude_special_tokens: config.train.exclude_special_tokens,
+            skip_first_tokens: config.train.skip_first_tokens,
+            ..ReadConfig::default()
+        },
         ..EvalConfig::default()
     };
     let device = Default::default();
@@ -179,10 +182,7 @@ pub fn demo() -> Result<()> {
     }
     let cache = CacheConfig {
         batches: Some(eval.batches),
-        batch_size: eval.batch_size,
-        context: eval.context,
-        exclude_special_tokens: eval.exclude_special_tokens,
-        skip_first_tokens: eval.skip_first_tokens,
+        read: eval.read.clone(),
         ..CacheConfig::default()
     };
     let lm = AnyModel::<Flex>::load_as(&model, DType::F32, &device)?;

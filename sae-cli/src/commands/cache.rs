@@ -47,11 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = CacheConfig {
         batches: args.batches,
-        batch_size: args.read.batch_size,
-        context: args.read.context,
-        max_len: args.read.max_len,
-        exclude_special_tokens: args.read.exclude_special_tokens,
-        skip_first_tokens: args.read.skip_first_tokens,
+        read: args.read.config(),
         ..CacheConfig::default()
     };
     let info = sae_interp::cache_latents(model, &args.sae, &args.data, &args.out, &config, &device)

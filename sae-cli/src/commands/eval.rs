@@ -49,12 +49,8 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = EvalConfig {
         batches: args.batches,
-        batch_size: args.read.batch_size,
-        context: args.read.context,
-        max_len: args.read.max_len,
+        read: args.read.config(),
         dense_threshold: args.dense_threshold,
-        exclude_special_tokens: args.read.exclude_special_tokens,
-        skip_first_tokens: args.read.skip_first_tokens,
     };
     let report = sae_train::evaluate(model, &args.sae, &args.data, &config, &device)
         .with_context(|| format!("cannot evaluate the SAEs in {}", args.sae.display()))?;

@@ -1,5 +1,7 @@
 //! How `sae eval` and `sae cache` read a dataset: batches, contexts and the tokens that count.
 
+use sae_train::ReadConfig;
+
 /// Batch size, context and the tokens left out.
 #[derive(clap::Args)]
 pub struct ReadArgs {
@@ -19,4 +21,17 @@ pub struct ReadArgs {
     /// Leave the first N positions of every sequence out of the SAE's tokens (attention sinks).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub skip_first_tokens: usize,
+}
+
+impl ReadArgs {
+    /// The reading these flags ask for.
+    pub fn config(&self) -> ReadConfig {
+        ReadConfig {
+            batch_size: self.batch_size,
+            context: self.context,
+            max_len: self.max_len,
+            exclude_special_tokens: self.exclude_special_tokens,
+            skip_first_tokens: self.skip_first_tokens,
+        }
+    }
 }
