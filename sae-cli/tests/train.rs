@@ -151,7 +151,7 @@ fn a_run_writes_metrics_checkpoints_logs_and_the_sae() {
         .unwrap()
         .unwrap()
         .path();
-    let scalars = sae_train::tensorboard::read_scalars(&board).unwrap();
+    let scalars = sae_train::log::tensorboard::read_scalars(&board).unwrap();
     let logged: Vec<(i64, f32)> = scalars
         .iter()
         .filter(|(_, tag, _)| tag == "train/loss")

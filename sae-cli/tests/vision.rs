@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use common::{fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s};
 use sae_core::TensorFile;
+use sae_models::ProcessorSettings;
 
 fn fixture(rel: &str) -> PathBuf {
     common::fixture("sae-models", rel)

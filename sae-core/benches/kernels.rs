@@ -21,7 +21,7 @@ fn kernels(c: &mut Criterion) {
     let sae = Sae::<Flex>::new(D, SaeConfig::sparsify_topk(K, LATENTS), &device).unwrap();
     let x = Tensor::<Flex, 2>::random([TOKENS, D], Distribution::Normal(0.0, 1.0), &device);
     // Pre-activations of the right scale: the encoder applied to the input.
-    let pre = sae_core::sae::to_host(x.clone().matmul(sae.w_enc.val().transpose()));
+    let pre = sae_core::host::to_host(x.clone().matmul(sae.w_enc.val().transpose()));
 
     let mut group = c.benchmark_group("sae-step kernels");
     group.throughput(Throughput::Elements(TOKENS as u64));

@@ -6,7 +6,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::config::Architecture;
 use crate::error::{Result, SaeError};
-use crate::sae::{Sae, int_to_host, to_host};
+use crate::host::{int_to_host, to_host};
+use crate::sae::Sae;
 use crate::tensor_file::{HostData, HostTensor};
 
 /// Latents and reconstruction of `N` tokens.

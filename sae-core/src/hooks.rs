@@ -125,40 +125,115 @@ impl<B: Backend> Hooks<B> for Chain<'_, B> {
     }
 }
 
-/// Records the output of every hook point whose path one of the patterns matches (full-match
-/// regexes, as `sae activations --hooks`), passing it on unchanged.
+/// Records hook outputs and passes them on unchanged: those of chosen paths (what training,
+/// evaluation and caching read, optionally ending the pass after the deepest), or of every
+/// path one of a set of full-match regexes matches (`sae activations --hooks`).
 pub struct Recorder<B: Backend> {
-    patterns: Vec<crate::targets::TargetModules>,
+    wanted: Wanted,
+    stop: Option<String>,
     /// `(path, output)` in the order the forward pass reached them.
     pub records: Vec<(String, Tensor<B, 3>)>,
 }
 
+/// Which paths a [`Recorder`] keeps.
+enum Wanted {
+    Paths(Vec<String>),
+    Patterns(Vec<regex::Regex>),
+}
+
 impl<B: Backend> Recorder<B> {
-    /// A recorder for these regexes; an error names a pattern that does not compile.
+    /// A recorder of the paths these regexes match in full; an error names a pattern that does
+    /// not compile.
     pub fn new(patterns: &[String]) -> crate::Result<Self> {
-        let patterns: Vec<_> = patterns
-            .iter()
-            .map(|p| crate::targets::TargetModules::Regex(p.clone()))
-            .collect();
-        for p in &patterns {
-            p.matches("")?;
-        }
-        Ok(Recorder {
-            patterns,
+        let patterns = (patterns.iter())
+            .map(|p| crate::targets::full_match(p))
+            .collect::<crate::Result<_>>()?;
+        Ok(Self::of(Wanted::Patterns(patterns), None))
+    }
+
+    /// A recorder of `paths` (given in the model's hook order); `stop_early` ends the pass
+    /// after the last of them.
+    pub fn paths(paths: &[String], stop_early: bool) -> Self {
+        let stop = stop_early.then(|| paths.last().cloned()).flatten();
+        Self::of(Wanted::Paths(paths.to_vec()), stop)
+    }
+
+    fn of(wanted: Wanted, stop: Option<String>) -> Self {
+        Recorder {
+            wanted,
+            stop,
             records: Vec::new(),
-        })
+        }
+    }
+
+    /// The last output recorded at each of `paths`, in their order (`None` where the pass
+    /// never reached one).
+    pub fn outputs(self, paths: &[String]) -> Vec<Option<Tensor<B, 3>>> {
+        let mut outputs = vec![None; paths.len()];
+        for (path, x) in self.records {
+            if let Some(i) = paths.iter().position(|p| *p == path) {
+                outputs[i] = Some(x);
+            }
+        }
+        outputs
     }
 }
 
 impl<B: Backend> Hooks<B> for Recorder<B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if self
-            .patterns
-            .iter()
-            .any(|p| p.matches(path).unwrap_or(false))
-        {
+        let wanted = match &self.wanted {
+            Wanted::Paths(paths) => paths.iter().any(|p| p == path),
+            Wanted::Patterns(patterns) => patterns.iter().any(|p| p.is_match(path)),
+        };
+        if wanted {
             self.records.push((path.to_string(), x.clone()));
         }
         x
+    }
+
+    fn stop_after(&self) -> Option<&str> {
+        self.stop.as_deref()
+    }
+}
+
+/// The first error a [`Hooks`] implementation met. `call` cannot return an error, so hooks
+/// keep the first one here, pass their input on unchanged from then on, and return it when the
+/// pass is done ([`finish`](Self::finish)).
+#[derive(Debug)]
+pub struct FirstError<E>(Option<E>);
+
+impl<E> Default for FirstError<E> {
+    fn default() -> Self {
+        FirstError(None)
+    }
+}
+
+impl<E> FirstError<E> {
+    /// True once an error was met.
+    pub fn failed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// What `result` holds, or `input` (passed on unchanged) when it is the first error, kept.
+    pub fn keep<B: Backend>(
+        &mut self,
+        result: Result<Tensor<B, 3>, E>,
+        input: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        match result {
+            Ok(y) => y,
+            Err(e) => {
+                self.0.get_or_insert(e);
+                input
+            }
+        }
+    }
+
+    /// `value`, or the error met.
+    pub fn finish<T>(self, value: T) -> Result<T, E> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(value),
+        }
     }
 }

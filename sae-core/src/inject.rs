@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
 use crate::formats::{self, Checkpoint, HostSae, Layout};
-use crate::hooks::{HookPoint, HookedModule, Hooks};
+use crate::hooks::{FirstError, HookPoint, HookedModule, Hooks};
 use crate::sae::{Sae, SaeOutput};
 use crate::targets::TargetModules;
 use crate::tensor_file::StorageDtype;
@@ -282,7 +282,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
             dead_masks,
             stop,
             records: Vec::new(),
-            error: None,
+            error: FirstError::default(),
         }
     }
 
@@ -361,16 +361,13 @@ pub struct SaeHooks<'a, B: Backend> {
     dead_masks: &'a BTreeMap<String, Vec<bool>>,
     stop: Option<&'a str>,
     records: Vec<Record<B>>,
-    error: Option<SaeError>,
+    error: FirstError<SaeError>,
 }
 
 impl<B: SaeBackend> SaeHooks<'_, B> {
     /// What the SAEs recorded (train mode), or the first error any of them met.
     pub fn finish(self) -> Result<Vec<Record<B>>> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.records),
-        }
+        self.error.finish(self.records)
     }
 
     fn run(&mut self, path: &str, x: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
@@ -417,16 +414,11 @@ impl<B: SaeBackend> SaeHooks<'_, B> {
 
 impl<B: SaeBackend> Hooks<B> for SaeHooks<'_, B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if self.error.is_some() {
+        if self.error.failed() {
             return x;
         }
-        match self.run(path, x.clone()) {
-            Ok(y) => y,
-            Err(e) => {
-                self.error = Some(e);
-                x
-            }
-        }
+        let result = self.run(path, x.clone());
+        self.error.keep(result, x)
     }
 
     fn stop_after(&self) -> Option<&str> {

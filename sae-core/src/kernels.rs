@@ -15,7 +15,7 @@
 //! implementations (dense products, or the host's selection), which define the results the
 //! kernels are tested and benchmarked against. The operations are not differentiable: under
 //! autodiff their results are constants, as the SAE's hand-derived gradients
-//! ([`device_grad`](crate::device_grad)) need.
+//! ([`device_grad`](crate::sae::device_grad)) need.
 
 mod check;
 #[cfg(feature = "cubecl-kernels")]
@@ -30,7 +30,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
-use crate::sae::int_to_host;
+use crate::host::int_to_host;
 
 pub use check::check_kernels;
 
@@ -38,6 +38,15 @@ pub use check::check_kernels;
 /// features of the same names), every CubeCL backend, and their autodiff and fusion wrappers.
 /// The default methods are the reference implementations.
 pub trait SaeBackend: Backend {
+    /// The SAE's encoder product, selection and gradients run on the host with this crate's
+    /// GEMM, reading the tensors' host memory (Flex, NdArray). Never under autodiff, whose graph
+    /// needs Burn's own operations.
+    const HOST_GEMM: bool = false;
+
+    /// TopK and BatchTopK select on the device with the [`top_k_rows`] kernel, so the dense
+    /// pre-activations stay there (the CubeCL backends, possibly under fusion or autodiff).
+    const DEVICE_SELECT: bool = false;
+
     /// Each row's `k` largest columns of `[rows, cols]` values (`k <= cols`), `[rows, k]`:
     /// larger first, ties to the lower column, as [`select::top_k`](crate::select::top_k).
     fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
@@ -188,13 +197,19 @@ pub(crate) fn int<B: Backend, const D: usize>(primitive: IntTensor<B>) -> Tensor
 }
 
 #[cfg(feature = "flex")]
-impl SaeBackend for burn::backend::Flex {}
+impl SaeBackend for burn::backend::Flex {
+    const HOST_GEMM: bool = true;
+}
 
 #[cfg(feature = "ndarray")]
-impl SaeBackend for burn::backend::NdArray {}
+impl SaeBackend for burn::backend::NdArray {
+    const HOST_GEMM: bool = true;
+}
 
 /// Under autodiff the kernels run on the inner backend and their results are constants.
 impl<B: SaeBackend, C: CheckpointStrategy> SaeBackend for Autodiff<B, C> {
+    const DEVICE_SELECT: bool = B::DEVICE_SELECT;
+
     fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
         B::top_k_rows(Self::inner(values), k)
     }

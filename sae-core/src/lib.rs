@@ -13,16 +13,14 @@
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
 pub mod config;
-pub mod device_grad;
-pub mod device_select;
 pub mod encode_file;
 pub mod error;
 pub mod formats;
 pub mod hooks;
-pub mod host_grad;
+pub mod host;
 pub mod inject;
 pub mod kernels;
-pub mod params;
+#[cfg(feature = "parity")]
 pub mod parity;
 pub mod reduce;
 pub mod sae;
@@ -35,13 +33,13 @@ pub use config::{Architecture, SaeConfig};
 pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
 pub use formats::{Checkpoint, HostSae, Layout};
-pub use hooks::{Chain, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
-pub use host_grad::{HostStep, gemm_on_host};
+pub use hooks::{Chain, FirstError, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
 pub use inject::{
     Adapter, AdapterConfig, DEFAULT_ADAPTER, Forward, Mode, Record, SaeModel, inject,
 };
 pub use kernels::{SaeAutodiffBackend, SaeBackend};
-pub use params::{DeviceParams, HostParams, Params};
+pub use sae::host_grad::HostStep;
+pub use sae::params::{DeviceParams, HostParams, Params};
 pub use sae::{Sae, SaeOutput, SparseLatents};
 pub use targets::TargetModules;
 pub use tensor_file::{HostData, HostTensor, StorageDtype, TensorFile};

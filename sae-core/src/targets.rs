@@ -17,26 +17,50 @@ pub enum TargetModules {
     Names(Vec<String>),
 }
 
+/// [`TargetModules`] ready to match paths: the regex compiled once.
+#[derive(Debug, Clone)]
+pub enum Matcher<'a> {
+    /// A regex that must match the whole path.
+    Regex(regex::Regex),
+    /// Exact paths or `.`-separated path suffixes.
+    Names(&'a [String]),
+}
+
+impl Matcher<'_> {
+    /// True if `path` is targeted.
+    pub fn is_match(&self, path: &str) -> bool {
+        match self {
+            Matcher::Regex(regex) => regex.is_match(path),
+            Matcher::Names(names) => names.iter().any(|n| {
+                path.strip_suffix(n.as_str())
+                    .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+            }),
+        }
+    }
+}
+
 impl TargetModules {
+    /// The matcher of these targets; an error names a regex that does not compile.
+    pub fn matcher(&self) -> Result<Matcher<'_>> {
+        Ok(match self {
+            TargetModules::Regex(pattern) => Matcher::Regex(full_match(pattern)?),
+            TargetModules::Names(names) => Matcher::Names(names),
+        })
+    }
+
     /// True if `path` is targeted.
     pub fn matches(&self, path: &str) -> Result<bool> {
-        Ok(match self {
-            TargetModules::Regex(pattern) => full_match(pattern)?.is_match(path),
-            TargetModules::Names(names) => names
-                .iter()
-                .any(|n| path == n || path.ends_with(&format!(".{n}"))),
-        })
+        Ok(self.matcher()?.is_match(path))
     }
 
     /// The hook points targeted, in the model's order; an error listing every available hook
     /// point when nothing matches.
     pub fn resolve(&self, points: &[HookPoint]) -> Result<Vec<HookPoint>> {
-        let mut matched = Vec::new();
-        for point in points {
-            if self.matches(&point.path)? {
-                matched.push(point.clone());
-            }
-        }
+        let matcher = self.matcher()?;
+        let matched: Vec<HookPoint> = (points.iter())
+            .filter(|p| matcher.is_match(&p.path))
+            .cloned()
+            .collect();
         if matched.is_empty() {
             let available: Vec<&str> = points.iter().map(|p| p.path.as_str()).collect();
             return Err(SaeError::NoTargetMatched {
@@ -58,7 +82,7 @@ impl std::fmt::Display for TargetModules {
 }
 
 /// `pattern` anchored at both ends, as Python's `re.fullmatch`.
-fn full_match(pattern: &str) -> Result<regex::Regex> {
+pub(crate) fn full_match(pattern: &str) -> Result<regex::Regex> {
     regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|source| SaeError::BadTargetRegex {
         pattern: pattern.to_string(),
         source,

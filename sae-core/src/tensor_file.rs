@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SaeError};
 
-/// How floats are stored in a file we write.
+/// A float dtype: how floats are stored in a file we write, or what a model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageDtype {
@@ -34,6 +34,16 @@ impl std::str::FromStr for StorageDtype {
             other => Err(format!(
                 "unknown dtype {other:?} (expected f32, f16 or bf16)"
             )),
+        }
+    }
+}
+
+impl From<StorageDtype> for burn::tensor::DType {
+    fn from(dtype: StorageDtype) -> Self {
+        match dtype {
+            StorageDtype::F32 => burn::tensor::DType::F32,
+            StorageDtype::F16 => burn::tensor::DType::F16,
+            StorageDtype::BF16 => burn::tensor::DType::BF16,
         }
     }
 }
@@ -76,7 +86,7 @@ impl HostTensor {
     /// A Burn float tensor's values.
     pub fn from_float<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
         let shape = t.dims().to_vec();
-        Self::f32(shape, crate::sae::to_host(t))
+        Self::f32(shape, crate::host::to_host(t))
     }
 
     /// The float values (an int tensor is converted).

@@ -13,12 +13,12 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::{AB, B as Cpu, max_rel_diff, values};
-use sae_core::device_select::{selects_on_device, top_k_on_device};
+use sae_core::host::int_to_host;
 use sae_core::kernels::{
     LatentGroups, SaeBackend, check_kernels, sparse_decode, sparse_dot, sparse_transpose_matmul,
     top_k_rows,
 };
-use sae_core::sae::int_to_host;
+use sae_core::sae::device_select::top_k_on_device;
 use sae_core::select::top_k_among;
 use sae_core::{Sae, SaeConfig, SaeError};
 
@@ -69,10 +69,10 @@ fn input() -> Vec<f32> {
 
 #[test]
 fn selection_runs_on_the_device_only_on_cubecl() {
-    assert!(selects_on_device::<Gpu>(&Default::default()));
-    assert!(selects_on_device::<Autodiff<Gpu>>(&Default::default()));
-    assert!(!selects_on_device::<Cpu>(&Default::default()));
-    assert!(!selects_on_device::<AB>(&Default::default()));
+    assert!(<Gpu as SaeBackend>::DEVICE_SELECT);
+    assert!(<Autodiff<Gpu> as SaeBackend>::DEVICE_SELECT);
+    assert!(!<Cpu as SaeBackend>::DEVICE_SELECT);
+    assert!(!<AB as SaeBackend>::DEVICE_SELECT);
 }
 
 #[test]

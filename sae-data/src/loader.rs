@@ -307,7 +307,7 @@ impl<'a> Loader<'a> {
             seq_len,
             rows: Vec::with_capacity(n),
             images: Vec::with_capacity(n),
-            vision: ProcessedImages::concat(vision_parts),
+            vision: ProcessedImages::concat(vision_parts)?,
         };
         for (id, ids, images) in sequences {
             let padding = seq_len - ids.len();

@@ -10,7 +10,7 @@ use burn::tensor::DType;
 use sae_core::parity::max_abs_diff;
 use sae_core::{HostData, TensorFile};
 use sae_data::{Batching, Dataset, Format, Loader, OnError, PreprocessOptions, StreamConfig};
-use sae_models::{ProcessedImages, VisionLanguageModel};
+use sae_models::{Qwen2VlImageInputs, VisionLanguageModel};
 
 type B = burn::backend::Flex;
 
@@ -60,10 +60,10 @@ fn image_rows_are_batched_as_transformers_processor_does() {
     .unwrap();
     assert_eq!(batch.input_ids, ints(&reference, "input_ids"));
     assert_eq!(batch.attention_mask, ints(&reference, "attention_mask"));
-    let Some(ProcessedImages::Qwen2Vl {
+    let Some(Qwen2VlImageInputs {
         pixel_values,
         image_grid_thw,
-    }) = batch.vision
+    }) = batch.vision.as_ref().and_then(|v| v.downcast_ref())
     else {
         panic!("the rows have images, for Qwen2-VL");
     };

@@ -17,13 +17,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::sae::{int_to_host, to_host};
+use sae_activations::{BatchModel, ReadConfig, select_tokens};
+use sae_core::host::{int_to_host, to_host};
 use sae_core::tensor_file::{read_json, write_atomic, write_json, write_tensors};
-use sae_core::{HookKind, HookPoint, HostTensor, SaeBackend, SaeModel, StorageDtype, TensorFile};
+use sae_core::{
+    HookKind, HookPoint, HostTensor, Recorder, SaeBackend, SaeModel, StorageDtype, TensorFile,
+};
 use sae_data::{Batch, Dataset};
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
-use sae_train::activations::{Capture, select_tokens};
-use sae_train::{BatchModel, ReadConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InterpError, Result};
@@ -185,9 +186,9 @@ impl Run<'_> {
             let Some(batch) = loader.next_batch()? else {
                 break;
             };
-            let mut capture = Capture::new(paths.clone(), true);
+            let mut recorder = Recorder::paths(&paths, true);
             let input = M::input(&batch, device);
-            M::logits(sae_model.model().forward_hooked(input, &mut capture))?;
+            M::logits(sae_model.model().forward_hooked(input, &mut recorder))?;
             let places = tokens.push(&batch);
             if let Some(model) = images {
                 let first = tokens.sequences() - batch.batch_size;
@@ -203,7 +204,8 @@ impl Run<'_> {
                 }
             }
             let counted = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
-            for ((out, path), writer) in capture.outputs.into_iter().zip(&paths).zip(&mut writers) {
+            let outputs = recorder.outputs(&paths);
+            for ((out, path), writer) in outputs.into_iter().zip(&paths).zip(&mut writers) {
                 // A batch whose tokens all left out records nothing.
                 let Some(out) = out.filter(|_| !counted.is_empty()) else {
                     continue;

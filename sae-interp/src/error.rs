@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
+use sae_activations::ActivationsError;
 use sae_core::SaeError;
 use sae_data::DataError;
 use sae_models::ModelError;
-use sae_train::TrainError;
 
 /// What can go wrong while interpreting or steering latents.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +39,9 @@ pub enum InterpError {
     /// The explainer model's API failed or answered something unusable.
     #[error("the chat API at {url} failed: {reason}")]
     Api { url: String, reason: String },
-    /// Training-side machinery (batching, activations) failed.
+    /// Running the model over the data (batching, activations) failed.
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Activations(#[from] ActivationsError),
     /// The dataset failed.
     #[error(transparent)]
     Data(#[from] DataError),

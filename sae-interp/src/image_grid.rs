@@ -143,7 +143,7 @@ pub fn image_extension(bytes: &[u8]) -> &'static str {
 mod tests {
     use super::*;
     use sae_core::HostTensor;
-    use sae_models::ProcessedImages;
+    use sae_models::{ProcessedImages, Qwen2VlImageInputs};
 
     /// Two images of 4 (a 2 x 2 grid) and 6 tokens (a 2 x 3 grid), image token 9.
     struct TwoImages;
@@ -189,10 +189,10 @@ mod tests {
             seq_len: n,
             rows: vec![Vec::new()],
             images: vec![vec![b"first".to_vec(), b"second".to_vec()]],
-            vision: Some(ProcessedImages::Qwen2Vl {
+            vision: Some(ProcessedImages::new(Qwen2VlImageInputs {
                 pixel_values: HostTensor::f32(vec![0], Vec::new()),
                 image_grid_thw: Vec::new(),
-            }),
+            })),
         }
     }
 

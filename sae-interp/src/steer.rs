@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use sae_core::{HookedModule, Hooks, Sae, SaeBackend, SaeError, SaeModel, SparseLatents};
+use sae_core::{
+    FirstError, HookedModule, Hooks, Sae, SaeBackend, SaeError, SaeModel, SparseLatents,
+};
 
 use crate::error::{InterpError, Result};
 
@@ -107,7 +109,7 @@ pub struct SteeringHooks<'a, B: Backend> {
     /// `sum_j c_j W_dec[j]` over the added latents, `[d_in]`.
     direction: Option<Tensor<B, 1>>,
     passes: usize,
-    error: Option<SaeError>,
+    error: FirstError<SaeError>,
 }
 
 impl<'a, B: SaeBackend> SteeringHooks<'a, B> {
@@ -149,16 +151,13 @@ impl<'a, B: SaeBackend> SteeringHooks<'a, B> {
             clamps,
             direction,
             passes: 0,
-            error: None,
+            error: FirstError::default(),
         })
     }
 
     /// Done: the first error the SAE met, if any.
     pub fn finish(self) -> Result<()> {
-        match self.error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(self.error.finish(())?)
     }
 
     /// The SAE's latents of `x`, with the clamps when `clamped`. Both the steered and the plain
@@ -210,15 +209,10 @@ impl<'a, B: SaeBackend> SteeringHooks<'a, B> {
 
 impl<B: SaeBackend> Hooks<B> for SteeringHooks<'_, B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if path != self.path || self.error.is_some() {
+        if path != self.path || self.error.failed() {
             return x;
         }
-        match self.steer(x.clone()) {
-            Ok(y) => y,
-            Err(e) => {
-                self.error = Some(e);
-                x
-            }
-        }
+        let result = self.steer(x.clone());
+        self.error.keep(result, x)
     }
 }

@@ -11,11 +11,11 @@ use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::DType;
+use sae_activations::ReadConfig;
 use sae_core::{HookedModule, Recorder};
 use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_interp::{Cache, CacheConfig, InterpError, SamplingConfig, cache_latents, latent_examples};
 use sae_models::{AnyModel, LanguageModel};
-use sae_train::ReadConfig;
 
 use exact::{D, HOOK, dataset, exact_sae, model_dir};
 
@@ -34,7 +34,7 @@ fn reference(data: &Path, batches: usize) -> Vec<(Vec<i64>, Vec<f32>)> {
         .map(|_| {
             let batch = loader.next_batch().unwrap().unwrap();
             let mut recorder = Recorder::new(&[HOOK.to_string()]).unwrap();
-            let input = sae_train::run::lm_input::<Flex>(&batch, &Default::default());
+            let input = sae_activations::lm_input::<Flex>(&batch, &Default::default());
             lm.model.forward_hooked(input, &mut recorder);
             let x = recorder.records.remove(0).1;
             (batch.input_ids, x.into_data().to_vec::<f32>().unwrap())

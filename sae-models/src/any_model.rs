@@ -3,13 +3,15 @@
 
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use image::DynamicImage;
 use sae_core::{HookPoint, HookedModule};
 
-use crate::error::Result;
-use crate::language_model::LanguageModel;
+use crate::error::{ModelError, Result};
+use crate::language_model::{LanguageModel, Prompt};
+use crate::prompt::ProcessedPrompt;
 use crate::source::ModelSource;
 use crate::tokenizer::Tokenizer;
-use crate::vision_language_model::{VisionLanguageModel, is_vision_language};
+use crate::vision_language::{ImageTokens, VisionLanguageModel, is_vision_language};
 
 /// A loaded model, text-only or vision-language.
 #[derive(Debug)]
@@ -25,7 +27,7 @@ impl<B: Backend> AnyModel<B> {
     pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
         let vision = match ModelSource::parse(spec) {
             ModelSource::Gguf(_) => false,
-            source => is_vision_language(&source.local_dir()?),
+            source => is_vision_language::<B>(&source.local_dir()?),
         };
         Ok(if vision {
             AnyModel::Vision(Box::new(VisionLanguageModel::load_as(spec, dtype, device)?))
@@ -63,6 +65,37 @@ impl<B: Backend> AnyModel<B> {
         match self {
             AnyModel::Text(lm) => lm.model.config().max_position_embeddings,
             AnyModel::Vision(vlm) => vlm.context(),
+        }
+    }
+
+    /// The image processing a data loader needs, for a vision-language model.
+    pub fn image_tokens(&self) -> Option<&dyn ImageTokens> {
+        match self {
+            AnyModel::Text(_) => None,
+            AnyModel::Vision(vlm) => Some(vlm.as_ref()),
+        }
+    }
+
+    /// `prompt` and `images` as the model takes them; a text-only model takes no images.
+    pub fn process(&self, prompt: Prompt, images: &[DynamicImage]) -> Result<ProcessedPrompt> {
+        match self {
+            AnyModel::Text(lm) => {
+                if !images.is_empty() {
+                    return Err(ModelError::BadInput(
+                        "this is a text-only model: it takes no images".into(),
+                    ));
+                }
+                Ok(ProcessedPrompt::text(lm.prompt_ids(prompt)?))
+            }
+            AnyModel::Vision(vlm) => vlm.process(prompt, images),
+        }
+    }
+
+    /// The shape transformers gives the output of hook `path` that has `shape` here.
+    pub fn transformers_shape(&self, path: &str, shape: &[usize]) -> Vec<usize> {
+        match self {
+            AnyModel::Text(_) => shape.to_vec(),
+            AnyModel::Vision(vlm) => vlm.model.transformers_shape(path, shape),
         }
     }
 }

@@ -13,7 +13,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::sae::int_to_host;
+use sae_core::host::int_to_host;
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;

@@ -18,12 +18,14 @@ pub mod image_processor;
 pub mod language_model;
 pub mod llava_onevision;
 mod mask;
+pub mod prompt;
 pub mod qwen2_vl;
 mod rope;
 pub mod source;
 mod tap;
+pub mod token_layout;
 pub mod tokenizer;
-pub mod vision_language_model;
+pub mod vision_language;
 pub mod weights;
 
 pub use any_model::AnyModel;
@@ -32,14 +34,16 @@ pub use decoder::{DecoderLm, KvCache, LmInput, LmOutput};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generator, ImageLm, Sampling, WithImages, generate};
 pub use image_processor::{
-    LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, Qwen2VlImageInputs,
+    LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, ProcessorSettings, Qwen2VlImageInputs,
     Qwen2VlImageProcessor, decode_image, load_image,
 };
 pub use language_model::{LanguageModel, Prompt};
+pub use prompt::ProcessedPrompt;
 pub use source::ModelSource;
+pub use token_layout::{ImageTokenLayout, TokenGrid};
 pub use tokenizer::{Message, Tokenizer};
-pub use vision_language_model::{
-    ImageProcessor, ImageTokenLayout, ImageTokens, ProcessedImages, ProcessedPrompt, TokenGrid,
-    VisionInput, VisionLanguageModel, VisionNetwork, expand_image_tokens, is_vision_language,
+pub use vision_language::{
+    ImageInputs, ImageTokens, ProcessedImages, VisionInput, VisionLanguage, VisionLanguageModel,
+    VisionNetwork, expand_image_tokens, is_vision_language,
 };
 pub use weights::Weights;

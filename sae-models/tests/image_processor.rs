@@ -10,8 +10,8 @@ use common::{fixture, ints};
 use image::DynamicImage;
 use sae_core::TensorFile;
 use sae_models::{
-    LlavaOnevisionImageProcessor, ModelError, Qwen2VlImageProcessor, image_processor::smart_resize,
-    load_image,
+    LlavaOnevisionImageProcessor, ModelError, ProcessorSettings, Qwen2VlImageProcessor,
+    image_processor::smart_resize, load_image,
 };
 use serde::Deserialize;
 

@@ -12,8 +12,8 @@ use sae_core::tensor_file::{StorageDtype, write_tensors};
 use sae_core::{HookedModule, Hooks, HostTensor, NoHooks, TensorFile};
 use sae_models::llava_onevision::{ImageInput, LlavaOnevision, LlavaOnevisionConfig, VlInput};
 use sae_models::{
-    GenerateConfig, LlavaOnevisionImageProcessor, Prompt, VisionLanguageModel, Weights, generate,
-    load_image,
+    GenerateConfig, LlavaOnevisionImageProcessor, ProcessorSettings, Prompt, VisionLanguageModel,
+    Weights, generate, load_image,
 };
 
 mod common;

@@ -115,7 +115,7 @@ fn a_chat_prompt_with_an_image_gives_the_processor_inputs_and_logits() {
         assert_eq!(prompt.input_ids, ints(&reference, "inputs.input_ids"));
         assert_eq!(
             prompt.mm_token_type_ids,
-            ints(&reference, "inputs.mm_token_type_ids")
+            Some(ints(&reference, "inputs.mm_token_type_ids"))
         );
         let pixels = prompt.images.clone().unwrap().pixel_values().to_f32();
         let expected = reference.get("inputs.pixel_values").unwrap().to_f32();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sae_core::{SaeConfig, TargetModules};
+use sae_core::{SaeConfig, StorageDtype, TargetModules};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -85,12 +85,8 @@ pub struct ModelConfig {
     /// A local HF folder, a hub id or a `.gguf` file.
     pub name: String,
     /// Compute dtype of the frozen model: `f32`, `f16` or `bf16` (the SAEs train in f32).
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
-}
-
-fn default_dtype() -> String {
-    "f32".into()
+    #[serde(default)]
+    pub dtype: StorageDtype,
 }
 
 /// Where the data is and how it becomes sequences.
@@ -330,12 +326,6 @@ impl TrainConfig {
         }
         if self.checkpoint.keep == 0 {
             return Err("checkpoint.keep must be at least 1".into());
-        }
-        if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
-            return Err(format!(
-                "model.dtype {:?} is not one of f32, f16, bf16",
-                self.model.dtype
-            ));
         }
         Ok(())
     }

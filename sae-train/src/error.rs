@@ -21,6 +21,9 @@ pub enum TrainError {
     /// The data could not be read.
     #[error(transparent)]
     Data(#[from] sae_data::DataError),
+    /// The frozen model could not be run over the data.
+    #[error(transparent)]
+    Activations(#[from] sae_activations::ActivationsError),
     /// An SAE could not be built, run, saved or loaded.
     #[error(transparent)]
     Sae(#[from] sae_core::SaeError),

@@ -11,16 +11,14 @@ use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::sae::{int_to_host, to_host as host};
-use sae_core::{Hooks, SaeBackend, SaeModel};
+use sae_activations::{BatchModel, ReadConfig, hook_rows};
+use sae_core::host::{int_to_host, to_host as host};
+use sae_core::{Hooks, Recorder, SaeBackend, SaeModel};
 use sae_data::Dataset;
 use sae_models::{AnyModel, ImageTokens, Tokenizer};
 use serde::Serialize;
 
-use crate::activations::{Capture, hook_rows};
-use crate::batch_model::BatchModel;
 use crate::error::{Result, TrainError};
-use crate::reading::ReadConfig;
 
 /// What to evaluate on.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,9 +191,9 @@ fn evaluate_model<B: SaeBackend, M: BatchModel<B>>(
         let Some(batch) = loader.next_batch()? else {
             break;
         };
-        let mut capture = Capture::new(paths.clone(), false);
+        let mut recorder = Recorder::paths(&paths, false);
         let model = sae_model.model();
-        let clean = M::logits(model.forward_hooked(M::input(&batch, device), &mut capture))?;
+        let clean = M::logits(model.forward_hooked(M::input(&batch, device), &mut recorder))?;
         let spliced = M::logits(sae_model.forward(M::input(&batch, device))?.output)?;
         let mut zero_ablation = ZeroAblation { paths: &paths };
         let zero = M::logits(model.forward_hooked(M::input(&batch, device), &mut zero_ablation))?;
@@ -205,7 +203,12 @@ fn evaluate_model<B: SaeBackend, M: BatchModel<B>>(
             ));
         };
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
-        for ((out, point), s) in capture.outputs.into_iter().zip(&points).zip(&mut sums) {
+        for ((out, point), s) in recorder
+            .outputs(&paths)
+            .into_iter()
+            .zip(&points)
+            .zip(&mut sums)
+        {
             // A vision hook is not reached by a batch without images.
             let Some(out) = out else { continue };
             accumulate_sae(

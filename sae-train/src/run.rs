@@ -6,20 +6,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_core::{HookPoint, HookedModule, SaeAutodiffBackend};
-use sae_data::{Batch, Batching, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
-use sae_models::{AnyModel, LmInput, Tokenizer, VisionInput};
+use sae_activations::{TokenFilter, hook_rows, lm_input, sequence_batching, vision_input};
+use sae_core::{HookPoint, HookedModule, Recorder, SaeAutodiffBackend};
+use sae_data::{Batch, Dataset, Loader, LoaderCursor, StreamConfig};
+use sae_models::{AnyModel, Tokenizer};
 
-use crate::activations::{Capture, TokenFilter, hook_rows};
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError, io};
-use crate::metrics::{METRICS_FILE, MetricsLog, StepRecord};
-use crate::plot::{Series, write_svg};
-use crate::tensorboard::EventWriter;
+use crate::log::metrics::{METRICS_FILE, MetricsLog, StepRecord};
+use crate::log::plot::{Series, write_svg};
+use crate::log::tensorboard::EventWriter;
 use crate::trainer::Trainer;
 
 /// The run's saved configuration.
@@ -120,38 +120,6 @@ pub fn resume<B: SaeAutodiffBackend>(
     Session::<B>::open(config, latest, device)?.run()
 }
 
-/// How rows of `kind` become sequences for a model of `model_context` positions: packed text
-/// contexts must fit in it (an error otherwise, before anything runs); chats are cut or skipped
-/// at `max_len` or the model's context, whichever is shorter.
-pub fn sequence_batching(
-    kind: Kind,
-    context: usize,
-    max_len: usize,
-    truncate: bool,
-    model_context: usize,
-) -> Result<Batching> {
-    if kind == Kind::Text && context > model_context {
-        return Err(TrainError::Invalid(format!(
-            "contexts of {context} tokens do not fit the model, whose context is {model_context} positions; use a context of at most {model_context}"
-        )));
-    }
-    Ok(Batching::for_kind(
-        kind,
-        context,
-        max_len.min(model_context),
-        truncate,
-    ))
-}
-
-/// The model's compute dtype from its name in the configuration.
-fn dtype(name: &str) -> DType {
-    match name {
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        _ => DType::F32,
-    }
-}
-
 /// Everything a run holds while it trains.
 struct Session<B: AutodiffBackend> {
     config: TrainConfig,
@@ -177,7 +145,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
         tracing::info!("loading model {}", config.model.name);
         let model = AnyModel::<B::InnerBackend>::load_as(
             &config.model.name,
-            dtype(&config.model.dtype),
+            config.model.dtype.into(),
             device,
         )?;
         let points = config.target_modules.resolve(&model.hook_points())?;
@@ -265,8 +233,8 @@ impl<B: SaeAutodiffBackend> Session<B> {
             self.model.context(),
             self.cursor.take(),
         )?;
-        if let AnyModel::Vision(vlm) = &self.model {
-            loader = loader.with_image_tokens(vlm.as_ref());
+        if let Some(images) = self.model.image_tokens() {
+            loader = loader.with_image_tokens(images);
         }
         let paths: Vec<String> = self.points.iter().map(|p| p.path.clone()).collect();
         let bar = progress_bar(self.config.log.progress, self.trainer.step, end);
@@ -366,20 +334,20 @@ impl<B: SaeAutodiffBackend> Session<B> {
         paths: &[String],
         filter: &TokenFilter,
     ) -> Result<Vec<Tensor<B::InnerBackend, 2>>> {
-        let mut capture = Capture::new(paths.to_vec(), true);
+        let mut recorder = Recorder::paths(paths, true);
         match &self.model {
             AnyModel::Text(lm) => {
                 lm.model
-                    .forward_hooked(lm_input(batch, &self.device), &mut capture);
+                    .forward_hooked(lm_input(batch, &self.device), &mut recorder);
             }
             AnyModel::Vision(vlm) => {
                 vlm.model
-                    .forward_hooked(vision_input(batch, &self.device), &mut capture)?;
+                    .forward_hooked(vision_input(batch, &self.device), &mut recorder)?;
             }
         }
         let tokens = filter.select(&batch.input_ids, &batch.attention_mask, batch.seq_len);
-        capture
-            .outputs
+        recorder
+            .outputs(paths)
             .into_iter()
             .zip(&self.points)
             .map(|(out, point)| {
@@ -392,36 +360,6 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 Ok(hook_rows(x, point, &tokens))
             })
             .collect()
-    }
-}
-
-/// A batch as the model's input (the attention mask only where there is padding).
-pub fn lm_input<B: burn::tensor::backend::Backend>(
-    batch: &Batch,
-    device: &B::Device,
-) -> LmInput<B> {
-    let shape = [batch.batch_size, batch.seq_len];
-    let ids =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), shape), device);
-    let padded = batch.attention_mask.contains(&0);
-    LmInput {
-        input_ids: ids,
-        attention_mask: padded.then(|| {
-            Tensor::from_data(TensorData::new(batch.attention_mask.clone(), shape), device)
-        }),
-    }
-}
-
-/// A batch as a vision-language model's input: [`lm_input`] and the batch's processed images.
-pub fn vision_input<B: burn::tensor::backend::Backend>(
-    batch: &Batch,
-    device: &B::Device,
-) -> VisionInput<B> {
-    let input = lm_input(batch, device);
-    VisionInput {
-        input_ids: input.input_ids,
-        attention_mask: input.attention_mask,
-        images: batch.vision.clone(),
     }
 }
 
@@ -444,9 +382,10 @@ fn progress_bar(show: bool, done: u64, end: u64) -> ProgressBar {
 /// Draws the loss and FVU curves of `metrics.jsonl` to `curves.svg`.
 fn draw_curves(run_dir: &Path) -> Result<()> {
     let metrics = run_dir.join(METRICS_FILE);
-    let [loss, fvu]: [Vec<(f64, f64)>; 2] = crate::metrics::series(&metrics, &["loss", "fvu"])?
-        .try_into()
-        .expect("one series per field");
+    let [loss, fvu]: [Vec<(f64, f64)>; 2] =
+        crate::log::metrics::series(&metrics, &["loss", "fvu"])?
+            .try_into()
+            .expect("one series per field");
     let path = run_dir.join(CURVES_FILE);
     write_svg(
         &path,

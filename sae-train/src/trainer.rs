@@ -7,7 +7,7 @@
 //! records a graph. On the CPU backends each SAE's parameters, gradients and moments live on the
 //! host, where the hand-derived gradients and the optimiser run as fused loops; on the GPU
 //! backends (TopK and BatchTopK) they stay on the device, where the same math runs as tensor
-//! operations ([`sae_core::device_grad`]) and only the selection and a few scalars are read
+//! operations ([`sae_core::sae::device_grad`]) and only the selection and a few scalars are read
 //! back (BatchTopK: each token's `4k` largest pre-activations, for its batch-wide selection).
 //! The SAE on the backend is renewed from them after each step for the forward passes that
 //! need it.
@@ -17,11 +17,10 @@ use std::borrow::Cow;
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use sae_core::device_select::selects_on_device;
-use sae_core::sae::{int_to_host, to_host};
+use sae_core::host::{int_to_host, to_host};
 use sae_core::{
-    Architecture, HookPoint, HostParams, Params, Sae, SaeAutodiffBackend, SaeConfig, SaeError,
-    gemm_on_host,
+    Architecture, HookPoint, HostParams, Params, Sae, SaeAutodiffBackend, SaeBackend, SaeConfig,
+    SaeError,
 };
 use serde::Serialize;
 
@@ -76,7 +75,7 @@ pub struct HookTrainer<B: AutodiffBackend> {
     /// Tokens seen since each latent last fired.
     pub tokens_since_fired: Vec<u64>,
     /// Parameters (in the scaled activation space when `scale != 1`), gradients and moments.
-    state: State<B::InnerBackend>,
+    residence: Residence<B::InnerBackend>,
     /// The same SAE on the backend, renewed from `state` when a pass needs it.
     sae: Sae<B>,
     /// The parameters changed since `sae` was last renewed.
@@ -97,7 +96,7 @@ struct Optimised<T> {
 
 /// Where an SAE's [`Optimised`] state lives.
 #[derive(Debug)]
-enum State<B: Backend> {
+enum Residence<B: Backend> {
     /// On the host: the CPU backends, and the architectures without hand-derived gradients.
     Host(Box<Optimised<Vec<f32>>>),
     /// On the device: TopK and BatchTopK on the GPU backends.
@@ -186,7 +185,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let configs: Vec<SaeConfig> = points.iter().map(|p| sae.sized_for(p)).collect();
-        if gemm_on_host::<B::InnerBackend>(device) {
+        if B::InnerBackend::HOST_GEMM {
             let matrices = points
                 .iter()
                 .zip(&configs)
@@ -277,20 +276,19 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         moments: Option<Moments>,
     ) -> Self {
         let latents = sae.num_latents();
-        let on_device =
-            sae.has_host_gradients() && selects_on_device::<B::InnerBackend>(&sae.w_enc.device());
-        let state = if on_device {
+        let on_device = sae.has_host_gradients() && B::InnerBackend::DEVICE_SELECT;
+        let residence = if on_device {
             let device = sae.w_enc.device();
             let moments = moments.map(|m| m.to_device(&device));
-            State::Device(Optimised::new(sae.valid().device_params(), moments))
+            Residence::Device(Optimised::new(sae.valid().device_params(), moments))
         } else {
-            State::Host(Box::new(Optimised::new(sae.host_params(), moments)))
+            Residence::Host(Box::new(Optimised::new(sae.host_params(), moments)))
         };
         HookTrainer {
             path,
             scale,
             tokens_since_fired,
-            state,
+            residence,
             sae,
             stale: false,
             did_fire: vec![false; latents],
@@ -310,13 +308,13 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             .into());
         }
         let device = self.sae.w_enc.device();
-        self.state = match (self.state, on_device) {
-            (State::Host(h), true) => State::Device(Optimised {
+        self.residence = match (self.residence, on_device) {
+            (Residence::Host(h), true) => Residence::Device(Optimised {
                 params: h.params.to_device(&device),
                 grads: h.grads.to_device(&device),
                 moments: h.moments.map(|m| m.to_device(&device)),
             }),
-            (State::Device(t), false) => State::Host(Box::new(Optimised {
+            (Residence::Device(t), false) => Residence::Host(Box::new(Optimised {
                 params: t.params.to_host(),
                 grads: t.grads.to_host(),
                 moments: t.moments.map(|m| m.to_host()),
@@ -328,7 +326,7 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
 
     /// True when the parameters, gradients and moments live on the device.
     pub fn is_on_device(&self) -> bool {
-        matches!(self.state, State::Device(_))
+        matches!(self.residence, Residence::Device(_))
     }
 
     /// The SAE being trained (in the scaled activation space when `scale != 1`).
@@ -351,17 +349,17 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
 
     /// Its parameters on the host (copied from the device when they live there).
     pub fn params(&self) -> Cow<'_, HostParams> {
-        match &self.state {
-            State::Host(h) => Cow::Borrowed(&h.params),
-            State::Device(t) => Cow::Owned(t.params.to_host()),
+        match &self.residence {
+            Residence::Host(h) => Cow::Borrowed(&h.params),
+            Residence::Device(t) => Cow::Owned(t.params.to_host()),
         }
     }
 
     /// AdamW's moments on the host, once a step has been taken.
     pub fn moments(&self) -> Option<Cow<'_, Moments>> {
-        match &self.state {
-            State::Host(h) => h.moments.as_ref().map(Cow::Borrowed),
-            State::Device(t) => t.moments.as_ref().map(|m| Cow::Owned(m.to_host())),
+        match &self.residence {
+            Residence::Host(h) => h.moments.as_ref().map(Cow::Borrowed),
+            Residence::Device(t) => t.moments.as_ref().map(|m| Cow::Owned(m.to_host())),
         }
     }
 
@@ -389,9 +387,9 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         if self.sae.config.normalize_decoder {
             params.w_dec.unit_norm_rows(d);
         }
-        match &mut self.state {
-            State::Host(h) => h.params = params,
-            State::Device(t) => t.params = params.to_device(&x.device()),
+        match &mut self.residence {
+            Residence::Host(h) => h.params = params,
+            Residence::Device(t) => t.params = params.to_device(&x.device()),
         }
         self.stale = true;
         Ok(())
@@ -402,9 +400,9 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         self.stale = false;
         let config = self.sae.config.clone();
         let device = self.sae.w_enc.device();
-        self.sae = match &self.state {
-            State::Host(h) => Sae::from_host_params(config, &h.params, &device),
-            State::Device(t) => {
+        self.sae = match &self.residence {
+            Residence::Host(h) => Sae::from_host_params(config, &h.params, &device),
+            Residence::Device(t) => {
                 Sae::from_device_params(config, &t.params.map(|p| Tensor::from_inner(p.clone())))
             }
         }
@@ -439,24 +437,24 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         let weight = 1.0 / acc as f32;
         // The host-gradient path reads only the host parameters when the product runs on the
         // host.
-        let host_only = matches!(self.state, State::Host(_))
+        let host_only = matches!(self.residence, Residence::Host(_))
             && self.sae.has_host_gradients()
-            && gemm_on_host::<B::InnerBackend>(&x.device());
+            && B::InnerBackend::HOST_GEMM;
         if self.stale && !host_only {
             self.sync();
         }
-        let micro = match &mut self.state {
-            State::Device(t) => self
+        let micro = match &mut self.residence {
+            Residence::Device(t) => self
                 .sae
                 .valid()
                 .add_device_loss_grads(x, dead.as_deref(), weight, &mut t.grads)
                 .map(MicroStep::from),
-            State::Host(h) if self.sae.has_host_gradients() => self
+            Residence::Host(h) if self.sae.has_host_gradients() => self
                 .sae
                 .valid()
                 .add_loss_grads(&h.params, x, dead.as_deref(), weight, &mut h.grads)
                 .map(MicroStep::from),
-            State::Host(h) => {
+            Residence::Host(h) => {
                 autodiff_micro_step(&self.sae, x, dead.as_deref(), weight, &mut h.grads)
             }
         };
@@ -495,9 +493,9 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
     fn apply(&mut self, optim: &OptimConfig, lr: f64, step: u64) -> Result<HookMetrics> {
         let config = self.sae.config.clone();
         let d = self.sae.d_in();
-        let grad_norm = match &mut self.state {
-            State::Host(h) => h.step(&config, optim, lr, step, d),
-            State::Device(t) => t.step(&config, optim, lr, step, d),
+        let grad_norm = match &mut self.residence {
+            Residence::Host(h) => h.step(&config, optim, lr, step, d),
+            Residence::Device(t) => t.step(&config, optim, lr, step, d),
         };
         if !grad_norm.is_finite() {
             return Err(self.non_finite(step, "the gradient"));

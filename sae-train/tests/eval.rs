@@ -9,10 +9,11 @@ use std::path::Path;
 use burn::backend::Flex;
 use burn::tensor::Tensor;
 use common::{D, HOOK, dataset, exact_sae, model_dir};
+use sae_activations::ReadConfig;
 use sae_core::{HookedModule, Hooks, NoHooks};
 use sae_data::{Batching, Dataset, Loader, StreamConfig};
 use sae_models::{AnyModel, LanguageModel};
-use sae_train::{EvalConfig, ReadConfig, evaluate};
+use sae_train::{EvalConfig, evaluate};
 
 struct Zero;
 impl Hooks<Flex> for Zero {
@@ -43,7 +44,7 @@ fn plain_ce(data: &Path, hooks: &mut dyn Hooks<Flex>, batches: usize) -> f64 {
     let (mut total, mut count) = (0f64, 0usize);
     for _ in 0..batches {
         let batch = loader.next_batch().unwrap().unwrap();
-        let input = sae_train::run::lm_input::<Flex>(&batch, &Default::default());
+        let input = sae_activations::lm_input::<Flex>(&batch, &Default::default());
         let logits = lm.model.forward_hooked(input, hooks).logits.unwrap();
         let vocab = logits.dims()[2];
         let values = logits.into_data().to_vec::<f32>().unwrap();

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
+use sae_activations::ReadConfig;
 use sae_core::TargetModules;
 use sae_data::{Format, PreprocessOptions};
 use sae_interp::{Cache, CacheConfig, SamplingConfig, write_dashboard};
 use sae_models::{AnyModel, ModelSource};
 use sae_train::config::parse_value;
-use sae_train::{EvalConfig, ReadConfig, TrainConfig};
+use sae_train::{EvalConfig, TrainConfig};
 
 use crate::bench::{
     fetch, interleaved, python_reference, reference_wanted, shakespeare_texts, smollm2_gguf,
@@ -265,8 +266,8 @@ pub fn bench() -> Result<()> {
 /// `TIMING_SKIP`, as `metrics.jsonl` reports them.
 fn training_tokens_per_s(config: TrainConfig) -> Result<f64> {
     let summary = run(config)?;
-    let metrics = summary.run_dir.join(sae_train::metrics::METRICS_FILE);
-    let rates: Vec<f64> = sae_train::metrics::series(&metrics, &["tokens_per_s"])?
+    let metrics = summary.run_dir.join(sae_train::log::metrics::METRICS_FILE);
+    let rates: Vec<f64> = sae_train::log::metrics::series(&metrics, &["tokens_per_s"])?
         .remove(0)
         .into_iter()
         .skip(TIMING_SKIP)

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sae_core::{Chain, HookedModule, HostTensor, Recorder, StorageDtype};
-use sae_models::{AnyModel, LmInput, qwen2_vl};
+use sae_activations::file::activation_tensors;
+use sae_core::{Chain, HookedModule, Recorder, StorageDtype};
+use sae_models::AnyModel;
 
-use super::model_args::{ModelArgs, Processed};
+use super::model_args::ModelArgs;
 use super::sae_args::SaeArgs;
 use crate::backend;
 
@@ -51,43 +52,31 @@ pub fn run(args: Args) -> Result<()> {
     let processed = args.model.process(&loaded)?;
     let device = backend::device()?;
     let mut recorder = Recorder::new(&args.hooks).context("bad --hooks pattern")?;
-    // Hook outputs are written in the shapes transformers gives them.
-    let (logits, shape_of): (_, ShapeOf) = match (loaded, &processed) {
-        (AnyModel::Text(lm), Processed::Text(ids)) => {
-            let input = LmInput::from_ids(ids, &device);
-            let out = args.sae.run(lm.model, |model, hooks| {
+    let logits = match &loaded {
+        AnyModel::Text(lm) => {
+            let input = processed.to_lm_input(&device);
+            let out = args.sae.run(&lm.model, |model, hooks| {
                 Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder)))
             })?;
-            (out.logits, |_, shape| shape.to_vec())
+            out.logits
         }
-        (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
-            let input = prompt.to_input(&device);
-            let out = args.sae.run(vlm.model, |model, hooks| {
+        AnyModel::Vision(vlm) => {
+            let input = processed.to_input(&device);
+            let out = args.sae.run(&vlm.model, |model, hooks| {
                 Ok(model.forward_hooked(input, &mut Chain(hooks, &mut recorder))?)
             })?;
-            (out.logits, qwen2_vl::transformers_shape)
+            out.logits
         }
-        _ => unreachable!("a prompt is processed for the model that was loaded"),
     };
     if !args.hooks.is_empty() && recorder.records.is_empty() {
         bail!("no hook point matches {:?}; see --list-hooks", args.hooks);
     }
-    let mut tensors = processed.tensors();
-    tensors.push((
-        "logits".to_string(),
-        HostTensor::from_float(logits.expect("the pass runs to the end")),
-    ));
     let hooked = recorder.records.len();
-    for (path, x) in recorder.records {
-        let mut t = HostTensor::from_float(x);
-        t.shape = shape_of(&path, &t.shape);
-        tensors.push((format!("hook.{path}"), t));
-    }
+    let logits = logits.expect("the pass runs to the end");
+    // Hook outputs are written in the shapes transformers gives them.
+    let tensors = activation_tensors(&loaded, &processed, logits, recorder.records);
     sae_core::tensor_file::write_tensors(&out, &tensors, StorageDtype::F32, None)?;
-    let tokens = processed.ids().len();
+    let tokens = processed.input_ids.len();
     tracing::info!(tokens, hooks = hooked, out = %out.display(), "wrote");
     Ok(())
 }
-
-/// The shape transformers gives a hook's output, from its path and shape here.
-type ShapeOf = fn(&str, &[usize]) -> Vec<usize>;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use sae_models::{AnyModel, GenerateConfig, Sampling, generate};
 
-use super::model_args::{ModelArgs, Processed};
+use super::model_args::ModelArgs;
 use super::sae_args::SaeArgs;
 use crate::backend;
 
@@ -70,19 +70,16 @@ pub fn run(args: Args) -> Result<()> {
         pad_token: tokenizer.pad_token_id().unwrap_or(0),
     };
     let device = backend::device()?;
-    let prompts = [processed.ids().to_vec()];
+    let prompts = [processed.input_ids.clone()];
     let run = |sae: &SaeArgs| -> Result<Vec<i64>> {
-        let tokens = match (&loaded, &processed) {
-            (AnyModel::Text(lm), _) => sae.run(&lm.model, |model, hooks| {
+        let tokens = match &loaded {
+            AnyModel::Text(lm) => sae.run(&lm.model, |model, hooks| {
                 Ok(generate(*model, &prompts, &config, hooks, &device)?)
             })?,
-            (AnyModel::Vision(vlm), Processed::Vision(prompt)) => {
-                sae.run(&vlm.model, |model, hooks| {
-                    let generator = model.generator(prompt.images.clone());
-                    Ok(generate(&generator, &prompts, &config, hooks, &device)?)
-                })?
-            }
-            _ => unreachable!("a prompt is processed for the model that was loaded"),
+            AnyModel::Vision(vlm) => sae.run(&vlm.model, |model, hooks| {
+                let generator = model.generator(processed.images.clone());
+                Ok(generate(&generator, &prompts, &config, hooks, &device)?)
+            })?,
         };
         Ok(tokens.into_iter().next().unwrap_or_default())
     };

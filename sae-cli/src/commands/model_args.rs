@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::DType;
-use sae_core::{HostTensor, StorageDtype};
+use sae_core::StorageDtype;
 use sae_models::{AnyModel, ImageTokens, ProcessedPrompt, Prompt, load_image};
 
 use crate::backend::{self, Backend};
@@ -31,98 +30,43 @@ pub struct ModelArgs {
     pub dtype: StorageDtype,
 }
 
-/// A prompt ready for the model it was made for.
-pub enum Processed {
-    /// The token ids of a text model's prompt.
-    Text(Vec<i64>),
-    /// What a vision-language model's processor returns.
-    Vision(ProcessedPrompt),
-}
-
-impl Processed {
-    /// The token ids.
-    pub fn ids(&self) -> &[i64] {
-        match self {
-            Processed::Text(ids) => ids,
-            Processed::Vision(p) => &p.input_ids,
-        }
-    }
-
-    /// The inputs as transformers' processor names them, for an activations file.
-    pub fn tensors(&self) -> Vec<(String, HostTensor)> {
-        match self {
-            Processed::Vision(p) => p.tensors(),
-            Processed::Text(ids) => {
-                let t = ids.len();
-                vec![
-                    (
-                        "inputs.input_ids".into(),
-                        HostTensor::i64(vec![1, t], ids.clone()),
-                    ),
-                    (
-                        "inputs.attention_mask".into(),
-                        HostTensor::i64(vec![1, t], vec![1; t]),
-                    ),
-                ]
-            }
-        }
-    }
-}
-
 impl ModelArgs {
-    /// The compute dtype.
-    fn dtype(&self) -> DType {
-        match self.dtype {
-            StorageDtype::F32 => DType::F32,
-            StorageDtype::F16 => DType::F16,
-            StorageDtype::BF16 => DType::BF16,
-        }
-    }
-
     /// Loads the model, text-only or vision-language, whichever `config.json` names.
     pub fn load(&self) -> Result<AnyModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
-        let model = AnyModel::load_as(&self.model, self.dtype(), &backend::device()?)
+        let model = AnyModel::load_as(&self.model, self.dtype.into(), &backend::device()?)
             .with_context(|| format!("cannot load model {}", self.model))?;
         tracing::info!(backend = backend::NAME, "model loaded");
         Ok(model)
     }
 
     /// The prompt (and images) as `loaded` takes them.
-    pub fn process(&self, loaded: &AnyModel<Backend>) -> Result<Processed> {
+    pub fn process(&self, loaded: &AnyModel<Backend>) -> Result<ProcessedPrompt> {
         let prompt = match (&self.text, &self.chat) {
             (Some(t), None) => Prompt::Text(t),
             (None, Some(c)) => Prompt::Chat(c),
             _ => bail!("give the prompt with --text or --chat"),
         };
-        let processed = match loaded {
-            AnyModel::Text(lm) => {
-                if !self.image.is_empty() {
-                    bail!("{} is a text-only model: it takes no --image", self.model);
+        if matches!(loaded, AnyModel::Text(_)) && !self.image.is_empty() {
+            bail!("{} is a text-only model: it takes no --image", self.model);
+        }
+        let images = (self.image.iter())
+            .map(|path| load_image(path))
+            .collect::<sae_models::Result<Vec<_>>>()?;
+        let text_prompt = matches!(prompt, Prompt::Text(_));
+        let processed = loaded
+            .process(prompt, &images)
+            .with_context(|| match loaded {
+                AnyModel::Vision(vlm) if text_prompt => {
+                    let id = vlm.image_token();
+                    let token = vlm.tokenizer.token(id).unwrap_or_else(|| id.to_string());
+                    format!(
+                        "with --text, the text holds one {token} per --image; --chat places them"
+                    )
                 }
-                Processed::Text(lm.prompt_ids(prompt)?)
-            }
-            AnyModel::Vision(vlm) => {
-                let images = self
-                    .image
-                    .iter()
-                    .map(|path| load_image(path))
-                    .collect::<sae_models::Result<Vec<_>>>()?;
-                let text_prompt = matches!(prompt, Prompt::Text(_));
-                let processed = vlm.process(prompt, &images);
-                Processed::Vision(processed.with_context(|| match text_prompt {
-                    true => {
-                        let id = vlm.image_token();
-                        let token = vlm.tokenizer.token(id).unwrap_or_else(|| id.to_string());
-                        format!(
-                            "with --text, the text holds one {token} per --image; --chat places them"
-                        )
-                    }
-                    false => "cannot prepare the prompt".to_string(),
-                })?)
-            }
-        };
-        let (n, limit) = (processed.ids().len(), loaded.context());
+                _ => "cannot prepare the prompt".to_string(),
+            })?;
+        let (n, limit) = (processed.input_ids.len(), loaded.context());
         if n == 0 {
             bail!("the prompt has no tokens");
         }

@@ -1,6 +1,6 @@
 //! How `sae eval` and `sae cache` read a dataset: batches, contexts and the tokens that count.
 
-use sae_train::ReadConfig;
+use sae_activations::ReadConfig;
 
 /// Batch size, context and the tokens left out.
 #[derive(clap::Args)]

@@ -89,7 +89,7 @@ impl HostSae {
 
     /// Copies a Burn SAE's tensors to the host.
     pub fn from_sae<B: SaeBackend>(sae: &Sae<B>) -> Self {
-        use crate::sae::to_host as host;
+        use crate::host::to_host as host;
         HostSae {
             config: sae.config.clone(),
             w_enc: host(sae.w_enc.val()),

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::{LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul};
 use crate::error::{Result, SaeError};
-use crate::sae::{int_to_host, to_host};
+use crate::host::{int_to_host, to_host};
 use crate::select::top_k_among;
 
 /// Relative tolerance of the float kernels against the host (sums in another order).

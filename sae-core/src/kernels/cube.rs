@@ -256,6 +256,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    const DEVICE_SELECT: bool = true;
+
     fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
         let values = input(values, F::dtype());
         let [rows, cols] = dims2(&values);

@@ -100,6 +100,8 @@ fn register<B: FusionBackend + SaeBackend>(
 }
 
 impl<B: FusionBackend + SaeBackend> SaeBackend for Fusion<B> {
+    const DEVICE_SELECT: bool = B::DEVICE_SELECT;
+
     fn top_k_rows(values: FloatTensor<Self>, k: usize) -> IntTensor<Self> {
         let shape = [values.shape[0], k];
         register::<B>(

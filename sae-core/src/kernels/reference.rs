@@ -8,7 +8,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::{float, int};
-use crate::sae::to_host;
+use crate::host::to_host;
 use crate::select;
 
 /// [`SaeBackend::top_k_rows`](super::SaeBackend::top_k_rows): the values read back and

@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 
 /// The settings file of the model folder `dir`: `processor_config.json`, else
 /// `preprocessor_config.json`.
-pub(crate) fn settings_file(dir: &Path) -> Result<PathBuf> {
+fn settings_file(dir: &Path) -> Result<PathBuf> {
     ["processor_config.json", "preprocessor_config.json"]
         .iter()
         .map(|name| dir.join(name))
@@ -21,17 +21,30 @@ pub(crate) fn settings_file(dir: &Path) -> Result<PathBuf> {
         })
 }
 
-/// A processor from the settings in `path` (either layout): their raw form read and checked by
-/// [`read`], then turned into the processor by `build` (its message names what is wrong).
-pub(crate) fn load<T: DeserializeOwned, P>(
-    path: &Path,
-    types: &[&str],
-    build: impl FnOnce(T) -> std::result::Result<P, String>,
-) -> Result<P> {
-    build(read(path, types)?).map_err(|message| ModelError::BadConfig {
-        file: path.to_path_buf(),
-        message,
-    })
+/// An image processor read from its settings (either layout).
+pub trait ProcessorSettings: Sized {
+    /// The settings as the file holds them.
+    type Raw: DeserializeOwned;
+    /// The `image_processor_type`s the settings may name.
+    const TYPES: &'static [&'static str];
+
+    /// The processor from the file's settings; the message names what is wrong.
+    fn from_raw(raw: Self::Raw) -> std::result::Result<Self, String>;
+
+    /// Reads the settings of a model folder (`processor_config.json`, else
+    /// `preprocessor_config.json`).
+    fn from_model_dir(dir: &Path) -> Result<Self> {
+        Self::from_file(&settings_file(dir)?)
+    }
+
+    /// Reads the settings from `processor_config.json` (its `image_processor` object) or from
+    /// `preprocessor_config.json` (top-level keys).
+    fn from_file(path: &Path) -> Result<Self> {
+        Self::from_raw(read(path, Self::TYPES)?).map_err(|message| ModelError::BadConfig {
+            file: path.to_path_buf(),
+            message,
+        })
+    }
 }
 
 /// Reads the image processor settings in `path` (either layout), after checking that its

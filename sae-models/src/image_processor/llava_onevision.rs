@@ -2,17 +2,16 @@
 //! an image is resized into the best-fitting of `image_grid_pinpoints`, padded, and cut into tiles
 //! of `size`, after a downscaled copy of the whole image; each tile is then normalised.
 
-use std::path::Path;
-
 use image::{DynamicImage, Rgb, RgbImage, imageops};
 use sae_core::HostTensor;
 use serde::Deserialize;
 
-use super::config::{self, BICUBIC};
+use super::config::{self, BICUBIC, ProcessorSettings};
 use super::decode::convert_to_rgb;
 use super::normalize::Normalization;
 use super::resize::resize_bicubic;
 use crate::error::{ModelError, Result};
+use crate::vision_language::images::{ImageInputs, stack};
 
 /// The `image_processor_type`s these settings may name.
 const TYPES: &[&str] = &[
@@ -67,7 +66,7 @@ impl Default for LlavaOnevisionImageProcessor {
 
 /// The keys of the settings, every one optional.
 #[derive(Deserialize)]
-struct RawSettings {
+pub struct RawSettings {
     size: Option<RawSize>,
     crop_size: Option<RawSize>,
     image_grid_pinpoints: Option<Vec<[u32; 2]>>,
@@ -85,18 +84,46 @@ struct RawSize {
     width: Option<u32>,
 }
 
-impl LlavaOnevisionImageProcessor {
-    /// Reads the settings of a model folder (`processor_config.json`, else
-    /// `preprocessor_config.json`).
-    pub fn from_model_dir(dir: &Path) -> Result<Self> {
-        Self::from_file(&config::settings_file(dir)?)
+impl ImageInputs for LlavaOnevisionImageInputs {
+    fn count(&self) -> usize {
+        self.image_sizes.len()
     }
 
-    /// Reads the settings from `processor_config.json` (its `image_processor` object) or from
-    /// `preprocessor_config.json` (top-level keys).
-    pub fn from_file(path: &Path) -> Result<Self> {
-        config::load(path, TYPES, Self::from_raw)
+    fn pixel_values(&self) -> &HostTensor {
+        &self.pixel_values
     }
+
+    fn concat(parts: Vec<Self>) -> Self {
+        let pixels: Vec<&HostTensor> = parts.iter().map(|p| &p.pixel_values).collect();
+        LlavaOnevisionImageInputs {
+            pixel_values: stack(&pixels),
+            image_sizes: parts.iter().flat_map(|p| p.image_sizes.clone()).collect(),
+            batch_num_images: (parts.iter())
+                .flat_map(|p| p.batch_num_images.clone())
+                .collect(),
+        }
+    }
+
+    fn tensors(&self) -> Vec<(&'static str, HostTensor)> {
+        let sizes = self.image_sizes.as_flattened().iter().map(|&v| v as i64);
+        let counts = self.batch_num_images.iter().map(|&v| v as i64);
+        vec![
+            ("pixel_values", self.pixel_values.clone()),
+            (
+                "image_sizes",
+                HostTensor::i64(vec![self.count(), 2], sizes.collect()),
+            ),
+            (
+                "batch_num_images",
+                HostTensor::i64(vec![self.batch_num_images.len()], counts.collect()),
+            ),
+        ]
+    }
+}
+
+impl ProcessorSettings for LlavaOnevisionImageProcessor {
+    type Raw = RawSettings;
+    const TYPES: &'static [&'static str] = TYPES;
 
     /// Absent keys take transformers' class defaults; settings this port does not implement fail.
     fn from_raw(raw: RawSettings) -> Result<Self, String> {
@@ -134,7 +161,9 @@ impl LlavaOnevisionImageProcessor {
             normalization: raw.normalization,
         })
     }
+}
 
+impl LlavaOnevisionImageProcessor {
     /// Preprocesses `images` as `LlavaOnevisionImageProcessor(images)` does with a flat list:
     /// every image is a prompt of its own, and so is tiled.
     pub fn preprocess(&self, images: &[DynamicImage]) -> Result<LlavaOnevisionImageInputs> {

@@ -12,6 +12,8 @@
 //! `preprocessor_config.json` (older hub layout): see `from_model_dir` on each processor.
 
 mod config;
+
+pub use config::ProcessorSettings;
 mod decode;
 mod llava_onevision;
 mod normalize;

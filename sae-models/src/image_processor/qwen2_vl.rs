@@ -2,17 +2,16 @@
 //! that both sides are multiples of `patch_size * merge_size` within a pixel budget, normalise,
 //! and cut into flattened patches, each repeated over `temporal_patch_size` frames.
 
-use std::path::Path;
-
 use image::DynamicImage;
 use sae_core::HostTensor;
 use serde::Deserialize;
 
-use super::config::{self, BICUBIC};
+use super::config::{self, BICUBIC, ProcessorSettings};
 use super::decode::convert_to_rgb;
 use super::normalize::Normalization;
 use super::resize::resize_bicubic;
 use crate::error::{ModelError, Result};
+use crate::vision_language::images::{ImageInputs, stack};
 
 /// The `image_processor_type`s these settings may name.
 const TYPES: &[&str] = &["Qwen2VLImageProcessor", "Qwen2VLImageProcessorFast"];
@@ -47,6 +46,38 @@ pub struct Qwen2VlImageInputs {
     pub image_grid_thw: Vec<[usize; 3]>,
 }
 
+impl ImageInputs for Qwen2VlImageInputs {
+    fn count(&self) -> usize {
+        self.image_grid_thw.len()
+    }
+
+    fn pixel_values(&self) -> &HostTensor {
+        &self.pixel_values
+    }
+
+    fn concat(parts: Vec<Self>) -> Self {
+        let pixels: Vec<&HostTensor> = parts.iter().map(|p| &p.pixel_values).collect();
+        Qwen2VlImageInputs {
+            pixel_values: stack(&pixels),
+            image_grid_thw: parts
+                .iter()
+                .flat_map(|p| p.image_grid_thw.clone())
+                .collect(),
+        }
+    }
+
+    fn tensors(&self) -> Vec<(&'static str, HostTensor)> {
+        let grids = self.image_grid_thw.as_flattened().iter().map(|&v| v as i64);
+        vec![
+            ("pixel_values", self.pixel_values.clone()),
+            (
+                "image_grid_thw",
+                HostTensor::i64(vec![self.count(), 3], grids.collect()),
+            ),
+        ]
+    }
+}
+
 impl Default for Qwen2VlImageProcessor {
     /// transformers' class defaults.
     fn default() -> Self {
@@ -64,7 +95,7 @@ impl Default for Qwen2VlImageProcessor {
 
 /// The keys of the settings, every one optional.
 #[derive(Deserialize)]
-struct RawSettings {
+pub struct RawSettings {
     size: Option<RawSize>,
     min_pixels: Option<u64>,
     max_pixels: Option<u64>,
@@ -83,18 +114,9 @@ struct RawSize {
     longest_edge: Option<u64>,
 }
 
-impl Qwen2VlImageProcessor {
-    /// Reads the settings of a model folder (`processor_config.json`, else
-    /// `preprocessor_config.json`).
-    pub fn from_model_dir(dir: &Path) -> Result<Self> {
-        Self::from_file(&config::settings_file(dir)?)
-    }
-
-    /// Reads the settings from `processor_config.json` (its `image_processor` object) or from
-    /// `preprocessor_config.json` (top-level keys).
-    pub fn from_file(path: &Path) -> Result<Self> {
-        config::load(path, TYPES, Self::from_raw)
-    }
+impl ProcessorSettings for Qwen2VlImageProcessor {
+    type Raw = RawSettings;
+    const TYPES: &'static [&'static str] = TYPES;
 
     /// HF `__init__`: `min_pixels` / `max_pixels` override `size`; no `size` means the defaults.
     fn from_raw(raw: RawSettings) -> Result<Self, String> {
@@ -137,7 +159,9 @@ impl Qwen2VlImageProcessor {
         }
         Ok(processor)
     }
+}
 
+impl Qwen2VlImageProcessor {
     /// Preprocesses `images` as `Qwen2VLImageProcessor(images)` does: each image is converted to
     /// RGB, resized ([`smart_resize`]), rescaled and normalised, and cut into patches; the
     /// images' patches are concatenated.

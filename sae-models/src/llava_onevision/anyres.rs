@@ -14,7 +14,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use super::config::LlavaOnevisionConfig;
 use crate::image_processor::select_best_resolution;
-use crate::vision_language_model::TokenGrid;
+use crate::token_layout::TokenGrid;
 
 /// Where one image's tokens come from.
 #[derive(Debug, Clone, PartialEq)]

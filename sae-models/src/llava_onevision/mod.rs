@@ -21,19 +21,24 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::sae::int_to_host;
+use image::DynamicImage;
+use sae_core::host::int_to_host;
 use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
 
 pub use config::{FeatureSelect, LlavaOnevisionConfig, SiglipConfig};
 pub use siglip::{Activation, SiglipVisionTower};
 
 use self::anyres::ImageLayout;
+use crate::config::DecoderConfig;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::image_processor::LlavaOnevisionImageInputs;
+use crate::image_processor::{
+    LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, ProcessorSettings,
+};
 use crate::qwen2_vl::scatter_image_tokens;
 use crate::tap::{Stopped, Tap, linear};
-use crate::vision_language_model::ImageTokenLayout;
+use crate::token_layout::ImageTokenLayout;
+use crate::vision_language::VisionLanguage;
 use crate::weights::Weights;
 
 /// The projector's hook path.
@@ -347,6 +352,62 @@ impl<B: Backend> LlavaOnevision<B> {
             })
             .collect();
         Ok(Tensor::cat(packed, 0))
+    }
+}
+
+impl<B: Backend> VisionLanguage<B> for LlavaOnevision<B> {
+    type Images = LlavaOnevisionImageInputs;
+    type Processor = LlavaOnevisionImageProcessor;
+    const MODEL_TYPES: &'static [&'static str] = config::SUPPORTED;
+    const PLACEHOLDER: &'static str = "<image>";
+
+    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
+        let processor = LlavaOnevisionImageProcessor::from_model_dir(dir)?;
+        Ok((Self::load_as(dir, dtype, device)?, processor))
+    }
+
+    fn text_config(&self) -> &DecoderConfig {
+        &self.config.text
+    }
+
+    fn image_token(&self) -> i64 {
+        self.config.image_token_id
+    }
+
+    fn process_images(
+        &self,
+        processor: &LlavaOnevisionImageProcessor,
+        images: &[DynamicImage],
+    ) -> Result<(LlavaOnevisionImageInputs, Vec<usize>)> {
+        let processed = processor.preprocess_prompts(&[images])?;
+        let counts = self.image_token_counts(&processed.image_sizes, &processed.batch_num_images);
+        Ok((processed, counts))
+    }
+
+    fn token_layouts(
+        &self,
+        _: &LlavaOnevisionImageProcessor,
+        images: &LlavaOnevisionImageInputs,
+    ) -> Vec<ImageTokenLayout> {
+        LlavaOnevision::token_layouts(self, &images.image_sizes, &images.batch_num_images)
+    }
+
+    fn forward_processed(
+        &self,
+        input: crate::decoder::VlInput<B, LlavaOnevisionImageInputs>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<LmOutput<B>> {
+        let device = input.input_ids.device();
+        let images = input
+            .images
+            .map(|i| ImageInput::from_processed(&i, &device));
+        let input = VlInput {
+            input_ids: input.input_ids,
+            attention_mask: input.attention_mask,
+            images,
+        };
+        self.forward_cached(input, cache, hooks)
     }
 }
 

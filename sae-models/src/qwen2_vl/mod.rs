@@ -15,15 +15,20 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
-use sae_core::sae::int_to_host;
+use image::DynamicImage;
+use sae_core::host::int_to_host;
 use sae_core::{HookPoint, HookedModule, Hooks};
 
 pub use config::{Qwen2VlConfig, VisionConfig, WindowConfig};
 pub use vision::VisionTower;
 
+use crate::config::DecoderConfig;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
+use crate::image_processor::{ProcessorSettings, Qwen2VlImageInputs, Qwen2VlImageProcessor};
 use crate::tap::{Stopped, Tap};
+use crate::token_layout::{ImageTokenLayout, TokenGrid};
+use crate::vision_language::VisionLanguage;
 use crate::weights::Weights;
 
 /// The images of a batch as the image processor gives them.
@@ -156,12 +161,88 @@ impl<B: Backend> HookedModule<B> for Qwen2Vl<B> {
     }
 }
 
-/// The shape transformers gives the output of hook `path` that has `shape` here: the vision
-/// tower works on `[patches, width]`, without the batch dimension hooks carry.
-pub fn transformers_shape(path: &str, shape: &[usize]) -> Vec<usize> {
-    match shape {
-        [1, rest @ ..] if path.starts_with("model.visual.") => rest.to_vec(),
-        _ => shape.to_vec(),
+impl<B: Backend> VisionLanguage<B> for Qwen2Vl<B> {
+    type Images = Qwen2VlImageInputs;
+    type Processor = Qwen2VlImageProcessor;
+    const MODEL_TYPES: &'static [&'static str] = config::SUPPORTED;
+    const PLACEHOLDER: &'static str = "<|image_pad|>";
+    const TOKEN_TYPE_IDS: bool = true;
+
+    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
+        let processor = Qwen2VlImageProcessor::from_model_dir(dir)?;
+        Ok((Self::load_as(dir, dtype, device)?, processor))
+    }
+
+    fn text_config(&self) -> &DecoderConfig {
+        &self.config.text
+    }
+
+    fn image_token(&self) -> i64 {
+        self.config.image_token_id
+    }
+
+    fn process_images(
+        &self,
+        processor: &Qwen2VlImageProcessor,
+        images: &[DynamicImage],
+    ) -> Result<(Qwen2VlImageInputs, Vec<usize>)> {
+        let processed = processor.preprocess(images)?;
+        let merge = processor.merge_size as usize;
+        let counts = (processed.image_grid_thw.iter())
+            .map(|g| g[0] * g[1] * g[2] / (merge * merge))
+            .collect();
+        Ok((processed, counts))
+    }
+
+    /// One token per `merge x merge` patches, in raster order (a grid for single frames).
+    fn token_layouts(
+        &self,
+        processor: &Qwen2VlImageProcessor,
+        images: &Qwen2VlImageInputs,
+    ) -> Vec<ImageTokenLayout> {
+        let merge = processor.merge_size as usize;
+        (images.image_grid_thw.iter())
+            .map(|&[t, h, w]| {
+                let (rows, cols) = (h / merge, w / merge);
+                let grid = TokenGrid {
+                    offset: 0,
+                    rows,
+                    cols,
+                    stride: cols,
+                };
+                ImageTokenLayout {
+                    tokens: t * rows * cols,
+                    grid: (t == 1).then_some(grid),
+                }
+            })
+            .collect()
+    }
+
+    fn forward_processed(
+        &self,
+        input: crate::decoder::VlInput<B, Qwen2VlImageInputs>,
+        cache: &mut KvCache<B>,
+        hooks: &mut dyn Hooks<B>,
+    ) -> Result<LmOutput<B>> {
+        let device = input.input_ids.device();
+        let images = input.images.map(|i| ImageInput {
+            pixel_values: i.pixel_values.to_float(&device),
+            grid_thw: i.image_grid_thw,
+        });
+        let input = VlInput {
+            input_ids: input.input_ids,
+            attention_mask: input.attention_mask,
+            images,
+        };
+        self.forward_cached(input, cache, hooks)
+    }
+
+    /// The vision tower works on `[patches, width]`, without the batch dimension hooks carry.
+    fn transformers_shape(path: &str, shape: &[usize]) -> Vec<usize> {
+        match shape {
+            [1, rest @ ..] if path.starts_with("model.visual.") => rest.to_vec(),
+            _ => shape.to_vec(),
+        }
     }
 }
 

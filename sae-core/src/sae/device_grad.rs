@@ -1,10 +1,10 @@
 //! The training loss of TopK and BatchTopK SAEs and its gradients as tensor operations on the
-//! SAE's backend: the math of [`host_grad`](crate::host_grad) with the sparse kernels of
+//! SAE's backend: the math of [`host_grad`](crate::sae::host_grad) with the sparse kernels of
 //! [`SaeBackend`], so that no dense `[tokens, latents]` matrix is built besides the encoder's
 //! pre-activations. The GPU backends train with it and keep the parameters on the device: the
 //! `[tokens, k]` selection and a few scalars are all that is read back (the selection also
 //! groups the slots by latent for the weight gradients). Both select on the device
-//! ([`device_select`](crate::device_select); BatchTopK from each token's `4k` largest).
+//! ([`device_select`](crate::sae::device_select); BatchTopK from each token's `4k` largest).
 //!
 //! With `A` the sparse `[tokens, latents]` activations (`[tokens, k]` values at their indices),
 //! `M` where a gradient passes (selected, and positive under ReLU) and `G = dL/dx_hat`:
@@ -14,14 +14,15 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use crate::device_select::{PreActivations, top_k_on_device};
+use super::device_select::{PreActivations, top_k_on_device};
+use super::host_grad::{HostStep, gather};
+use super::params::DeviceParams;
+use super::{Sae, total_variance, zero_padding};
 use crate::error::{Result, SaeError};
-use crate::host_grad::{HostStep, gather};
+use crate::host::to_host;
 use crate::kernels::{
     LatentGroups, SaeBackend, sparse_decode, sparse_dot, sparse_transpose_matmul,
 };
-use crate::params::DeviceParams;
-use crate::sae::{Sae, to_host, total_variance, zero_padding};
 use crate::select::{self, Selection};
 
 /// A selection on the device: its activations, latents grouped for the weight gradients, and

@@ -14,15 +14,15 @@
 
 use crate::kernels::SaeBackend;
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
+use super::device_select::PreActivations;
+use super::params::HostParams;
+use super::{Sae, finish_pre_activations, finish_row, non_finite_input};
 use crate::config::{Architecture, SaeConfig};
-use crate::device_select::PreActivations;
 use crate::error::{Result, SaeError};
-use crate::params::HostParams;
+use crate::host::to_host;
 use crate::reduce::dot;
-use crate::sae::{Sae, finish_pre_activations, finish_row, non_finite_input, to_host};
 use crate::scratch;
 use crate::select::{self, Selection};
 
@@ -64,13 +64,6 @@ impl HostStep {
             indices,
         }
     }
-}
-
-/// True when [`Sae::add_loss_grads`] runs the selection product on the host (the CPU
-/// backends), reading only the host parameters; on other backends it runs on the device with
-/// the SAE's own tensors.
-pub fn gemm_on_host<B: Backend>(device: &B::Device) -> bool {
-    matches!(B::name(device).as_str(), "flex" | "ndarray")
 }
 
 /// The parameters and inputs the host math reads.
@@ -141,7 +134,7 @@ impl<B: SaeBackend> Sae<B> {
         let [n, d] = x.dims();
         // Off the CPU backends the selection product runs on the backend, and TopK and
         // BatchTopK also select there (`select_on_device`); otherwise its product is read back.
-        let on_backend = if gemm_on_host::<B>(&x.device()) {
+        let on_backend = if B::HOST_GEMM {
             None
         } else {
             let x_c = self.center(x.clone());

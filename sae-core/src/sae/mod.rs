@@ -13,8 +13,14 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::{Architecture, SaeConfig};
-use crate::device_select::{PreActivations, selects_on_device};
+pub mod device_grad;
+pub mod device_select;
+pub mod host_grad;
+pub mod params;
+
+use self::device_select::PreActivations;
 use crate::error::{Result, SaeError};
+use crate::host::to_host;
 use crate::kernels::reference::scatter_rows;
 use crate::kernels::{SaeBackend, sparse_decode};
 use crate::select::{self, Selection};
@@ -369,7 +375,7 @@ impl<B: SaeBackend> Sae<B> {
         let [n, w] = latents.values.dims();
         let d = self.d_in();
         let device = latents.values.device();
-        if selects_on_device::<B>(&device) {
+        if B::DEVICE_SELECT {
             // On the GPU backends, without a `[tokens, k, d_in]` gather: the sparse decode
             // kernel, or under autodiff (differentiable) the latents scattered into
             // `[tokens, latents]` and one matmul.
@@ -620,20 +626,4 @@ pub(crate) fn finish_row(row: &mut [f32], bias: Option<&[f32]>, relu: bool) -> b
 /// The error for NaN or infinite SAE inputs.
 pub(crate) fn non_finite_input() -> SaeError {
     SaeError::NonFinite("the SAE input".into())
-}
-
-/// A float tensor's values as `f32` on the host.
-pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32 just before")
-}
-
-/// An integer tensor's values as `i64` on the host.
-pub fn int_to_host<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
-    t.into_data()
-        .convert::<i64>()
-        .into_vec::<i64>()
-        .expect("converted to i64 just before")
 }

@@ -1,46 +1,10 @@
-//! Activations for training and evaluation: hooks that capture the outputs of chosen hook
-//! points (stopping the forward pass after the deepest), and the selection of the tokens that
-//! count (not padding, not excluded ids).
+//! Which tokens of a batch count (not padding, not excluded ids, not the first positions), and
+//! the rows of a hook output an SAE sees.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::{HookKind, HookPoint, Hooks};
+use sae_core::{HookKind, HookPoint};
 use sae_models::Tokenizer;
-
-/// Captures the outputs of `paths` and lets the forward pass stop after the deepest one.
-pub struct Capture<B: Backend> {
-    paths: Vec<String>,
-    stop: Option<String>,
-    /// The captured outputs, in the order of `paths`.
-    pub outputs: Vec<Option<Tensor<B, 3>>>,
-}
-
-impl<B: Backend> Capture<B> {
-    /// Captures `paths` (given in the model's hook order); `stop_early` ends the pass after
-    /// the last of them.
-    pub fn new(paths: Vec<String>, stop_early: bool) -> Self {
-        let stop = stop_early.then(|| paths.last().cloned()).flatten();
-        let outputs = vec![None; paths.len()];
-        Capture {
-            paths,
-            stop,
-            outputs,
-        }
-    }
-}
-
-impl<B: Backend> Hooks<B> for Capture<B> {
-    fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if let Some(i) = self.paths.iter().position(|p| p == path) {
-            self.outputs[i] = Some(x.clone());
-        }
-        x
-    }
-
-    fn stop_after(&self) -> Option<&str> {
-        self.stop.as_deref()
-    }
-}
 
 /// Which tokens of a batch count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

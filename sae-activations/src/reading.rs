@@ -1,12 +1,11 @@
 //! How evaluation and latent caching read a dataset: once, in file order, in batches, with the
 //! tokens that count for the SAEs.
 
-use sae_data::{Dataset, Loader, StreamConfig};
+use sae_data::{Batching, Dataset, Kind, Loader, StreamConfig};
 use sae_models::{ImageTokens, Tokenizer};
 
-use crate::activations::TokenFilter;
-use crate::error::Result;
-use crate::run::sequence_batching;
+use crate::error::{ActivationsError, Result};
+use crate::tokens::TokenFilter;
 
 /// Batches, contexts and the tokens left out, for reading a dataset once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,4 +63,27 @@ impl ReadConfig {
         let special = self.exclude_special_tokens;
         TokenFilter::new(tokenizer, special, &[], self.skip_first_tokens)
     }
+}
+
+/// How rows of `kind` become sequences for a model of `model_context` positions: packed text
+/// contexts must fit in it (an error otherwise, before anything runs); chats are cut or skipped
+/// at `max_len` or the model's context, whichever is shorter.
+pub fn sequence_batching(
+    kind: Kind,
+    context: usize,
+    max_len: usize,
+    truncate: bool,
+    model_context: usize,
+) -> Result<Batching> {
+    if kind == Kind::Text && context > model_context {
+        return Err(ActivationsError::Invalid(format!(
+            "contexts of {context} tokens do not fit the model, whose context is {model_context} positions; use a context of at most {model_context}"
+        )));
+    }
+    Ok(Batching::for_kind(
+        kind,
+        context,
+        max_len.min(model_context),
+        truncate,
+    ))
 }

@@ -9,17 +9,12 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
+use super::{Sae, non_finite_input, zero_padding};
 use crate::config::Architecture;
 use crate::error::Result;
+use crate::host::{int_to_host, to_host};
 use crate::kernels::{SaeBackend, top_k_rows};
-use crate::sae::{Sae, int_to_host, non_finite_input, to_host, zero_padding};
 use crate::select;
-
-/// True on the CubeCL backends (`B` possibly wrapped in autodiff or fusion), which select on
-/// the device.
-pub fn selects_on_device<B: Backend>(device: &B::Device) -> bool {
-    B::name(device).contains("cubecl<")
-}
 
 /// Each row's `k` largest values, as their column indices `[rows, k]`, largest first and ties
 /// to the lower index as [`select::top_k_among`](crate::select::top_k_among), among the
@@ -126,7 +121,7 @@ impl<B: SaeBackend> Sae<B> {
             Architecture::BatchTopK => true,
             _ => return Ok(None),
         };
-        if k >= latents || !selects_on_device::<B>(&x_c.device()) {
+        if k >= latents || !B::DEVICE_SELECT {
             return Ok(None);
         }
         let mut pre = x_c

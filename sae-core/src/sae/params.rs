@@ -8,9 +8,9 @@ use burn::tensor::backend::Backend;
 use crate::kernels::SaeBackend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::Sae;
 use crate::config::SaeConfig;
 use crate::error::Result;
-use crate::sae::Sae;
 
 /// One value per SAE parameter, row-major like the parameters; the optional ones present when
 /// the architecture has them.
@@ -103,7 +103,7 @@ impl<B: Backend> DeviceParams<B> {
 
     /// A copy on the host.
     pub fn to_host(&self) -> HostParams {
-        self.map(|t| crate::sae::to_host(t.clone()))
+        self.map(|t| crate::host::to_host(t.clone()))
     }
 }
 
