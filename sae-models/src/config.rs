@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ModelError, Result, bad_config};
 
 /// The `model_type`s this port runs.
 pub const SUPPORTED: &[&str] = &["qwen2", "llama"];
@@ -81,24 +81,13 @@ struct RopeParameters {
 impl DecoderConfig {
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json: serde_json::Value = sae_core::tensor_file::read_json(path)?;
-        let model_type = json["model_type"].as_str().unwrap_or_default();
-        if !SUPPORTED.contains(&model_type) {
-            return Err(ModelError::UnsupportedArchitecture {
-                found: model_type.to_string(),
-                supported: SUPPORTED.join(", "),
-            });
-        }
-        Self::from_json(json, path)
+        Self::from_json(read_model_config(path, SUPPORTED)?, path)
     }
 
     /// The language model described by a config object (`file` names it in errors): a whole
     /// `config.json`, or a multimodal model's `text_config`.
     pub fn from_json(json: serde_json::Value, file: &Path) -> Result<Self> {
-        let bad = |message: String| ModelError::BadConfig {
-            file: file.to_path_buf(),
-            message,
-        };
+        let bad = bad_config(file);
         let raw: RawConfig = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
         let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         // Older Qwen2-VL configs say `"type": "mrope"` for default RoPE with sections.
@@ -189,4 +178,23 @@ impl DecoderConfig {
         }
         Ok(())
     }
+}
+
+/// The JSON of the model configuration `path`, whose `model_type` must be one of `supported`.
+pub(crate) fn read_model_config(path: &Path, supported: &[&str]) -> Result<serde_json::Value> {
+    let json: serde_json::Value = sae_core::tensor_file::read_json(path)?;
+    check_model_type(&json, supported)?;
+    Ok(json)
+}
+
+/// An error unless `json`'s `model_type` is one of `supported`.
+pub(crate) fn check_model_type(json: &serde_json::Value, supported: &[&str]) -> Result<()> {
+    let model_type = json["model_type"].as_str().unwrap_or_default();
+    if !supported.contains(&model_type) {
+        return Err(ModelError::UnsupportedArchitecture {
+            found: model_type.to_string(),
+            supported: supported.join(", "),
+        });
+    }
+    Ok(())
 }

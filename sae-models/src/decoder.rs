@@ -230,6 +230,17 @@ pub struct VlInput<B: Backend, I> {
     pub images: Option<I>,
 }
 
+impl<B: Backend, I> VlInput<B, I> {
+    /// The same input with the images in another form (on the device, or typed).
+    pub fn map_images<J>(self, f: impl FnOnce(I) -> Result<J>) -> Result<VlInput<B, J>> {
+        Ok(VlInput {
+            input_ids: self.input_ids,
+            attention_mask: self.attention_mask,
+            images: self.images.map(f).transpose()?,
+        })
+    }
+}
+
 /// What the forward pass returns.
 #[derive(Debug, Clone)]
 pub struct LmOutput<B: Backend> {

@@ -74,3 +74,11 @@ pub enum ModelError {
 
 /// `Result` with [`ModelError`].
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Makes [`ModelError::BadConfig`]s about `file` from messages.
+pub(crate) fn bad_config(file: &std::path::Path) -> impl Fn(String) -> ModelError + '_ {
+    move |message| ModelError::BadConfig {
+        file: file.to_path_buf(),
+        message,
+    }
+}

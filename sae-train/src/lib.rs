@@ -1,6 +1,8 @@
 //! Training sparse autoencoders on frozen models: the trainer (AdamW, schedules, decoder
 //! normalisation, dead latents and AuxK), the TOML run configuration, metrics, checkpoints with
-//! exact resume, TensorBoard logs, and evaluation (FVU, L0, CE and KL loss recovered).
+//! exact resume, what a run logs ([`log`]: metrics.jsonl, TensorBoard, curves), and evaluation
+//! (FVU, L0, CE and KL loss recovered). Running the frozen model over the data is
+//! `sae-activations`'s.
 
 pub mod adamw;
 pub mod checkpoint;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ModelError, Result, bad_config};
 
 /// The settings file of the model folder `dir`: `processor_config.json`, else
 /// `preprocessor_config.json`.
@@ -54,10 +54,7 @@ fn read<T: DeserializeOwned>(path: &Path, types: &[&str]) -> Result<T> {
     if let Some(nested) = json.get_mut("image_processor") {
         json = nested.take();
     }
-    let bad = |message: String| ModelError::BadConfig {
-        file: path.to_path_buf(),
-        message,
-    };
+    let bad = bad_config(path);
     if let Some(found) = json.get("image_processor_type").and_then(|t| t.as_str())
         && !types.contains(&found)
     {

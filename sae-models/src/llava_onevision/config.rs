@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::siglip::Activation;
-use crate::config::DecoderConfig;
-use crate::error::{ModelError, Result};
+use crate::config::{DecoderConfig, check_model_type, read_model_config};
+use crate::error::{Result, bad_config};
 
 /// The `model_type`s this port runs.
 pub const SUPPORTED: &[&str] = &["llava_onevision"];
@@ -156,23 +156,13 @@ struct VisionDefaults {
 impl LlavaOnevisionConfig {
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json: Value = sae_core::tensor_file::read_json(path)?;
-        Self::from_json(json, path)
+        Self::from_json(read_model_config(path, SUPPORTED)?, path)
     }
 
     /// The configuration in `json` (`file` names it in errors).
     pub fn from_json(json: Value, file: &Path) -> Result<Self> {
-        let bad = |message: String| ModelError::BadConfig {
-            file: file.to_path_buf(),
-            message,
-        };
-        let model_type = json["model_type"].as_str().unwrap_or_default();
-        if !SUPPORTED.contains(&model_type) {
-            return Err(ModelError::UnsupportedArchitecture {
-                found: model_type.to_string(),
-                supported: SUPPORTED.join(", "),
-            });
-        }
+        let bad = bad_config(file);
+        check_model_type(&json, SUPPORTED)?;
         let raw: RawConfig = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
         let mut text_json = raw.text_config.unwrap_or_else(|| json!({}));
         let text_map = text_json

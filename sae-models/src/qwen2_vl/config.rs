@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::vision::Activation;
-use crate::config::DecoderConfig;
-use crate::error::{ModelError, Result};
+use crate::config::{DecoderConfig, check_model_type, read_model_config};
+use crate::error::{Result, bad_config};
 
 /// The `model_type`s this port runs.
 pub const SUPPORTED: &[&str] = &["qwen2_vl", "qwen2_5_vl"];
@@ -104,23 +104,14 @@ fn three() -> usize {
 impl Qwen2VlConfig {
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let json: Value = sae_core::tensor_file::read_json(path)?;
-        Self::from_json(json, path)
+        Self::from_json(read_model_config(path, SUPPORTED)?, path)
     }
 
     /// The configuration in `json` (`file` names it in errors).
     pub fn from_json(json: Value, file: &Path) -> Result<Self> {
-        let bad = |message: String| ModelError::BadConfig {
-            file: file.to_path_buf(),
-            message,
-        };
+        let bad = bad_config(file);
+        check_model_type(&json, SUPPORTED)?;
         let model_type = json["model_type"].as_str().unwrap_or_default().to_string();
-        if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
-                found: model_type,
-                supported: SUPPORTED.join(", "),
-            });
-        }
         let qwen25 = model_type == "qwen2_5_vl";
         // transformers 5 nests the text model; hub configs keep it at top level.
         let mut text_json = json

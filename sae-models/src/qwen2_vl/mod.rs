@@ -225,15 +225,12 @@ impl<B: Backend> VisionLanguage<B> for Qwen2Vl<B> {
         hooks: &mut dyn Hooks<B>,
     ) -> Result<LmOutput<B>> {
         let device = input.input_ids.device();
-        let images = input.images.map(|i| ImageInput {
-            pixel_values: i.pixel_values.to_float(&device),
-            grid_thw: i.image_grid_thw,
-        });
-        let input = VlInput {
-            input_ids: input.input_ids,
-            attention_mask: input.attention_mask,
-            images,
-        };
+        let input = input.map_images(|i| {
+            Ok(ImageInput {
+                pixel_values: i.pixel_values.to_float(&device),
+                grid_thw: i.image_grid_thw,
+            })
+        })?;
         self.forward_cached(input, cache, hooks)
     }
 

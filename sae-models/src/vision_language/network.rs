@@ -251,11 +251,7 @@ impl<B: Backend, N: VisionLanguage<B, Processor = P>, P: Debug> Network<B> for L
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> Result<LmOutput<B>> {
-        let input = VlInput {
-            input_ids: input.input_ids,
-            attention_mask: input.attention_mask,
-            images: input.images.map(ProcessedImages::downcast).transpose()?,
-        };
+        let input = input.map_images(ProcessedImages::downcast)?;
         self.network.forward_processed(input, cache, hooks)
     }
 
