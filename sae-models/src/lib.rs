@@ -4,8 +4,10 @@
 //!
 //! Models: decoder-only LMs (Qwen2, Llama / SmolLM2) from a Hugging Face folder, the hub or a
 //! GGUF file ([`LanguageModel`]), and the vision-language models Qwen2-VL, Qwen2.5-VL and
-//! LLaVA-OneVision with their image processors ([`VisionLanguageModel`]); tokenizers and chat
-//! templates, and generation with a KV cache ([`generate()`]).
+//! LLaVA-OneVision with their image processors ([`VisionLanguageModel`]; each network implements
+//! [`VisionLanguage`], one line in `vision_language`'s registry loads it by `model_type`);
+//! tokenizers and chat templates, prompts as processors return them ([`ProcessedPrompt`]), and
+//! generation with a KV cache ([`generate()`]).
 
 pub mod any_model;
 pub mod config;
