@@ -32,9 +32,7 @@ use self::anyres::ImageLayout;
 use crate::config::DecoderConfig;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::image_processor::{
-    LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor, ProcessorSettings,
-};
+use crate::image_processor::{LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor};
 use crate::qwen2_vl::scatter_image_tokens;
 use crate::tap::{Stopped, Tap, linear};
 use crate::token_layout::ImageTokenLayout;
@@ -361,9 +359,8 @@ impl<B: Backend> VisionLanguage<B> for LlavaOnevision<B> {
     const MODEL_TYPES: &'static [&'static str] = config::SUPPORTED;
     const PLACEHOLDER: &'static str = "<image>";
 
-    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
-        let processor = LlavaOnevisionImageProcessor::from_model_dir(dir)?;
-        Ok((Self::load_as(dir, dtype, device)?, processor))
+    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_as(dir, dtype, device)
     }
 
     fn text_config(&self) -> &DecoderConfig {

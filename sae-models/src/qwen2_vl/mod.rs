@@ -25,7 +25,7 @@ pub use vision::VisionTower;
 use crate::config::DecoderConfig;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
-use crate::image_processor::{ProcessorSettings, Qwen2VlImageInputs, Qwen2VlImageProcessor};
+use crate::image_processor::{Qwen2VlImageInputs, Qwen2VlImageProcessor};
 use crate::tap::{Stopped, Tap};
 use crate::token_layout::{ImageTokenLayout, TokenGrid};
 use crate::vision_language::VisionLanguage;
@@ -168,9 +168,8 @@ impl<B: Backend> VisionLanguage<B> for Qwen2Vl<B> {
     const PLACEHOLDER: &'static str = "<|image_pad|>";
     const TOKEN_TYPE_IDS: bool = true;
 
-    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
-        let processor = Qwen2VlImageProcessor::from_model_dir(dir)?;
-        Ok((Self::load_as(dir, dtype, device)?, processor))
+    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_as(dir, dtype, device)
     }
 
     fn text_config(&self) -> &DecoderConfig {

@@ -14,6 +14,7 @@ use crate::config::DecoderConfig;
 use crate::decoder::{KvCache, LmOutput, VlInput};
 use crate::error::Result;
 use crate::generate::{ImageLm, WithImages};
+use crate::image_processor::ProcessorSettings;
 use crate::token_layout::ImageTokenLayout;
 
 /// A vision-language network: what a model folder under this crate implements to run behind
@@ -22,7 +23,7 @@ pub trait VisionLanguage<B: Backend>: HookedModule<B> + Debug + Sized + 'static 
     /// What its image processor returns.
     type Images: ImageInputs;
     /// Its image processor.
-    type Processor: Debug + Clone + 'static;
+    type Processor: ProcessorSettings + Debug + Clone + 'static;
     /// The `model_type`s of `config.json` it runs.
     const MODEL_TYPES: &'static [&'static str];
     /// The image placeholder as the tokenizer spells it (`<|image_pad|>`, `<image>`).
@@ -30,9 +31,14 @@ pub trait VisionLanguage<B: Backend>: HookedModule<B> + Debug + Sized + 'static 
     /// Its processor also returns `mm_token_type_ids` (1 for image tokens, 0 for text).
     const TOKEN_TYPE_IDS: bool = false;
 
-    /// Loads the network and its image processor from a Hugging Face folder, computing in
-    /// `dtype`.
-    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)>;
+    /// Loads the network from a Hugging Face folder, computing in `dtype`.
+    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self>;
+
+    /// Loads the image processor, then the network, from a Hugging Face folder.
+    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
+        let processor = Self::Processor::from_model_dir(dir)?;
+        Ok((Self::load_network(dir, dtype, device)?, processor))
+    }
 
     /// The language model's configuration.
     fn text_config(&self) -> &DecoderConfig;
