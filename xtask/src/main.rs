@@ -28,6 +28,7 @@
 
 mod bench;
 mod bench_data;
+mod bench_dtype;
 mod bench_kernels;
 mod peak;
 mod train;
@@ -40,7 +41,7 @@ static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
        cargo xtask bench [sae-step | sae-encode | sae-kernels] [--backend flex|ndarray|wgpu|cuda]
-       cargo xtask bench [lm-forward | data | train | micro]
+       cargo xtask bench [lm-forward | data | train | micro | matmul-dtype]
   (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
 fn main() -> Result<()> {
@@ -61,6 +62,7 @@ fn main() -> Result<()> {
         ["bench", "sae-encode"] => bench::sae_encode("flex"),
         ["bench", "sae-encode", "--backend", backend] => bench::sae_encode(backend),
         ["bench", "micro"] => bench::micro(),
+        ["bench", "matmul-dtype"] => bench_dtype::matmul_dtype(),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "data"] => bench_data::data(),
