@@ -51,11 +51,13 @@ pub enum SaeError {
         got: Vec<usize>,
     },
     /// A checkpoint tensor has a dtype we cannot read.
-    #[error("tensor {name:?} in {file} has dtype {dtype}, expected F32, F16 or BF16")]
+    #[error("tensor {name:?} in {file} has dtype {dtype}, expected F32, F16 or BF16{}", computed.as_ref().map(|d| format!(" (to compute in {d})")).unwrap_or_default())]
     UnsupportedDtype {
         file: PathBuf,
         name: String,
         dtype: String,
+        /// The dtype it was to be computed in, when it was read as a model weight.
+        computed: Option<String>,
     },
     /// `adapter_config.json` names a PEFT type other than `TOPK_SAE`.
     #[error("{file}: peft_type {found:?} is not supported (only \"TOPK_SAE\")")]
@@ -86,6 +88,9 @@ pub enum SaeError {
         #[source]
         source: safetensors::SafeTensorError,
     },
+    /// A mapped file that changed (was cut short or rewritten) after it was opened.
+    #[error("{file} changed while in use: {what}")]
+    ChangedFile { file: PathBuf, what: String },
     /// An I/O failure, with the path involved.
     #[error("cannot access {path}")]
     Io {

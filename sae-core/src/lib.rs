@@ -13,6 +13,7 @@
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
 pub mod config;
+pub mod convert;
 pub mod encode_file;
 pub mod error;
 pub mod formats;
@@ -20,6 +21,7 @@ pub mod hooks;
 pub mod host;
 pub mod inject;
 pub mod kernels;
+pub mod mapped;
 #[cfg(feature = "parity")]
 pub mod parity;
 pub mod reduce;

@@ -1,7 +1,9 @@
-//! Safetensors files on the host: read F32/F16/BF16 (and I64) tensors, write them atomically.
+//! Safetensors files on the host: read F32/F16/BF16 (and I64) tensors from a mapped file, write
+//! them atomically.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -9,7 +11,9 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::convert::float_data;
 use crate::error::{Result, SaeError};
+use crate::mapped::MappedFile;
 
 /// A float dtype: how floats are stored in a file we write, or what a model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,6 +48,18 @@ impl From<StorageDtype> for burn::tensor::DType {
             StorageDtype::F32 => burn::tensor::DType::F32,
             StorageDtype::F16 => burn::tensor::DType::F16,
             StorageDtype::BF16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+impl TryFrom<burn::tensor::DType> for StorageDtype {
+    type Error = String;
+    fn try_from(dtype: burn::tensor::DType) -> Result<Self, String> {
+        match dtype {
+            burn::tensor::DType::F32 => Ok(StorageDtype::F32),
+            burn::tensor::DType::F16 => Ok(StorageDtype::F16),
+            burn::tensor::DType::BF16 => Ok(StorageDtype::BF16),
+            other => Err(format!("models compute in f32, f16 or bf16, not {other:?}")),
         }
     }
 }
@@ -122,52 +138,75 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// A safetensors file held in memory.
+/// A safetensors file, mapped: its header is parsed once, a tensor's bytes are read when asked
+/// for (see [`crate::mapped`]).
 pub struct TensorFile {
-    path: PathBuf,
-    bytes: Vec<u8>,
+    file: MappedFile,
+    /// Each tensor's dtype, shape and bytes in the file.
+    entries: HashMap<String, Entry>,
+}
+
+/// Where a tensor lies in its file.
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Range<usize>,
 }
 
 impl TensorFile {
-    /// Reads and validates the file (a truncated or corrupt file is an error here).
+    /// Maps the file and validates its header (a truncated or corrupt file is an error here).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(SaeError::io(&path))?;
-        SafeTensors::deserialize(&bytes).map_err(|source| SaeError::BadSafetensors {
-            file: path.clone(),
-            source,
+        let file = MappedFile::open(path)?;
+        let (header, metadata) = SafeTensors::read_metadata(file.bytes()).map_err(|source| {
+            SaeError::BadSafetensors {
+                file: file.path().to_path_buf(),
+                source,
+            }
         })?;
-        Ok(TensorFile { path, bytes })
+        let data_start = 8 + header;
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (start, end) = info.data_offsets;
+                let entry = Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: data_start + start..data_start + end,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(TensorFile { file, entries })
     }
 
-    fn view(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("validated in open")
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| SaeError::MissingTensor {
+                file: self.path().to_path_buf(),
+                name: name.to_string(),
+            })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.view().names().into_iter().map(String::from).collect();
+        let mut names: Vec<String> = self.entries.keys().cloned().collect();
         names.sort();
         names
     }
 
     /// Name, dtype and shape of every tensor, sorted by name.
     pub fn describe(&self) -> Vec<(String, String, Vec<usize>)> {
-        let view = self.view();
-        let mut out: Vec<_> = view
+        let mut out: Vec<_> = self
+            .entries
             .iter()
-            .map(|(n, t)| {
-                (
-                    n.to_string(),
-                    format!("{:?}", t.dtype()),
-                    t.shape().to_vec(),
-                )
-            })
+            .map(|(n, e)| (n.clone(), format!("{:?}", e.dtype), e.shape.clone()))
             .collect();
         out.sort();
         out
@@ -175,60 +214,75 @@ impl TensorFile {
 
     /// True if the file has a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.view().tensor(name).is_ok()
+        self.entries.contains_key(name)
     }
 
     /// The tensor `name` (floats widened to f32, integers to i64).
     pub fn get(&self, name: &str) -> Result<HostTensor> {
-        let view = self.view();
-        let t = view.tensor(name).map_err(|_| SaeError::MissingTensor {
-            file: self.path.clone(),
-            name: name.to_string(),
-        })?;
-        let bytes = t.data();
-        let data = match t.dtype() {
-            Dtype::F32 => HostData::F32(cast::<f32>(bytes).collect()),
-            Dtype::F16 => HostData::F32(cast::<f16>(bytes).map(f32::from).collect()),
-            Dtype::BF16 => HostData::F32(cast::<bf16>(bytes).map(f32::from).collect()),
-            Dtype::I64 => HostData::I64(cast::<i64>(bytes).collect()),
-            Dtype::I32 => HostData::I64(cast::<i32>(bytes).map(i64::from).collect()),
-            other => {
-                return Err(SaeError::UnsupportedDtype {
-                    file: self.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
+        let entry = self.entry(name)?;
+        let data = self
+            .file
+            .read(entry.bytes.clone(), |bytes| match entry.dtype {
+                Dtype::F32 => Some(HostData::F32(cast::<f32>(bytes).collect())),
+                Dtype::F16 => Some(HostData::F32(cast::<f16>(bytes).map(f32::from).collect())),
+                Dtype::BF16 => Some(HostData::F32(cast::<bf16>(bytes).map(f32::from).collect())),
+                Dtype::I64 => Some(HostData::I64(cast::<i64>(bytes).collect())),
+                Dtype::I32 => Some(HostData::I64(cast::<i32>(bytes).map(i64::from).collect())),
+                _ => None,
+            })?;
+        let data = data.ok_or_else(|| self.unsupported(name, entry.dtype, None))?;
         Ok(HostTensor {
-            shape: t.shape().to_vec(),
+            shape: entry.shape.clone(),
             data,
         })
     }
 
+    /// The float tensor `name` as tensor data in `dtype`, read from the file in one pass (see
+    /// [`float_data`]); `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
+    pub fn float_data(
+        &self,
+        name: &str,
+        dtype: StorageDtype,
+        transpose: bool,
+    ) -> Result<TensorData> {
+        let entry = self.entry(name)?;
+        let stored = match entry.dtype {
+            Dtype::F32 => StorageDtype::F32,
+            Dtype::F16 => StorageDtype::F16,
+            Dtype::BF16 => StorageDtype::BF16,
+            other => return Err(self.unsupported(name, other, Some(dtype))),
+        };
+        self.file.read(entry.bytes.clone(), |bytes| {
+            float_data(bytes, stored, &entry.shape, dtype, transpose)
+        })
+    }
+
+    fn unsupported(&self, name: &str, dtype: Dtype, computed: Option<StorageDtype>) -> SaeError {
+        SaeError::UnsupportedDtype {
+            file: self.path().to_path_buf(),
+            name: name.to_string(),
+            dtype: format!("{dtype:?}"),
+            computed: computed.map(|d| format!("{d:?}").to_lowercase()),
+        }
+    }
+
     /// The tensor `name`, which must have `shape`.
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let t = self.get(name)?;
-        if t.shape != shape {
+        let got = self.shape(name)?;
+        if got != shape {
             return Err(SaeError::ShapeMismatch {
-                file: self.path.clone(),
+                file: self.path().to_path_buf(),
                 name: name.to_string(),
                 expected: shape.to_vec(),
-                got: t.shape,
+                got,
             });
         }
-        Ok(t)
+        self.get(name)
     }
 
     /// The shape of tensor `name`.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let view = self.view();
-        view.tensor(name)
-            .map(|t| t.shape().to_vec())
-            .map_err(|_| SaeError::MissingTensor {
-                file: self.path.clone(),
-                name: name.to_string(),
-            })
+        self.entry(name).map(|e| e.shape.clone())
     }
 }
 

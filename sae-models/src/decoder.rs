@@ -273,7 +273,7 @@ impl<B: Backend> DecoderLm<B> {
     /// Loads a Hugging Face model folder computing in `dtype` (F32, F16 or BF16).
     pub fn load_as(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype);
+        let weights = Weights::open(dir)?.with_dtype(dtype)?;
         Self::from_weights(config, &weights, device)
     }
 

@@ -24,6 +24,11 @@ pub enum ModelError {
     /// A folder without `model.safetensors` or `model.safetensors.index.json`.
     #[error("{0} has neither model.safetensors nor model.safetensors.index.json")]
     NoWeights(PathBuf),
+    /// A shard the index names that is not in the folder.
+    #[error(
+        "{dir}/model.safetensors.index.json lists shard {shard}, which is missing from the folder (an interrupted download?)"
+    )]
+    MissingShard { dir: PathBuf, shard: String },
     /// A `--model` path that is not a model folder.
     #[error("{0} is not a model folder (no config.json)")]
     NotAModel(PathBuf),

@@ -2,9 +2,10 @@
 //! Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K tensors to f32.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::{bf16, f16};
+use sae_core::mapped::MappedFile;
 
 use crate::error::{ModelError, Result};
 
@@ -69,10 +70,9 @@ pub struct TensorInfo {
     pub offset: usize,
 }
 
-/// A GGUF file held in memory.
+/// A GGUF file, mapped: the header is parsed once, a tensor's blocks are read when asked for.
 pub struct GgufFile {
-    path: PathBuf,
-    bytes: Vec<u8>,
+    file: MappedFile,
     /// Metadata by key.
     pub metadata: HashMap<String, Value>,
     /// Tensors by name.
@@ -199,13 +199,14 @@ pub fn type_name(ggml_type: u32) -> String {
 impl GgufFile {
     /// Reads and parses a GGUF file; a truncated or corrupt file is an error.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(sae_core::SaeError::io(path))?;
+        let mapped = MappedFile::open(path)?;
+        let bytes = mapped.bytes();
         let corrupt = |what: &str| ModelError::BadGguf {
             file: path.to_path_buf(),
             message: what.to_string(),
         };
         let mut c = Cursor {
-            bytes: &bytes,
+            bytes,
             pos: 0,
             in_array: false,
         };
@@ -256,9 +257,9 @@ impl GgufFile {
             .and_then(Value::as_int)
             .map_or(32, |a| a.max(1) as usize);
         let data_start = c.pos.div_ceil(alignment) * alignment;
+        let file_len = bytes.len();
         let file = GgufFile {
-            path: path.to_path_buf(),
-            bytes,
+            file: mapped,
             metadata,
             tensors,
             data_start,
@@ -272,7 +273,7 @@ impl GgufFile {
                     .and_then(|n| (n / block).checked_mul(size))
                     .and_then(|bytes| bytes.checked_add(info.offset))
                     .and_then(|end| end.checked_add(file.data_start));
-                if end.is_none_or(|end| end > file.bytes.len()) {
+                if end.is_none_or(|end| end > file_len) {
                     return Err(corrupt(&format!(
                         "tensor {name} runs past the end of the file (truncated?)"
                     )));
@@ -293,11 +294,11 @@ impl GgufFile {
             .tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingWeight {
-                dir: self.path.clone(),
+                dir: self.file.path().to_path_buf(),
                 name: name.to_string(),
             })?;
         let (block, size) = block_layout(info.ggml_type).ok_or_else(|| ModelError::BadGguf {
-            file: self.path.clone(),
+            file: self.file.path().to_path_buf(),
             message: format!(
                 "tensor {name} has quantisation {}, which is not supported",
                 type_name(info.ggml_type)
@@ -306,15 +307,16 @@ impl GgufFile {
         let n: usize = info.dims.iter().product();
         if !n.is_multiple_of(block) {
             return Err(ModelError::BadGguf {
-                file: self.path.clone(),
+                file: self.file.path().to_path_buf(),
                 message: format!(
                     "tensor {name} has {n} values, not a multiple of its block size {block}"
                 ),
             });
         }
         let start = self.data_start + info.offset;
-        let data = &self.bytes[start..start + n / block * size];
-        let values = dequantize(info.ggml_type, data, n);
+        let values = self.file.read(start..start + n / block * size, |data| {
+            dequantize(info.ggml_type, data, n)
+        })?;
         Ok((info.dims.iter().rev().copied().collect(), values))
     }
 }

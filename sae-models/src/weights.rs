@@ -9,7 +9,8 @@ use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use sae_core::TensorFile;
+use sae_core::convert::float_data;
+use sae_core::{StorageDtype, TensorFile};
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
@@ -19,8 +20,8 @@ use crate::gguf::GgufFile;
 pub struct Weights {
     origin: PathBuf,
     store: Store,
-    /// The dtype tensors are created in (values are read as f32, then cast).
-    dtype: DType,
+    /// The dtype tensors are created in, straight from the stored bytes.
+    dtype: StorageDtype,
 }
 
 enum Store {
@@ -60,7 +61,14 @@ impl Weights {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, name) in shard_names.iter().enumerate() {
-            let file = TensorFile::open(dir.join(name))?;
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Err(ModelError::MissingShard {
+                    dir: dir.to_path_buf(),
+                    shard: name.clone(),
+                });
+            }
+            let file = TensorFile::open(path)?;
             for tensor in file.names() {
                 index.insert(tensor, i);
             }
@@ -69,7 +77,7 @@ impl Weights {
         Ok(Weights {
             origin: dir.to_path_buf(),
             store: Store::Safetensors { files, index },
-            dtype: DType::F32,
+            dtype: StorageDtype::F32,
         })
     }
 
@@ -82,13 +90,14 @@ impl Weights {
                 file,
                 permuted_heads,
             },
-            dtype: DType::F32,
+            dtype: StorageDtype::F32,
         }
     }
 
     /// The same weights, created as `dtype` (the model's compute dtype: F32, F16 or BF16).
-    pub fn with_dtype(self, dtype: DType) -> Self {
-        Weights { dtype, ..self }
+    pub fn with_dtype(self, dtype: DType) -> Result<Self> {
+        let dtype = StorageDtype::try_from(dtype).map_err(ModelError::BadInput)?;
+        Ok(Weights { dtype, ..self })
     }
 
     /// True if the checkpoint holds `name`.
@@ -108,13 +117,25 @@ impl Weights {
         }
     }
 
-    /// The values of `name`, which must have `shape`.
-    fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (got, values) = match &self.store {
+    /// The tensor `name`, which must have `shape`, as data in the compute dtype; `transpose`
+    /// turns a `[rows, ...]` weight into `[cols, rows]`. Read straight from the mapped file.
+    fn data(&self, name: &str, shape: &[usize], transpose: bool) -> Result<TensorData> {
+        let check = |got: Vec<usize>| {
+            if got == shape {
+                Ok(())
+            } else {
+                Err(ModelError::WeightShape {
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    got,
+                })
+            }
+        };
+        match &self.store {
             Store::Safetensors { files, index } => {
-                let file = index.get(name).ok_or_else(|| self.missing(name))?;
-                let t = files[*file].get(name)?;
-                (t.shape.clone(), t.to_f32())
+                let file = &files[*index.get(name).ok_or_else(|| self.missing(name))?];
+                check(file.shape(name)?)?;
+                Ok(file.float_data(name, self.dtype, transpose)?)
             }
             Store::Gguf {
                 file,
@@ -124,27 +145,28 @@ impl Weights {
                 if !file.tensors.contains_key(&gguf) {
                     return Err(self.missing(name));
                 }
+                // Quantised blocks have no dtype to compute in: each tensor is dequantised to
+                // f32 on its own, then converted.
                 let (got, values) = file.dequantize(&gguf)?;
+                check(got)?;
                 let heads = match permuted_heads {
                     Some((q, _)) if name.contains(".q_proj.") => Some(*q),
                     Some((_, kv)) if name.contains(".k_proj.") => Some(*kv),
                     _ => None,
                 };
                 let values = match heads {
-                    Some(heads) => unpermute_rows(&values, got[0], heads),
+                    Some(heads) => unpermute_rows(&values, shape[0], heads),
                     None => values,
                 };
-                (got, values)
+                Ok(float_data(
+                    bytemuck::cast_slice(&values),
+                    StorageDtype::F32,
+                    shape,
+                    self.dtype,
+                    transpose,
+                ))
             }
-        };
-        if got != shape {
-            return Err(ModelError::WeightShape {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got,
-            });
         }
-        Ok(values)
     }
 
     /// A tensor of rank `D` with a checked shape.
@@ -154,22 +176,16 @@ impl Weights {
         shape: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
-        let values = self.values(name, &shape)?;
-        Ok(self.create(TensorData::new(values, shape), device))
+        Ok(self.create(self.data(name, &shape, false)?, device))
     }
 
-    /// A tensor in the compute dtype.
+    /// A tensor in the compute dtype (the data is in it already: no conversion).
     fn create<B: Backend, const D: usize>(
         &self,
         data: TensorData,
         device: &B::Device,
     ) -> Tensor<B, D> {
-        let t = Tensor::from_data(data, device);
-        if self.dtype == DType::F32 {
-            t
-        } else {
-            t.cast(self.dtype)
-        }
+        Tensor::from_data(data, (device, DType::from(self.dtype)))
     }
 
     /// A [`Linear`] from `{prefix}.weight [d_out, d_in]` and, with `bias`, `{prefix}.bias [d_out]`.
@@ -194,13 +210,11 @@ impl Weights {
         bias: bool,
         device: &B::Device,
     ) -> Result<Linear<B>> {
-        let (d_out, d_in) = (shape[0], shape[1..].iter().product());
-        let w = self.values(&format!("{prefix}.weight"), shape)?;
-        // Burn's Linear keeps [in, out]: transpose once here, on the host. (Not a transposed
-        // view on the device: cubecl's autotuned matmul on lavapipe returned wrong products for
-        // one, [1176, 32], while tuning.)
-        let t = sae_core::tensor_file::transpose(&w, d_out, d_in);
-        let weight = self.create(TensorData::new(t, [d_in, d_out]), device);
+        let d_out = shape[0];
+        // Burn's Linear keeps [in, out]: transposed once here, on the host, while reading. (Not
+        // a transposed view on the device: cubecl's autotuned matmul on lavapipe returned wrong
+        // products for one, [1176, 32], while tuning.)
+        let weight = self.create(self.data(&format!("{prefix}.weight"), shape, true)?, device);
         let bias = bias
             .then(|| self.tensor(&format!("{prefix}.bias"), [d_out], device))
             .transpose()?;
