@@ -25,13 +25,15 @@ pub fn hook_name(path: &str) -> String {
 pub fn activation_tensors<B: Backend>(
     model: &AnyModel<B>,
     prompt: &ProcessedPrompt,
-    logits: Tensor<B, 3>,
+    logits: Option<Tensor<B, 3>>,
     records: Vec<(String, Tensor<B, 3>)>,
 ) -> Vec<(String, HostTensor)> {
     let mut tensors: Vec<(String, HostTensor)> = (prompt.tensors().into_iter())
         .map(|(name, t)| (format!("{INPUTS}{name}"), t))
         .collect();
-    tensors.push((LOGITS.to_string(), HostTensor::from_float(logits)));
+    if let Some(logits) = logits {
+        tensors.push((LOGITS.to_string(), HostTensor::from_float(logits)));
+    }
     for (path, x) in records {
         let mut t = HostTensor::from_float(x);
         t.shape = model.transformers_shape(&path, &t.shape);

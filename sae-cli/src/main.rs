@@ -55,6 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     sae_core::allocator::keep_freed_memory();
+    sae_core::mapped::report_bus_errors();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

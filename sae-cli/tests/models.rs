@@ -60,6 +60,65 @@ fn activations_match_transformers() {
 }
 
 #[test]
+fn without_logits_the_model_loads_up_to_the_deepest_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the model without layer 1's weights: a job at layer 0 never reads them.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("qwen2_tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let file = TensorFile::open(&weights).unwrap();
+    let kept: Vec<_> = (file.names().into_iter())
+        .filter(|n| !n.starts_with("model.layers.1.") && !n.starts_with("lm_head"))
+        .map(|n| (n.clone(), file.get(&n).unwrap()))
+        .collect();
+    drop(file);
+    sae_core::tensor_file::write_tensors(&weights, &kept, sae_core::StorageDtype::F32, None)
+        .unwrap();
+    let out = dir.path().join("acts.safetensors");
+    let args = |extra: &'static str| {
+        vec![
+            "activations",
+            "--model",
+            s(&model),
+            "--text",
+            PROMPT,
+            "--hooks",
+            r"model\.layers\.0\.mlp\.down_proj",
+            "--out",
+            s(&out),
+            extra,
+        ]
+    };
+    ok(&args("--no-logits"));
+    let ours = TensorFile::open(&out).unwrap();
+    assert!(!ours.contains("logits"));
+    let theirs = TensorFile::open(fixture("qwen2_tiny/reference.safetensors")).unwrap();
+    let name = "hook.model.layers.0.mlp.down_proj";
+    let err = max_rel_diff(
+        &ours.get(name).unwrap().to_f32(),
+        &theirs.get(name).unwrap().to_f32(),
+    );
+    assert!(err < 1e-4, "{err}");
+    // With logits, the whole model is needed: the missing layer is named.
+    let err = fails(&args("--hooks=model.norm"));
+    assert!(
+        err.contains("holds weight \"model.layers.1.input_layernorm.weight\""),
+        "{err}"
+    );
+    // The hook points come from the config: listing them needs no weights at all.
+    std::fs::remove_file(&weights).unwrap();
+    let listed = ok(&["activations", "--model", s(&model), "--list-hooks"]);
+    assert!(
+        listed.contains("model.layers.1.mlp.down_proj\t64\tMlp"),
+        "{listed}"
+    );
+}
+
+#[test]
 fn activations_with_an_injected_sae_match_sae_made_easy() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("acts.safetensors");

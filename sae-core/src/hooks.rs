@@ -115,13 +115,17 @@ impl<B: Backend, M: HookedModule<B>> HookedModule<B> for &M {
 }
 
 /// Runs `first`, then `second` on what `first` returns (e.g. SAEs, then a recorder). The pass
-/// never stops early.
+/// stops where `second` says it may (`first` must not need anything later).
 pub struct Chain<'a, B: Backend>(pub &'a mut dyn Hooks<B>, pub &'a mut dyn Hooks<B>);
 
 impl<B: Backend> Hooks<B> for Chain<'_, B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.0.call(path, x);
         self.1.call(path, x)
+    }
+
+    fn stop_after(&self) -> Option<&str> {
+        self.1.stop_after()
     }
 }
 
@@ -158,6 +162,14 @@ impl<B: Backend> Recorder<B> {
         Self::of(Wanted::Paths(paths.to_vec()), stop)
     }
 
+    /// True when this recorder keeps the output of `path`.
+    pub fn wants(&self, path: &str) -> bool {
+        match &self.wanted {
+            Wanted::Paths(paths) => paths.iter().any(|p| p == path),
+            Wanted::Patterns(patterns) => patterns.iter().any(|p| p.is_match(path)),
+        }
+    }
+
     fn of(wanted: Wanted, stop: Option<String>) -> Self {
         Recorder {
             wanted,
@@ -181,11 +193,7 @@ impl<B: Backend> Recorder<B> {
 
 impl<B: Backend> Hooks<B> for Recorder<B> {
     fn call(&mut self, path: &str, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let wanted = match &self.wanted {
-            Wanted::Paths(paths) => paths.iter().any(|p| p == path),
-            Wanted::Patterns(patterns) => patterns.iter().any(|p| p.is_match(path)),
-        };
-        if wanted {
+        if self.wants(path) {
             self.records.push((path.to_string(), x.clone()));
         }
         x

@@ -6,12 +6,16 @@ use burn::tensor::backend::Backend;
 use image::DynamicImage;
 use sae_core::{HookPoint, HookedModule};
 
+use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::language_model::{LanguageModel, Prompt};
 use crate::prompt::ProcessedPrompt;
+use crate::scope::LoadScope;
 use crate::source::ModelSource;
 use crate::tokenizer::Tokenizer;
-use crate::vision_language::{ImageTokens, VisionLanguageModel, is_vision_language};
+use crate::vision_language::{
+    ImageTokens, VisionLanguageModel, hook_points_of, is_vision_language,
+};
 
 /// A loaded model, text-only or vision-language.
 #[derive(Debug)]
@@ -23,16 +27,48 @@ pub enum AnyModel<B: Backend> {
 }
 
 impl<B: Backend> AnyModel<B> {
-    /// Loads `spec` (a folder, a hub id or a GGUF file) computing in `dtype`.
+    /// Loads all of `spec` (a folder, a hub id or a GGUF file) computing in `dtype`.
     pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
-        let vision = match ModelSource::parse(spec) {
+        Self::load_scoped(spec, dtype, &LoadScope::whole(true), device)
+    }
+
+    /// Loads what `scope` needs of `spec` (see [`LoadScope`]), computing in `dtype`.
+    pub fn load_scoped(
+        spec: &str,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(if Self::is_vision(spec)? {
+            let model = VisionLanguageModel::load_scoped(spec, dtype, scope, device)?;
+            AnyModel::Vision(Box::new(model))
+        } else {
+            AnyModel::Text(Box::new(LanguageModel::load_scoped(
+                spec, dtype, scope, device,
+            )?))
+        })
+    }
+
+    /// The hook points of `spec`, in forward order, from its config alone (nothing loaded).
+    pub fn hook_points_of(spec: &str) -> Result<Vec<HookPoint>> {
+        match ModelSource::parse(spec) {
+            ModelSource::Gguf(path) => crate::gguf_model::hook_points(&path),
+            source => {
+                let dir = source.local_dir()?;
+                if is_vision_language::<B>(&dir) {
+                    hook_points_of::<B>(&dir)
+                } else {
+                    Ok(DecoderConfig::from_file(&dir.join("config.json"))?.hook_points("model"))
+                }
+            }
+        }
+    }
+
+    /// Whether `spec` names a vision-language model.
+    fn is_vision(spec: &str) -> Result<bool> {
+        Ok(match ModelSource::parse(spec) {
             ModelSource::Gguf(_) => false,
             source => is_vision_language::<B>(&source.local_dir()?),
-        };
-        Ok(if vision {
-            AnyModel::Vision(Box::new(VisionLanguageModel::load_as(spec, dtype, device)?))
-        } else {
-            AnyModel::Text(Box::new(LanguageModel::load_as(spec, dtype, device)?))
         })
     }
 

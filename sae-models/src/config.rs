@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use sae_core::{HookKind, HookPoint};
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result, bad_config};
@@ -79,6 +80,51 @@ struct RopeParameters {
 }
 
 impl DecoderConfig {
+    /// The hook points of a decoder whose modules sit at `prefix`, in forward order.
+    pub fn hook_points(&self, prefix: &str) -> Vec<HookPoint> {
+        let (hidden, inter) = (self.hidden_size, self.intermediate_size);
+        let (q_dim, kv_dim) = (
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        );
+        let mut points = Vec::new();
+        for i in 0..self.num_hidden_layers {
+            let p = format!("{prefix}.layers.{i}");
+            let attn = HookKind::Attention;
+            let mlp = HookKind::Mlp;
+            points.extend([
+                HookPoint::new(format!("{p}.input_layernorm"), hidden, HookKind::Other),
+                HookPoint::linear(format!("{p}.self_attn.q_proj"), hidden, q_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.k_proj"), hidden, kv_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.v_proj"), hidden, kv_dim, attn),
+                HookPoint::linear(format!("{p}.self_attn.o_proj"), q_dim, hidden, attn),
+                HookPoint::new(format!("{p}.self_attn"), hidden, attn),
+                HookPoint::new(
+                    format!("{p}.post_attention_layernorm"),
+                    hidden,
+                    HookKind::Other,
+                ),
+                HookPoint::linear(format!("{p}.mlp.gate_proj"), hidden, inter, mlp),
+                HookPoint::linear(format!("{p}.mlp.up_proj"), hidden, inter, mlp),
+                HookPoint::linear(format!("{p}.mlp.down_proj"), inter, hidden, mlp),
+                HookPoint::new(format!("{p}.mlp"), hidden, mlp),
+                HookPoint::new(p, hidden, HookKind::Residual),
+            ]);
+        }
+        points.push(HookPoint::new(
+            format!("{prefix}.norm"),
+            hidden,
+            HookKind::Other,
+        ));
+        points.push(HookPoint::linear(
+            "lm_head",
+            hidden,
+            self.vocab_size,
+            HookKind::Other,
+        ));
+        points
+    }
+
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::from_json(read_model_config(path, SUPPORTED)?, path)

@@ -14,12 +14,13 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::host::int_to_host;
-use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
+use sae_core::{HookPoint, HookedModule, Hooks};
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
 use crate::mask;
 use crate::rope::{Rope, softmax_in_f32};
+use crate::scope::LoadScope;
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
@@ -252,9 +253,11 @@ pub struct LmOutput<B: Backend> {
 #[derive(Module, Debug)]
 pub struct DecoderLm<B: Backend> {
     embed_tokens: Embedding<B>,
+    /// The layers loaded: all of them, or those up to the deepest hook a job reads.
     layers: Vec<DecoderLayer<B>>,
-    norm: RmsNorm<B>,
-    /// `None` when tied to the embedding.
+    /// `None` when not loaded (the job stops in a layer); the pass ends before it.
+    norm: Option<RmsNorm<B>>,
+    /// `None` when tied to the embedding, or not loaded with the norm.
     lm_head: Option<Linear<B>>,
     #[module(skip)]
     config: DecoderConfig,
@@ -272,14 +275,29 @@ impl<B: Backend> DecoderLm<B> {
 
     /// Loads a Hugging Face model folder computing in `dtype` (F32, F16 or BF16).
     pub fn load_as(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
-        Self::from_weights(config, &weights, device)
+        Self::load_scoped(dir, dtype, &LoadScope::whole(false), device)
     }
 
-    /// Builds the model from its config and weights (HF tensor names).
-    pub fn from_weights(config: DecoderConfig, w: &Weights, device: &B::Device) -> Result<Self> {
-        Self::from_weights_at(config, w, "model", "model", device)
+    /// Loads what `scope` needs of a Hugging Face model folder, computing in `dtype`.
+    pub fn load_scoped(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let config = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        Self::from_weights(config, &weights, scope, device)
+    }
+
+    /// Builds what `scope` needs of the model from its config and weights (HF tensor names).
+    pub fn from_weights(
+        config: DecoderConfig,
+        w: &Weights,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::from_weights_at(config, w, "model", "model", scope, device)
     }
 
     /// The same with the decoder's tensors stored under `stored` (`model` in Qwen2-VL
@@ -290,9 +308,10 @@ impl<B: Backend> DecoderLm<B> {
         w: &Weights,
         stored: &str,
         prefix: &str,
+        scope: &LoadScope,
         device: &B::Device,
     ) -> Result<Self> {
-        Self::from_weights_with_head(config, w, stored, "lm_head", prefix, device)
+        Self::from_weights_with_head(config, w, stored, "lm_head", prefix, scope, device)
     }
 
     /// The same with the head stored as `stored_head` (`language_model.lm_head` in LLaVA hub
@@ -303,15 +322,17 @@ impl<B: Backend> DecoderLm<B> {
         stored: &str,
         stored_head: &str,
         prefix: &str,
+        scope: &LoadScope,
         device: &B::Device,
     ) -> Result<Self> {
         let c = &config;
+        let head = scope.head(prefix);
         let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
         let (q_dim, kv_dim) = (
             c.num_attention_heads * c.head_dim,
             c.num_key_value_heads * c.head_dim,
         );
-        let layers = (0..c.num_hidden_layers)
+        let layers = (0..scope.text_layers(prefix, c.num_hidden_layers))
             .map(|i| {
                 let p = format!("{stored}.layers.{i}");
                 let attn = |name: &str, d_in, d_out, bias| {
@@ -351,8 +372,11 @@ impl<B: Backend> DecoderLm<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         // Some tied checkpoints still store lm_head.weight; tying wins, as in transformers.
-        let lm_head = (!c.tie_word_embeddings)
+        let lm_head = (head && !c.tie_word_embeddings)
             .then(|| w.linear(stored_head, hidden, c.vocab_size, false, device))
+            .transpose()?;
+        let norm = head
+            .then(|| w.rms_norm(&format!("{stored}.norm"), hidden, eps, device))
             .transpose()?;
         Ok(DecoderLm {
             embed_tokens: w.embedding(
@@ -362,7 +386,7 @@ impl<B: Backend> DecoderLm<B> {
                 device,
             )?,
             layers,
-            norm: w.rms_norm(&format!("{stored}.norm"), hidden, eps, device)?,
+            norm,
             lm_head,
             config,
             prefix: prefix.to_string(),
@@ -490,7 +514,9 @@ impl<B: Backend> DecoderLm<B> {
             cache.layers[i] = ctx.past;
             x = out?;
         }
-        let x = tap.call(&format!("{}.norm", self.prefix), self.norm.forward(x))?;
+        // Loaded up to a layer only: the job's hooks end the pass before this point.
+        let norm = self.norm.as_ref().ok_or(Stopped)?;
+        let x = tap.call(&format!("{}.norm", self.prefix), norm.forward(x))?;
         let logits = match &self.lm_head {
             Some(head) => linear(head, x),
             None => {
@@ -510,48 +536,7 @@ impl<B: Backend> HookedModule<B> for DecoderLm<B> {
     type Output = LmOutput<B>;
 
     fn hook_points(&self) -> Vec<HookPoint> {
-        let c = &self.config;
-        let (hidden, inter) = (c.hidden_size, c.intermediate_size);
-        let (q_dim, kv_dim) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
-        let mut points = Vec::new();
-        for i in 0..c.num_hidden_layers {
-            let p = format!("{}.layers.{i}", self.prefix);
-            let attn = HookKind::Attention;
-            let mlp = HookKind::Mlp;
-            points.extend([
-                HookPoint::new(format!("{p}.input_layernorm"), hidden, HookKind::Other),
-                HookPoint::linear(format!("{p}.self_attn.q_proj"), hidden, q_dim, attn),
-                HookPoint::linear(format!("{p}.self_attn.k_proj"), hidden, kv_dim, attn),
-                HookPoint::linear(format!("{p}.self_attn.v_proj"), hidden, kv_dim, attn),
-                HookPoint::linear(format!("{p}.self_attn.o_proj"), q_dim, hidden, attn),
-                HookPoint::new(format!("{p}.self_attn"), hidden, attn),
-                HookPoint::new(
-                    format!("{p}.post_attention_layernorm"),
-                    hidden,
-                    HookKind::Other,
-                ),
-                HookPoint::linear(format!("{p}.mlp.gate_proj"), hidden, inter, mlp),
-                HookPoint::linear(format!("{p}.mlp.up_proj"), hidden, inter, mlp),
-                HookPoint::linear(format!("{p}.mlp.down_proj"), inter, hidden, mlp),
-                HookPoint::new(format!("{p}.mlp"), hidden, mlp),
-                HookPoint::new(p, hidden, HookKind::Residual),
-            ]);
-        }
-        points.push(HookPoint::new(
-            format!("{}.norm", self.prefix),
-            hidden,
-            HookKind::Other,
-        ));
-        points.push(HookPoint::linear(
-            "lm_head",
-            hidden,
-            c.vocab_size,
-            HookKind::Other,
-        ));
-        points
+        self.config.hook_points(&self.prefix)
     }
 
     fn forward_hooked(&self, input: LmInput<B>, hooks: &mut dyn Hooks<B>) -> LmOutput<B> {

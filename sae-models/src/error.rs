@@ -72,6 +72,11 @@ pub enum ModelError {
     /// Model inputs that disagree with each other (image tokens against image features).
     #[error("bad model input: {0}")]
     BadInput(String),
+    /// Images given to a vision-language model loaded for text only.
+    #[error(
+        "the model was loaded without its vision tower (the job said it gives no images), but the input has images"
+    )]
+    NoVisionTower,
     /// Reading a checkpoint or config file failed (the cause says why).
     #[error(transparent)]
     Checkpoint(#[from] sae_core::SaeError),

@@ -5,12 +5,14 @@ use std::path::Path;
 
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use sae_core::HookPoint;
 use serde_json::{Value as Json, json};
 
 use crate::config::DecoderConfig;
 use crate::decoder::DecoderLm;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
+use crate::scope::LoadScope;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 
@@ -21,6 +23,7 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 pub fn load<B: Backend>(
     path: &Path,
     dtype: DType,
+    scope: &LoadScope,
     device: &B::Device,
 ) -> Result<(DecoderLm<B>, Tokenizer, Vec<i64>)> {
     let file = GgufFile::open(path)?;
@@ -40,10 +43,16 @@ pub fn load<B: Backend>(
         ..config
     };
     Ok((
-        DecoderLm::from_weights(config, &weights, device)?,
+        DecoderLm::from_weights(config, &weights, scope, device)?,
         tokenizer,
         stop,
     ))
+}
+
+/// The hook points of the model in a GGUF file, from its metadata alone.
+pub fn hook_points(path: &Path) -> Result<Vec<HookPoint>> {
+    let file = GgufFile::open(path)?;
+    Ok(config(&file, path)?.hook_points("model"))
 }
 
 /// The model configuration from `general.architecture` and the `{arch}.*` keys.

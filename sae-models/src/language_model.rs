@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::decoder::DecoderLm;
 use crate::error::Result;
+use crate::scope::LoadScope;
 use crate::source::ModelSource;
 use crate::tokenizer::{Message, Tokenizer};
 
@@ -41,13 +42,27 @@ impl<B: Backend> LanguageModel<B> {
 
     /// Loads `spec` computing in `dtype` (F32, F16 or BF16; weights are cast once at load).
     pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_scoped(spec, dtype, &LoadScope::whole(false), device)
+    }
+
+    /// Loads what `scope` needs of `spec`, computing in `dtype`.
+    pub fn load_scoped(
+        spec: &str,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (model, tokenizer, mut stop_tokens) = match ModelSource::parse(spec) {
-            ModelSource::Gguf(path) => crate::gguf_model::load(&path, dtype, device)?,
+            ModelSource::Gguf(path) => crate::gguf_model::load(&path, dtype, scope, device)?,
             source => {
                 let dir = source.local_dir()?;
                 let tokenizer = Tokenizer::load(&dir)?;
                 let stop = generation_eos(&dir)?;
-                (DecoderLm::load_as(&dir, dtype, device)?, tokenizer, stop)
+                (
+                    DecoderLm::load_scoped(&dir, dtype, scope, device)?,
+                    tokenizer,
+                    stop,
+                )
             }
         };
         tokenizer.check_fits(model.config().vocab_size, Path::new(spec))?;

@@ -23,6 +23,7 @@ mod mask;
 pub mod prompt;
 pub mod qwen2_vl;
 mod rope;
+pub mod scope;
 pub mod source;
 mod tap;
 pub mod token_layout;
@@ -41,6 +42,7 @@ pub use image_processor::{
 };
 pub use language_model::{LanguageModel, Prompt};
 pub use prompt::ProcessedPrompt;
+pub use scope::LoadScope;
 pub use source::ModelSource;
 pub use token_layout::{ImageTokenLayout, TokenGrid};
 pub use tokenizer::{Message, Tokenizer};

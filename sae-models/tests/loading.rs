@@ -153,6 +153,78 @@ fn sharded_checkpoints_load() {
 }
 
 #[test]
+fn a_shard_listed_but_missing_is_named() {
+    let dir = model_copy();
+    let path = dir.path().join("model.safetensors");
+    let shard = "model-00002-of-00002.safetensors";
+    std::fs::rename(&path, dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({"weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "lm_head.weight": shard,
+    }});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.ends_with(&format!(
+            "model.safetensors.index.json lists shard {shard}, which is missing from the folder (an interrupted download?)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_weight_stored_as_integers_is_refused_by_name() {
+    let dir = model_copy();
+    let path = dir.path().join("model.safetensors");
+    let file = TensorFile::open(&path).unwrap();
+    let name = "model.norm.weight";
+    let tensors: Vec<_> = (file.names().into_iter())
+        .map(|n| {
+            let t = file.get(&n).unwrap();
+            let t = if n == name {
+                HostTensor::i64(t.shape.clone(), vec![1; t.shape.iter().product()])
+            } else {
+                t
+            };
+            (n, t)
+        })
+        .collect();
+    drop(file);
+    sae_core::tensor_file::write_tensors(&path, &tensors, StorageDtype::F32, None).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.ends_with(&format!(
+            "tensor \"{name}\" in {} has dtype I64, expected F32, F16 or BF16 (to compute in f32)",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tensor_whose_bytes_run_past_the_file_is_refused() {
+    // A header claiming 16 bytes of data for a file that holds 8.
+    let header = br#"{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend([0u8; 8]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let err = TensorFile::open(&path).err().unwrap();
+    assert!(
+        err.to_string().starts_with("cannot read safetensors file"),
+        "{err}"
+    );
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("incomplete metadata"), "{cause}");
+}
+
+#[test]
 fn legacy_rope_config_keys_load() {
     // Older configs keep rope_theta at top level and `rope_scaling: {type: ...}`.
     let dir = model_copy();

@@ -184,7 +184,13 @@ fn check_other_cases<Bk: Backend>() {
         config.max_num_patches = max_num_patches;
         config.vision.image_size = tile as usize;
         config.image_grid_pinpoints = pinpoints.clone();
-        let model = LlavaOnevision::<Bk>::from_weights(config, &weights, &device).unwrap();
+        let model = LlavaOnevision::<Bk>::from_weights(
+            config,
+            &weights,
+            &sae_models::LoadScope::whole(true),
+            &device,
+        )
+        .unwrap();
         let mut processor = LlavaOnevisionImageProcessor::from_model_dir(&fixture(MODEL)).unwrap();
         processor.size = [tile, tile];
         processor.tile_size = tile;

@@ -9,7 +9,9 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_activations::{TokenFilter, hook_rows, lm_input, sequence_batching, vision_input};
+use sae_activations::{
+    TokenFilter, dataset_scope, hook_rows, lm_input, sequence_batching, vision_input,
+};
 use sae_core::{HookPoint, HookedModule, Recorder, SaeAutodiffBackend};
 use sae_data::{Batch, Dataset, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, Tokenizer};
@@ -142,14 +144,21 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 config.parallel.devices, config.parallel.strategy
             )));
         }
-        tracing::info!("loading model {}", config.model.name);
-        let model = AnyModel::<B::InnerBackend>::load_as(
-            &config.model.name,
+        let name = &config.model.name;
+        let points =
+            (config.target_modules).resolve(&AnyModel::<B::InnerBackend>::hook_points_of(name)?)?;
+        let dataset = Dataset::open(&config.data.path)?;
+        // The pass stops after the deepest target: nothing after it is loaded, nor the vision
+        // tower for a dataset of texts.
+        let paths = points.iter().map(|p| p.path.as_str());
+        let scope = dataset_scope::<B::InnerBackend>(name, paths, &dataset)?;
+        tracing::info!(through = scope.last(), "loading model {name}");
+        let model = AnyModel::<B::InnerBackend>::load_scoped(
+            name,
             config.model.dtype.into(),
+            &scope,
             device,
         )?;
-        let points = config.target_modules.resolve(&model.hook_points())?;
-        let dataset = Dataset::open(&config.data.path)?;
         // Refuses contexts longer than the model's now, before any work.
         let data = &config.data;
         sequence_batching(

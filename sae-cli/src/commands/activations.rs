@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use sae_activations::file::activation_tensors;
 use sae_core::{Chain, HookedModule, Recorder, StorageDtype};
-use sae_models::AnyModel;
+use sae_models::{AnyModel, LoadScope};
 
 use super::model_args::ModelArgs;
 use super::sae_args::SaeArgs;
@@ -35,23 +35,45 @@ pub struct Args {
         required_unless_present = "list_hooks"
     )]
     out: Option<PathBuf>,
-    /// Print the model's hook points (path, width, kind) and exit.
+    /// Print the model's hook points (path, width, kind) and exit (reads the config only).
     #[arg(long)]
     list_hooks: bool,
+    /// Do not write the logits: the pass stops after the deepest hook, and the layers after it,
+    /// the final norm and the LM head are not loaded (a 7B model read at layer 4 loads 5 of
+    /// its 28 layers).
+    #[arg(long, requires = "hooks")]
+    no_logits: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let loaded = args.model.load()?;
+    let spec = &args.model.model;
+    let points = AnyModel::<backend::Backend>::hook_points_of(spec)
+        .with_context(|| format!("cannot read the hook points of {spec}"))?;
     if args.list_hooks {
-        for p in loaded.hook_points() {
+        for p in points {
             println!("{}\t{}\t{:?}", p.path, p.width, p.kind);
         }
         return Ok(());
     }
     let out = args.out.expect("clap requires --out");
+    let patterns = Recorder::<backend::Backend>::new(&args.hooks).context("bad --hooks pattern")?;
+    let matched: Vec<String> = (points.iter())
+        .filter(|p| patterns.wants(&p.path))
+        .map(|p| p.path.clone())
+        .collect();
+    if !args.hooks.is_empty() && matched.is_empty() {
+        bail!("no hook point matches {:?}; see --list-hooks", args.hooks);
+    }
+    let images = !args.model.image.is_empty();
+    let scope = if args.no_logits {
+        LoadScope::through(&points, matched.iter().map(String::as_str), images)
+    } else {
+        LoadScope::whole(images)
+    };
+    let loaded = args.model.load(&scope)?;
     let processed = args.model.process(&loaded)?;
     let device = backend::device()?;
-    let mut recorder = Recorder::new(&args.hooks).context("bad --hooks pattern")?;
+    let mut recorder = Recorder::paths(&matched, args.no_logits);
     let logits = match &loaded {
         AnyModel::Text(lm) => {
             let input = processed.to_lm_input(&device);
@@ -68,11 +90,10 @@ pub fn run(args: Args) -> Result<()> {
             out.logits
         }
     };
-    if !args.hooks.is_empty() && recorder.records.is_empty() {
-        bail!("no hook point matches {:?}; see --list-hooks", args.hooks);
-    }
     let hooked = recorder.records.len();
-    let logits = logits.expect("the pass runs to the end");
+    if !args.no_logits && logits.is_none() {
+        bail!("the forward pass ended before the logits");
+    }
     // Hook outputs are written in the shapes transformers gives them.
     let tensors = activation_tensors(&loaded, &processed, logits, recorder.records);
     sae_core::tensor_file::write_tensors(&out, &tensors, StorageDtype::F32, None)?;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::DType;
+use sae_activations::dataset_scope;
+use sae_data::Dataset;
 use sae_interp::CacheConfig;
 use sae_models::AnyModel;
 
@@ -43,7 +45,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device()?;
-    let model = AnyModel::<backend::Backend>::load_as(&args.model, DType::F32, &device)
+    // Only the layers up to the deepest SAE are loaded: the pass stops there.
+    let saes = sae_core::formats::load(&args.sae)
+        .with_context(|| format!("cannot read the SAEs in {}", args.sae.display()))?;
+    let dataset = Dataset::open(&args.data)
+        .with_context(|| format!("cannot open dataset {}", args.data.display()))?;
+    let hooks = saes.saes.keys().map(String::as_str);
+    let scope = dataset_scope::<backend::Backend>(&args.model, hooks, &dataset)?;
+    let model = AnyModel::<backend::Backend>::load_scoped(&args.model, DType::F32, &scope, &device)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = CacheConfig {
         batches: args.batches,

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::DType;
-use sae_models::AnyModel;
+use sae_activations::has_images;
+use sae_data::Dataset;
+use sae_models::{AnyModel, LoadScope};
 use sae_train::EvalConfig;
 
 use super::read_args::ReadArgs;
@@ -45,7 +47,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device()?;
-    let model = AnyModel::<backend::Backend>::load_as(&args.model, DType::F32, &device)
+    // The loss with the SAE spliced in needs the logits: the whole model is loaded.
+    let dataset = Dataset::open(&args.data)
+        .with_context(|| format!("cannot open dataset {}", args.data.display()))?;
+    let scope = LoadScope::whole(has_images(&dataset));
+    let model = AnyModel::<backend::Backend>::load_scoped(&args.model, DType::F32, &scope, &device)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let config = EvalConfig {
         batches: args.batches,

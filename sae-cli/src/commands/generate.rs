@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let loaded = args.model.load()?;
+    let loaded = args.model.load(&args.model.whole())?;
     let processed = args.model.process(&loaded)?;
     let sampling = (args.temperature.is_some() || args.top_p.is_some() || args.seed.is_some())
         .then(|| Sampling {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use sae_core::StorageDtype;
-use sae_models::{AnyModel, ImageTokens, ProcessedPrompt, Prompt, load_image};
+use sae_models::{AnyModel, ImageTokens, LoadScope, ProcessedPrompt, Prompt, load_image};
 
 use crate::backend::{self, Backend};
 
@@ -31,13 +31,27 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the model, text-only or vision-language, whichever `config.json` names.
-    pub fn load(&self) -> Result<AnyModel<Backend>> {
+    /// Loads what `scope` needs of the model, text-only or vision-language, whichever
+    /// `config.json` names.
+    pub fn load(&self, scope: &LoadScope) -> Result<AnyModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
-        let model = AnyModel::load_as(&self.model, self.dtype.into(), &backend::device()?)
-            .with_context(|| format!("cannot load model {}", self.model))?;
-        tracing::info!(backend = backend::NAME, "model loaded");
+        let model =
+            AnyModel::load_scoped(&self.model, self.dtype.into(), scope, &backend::device()?)
+                .with_context(|| format!("cannot load model {}", self.model))?;
+        match scope.last() {
+            Some(last) => tracing::info!(
+                backend = backend::NAME,
+                through = last,
+                "model loaded up to the last hook read"
+            ),
+            None => tracing::info!(backend = backend::NAME, "model loaded"),
+        }
         Ok(model)
+    }
+
+    /// The whole model, with its vision tower when `--image` is given.
+    pub fn whole(&self) -> LoadScope {
+        LoadScope::whole(!self.image.is_empty())
     }
 
     /// The prompt (and images) as `loaded` takes them.

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::siglip::Activation;
+use sae_core::{HookKind, HookPoint};
+
 use crate::config::{DecoderConfig, check_model_type, read_model_config};
 use crate::error::{Result, bad_config};
 
@@ -154,6 +156,25 @@ struct VisionDefaults {
 }
 
 impl LlavaOnevisionConfig {
+    /// The model's hook points in forward order: the vision tower's (up to the deepest layer
+    /// the projector reads), the projector's, then the language model's.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let depth = self
+            .vision_feature_layers
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let mut points = self.vision.hook_points(depth);
+        points.push(HookPoint::new(
+            super::PROJECTOR,
+            self.text.hidden_size,
+            HookKind::Vision,
+        ));
+        points.extend(self.text.hook_points(super::TEXT));
+        points
+    }
+
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::from_json(read_model_config(path, SUPPORTED)?, path)

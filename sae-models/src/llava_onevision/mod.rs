@@ -23,7 +23,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use image::DynamicImage;
 use sae_core::host::int_to_host;
-use sae_core::{HookKind, HookPoint, HookedModule, Hooks};
+use sae_core::{HookPoint, HookedModule, Hooks};
 
 pub use config::{FeatureSelect, LlavaOnevisionConfig, SiglipConfig};
 pub use siglip::{Activation, SiglipVisionTower};
@@ -34,6 +34,7 @@ use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
 use crate::image_processor::{LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor};
 use crate::qwen2_vl::scatter_image_tokens;
+use crate::scope::LoadScope;
 use crate::tap::{Stopped, Tap, linear};
 use crate::token_layout::ImageTokenLayout;
 use crate::vision_language::VisionLanguage;
@@ -41,6 +42,9 @@ use crate::weights::Weights;
 
 /// The projector's hook path.
 const PROJECTOR: &str = "model.multi_modal_projector";
+
+/// The module path of the language model in memory.
+const TEXT: &str = "model.language_model";
 
 /// The images of a batch as the image processor gives them.
 #[derive(Debug, Clone)]
@@ -86,29 +90,48 @@ impl<B: Backend> Projector<B> {
     }
 }
 
-/// LLaVA-OneVision for conditional generation (images; videos are not supported yet).
+/// What turns images into language-model tokens: the tower, the projector, the row ends.
 #[derive(Module, Debug)]
-pub struct LlavaOnevision<B: Backend> {
+struct ImageEncoder<B: Backend> {
     vision_tower: SiglipVisionTower<B>,
     multi_modal_projector: Projector<B>,
     image_newline: Param<Tensor<B, 1>>,
+}
+
+/// LLaVA-OneVision for conditional generation (images; videos are not supported yet).
+#[derive(Module, Debug)]
+pub struct LlavaOnevision<B: Backend> {
+    /// `None` when the job gives no images (see [`LoadScope`]).
+    images: Option<ImageEncoder<B>>,
     language_model: DecoderLm<B>,
     #[module(skip)]
     config: LlavaOnevisionConfig,
 }
 
 impl<B: Backend> LlavaOnevision<B> {
-    /// Loads a Hugging Face model folder computing in `dtype` (F32, F16 or BF16).
+    /// Loads all of a Hugging Face model folder, computing in `dtype` (F32, F16 or BF16).
     pub fn load_as(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        let config = LlavaOnevisionConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
-        Self::from_weights(config, &weights, device)
+        Self::load_scoped(dir, dtype, &LoadScope::whole(true), device)
     }
 
-    /// Builds the model from its config and weights, in whichever layout the names show.
+    /// Loads what `scope` needs of a Hugging Face model folder, computing in `dtype`.
+    pub fn load_scoped(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let config = LlavaOnevisionConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        Self::from_weights(config, &weights, scope, device)
+    }
+
+    /// Builds what `scope` needs of the model from its config and weights, in whichever layout
+    /// the names show.
     pub fn from_weights(
         config: LlavaOnevisionConfig,
         w: &Weights,
+        scope: &LoadScope,
         device: &B::Device,
     ) -> Result<Self> {
         let (root, text, head) = if w.contains("model.language_model.embed_tokens.weight") {
@@ -128,30 +151,36 @@ impl<B: Backend> LlavaOnevision<B> {
             let name = format!("{root}multi_modal_projector.{name}");
             w.linear(&name, d_in, hidden, config.projector_bias, device)
         };
+        let images = || -> Result<ImageEncoder<B>> {
+            Ok(ImageEncoder {
+                vision_tower: SiglipVisionTower::load(
+                    config.vision.clone(),
+                    config.vision_feature_layers.clone(),
+                    w,
+                    &tower,
+                    device,
+                )?,
+                multi_modal_projector: Projector {
+                    linear_1: projector("linear_1", vision_width)?,
+                    linear_2: projector("linear_2", hidden)?,
+                    activation: config.projector_activation,
+                },
+                image_newline: Param::from_tensor(w.tensor(
+                    &format!("{root}image_newline"),
+                    [hidden],
+                    device,
+                )?),
+            })
+        };
         Ok(LlavaOnevision {
-            vision_tower: SiglipVisionTower::load(
-                config.vision.clone(),
-                config.vision_feature_layers.clone(),
-                w,
-                &tower,
-                device,
-            )?,
-            multi_modal_projector: Projector {
-                linear_1: projector("linear_1", vision_width)?,
-                linear_2: projector("linear_2", hidden)?,
-                activation: config.projector_activation,
-            },
-            image_newline: Param::from_tensor(w.tensor(
-                &format!("{root}image_newline"),
-                [hidden],
-                device,
-            )?),
+            images: scope.vision(TEXT).then(images).transpose()?,
             language_model: DecoderLm::from_weights_with_head(
                 config.text.clone(),
                 w,
                 text,
                 head,
-                "model.language_model",
+                TEXT,
+                scope,
                 device,
             )?,
             config,
@@ -176,6 +205,9 @@ impl<B: Backend> LlavaOnevision<B> {
             Some(images) => self.image_layouts(images)?,
             None => Vec::new(),
         };
+        if !layouts.is_empty() && self.images.is_none() {
+            return Err(ModelError::NoVisionTower);
+        }
         let patches = self.patches_per_tile();
         let expected: usize = layouts.iter().map(|l| l.tokens(patches)).sum();
         let image_tokens = ids
@@ -328,7 +360,8 @@ impl<B: Backend> LlavaOnevision<B> {
         let tiles = pixel_values
             .reshape([n * max_tiles, c, h, w])
             .select(0, rows);
-        let hidden = self.vision_tower.forward(tiles, tap)?;
+        let encoder = self.images.as_ref().ok_or(Stopped)?;
+        let hidden = encoder.vision_tower.forward(tiles, tap)?;
         let hidden = match self.config.feature_select {
             FeatureSelect::Full => hidden,
             FeatureSelect::Default => {
@@ -336,7 +369,7 @@ impl<B: Backend> LlavaOnevision<B> {
                 hidden.slice([0..t, 1..p, 0..d])
             }
         };
-        let projected = tap.call(PROJECTOR, self.multi_modal_projector.forward(hidden))?;
+        let projected = tap.call(PROJECTOR, encoder.multi_modal_projector.forward(hidden))?;
         let [_, patches, d] = projected.dims();
         let mut start = 0;
         let packed = layouts
@@ -346,7 +379,7 @@ impl<B: Backend> LlavaOnevision<B> {
                     .clone()
                     .slice([start..start + l.tiles, 0..patches, 0..d]);
                 start += l.tiles;
-                l.pack(tiles, self.image_newline.val())
+                l.pack(tiles, encoder.image_newline.val())
             })
             .collect();
         Ok(Tensor::cat(packed, 0))
@@ -359,8 +392,17 @@ impl<B: Backend> VisionLanguage<B> for LlavaOnevision<B> {
     const MODEL_TYPES: &'static [&'static str] = config::SUPPORTED;
     const PLACEHOLDER: &'static str = "<image>";
 
-    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        Self::load_as(dir, dtype, device)
+    fn load_network(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::load_scoped(dir, dtype, scope, device)
+    }
+
+    fn hook_points_of(dir: &Path) -> Result<Vec<HookPoint>> {
+        Ok(LlavaOnevisionConfig::from_file(&dir.join("config.json"))?.hook_points())
     }
 
     fn text_config(&self) -> &DecoderConfig {
@@ -413,14 +455,7 @@ impl<B: Backend> HookedModule<B> for LlavaOnevision<B> {
     type Output = Result<LmOutput<B>>;
 
     fn hook_points(&self) -> Vec<HookPoint> {
-        let mut points = self.vision_tower.hook_points();
-        points.push(HookPoint::new(
-            PROJECTOR,
-            self.config.text.hidden_size,
-            HookKind::Vision,
-        ));
-        points.extend(self.language_model.hook_points());
-        points
+        self.config.hook_points()
     }
 
     fn forward_hooked(&self, input: VlInput<B>, hooks: &mut dyn Hooks<B>) -> Result<LmOutput<B>> {

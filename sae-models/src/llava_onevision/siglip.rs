@@ -163,6 +163,23 @@ pub struct SiglipVisionTower<B: Backend> {
     selected: Vec<usize>,
 }
 
+impl SiglipConfig {
+    /// The hook points of a tower of `layers` layers, in the order the forward pass calls them.
+    pub fn hook_points(&self, layers: usize) -> Vec<HookPoint> {
+        let (e, kind) = (self.hidden_size, HookKind::Vision);
+        (0..layers)
+            .flat_map(|i| {
+                let p = format!("{PREFIX}.encoder.layers.{i}");
+                [
+                    HookPoint::new(format!("{p}.self_attn"), e, kind),
+                    HookPoint::new(format!("{p}.mlp"), e, kind),
+                    HookPoint::new(p, e, kind),
+                ]
+            })
+            .collect()
+    }
+}
+
 impl<B: Backend> SiglipVisionTower<B> {
     /// Loads the tower from tensors stored under `stored` (`vision_tower`,
     /// `vision_tower.vision_model`, `model.vision_tower`), up to the deepest of the hidden
@@ -200,21 +217,6 @@ impl<B: Backend> SiglipVisionTower<B> {
             config: c,
             selected,
         })
-    }
-
-    /// The tower's hook points, in the order the forward pass calls them.
-    pub fn hook_points(&self) -> Vec<HookPoint> {
-        let (e, kind) = (self.config.hidden_size, HookKind::Vision);
-        (0..self.layers.len())
-            .flat_map(|i| {
-                let p = format!("{PREFIX}.encoder.layers.{i}");
-                [
-                    HookPoint::new(format!("{p}.self_attn"), e, kind),
-                    HookPoint::new(format!("{p}.mlp"), e, kind),
-                    HookPoint::new(p, e, kind),
-                ]
-            })
-            .collect()
     }
 
     /// The selected hidden states `[tiles, patches, width x selected]` of `pixel_values`

@@ -7,9 +7,11 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::vision::Activation;
+use sae_core::{HookKind, HookPoint};
+
+use super::vision::{Activation, PREFIX};
 use crate::config::{DecoderConfig, check_model_type, read_model_config};
-use crate::error::{Result, bad_config};
+use crate::error::{ModelError, Result, bad_config};
 
 /// The `model_type`s this port runs.
 pub const SUPPORTED: &[&str] = &["qwen2_vl", "qwen2_5_vl"];
@@ -101,7 +103,65 @@ fn three() -> usize {
     3
 }
 
+impl VisionConfig {
+    /// The tower's hook points, in the order the forward pass calls them.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let (e, kind) = (self.embed_dim, HookKind::Vision);
+        let mut points: Vec<HookPoint> = (0..self.depth)
+            .flat_map(|i| {
+                let p = format!("{PREFIX}.blocks.{i}");
+                [
+                    HookPoint::new(format!("{p}.attn"), e, kind),
+                    HookPoint::new(format!("{p}.mlp"), e, kind),
+                    HookPoint::new(p, e, kind),
+                ]
+            })
+            .collect();
+        points.push(HookPoint::new(
+            format!("{PREFIX}.merger"),
+            self.out_dim,
+            kind,
+        ));
+        points
+    }
+
+    /// Checks that `pixel_values` (`[patches, C T P P]`) fit the grids.
+    pub(crate) fn check(&self, dims: [usize; 2], grids: &[[usize; 3]]) -> Result<()> {
+        let c = self;
+        let width = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
+        let expected: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
+        let merge = c.spatial_merge_size;
+        if let Some(g) = grids
+            .iter()
+            .find(|g| g[1] % merge != 0 || g[2] % merge != 0)
+        {
+            return Err(ModelError::BadInput(format!(
+                "image grid {g:?} is not a multiple of the merge size {merge}"
+            )));
+        }
+        if dims != [expected, width] {
+            return Err(ModelError::BadInput(format!(
+                "pixel_values has shape {dims:?} but image_grid_thw describes [{expected}, {width}]"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tokens per image for the language model: `t h w / merge^2`.
+    pub(crate) fn tokens_per_image(&self, grid: [usize; 3]) -> usize {
+        let m = self.spatial_merge_size;
+        grid[0] * grid[1] * grid[2] / (m * m)
+    }
+}
+
 impl Qwen2VlConfig {
+    /// The model's hook points in forward order: the vision tower's, then the language model's.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let mut points = self.vision.hook_points();
+        points.extend(self.text.hook_points(super::TEXT));
+        points
+    }
+
     /// Reads `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::from_json(read_model_config(path, SUPPORTED)?, path)

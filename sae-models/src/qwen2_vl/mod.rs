@@ -26,10 +26,14 @@ use crate::config::DecoderConfig;
 use crate::decoder::{DecoderLm, KvCache, LmOutput};
 use crate::error::{ModelError, Result};
 use crate::image_processor::{Qwen2VlImageInputs, Qwen2VlImageProcessor};
+use crate::scope::LoadScope;
 use crate::tap::{Stopped, Tap};
 use crate::token_layout::{ImageTokenLayout, TokenGrid};
 use crate::vision_language::VisionLanguage;
 use crate::weights::Weights;
+
+/// The module path of the language model in memory.
+const TEXT: &str = "model.language_model";
 
 /// The images of a batch as the image processor gives them.
 #[derive(Debug, Clone)]
@@ -46,35 +50,56 @@ pub type VlInput<B> = crate::decoder::VlInput<B, ImageInput<B>>;
 /// Qwen2-VL / Qwen2.5-VL for conditional generation.
 #[derive(Module, Debug)]
 pub struct Qwen2Vl<B: Backend> {
-    visual: VisionTower<B>,
+    /// `None` when the job gives no images (see [`LoadScope`]).
+    visual: Option<VisionTower<B>>,
     language_model: DecoderLm<B>,
     #[module(skip)]
     config: Qwen2VlConfig,
 }
 
 impl<B: Backend> Qwen2Vl<B> {
-    /// Loads a Hugging Face model folder computing in `dtype` (F32, F16 or BF16).
+    /// Loads all of a Hugging Face model folder, computing in `dtype` (F32, F16 or BF16).
     pub fn load_as(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        let config = Qwen2VlConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
-        Self::from_weights(config, &weights, device)
+        Self::load_scoped(dir, dtype, &LoadScope::whole(true), device)
     }
 
-    /// Builds the model from its config and weights: the hub layout (`model.layers`, `visual`)
-    /// or transformers 5's (`model.language_model.layers`, `model.visual`).
-    pub fn from_weights(config: Qwen2VlConfig, w: &Weights, device: &B::Device) -> Result<Self> {
+    /// Loads what `scope` needs of a Hugging Face model folder, computing in `dtype`.
+    pub fn load_scoped(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let config = Qwen2VlConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        Self::from_weights(config, &weights, scope, device)
+    }
+
+    /// Builds what `scope` needs of the model from its config and weights: the hub layout
+    /// (`model.layers`, `visual`) or transformers 5's (`model.language_model.layers`,
+    /// `model.visual`).
+    pub fn from_weights(
+        config: Qwen2VlConfig,
+        w: &Weights,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
         let (text, visual) = if w.contains("model.language_model.embed_tokens.weight") {
             ("model.language_model", "model.visual")
         } else {
             ("model", "visual")
         };
         Ok(Qwen2Vl {
-            visual: VisionTower::load(config.vision.clone(), w, visual, device)?,
+            visual: scope
+                .vision(TEXT)
+                .then(|| VisionTower::load(config.vision.clone(), w, visual, device))
+                .transpose()?,
             language_model: DecoderLm::from_weights_at(
                 config.text.clone(),
                 w,
                 text,
-                "model.language_model",
+                TEXT,
+                scope,
                 device,
             )?,
             config,
@@ -100,14 +125,18 @@ impl<B: Backend> Qwen2Vl<B> {
         let grids = input.images.as_ref().map_or(&[][..], |i| &i.grid_thw);
         let image_token = self.config.image_token_id;
         let image_tokens = ids.iter().filter(|&&id| id == image_token).count();
-        let expected: usize = grids.iter().map(|&g| self.visual.tokens_per_image(g)).sum();
+        let vision = &self.config.vision;
+        let expected: usize = grids.iter().map(|&g| vision.tokens_per_image(g)).sum();
         if image_tokens != expected {
             return Err(ModelError::BadInput(format!(
                 "the prompt has {image_tokens} image tokens but the images give {expected}"
             )));
         }
         if let Some(images) = &input.images {
-            self.visual.check(images.pixel_values.dims(), grids)?;
+            vision.check(images.pixel_values.dims(), grids)?;
+            if self.visual.is_none() {
+                return Err(ModelError::NoVisionTower);
+            }
         }
         let positions = (!grids.is_empty() || cache.is_empty()).then(|| {
             rope_index(
@@ -136,9 +165,8 @@ impl<B: Backend> Qwen2Vl<B> {
     ) -> std::result::Result<Tensor<B, 3>, Stopped> {
         let mut embeds = self.language_model.embed(input.input_ids);
         if let Some(images) = input.images {
-            let features = self
-                .visual
-                .forward(images.pixel_values, &images.grid_thw, tap)?;
+            let visual = self.visual.as_ref().ok_or(Stopped)?;
+            let features = visual.forward(images.pixel_values, &images.grid_thw, tap)?;
             embeds = scatter_image_tokens(embeds, features, ids, self.config.image_token_id);
         }
         self.language_model
@@ -151,9 +179,7 @@ impl<B: Backend> HookedModule<B> for Qwen2Vl<B> {
     type Output = Result<LmOutput<B>>;
 
     fn hook_points(&self) -> Vec<HookPoint> {
-        let mut points = self.visual.hook_points();
-        points.extend(self.language_model.hook_points());
-        points
+        self.config.hook_points()
     }
 
     fn forward_hooked(&self, input: VlInput<B>, hooks: &mut dyn Hooks<B>) -> Result<LmOutput<B>> {
@@ -168,8 +194,17 @@ impl<B: Backend> VisionLanguage<B> for Qwen2Vl<B> {
     const PLACEHOLDER: &'static str = "<|image_pad|>";
     const TOKEN_TYPE_IDS: bool = true;
 
-    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        Self::load_as(dir, dtype, device)
+    fn load_network(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::load_scoped(dir, dtype, scope, device)
+    }
+
+    fn hook_points_of(dir: &Path) -> Result<Vec<HookPoint>> {
+        Ok(Qwen2VlConfig::from_file(&dir.join("config.json"))?.hook_points())
     }
 
     fn text_config(&self) -> &DecoderConfig {

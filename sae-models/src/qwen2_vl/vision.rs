@@ -12,17 +12,16 @@ use burn::nn::{LayerNorm, Linear, RmsNorm};
 use burn::tensor::activation::{gelu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use sae_core::{HookKind, HookPoint};
 
 use super::config::VisionConfig;
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::mask;
 use crate::rope::{Rope, softmax_in_f32};
 use crate::tap::{Stopped, Tap, linear};
 use crate::weights::Weights;
 
 /// The module path of the tower in memory.
-const PREFIX: &str = "model.visual";
+pub(crate) const PREFIX: &str = "model.visual";
 
 /// LayerNorm (Qwen2-VL) or RMSNorm (Qwen2.5-VL).
 #[derive(Module, Debug)]
@@ -233,58 +232,9 @@ impl<B: Backend> VisionTower<B> {
         })
     }
 
-    /// The tower's hook points, in the order the forward pass calls them.
-    pub fn hook_points(&self) -> Vec<HookPoint> {
-        let (e, kind) = (self.config.embed_dim, HookKind::Vision);
-        let mut points: Vec<HookPoint> = (0..self.blocks.len())
-            .flat_map(|i| {
-                let p = format!("{PREFIX}.blocks.{i}");
-                [
-                    HookPoint::new(format!("{p}.attn"), e, kind),
-                    HookPoint::new(format!("{p}.mlp"), e, kind),
-                    HookPoint::new(p, e, kind),
-                ]
-            })
-            .collect();
-        points.push(HookPoint::new(
-            format!("{PREFIX}.merger"),
-            self.config.out_dim,
-            kind,
-        ));
-        points
-    }
-
-    /// Checks that `pixel_values` (`[patches, C T P P]`) fit the grids.
-    pub(crate) fn check(&self, dims: [usize; 2], grids: &[[usize; 3]]) -> Result<()> {
-        let c = &self.config;
-        let width = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
-        let expected: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
-        let merge = c.spatial_merge_size;
-        if let Some(g) = grids
-            .iter()
-            .find(|g| g[1] % merge != 0 || g[2] % merge != 0)
-        {
-            return Err(ModelError::BadInput(format!(
-                "image grid {g:?} is not a multiple of the merge size {merge}"
-            )));
-        }
-        if dims != [expected, width] {
-            return Err(ModelError::BadInput(format!(
-                "pixel_values has shape {dims:?} but image_grid_thw describes [{expected}, {width}]"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Tokens per image for the language model: `t h w / merge^2`.
-    pub(crate) fn tokens_per_image(&self, grid: [usize; 3]) -> usize {
-        let m = self.config.spatial_merge_size;
-        grid[0] * grid[1] * grid[2] / (m * m)
-    }
-
     /// Language-model tokens `[sum(t h w) / merge^2, out_dim]` of the patches `pixel_values`
     /// (`[sum(t h w), C T P P]`, images one after the other) with grids `grids` (t, h, w),
-    /// which [`check`](Self::check) has accepted.
+    /// which [`check`](VisionConfig::check) has accepted.
     pub(crate) fn forward(
         &self,
         pixel_values: Tensor<B, 2>,

@@ -12,6 +12,7 @@ use std::path::Path;
 use burn::tensor::DType;
 use burn::tensor::backend::{Backend, BackendTypes};
 use image::DynamicImage;
+use sae_core::HookPoint;
 
 pub use images::{ImageInputs, ProcessedImages};
 pub use network::{VisionInput, VisionLanguage, VisionNetwork};
@@ -21,35 +22,60 @@ use crate::language_model::{Prompt, add_eos, generation_eos};
 use crate::llava_onevision::LlavaOnevision;
 use crate::prompt::ProcessedPrompt;
 use crate::qwen2_vl::Qwen2Vl;
+use crate::scope::LoadScope;
 use crate::source::ModelSource;
 use crate::token_layout::ImageTokenLayout;
 use crate::tokenizer::{Message, Tokenizer};
 
 /// How a network is loaded from a folder.
-type Load<B> = fn(&Path, DType, &<B as BackendTypes>::Device) -> Result<VisionNetwork<B>>;
+type Load<B> =
+    fn(&Path, DType, &LoadScope, &<B as BackendTypes>::Device) -> Result<VisionNetwork<B>>;
 
-/// The vision-language networks this crate runs, each with the `model_type`s of `config.json`
-/// it reads: adding a model is one line here.
-fn registry<B: Backend>() -> [(&'static [&'static str], Load<B>); 2] {
-    fn entry<B: Backend, N: VisionLanguage<B>>() -> (&'static [&'static str], Load<B>) {
-        (N::MODEL_TYPES, VisionNetwork::load::<N>)
+/// A network this crate runs: the `model_type`s of `config.json` it reads, how it loads, and
+/// its hook points from the config alone.
+struct Entry<B: Backend> {
+    types: &'static [&'static str],
+    load: Load<B>,
+    hook_points: fn(&Path) -> Result<Vec<HookPoint>>,
+}
+
+/// The vision-language networks this crate runs: adding a model is one line here.
+fn registry<B: Backend>() -> [Entry<B>; 2] {
+    fn entry<B: Backend, N: VisionLanguage<B>>() -> Entry<B> {
+        Entry {
+            types: N::MODEL_TYPES,
+            load: VisionNetwork::load::<N>,
+            hook_points: N::hook_points_of,
+        }
     }
     [entry::<B, Qwen2Vl<B>>(), entry::<B, LlavaOnevision<B>>()]
 }
 
-/// How the network named by the `config.json` in `dir` loads, when this crate runs it.
-fn loader<B: Backend>(dir: &Path) -> Option<Load<B>> {
+/// The network named by the `config.json` in `dir`, when this crate runs it.
+fn entry_of<B: Backend>(dir: &Path) -> Option<Entry<B>> {
     let json: serde_json::Value =
         sae_core::tensor_file::read_json(&dir.join("config.json")).ok()?;
     let model_type = json["model_type"].as_str()?;
-    (registry::<B>().into_iter())
-        .find(|(types, _)| types.contains(&model_type))
-        .map(|(_, load)| load)
+    (registry::<B>().into_iter()).find(|e| e.types.contains(&model_type))
 }
 
 /// True when the `config.json` in `dir` names a vision-language model this crate runs.
 pub fn is_vision_language<B: Backend>(dir: &Path) -> bool {
-    loader::<B>(dir).is_some()
+    entry_of::<B>(dir).is_some()
+}
+
+/// The hook points of the vision-language model in `dir`, from its config alone.
+pub fn hook_points_of<B: Backend>(dir: &Path) -> Result<Vec<HookPoint>> {
+    (entry_of::<B>(dir)
+        .ok_or_else(|| not_vision_language(dir))?
+        .hook_points)(dir)
+}
+
+fn not_vision_language(dir: &Path) -> ModelError {
+    ModelError::BadConfig {
+        file: dir.join("config.json"),
+        message: "does not name a vision-language model this version runs".into(),
+    }
 }
 
 /// A vision-language model with its tokenizer (the network holds its image processor).
@@ -116,17 +142,26 @@ pub fn expand_image_tokens(ids: &[i64], image_token: i64, counts: &[usize]) -> R
 }
 
 impl<B: Backend> VisionLanguageModel<B> {
-    /// Loads `spec` (a folder or a hub id) computing in `dtype`.
+    /// Loads all of `spec` (a folder or a hub id) computing in `dtype`.
     pub fn load_as(spec: &str, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_scoped(spec, dtype, &LoadScope::whole(true), device)
+    }
+
+    /// Loads what `scope` needs of `spec` (a folder or a hub id), computing in `dtype`.
+    pub fn load_scoped(
+        spec: &str,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self> {
         let dir = ModelSource::parse(spec).local_dir()?;
-        let load = loader::<B>(&dir).ok_or_else(|| ModelError::BadConfig {
-            file: dir.join("config.json"),
-            message: "does not name a vision-language model this version runs".into(),
-        })?;
+        let load = entry_of::<B>(&dir)
+            .ok_or_else(|| not_vision_language(&dir))?
+            .load;
         let tokenizer = Tokenizer::load(&dir)?;
         let mut stop_tokens = generation_eos(&dir)?;
         add_eos(&mut stop_tokens, &tokenizer);
-        let model = load(&dir, dtype, device)?;
+        let model = load(&dir, dtype, scope, device)?;
         tokenizer.check_fits(model.text_config().vocab_size, &dir)?;
         let placeholder = model.placeholder();
         if tokenizer.token_id(placeholder) != Some(model.image_token()) {

@@ -15,6 +15,7 @@ use crate::decoder::{KvCache, LmOutput, VlInput};
 use crate::error::Result;
 use crate::generate::{ImageLm, WithImages};
 use crate::image_processor::ProcessorSettings;
+use crate::scope::LoadScope;
 use crate::token_layout::ImageTokenLayout;
 
 /// A vision-language network: what a model folder under this crate implements to run behind
@@ -31,13 +32,27 @@ pub trait VisionLanguage<B: Backend>: HookedModule<B> + Debug + Sized + 'static 
     /// Its processor also returns `mm_token_type_ids` (1 for image tokens, 0 for text).
     const TOKEN_TYPE_IDS: bool = false;
 
-    /// Loads the network from a Hugging Face folder, computing in `dtype`.
-    fn load_network(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self>;
+    /// Loads what `scope` needs of the network from a Hugging Face folder, computing in
+    /// `dtype`.
+    fn load_network(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<Self>;
 
-    /// Loads the image processor, then the network, from a Hugging Face folder.
-    fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<(Self, Self::Processor)> {
+    /// The hook points of the network in a Hugging Face folder, from its config alone.
+    fn hook_points_of(dir: &Path) -> Result<Vec<HookPoint>>;
+
+    /// Loads the image processor, then what `scope` needs of the network.
+    fn load(
+        dir: &Path,
+        dtype: DType,
+        scope: &LoadScope,
+        device: &B::Device,
+    ) -> Result<(Self, Self::Processor)> {
         let processor = Self::Processor::from_model_dir(dir)?;
-        Ok((Self::load_network(dir, dtype, device)?, processor))
+        Ok((Self::load_network(dir, dtype, scope, device)?, processor))
     }
 
     /// The language model's configuration.
@@ -90,13 +105,14 @@ impl<B: Backend> VisionNetwork<B> {
         VisionNetwork(Box::new(Loaded { network, processor }))
     }
 
-    /// Loads a network of type `N` from a Hugging Face folder.
+    /// Loads what `scope` needs of a network of type `N` from a Hugging Face folder.
     pub fn load<N: VisionLanguage<B>>(
         dir: &Path,
         dtype: DType,
+        scope: &LoadScope,
         device: &B::Device,
     ) -> Result<Self> {
-        let (network, processor) = N::load(dir, dtype, device)?;
+        let (network, processor) = N::load(dir, dtype, scope, device)?;
         Ok(Self::new(network, processor))
     }
 
