@@ -24,6 +24,18 @@ pub type Backend = burn::backend::Flex;
 )))]
 compile_error!("enable one backend feature of sae-cli: flex, ndarray, wgpu or cuda");
 
+/// The dtype a model computes in unless told otherwise: the checkpoint's `stored` one on the
+/// GPU backends (bf16 checkpoints run in bf16, at half the memory of f32); f32 on the CPU
+/// backends, where flex's bf16 and f16 matmuls are slower than its f32 one (0.69x and 0.84x,
+/// docs/perf.md "Compute dtype on the CPU") and the weights are converted as they are read.
+pub fn default_dtype(stored: Option<sae_core::StorageDtype>) -> sae_core::StorageDtype {
+    if cfg!(any(feature = "wgpu", feature = "cuda")) {
+        stored.unwrap_or_default()
+    } else {
+        sae_core::StorageDtype::F32
+    }
+}
+
 /// The backend's default device. On the GPU backends the first call checks that it works: a
 /// one-element round trip (without a driver or an adapter the runtime panics on its own thread,
 /// which this turns into an error naming the cause), then the SAE kernels against their

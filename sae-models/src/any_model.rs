@@ -64,6 +64,15 @@ impl<B: Backend> AnyModel<B> {
         }
     }
 
+    /// The float dtype `spec`'s weights are stored in, when its config names one (a GGUF's
+    /// quantised blocks have none).
+    pub fn stored_dtype(spec: &str) -> Option<sae_core::StorageDtype> {
+        match ModelSource::parse(spec) {
+            ModelSource::Gguf(_) => None,
+            source => crate::config::stored_dtype(&source.local_dir().ok()?),
+        }
+    }
+
     /// Whether `spec` names a vision-language model.
     fn is_vision(spec: &str) -> Result<bool> {
         Ok(match ModelSource::parse(spec) {

@@ -244,3 +244,18 @@ pub(crate) fn check_model_type(json: &serde_json::Value, supported: &[&str]) -> 
     }
     Ok(())
 }
+
+/// The float dtype a model folder's weights are stored in, as its `config.json` says
+/// (`dtype`, or `torch_dtype` before transformers 5; a multimodal model's `text_config` too);
+/// `None` when it says nothing or names another type.
+pub fn stored_dtype(dir: &Path) -> Option<sae_core::StorageDtype> {
+    let json: serde_json::Value =
+        sae_core::tensor_file::read_json(&dir.join("config.json")).ok()?;
+    let named = |v: &serde_json::Value| {
+        ["dtype", "torch_dtype"]
+            .iter()
+            .find_map(|k| v[k].as_str().map(str::to_string))
+    };
+    let name = named(&json).or_else(|| named(&json["text_config"]))?;
+    name.parse().ok()
+}

@@ -297,3 +297,24 @@ fn a_tokenizer_larger_than_the_embeddings_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_stored_dtype_is_read_from_the_config() {
+    let dir = model_copy();
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let map = config.as_object_mut().unwrap();
+    map.remove("dtype");
+    map.remove("torch_dtype");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let stored = || sae_models::config::stored_dtype(dir.path());
+    assert_eq!(stored(), None);
+    // transformers 4 wrote torch_dtype, transformers 5 writes dtype (which wins).
+    config["torch_dtype"] = "bfloat16".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_eq!(stored(), Some(StorageDtype::BF16));
+    config["dtype"] = "float16".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_eq!(stored(), Some(StorageDtype::F16));
+}

@@ -25,9 +25,12 @@ pub struct ModelArgs {
     /// An image to put before the text (vision-language models).
     #[arg(long, value_name = "P")]
     pub image: Vec<PathBuf>,
-    /// The dtype the model computes in: f32, f16 or bf16 (weights are cast once at load).
-    #[arg(long, default_value = "f32")]
-    pub dtype: StorageDtype,
+    /// The dtype the model computes in: f32, f16 or bf16 (weights are converted once, as they
+    /// are read). Default: on cuda and wgpu the checkpoint's own (config.json's dtype); on the
+    /// CPU backends f32, the fastest there (flex's bf16 matmul ran at 0.69x of f32, see
+    /// docs/perf.md).
+    #[arg(long)]
+    pub dtype: Option<StorageDtype>,
 }
 
 impl ModelArgs {
@@ -36,7 +39,7 @@ impl ModelArgs {
     pub fn load(&self, scope: &LoadScope) -> Result<AnyModel<Backend>> {
         let _span = tracing::info_span!("load", model = %self.model).entered();
         let model =
-            AnyModel::load_scoped(&self.model, self.dtype.into(), scope, &backend::device()?)
+            AnyModel::load_scoped(&self.model, self.dtype().into(), scope, &backend::device()?)
                 .with_context(|| format!("cannot load model {}", self.model))?;
         match scope.last() {
             Some(last) => tracing::info!(
@@ -47,6 +50,13 @@ impl ModelArgs {
             None => tracing::info!(backend = backend::NAME, "model loaded"),
         }
         Ok(model)
+    }
+
+    /// `--dtype`, or the backend's default for this checkpoint.
+    pub fn dtype(&self) -> StorageDtype {
+        self.dtype.unwrap_or_else(|| {
+            backend::default_dtype(AnyModel::<Backend>::stored_dtype(&self.model))
+        })
     }
 
     /// The whole model, with its vision tower when `--image` is given.
