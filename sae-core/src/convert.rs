@@ -5,11 +5,12 @@
 use burn::tensor::TensorData;
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::tensor_file::StorageDtype;
 
 /// A float type that values are stored or computed in.
-trait Float: bytemuck::Pod + Send + Sync + burn::tensor::Element {
+trait Float: bytemuck::Pod + Send + Sync + burn::tensor::Element + 'static {
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
 }
@@ -41,12 +42,108 @@ impl Float for bf16 {
     }
 }
 
-/// Rows of the output handled together (a block of a transpose, a task for the thread pool).
+/// Output rows one transposing task fills (a block of the transpose).
 const BLOCK: usize = 64;
 
+/// Source bytes converted per chunk: the pages of a chunk are released before the next is read,
+/// so a 1 GB embedding never sits in memory twice.
+const CHUNK_BYTES: usize = 32 << 20;
+
+/// A stored tensor being converted, a chunk of rows at a time, into the dtype a model computes
+/// in; transposed (a `[rows, ...]` weight as the `[cols, rows]` matrix of its flattened rows,
+/// how a linear layer's `[out, in]` becomes Burn's `[in, out]`) when asked.
+pub struct Conversion {
+    stored: StorageDtype,
+    shape: Vec<usize>,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    out: Output,
+}
+
+/// The converted values.
+enum Output {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Conversion {
+    /// A conversion of a row-major `shape` tensor stored as `stored` into `dtype`.
+    pub fn new(
+        stored: StorageDtype,
+        shape: &[usize],
+        dtype: StorageDtype,
+        transpose: bool,
+    ) -> Self {
+        let n: usize = shape.iter().product();
+        let rows = shape.first().copied().unwrap_or(1).max(1);
+        let out = match dtype {
+            StorageDtype::F32 => Output::F32(vec![0.0; n]),
+            StorageDtype::F16 => Output::F16(vec![f16::ZERO; n]),
+            StorageDtype::BF16 => Output::BF16(vec![bf16::ZERO; n]),
+        };
+        Conversion {
+            stored,
+            shape: shape.to_vec(),
+            rows,
+            cols: n / rows,
+            transpose: transpose && shape.len() >= 2,
+            out,
+        }
+    }
+
+    /// The row ranges to read and [`fill`](Self::fill) in turn, each at most about 32 MiB.
+    pub fn chunks(&self) -> Vec<Range<usize>> {
+        let row_bytes = (self.cols * self.stored.size()).max(1);
+        let per = (CHUNK_BYTES / row_bytes).max(1);
+        (0..self.rows)
+            .step_by(per)
+            .map(|r| r..(r + per).min(self.rows))
+            .collect()
+    }
+
+    /// Where the stored bytes of `rows` lie, from the start of the tensor's bytes.
+    pub fn byte_range(&self, rows: &Range<usize>) -> Range<usize> {
+        let row_bytes = self.cols * self.stored.size();
+        rows.start * row_bytes..rows.end * row_bytes
+    }
+
+    /// Converts the source rows `rows`, whose stored bytes are `bytes`.
+    pub fn fill(&mut self, rows: Range<usize>, bytes: &[u8]) {
+        fn to<D: Float>(c: &Conversion, out: &mut [D], rows: Range<usize>, bytes: &[u8]) {
+            match c.stored {
+                StorageDtype::F32 => fill::<f32, D>(c, out, rows, bytes),
+                StorageDtype::F16 => fill::<f16, D>(c, out, rows, bytes),
+                StorageDtype::BF16 => fill::<bf16, D>(c, out, rows, bytes),
+            }
+        }
+        let mut out = std::mem::replace(&mut self.out, Output::F32(Vec::new()));
+        match &mut out {
+            Output::F32(v) => to(self, v, rows, bytes),
+            Output::F16(v) => to(self, v, rows, bytes),
+            Output::BF16(v) => to(self, v, rows, bytes),
+        }
+        self.out = out;
+    }
+
+    /// The converted tensor.
+    pub fn finish(self) -> TensorData {
+        let shape = if self.transpose {
+            vec![self.cols, self.rows]
+        } else {
+            self.shape
+        };
+        match self.out {
+            Output::F32(v) => TensorData::new(v, shape),
+            Output::F16(v) => TensorData::new(v, shape),
+            Output::BF16(v) => TensorData::new(v, shape),
+        }
+    }
+}
+
 /// The row-major `shape` values stored little-endian as `stored` in `bytes`, as tensor data in
-/// `dtype`. With `transpose`, a `[rows, ...]` tensor comes out as the `[cols, rows]` matrix of its
-/// rows flattened (how a linear layer's `[out, in]` weight becomes Burn's `[in, out]`).
+/// `dtype`, transposed when `transpose` (see [`Conversion`]), in one go.
 pub fn float_data(
     bytes: &[u8],
     stored: StorageDtype,
@@ -54,38 +151,36 @@ pub fn float_data(
     dtype: StorageDtype,
     transpose: bool,
 ) -> TensorData {
-    fn to<D: Float>(bytes: &[u8], stored: StorageDtype, shape: &[usize], t: bool) -> TensorData {
-        let values: Vec<D> = match stored {
-            StorageDtype::F32 => convert::<f32, D>(bytes, shape, t),
-            StorageDtype::F16 => convert::<f16, D>(bytes, shape, t),
-            StorageDtype::BF16 => convert::<bf16, D>(bytes, shape, t),
-        };
-        let shape = match (t, shape.split_first()) {
-            (true, Some((&rows, rest))) => vec![rest.iter().product(), rows],
-            _ => shape.to_vec(),
-        };
-        TensorData::new(values, shape)
-    }
-    match dtype {
-        StorageDtype::F32 => to::<f32>(bytes, stored, shape, transpose),
-        StorageDtype::F16 => to::<f16>(bytes, stored, shape, transpose),
-        StorageDtype::BF16 => to::<bf16>(bytes, stored, shape, transpose),
+    let mut conversion = Conversion::new(stored, shape, dtype, transpose);
+    let rows = conversion.rows;
+    conversion.fill(0..rows, bytes);
+    conversion.finish()
+}
+
+/// One stored value as `D`: its own bits when the types are the same, else through f32.
+#[inline(always)]
+fn convert<S: Float, D: Float>(s: S) -> D {
+    if std::any::TypeId::of::<S>() == std::any::TypeId::of::<D>() {
+        bytemuck::try_cast(s).expect("the same type")
+    } else {
+        D::from_f32(s.to_f32())
     }
 }
 
-/// Reads `S` values and writes them as `D`, transposed when `transpose`, on all cores.
-fn convert<S: Float, D: Float>(bytes: &[u8], shape: &[usize], transpose: bool) -> Vec<D> {
+/// Writes the source rows `rows` (their bytes `bytes`) into `out`, on all cores.
+fn fill<S: Float, D: Float>(c: &Conversion, out: &mut [D], rows: Range<usize>, bytes: &[u8]) {
     let size = std::mem::size_of::<S>();
-    let n = bytes.len() / size;
     let at = |i: usize| -> D {
-        let s: S = bytemuck::pod_read_unaligned(&bytes[i * size..(i + 1) * size]);
-        D::from_f32(s.to_f32())
+        convert(bytemuck::pod_read_unaligned::<S>(
+            &bytes[i * size..(i + 1) * size],
+        ))
     };
-    let mut out = vec![D::zeroed(); n];
-    let rows = shape.first().copied().unwrap_or(1);
-    if !transpose || rows <= 1 || n == 0 {
+    let cols = c.cols;
+    if !c.transpose {
+        let out = &mut out[rows.start * cols..rows.end * cols];
         if std::any::TypeId::of::<S>() == std::any::TypeId::of::<D>() {
-            bytemuck::cast_slice_mut::<D, u8>(&mut out).copy_from_slice(&bytes[..n * size]);
+            let n = out.len() * size;
+            bytemuck::cast_slice_mut::<D, u8>(out).copy_from_slice(&bytes[..n]);
         } else {
             out.par_chunks_mut(BLOCK * 1024)
                 .enumerate()
@@ -96,23 +191,24 @@ fn convert<S: Float, D: Float>(bytes: &[u8], shape: &[usize], transpose: bool) -
                         .for_each(|(j, v)| *v = at(start + j));
                 });
         }
-        return out;
+        return;
     }
-    // Output row c is input column c: each task fills BLOCK output rows, walking the input's
-    // rows in order and reading BLOCK neighbouring values from each.
-    let cols = n / rows;
-    out.par_chunks_mut(BLOCK * rows)
+    // Output row j is source column j: each task fills the source rows' places in BLOCK output
+    // rows, reading BLOCK neighbouring values from each source row.
+    let total = c.rows;
+    out.par_chunks_mut(BLOCK * total)
         .enumerate()
         .for_each(|(block, o)| {
             let c0 = block * BLOCK;
-            let width = o.len() / rows;
-            for r in 0..rows {
-                for dc in 0..width {
-                    o[dc * rows + r] = at(r * cols + c0 + dc);
+            let width = o.len() / total;
+            for (r, row) in rows.clone().enumerate() {
+                let start = (r * cols + c0) * size;
+                let src = bytes[start..start + width * size].chunks_exact(size);
+                for (value, out) in src.zip(o[row..].iter_mut().step_by(total)) {
+                    *out = convert(bytemuck::pod_read_unaligned::<S>(value));
                 }
             }
         });
-    out
 }
 
 #[cfg(test)]
@@ -195,6 +291,34 @@ mod tests {
             for c in 0..cols {
                 assert_eq!(got[c * rows + r], x[r * cols + c].to_f32());
             }
+        }
+    }
+
+    #[test]
+    fn rows_converted_in_chunks_give_the_same_tensor() {
+        let (rows, cols) = (5, BLOCK + 3);
+        let x: Vec<bf16> = (0..rows * cols)
+            .map(|i| bf16::from_f32(i as f32 * 0.5))
+            .collect();
+        let raw = bytes(&x);
+        for (dtype, transpose) in [
+            (StorageDtype::BF16, true),
+            (StorageDtype::F32, true),
+            (StorageDtype::F16, false),
+        ] {
+            let whole = float_data(&raw, StorageDtype::BF16, &[rows, cols], dtype, transpose);
+            let mut chunked = Conversion::new(StorageDtype::BF16, &[rows, cols], dtype, transpose);
+            for part in [0..1, 1..4, 4..5] {
+                let range = chunked.byte_range(&part);
+                chunked.fill(part, &raw[range]);
+            }
+            let chunked = chunked.finish();
+            assert_eq!(chunked.shape, whole.shape);
+            assert_eq!(
+                chunked.as_bytes(),
+                whole.as_bytes(),
+                "{dtype:?} {transpose}"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::convert::float_data;
+use crate::convert::Conversion;
 use crate::error::{Result, SaeError};
 use crate::mapped::MappedFile;
 
@@ -26,6 +26,16 @@ pub enum StorageDtype {
     F16,
     /// bfloat16.
     BF16,
+}
+
+impl StorageDtype {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::F16 | StorageDtype::BF16 => 2,
+        }
+    }
 }
 
 impl std::str::FromStr for StorageDtype {
@@ -237,8 +247,9 @@ impl TensorFile {
         })
     }
 
-    /// The float tensor `name` as tensor data in `dtype`, read from the file in one pass (see
-    /// [`float_data`]); `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
+    /// The float tensor `name` as tensor data in `dtype`, read from the file in one pass, a
+    /// chunk of rows at a time whose pages are released as it goes (see [`Conversion`]);
+    /// `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
     pub fn float_data(
         &self,
         name: &str,
@@ -252,9 +263,14 @@ impl TensorFile {
             Dtype::BF16 => StorageDtype::BF16,
             other => return Err(self.unsupported(name, other, Some(dtype))),
         };
-        self.file.read(entry.bytes.clone(), |bytes| {
-            float_data(bytes, stored, &entry.shape, dtype, transpose)
-        })
+        let mut conversion = Conversion::new(stored, &entry.shape, dtype, transpose);
+        for rows in conversion.chunks() {
+            let bytes = conversion.byte_range(&rows);
+            let range = entry.bytes.start + bytes.start..entry.bytes.start + bytes.end;
+            self.file
+                .read(range, |bytes| conversion.fill(rows, bytes))?;
+        }
+        Ok(conversion.finish())
     }
 
     fn unsupported(&self, name: &str, dtype: Dtype, computed: Option<StorageDtype>) -> SaeError {
@@ -278,6 +294,12 @@ impl TensorFile {
             });
         }
         self.get(name)
+    }
+
+    /// Where the bytes of tensor `name` lie in the file: `(start, end)` offsets.
+    pub fn byte_range(&self, name: &str) -> Result<(u64, u64)> {
+        let bytes = &self.entry(name)?.bytes;
+        Ok((bytes.start as u64, bytes.end as u64))
     }
 
     /// The shape of tensor `name`.

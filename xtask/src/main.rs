@@ -30,8 +30,13 @@ mod bench;
 mod bench_data;
 mod bench_dtype;
 mod bench_kernels;
+mod bench_scale;
+mod cpu;
 mod peak;
+mod scale_checkpoint;
 mod train;
+
+use std::path::Path;
 
 use anyhow::{Result, bail};
 
@@ -42,6 +47,9 @@ const USAGE: &str = "usage: cargo xtask demo
        cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
        cargo xtask bench [sae-step | sae-encode | sae-kernels] [--backend flex|ndarray|wgpu|cuda]
        cargo xtask bench [lm-forward | data | train | micro | matmul-dtype]
+       cargo xtask bench scale [--layers N] [--at L] [--dtype bf16|f32] [--tokens T]
+         (a Qwen2.5-VL-7B-shaped bf16 checkpoint, written once; 28 layers is the real depth)
+       cargo xtask scale-checkpoint --layers N --out DIR   (the benchmark's checkpoint alone)
   (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
 fn main() -> Result<()> {
@@ -63,6 +71,9 @@ fn main() -> Result<()> {
         ["bench", "sae-encode", "--backend", backend] => bench::sae_encode(backend),
         ["bench", "micro"] => bench::micro(),
         ["bench", "matmul-dtype"] => bench_dtype::matmul_dtype(),
+        ["bench", "scale", rest @ ..] => bench_scale::scale(&bench_scale::Settings::parse(
+            &rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?),
         ["bench", "sae-step"] => bench::sae_step("flex"),
         ["bench", "lm-forward"] => bench::lm_forward(),
         ["bench", "data"] => bench_data::data(),
@@ -70,6 +81,9 @@ fn main() -> Result<()> {
         ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
         ["bench", "sae-kernels"] => bench_kernels::sae_kernels("flex"),
         ["bench", "sae-kernels", "--backend", backend] => bench_kernels::sae_kernels(backend),
+        ["scale-checkpoint", "--layers", layers, "--out", out] => {
+            scale_checkpoint::write(Path::new(out), layers.parse()?)
+        }
         ["demo"] => train::demo(),
         ["train", ..] => train::train(&args[1..]),
         ["help"] | ["--help"] | ["-h"] | [] => {

@@ -1,0 +1,53 @@
+"""transformers on the scale benchmark's job: load a Qwen2.5-VL checkpoint folder in DTYPE, run
+TOKENS token ids (the same as the Rust side's) to text layer AT and stop there (a forward hook
+raises), on CPU. Prints the load time, the forward pass's tokens/s and this process's peak
+resident memory (torch included), in the benchmark's line format.
+
+Usage: python bench_scale.py DIR AT DTYPE TOKENS
+Run by `cargo xtask bench scale` when SAE_BENCH_PYTHON is set.
+"""
+
+import resource
+import sys
+import time
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+folder, at, dtype, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype]
+
+start = time.perf_counter()
+model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
+load_s = time.perf_counter() - start
+
+
+class Reached(Exception):
+    pass
+
+
+def stop(module, inputs, output):
+    raise Reached
+
+
+model.model.language_model.layers[at].register_forward_hook(stop)
+ids = torch.tensor([[100 + (i * 37) % 900 for i in range(tokens)]])
+
+
+def forward():
+    try:
+        model(input_ids=ids)
+    except Reached:
+        return
+    raise RuntimeError(f"layer {at} was not reached")
+
+
+with torch.no_grad():
+    forward()
+    start = time.perf_counter()
+    forward()
+    elapsed = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"scale-load-ref s={load_s:.1}")
+print(f"scale-forward-ref tokens_per_s={tokens / elapsed:.1}")
+print(f"scale-peak-mib-ref ref={peak:.0}")

@@ -1,0 +1,244 @@
+//! `cargo xtask bench scale`: a Qwen2.5-VL-7B-shaped checkpoint (random bf16, written once by
+//! [`scale_checkpoint`](crate::scale_checkpoint)) loaded up to one text layer and run over one
+//! prompt to it, as `sae activations --no-logits` and training do. Prints the load time, the
+//! page cache's read speed over the same bytes, the forward pass's tokens/s and the peak
+//! resident memory against the bytes of the tensors the job needs; and transformers' load,
+//! forward and peak on the same checkpoint and job when `SAE_BENCH_PYTHON` names a Python
+//! with torch and transformers.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Flex;
+use burn::tensor::DType;
+use sae_core::{HookedModule, Recorder, StorageDtype, TensorFile};
+use sae_models::{AnyModel, LoadScope, VisionInput};
+
+use crate::{peak, scale_checkpoint};
+
+/// The benchmark's settings (`--layers`, `--at`, `--dtype`, `--tokens`).
+pub struct Settings {
+    layers: usize,
+    at: usize,
+    dtype: StorageDtype,
+    tokens: usize,
+}
+
+impl Settings {
+    /// From `--layers N --at L --dtype D --tokens T` (defaults: 6 layers cut, layer 4, bf16,
+    /// 128 tokens).
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut s = Settings {
+            layers: 6,
+            at: 4,
+            dtype: StorageDtype::BF16,
+            tokens: 128,
+        };
+        let mut at = None;
+        for pair in args.chunks(2) {
+            let [flag, value] = pair else {
+                bail!("{pair:?}: flags take a value");
+            };
+            match flag.as_str() {
+                "--layers" => s.layers = value.parse()?,
+                "--at" => at = Some(value.parse()?),
+                "--dtype" => s.dtype = value.parse().map_err(anyhow::Error::msg)?,
+                "--tokens" => s.tokens = value.parse()?,
+                other => bail!("unknown flag {other}: --layers, --at, --dtype or --tokens"),
+            }
+        }
+        s.at = at.unwrap_or(s.layers.saturating_sub(2).min(24));
+        anyhow::ensure!(s.at < s.layers, "--at must be below --layers");
+        Ok(s)
+    }
+}
+
+/// Where the checkpoint of `layers` layers is kept (`SAE_SCALE_DIR`, or the asset cache).
+fn checkpoint_dir(layers: usize) -> PathBuf {
+    let root = std::env::var_os("SAE_SCALE_DIR").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/sae-assets/scale")
+        },
+        PathBuf::from,
+    );
+    root.join(format!("qwen2_5_vl_7b_shaped_{layers}_layers"))
+}
+
+/// Runs the benchmark.
+pub fn scale(settings: &Settings) -> Result<()> {
+    let Settings {
+        layers,
+        at,
+        dtype,
+        tokens,
+    } = *settings;
+    let dir = checkpoint_dir(layers);
+    scale_checkpoint::write(&dir, layers)?;
+    let hook = format!("model.language_model.layers.{at}");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "checkpoint {} ({layers} text layers, bf16), job: layer {at}, compute {dtype:?}, {tokens} tokens, flex, {threads} threads, {}",
+        dir.display(),
+        crate::cpu::describe()
+    );
+    let (stored, needed) = needed_bytes(&dir, at, dtype)?;
+    let checkpoint: u64 = shards(&dir)?
+        .iter()
+        .map(|p| p.metadata().map_or(0, |m| m.len()))
+        .sum();
+    let cache_s = read_from_page_cache(&dir, at)?;
+
+    let spec = dir.to_str().context("a UTF-8 path")?;
+    let points = AnyModel::<Flex>::hook_points_of(spec)?;
+    let scope = LoadScope::through(&points, [hook.as_str()], false);
+    peak::reset();
+    let start = Instant::now();
+    let model =
+        AnyModel::<Flex>::load_scoped(spec, DType::from(dtype), &scope, &Default::default())?;
+    let load_s = start.elapsed().as_secs_f64();
+    let AnyModel::Vision(vlm) = &model else {
+        bail!("the scale checkpoint is a vision-language model");
+    };
+    let ids: Vec<i64> = (0..tokens as i64).map(|i| 100 + (i * 37) % 900).collect();
+    let device = Default::default();
+    let input = || VisionInput {
+        input_ids: burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(ids.clone(), [1, ids.len()]),
+            &device,
+        ),
+        attention_mask: None,
+        images: None,
+    };
+    let mut recorder = Recorder::paths(std::slice::from_ref(&hook), true);
+    vlm.model.forward_hooked(input(), &mut recorder)?;
+    let start = Instant::now();
+    let mut recorder = Recorder::paths(std::slice::from_ref(&hook), true);
+    vlm.model.forward_hooked(input(), &mut recorder)?;
+    anyhow::ensure!(recorder.records.len() == 1, "the hook was not reached");
+    let forward = tokens as f64 / start.elapsed().as_secs_f64();
+    let peak_mib = peak::mib().unwrap_or(f64::NAN);
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    println!(
+        "scale-load s={load_s:.1} read_gib={:.2} page_cache_s={cache_s:.1} ratio={:.2}",
+        gib(stored as f64),
+        load_s / cache_s
+    );
+    println!("scale-forward tokens_per_s={forward:.1}");
+    println!(
+        "scale-peak-mib ours={peak_mib:.0} needed_mib={:.0} ratio={:.2} checkpoint_mib={:.0}",
+        needed as f64 / 1048576.0,
+        peak_mib * 1048576.0 / needed as f64,
+        checkpoint as f64 / 1048576.0
+    );
+    if let Some(python) = std::env::var_os("SAE_BENCH_PYTHON") {
+        drop(model);
+        transformers(Path::new(&python), &dir, at, dtype, tokens)?;
+    }
+    Ok(())
+}
+
+/// The checkpoint's shard files.
+fn shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// True for the tensors a text job at layer `at` reads: the embedding and layers 0..=at.
+fn needed(name: &str, at: usize) -> bool {
+    name == "model.embed_tokens.weight"
+        || name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .is_some_and(|layer| layer <= at)
+}
+
+/// The bytes a job at layer `at` reads from the files, and holds in `dtype`.
+fn needed_bytes(dir: &Path, at: usize, dtype: StorageDtype) -> Result<(u64, u64)> {
+    let size = match dtype {
+        StorageDtype::F32 => 4,
+        StorageDtype::F16 | StorageDtype::BF16 => 2,
+    };
+    let (mut stored, mut held) = (0, 0);
+    for path in shards(dir)? {
+        for (name, _, shape) in TensorFile::open(&path)?.describe() {
+            if needed(&name, at) {
+                let n: u64 = shape.iter().product::<usize>() as u64;
+                stored += 2 * n;
+                held += size * n;
+            }
+        }
+    }
+    Ok((stored, held))
+}
+
+/// Seconds to read the needed tensors' bytes with plain reads (a second pass, so from the page
+/// cache where it holds them): the floor for loading them.
+fn read_from_page_cache(dir: &Path, at: usize) -> Result<f64> {
+    let mut buffer = vec![0u8; 64 << 20];
+    let mut read_all = || -> Result<()> {
+        for path in shards(dir)? {
+            let file = TensorFile::open(&path)?;
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for name in file.names().into_iter().filter(|n| needed(n, at)) {
+                ranges.push(file.byte_range(&name)?);
+            }
+            let mut f = std::fs::File::open(&path)?;
+            for (start, end) in ranges {
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Start(start))?;
+                let mut left = end - start;
+                while left > 0 {
+                    let n = left.min(buffer.len() as u64) as usize;
+                    f.read_exact(&mut buffer[..n])?;
+                    left -= n as u64;
+                }
+            }
+        }
+        Ok(())
+    };
+    read_all()?;
+    let start = Instant::now();
+    read_all()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// transformers on the same checkpoint and job: `tools/bench_scale.py`.
+fn transformers(
+    python: &Path,
+    dir: &Path,
+    at: usize,
+    dtype: StorageDtype,
+    tokens: usize,
+) -> Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bench_scale.py");
+    let dtype = format!("{dtype:?}").to_lowercase();
+    let out = Command::new(python)
+        .arg(script)
+        .args([
+            dir.to_str().unwrap_or_default(),
+            &at.to_string(),
+            &dtype,
+            &tokens.to_string(),
+        ])
+        .output()
+        .context("cannot run SAE_BENCH_PYTHON")?;
+    if !out.status.success() {
+        eprintln!(
+            "scale: transformers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(());
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("{line}");
+    }
+    Ok(())
+}
