@@ -48,6 +48,6 @@ with torch.no_grad():
     forward()
     elapsed = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"scale-load-ref s={load_s:.1}")
-print(f"scale-forward-ref tokens_per_s={tokens / elapsed:.1}")
-print(f"scale-peak-mib-ref ref={peak:.0}")
+print(f"scale-load-ref s={load_s:.1f}")
+print(f"scale-forward-ref tokens_per_s={tokens / elapsed:.1f}")
+print(f"scale-peak-mib-ref ref={peak:.0f}")

@@ -247,9 +247,10 @@ impl TensorFile {
         })
     }
 
-    /// The float tensor `name` as tensor data in `dtype`, read from the file in one pass, a
-    /// chunk of rows at a time whose pages are released as it goes (see [`Conversion`]);
-    /// `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
+    /// The float tensor `name` as tensor data in `dtype`: a view of the mapped file when it is
+    /// stored in `dtype` and not transposed (see [`MappedFile::shared`]), else read from the
+    /// file in one pass, a chunk of rows at a time whose pages are released as it goes (see
+    /// [`Conversion`]); `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
     pub fn float_data(
         &self,
         name: &str,
@@ -263,6 +264,16 @@ impl TensorFile {
             Dtype::BF16 => StorageDtype::BF16,
             other => return Err(self.unsupported(name, other, Some(dtype))),
         };
+        if stored == dtype && !transpose {
+            let view = self.file.shared(entry.bytes.clone(), dtype.size())?;
+            if let Some(bytes) = view {
+                return Ok(TensorData::from_bytes(
+                    bytes,
+                    entry.shape.clone(),
+                    dtype.into(),
+                ));
+            }
+        }
         let mut conversion = Conversion::new(stored, &entry.shape, dtype, transpose);
         for rows in conversion.chunks() {
             let bytes = conversion.byte_range(&rows);
