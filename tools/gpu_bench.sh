@@ -2,7 +2,10 @@
 # The GPU checks and benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the
 # `device` tool): the CubeCL path's tests (sae-core/tests/cubecl_backend.rs) on cuda, then our SAE
 # step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on) on the
-# same GPU, in the same run, and each CubeCL kernel of the step against its reference.
+# same GPU, in the same run, and each CubeCL kernel of the step against its reference; then the
+# scale benchmark: the 28-layer Qwen2.5-VL-7B-shaped bf16 checkpoint (16.6 GB, written there)
+# loaded to layer 24 and run over 128 tokens on cuda (load time, forward tokens/s, host peak RSS,
+# the GPU's peak memory sampled by nvidia-smi), then transformers on the same GPU and job.
 #
 #   tools/gpu_bench.sh prepare   # here: xtask and the test built with the cuda feature,
 #                                # sparsify's wheels, in .gpu/ (carry it: `carry: [".gpu"]`)
@@ -63,6 +66,16 @@ print(":".join(sorted(dirs)))')
     for case in sae-step sae-encode sae-kernels; do
         "$xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
     done
+    export SAE_SCALE_DIR=/tmp/sae-scale
+    "$xtask" scale-checkpoint --layers 28 --out "$SAE_SCALE_DIR/qwen2_5_vl_7b_shaped_28_layers"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$out/scale-gpu.txt" &
+    smi=$!
+    env -u SAE_BENCH_PYTHON "$xtask" bench scale --layers 28 --at 24 --backend cuda 2>&1 |
+        tee "$out/scale.log" || true
+    kill "$smi" || true
+    echo "scale-gpu-peak-mib ours=$(sort -n "$out/scale-gpu.txt" | tail -1)" | tee -a "$out/scale.log"
+    python3 tools/bench_scale.py "$SAE_SCALE_DIR/qwen2_5_vl_7b_shaped_28_layers" 24 bf16 128 cuda \
+        2>&1 | tee -a "$out/scale.log" || true
     ;;
 *)
     echo "usage: tools/gpu_bench.sh prepare|run" >&2

@@ -91,10 +91,11 @@ impl MappedFile {
     /// (copied only if written to), once the file is known to be unchanged; `None` when they
     /// do not start on a multiple of `align` bytes (a tensor needs its elements aligned).
     pub fn shared(&self, range: Range<usize>, align: usize) -> Result<Option<Bytes>> {
-        self.check_unchanged()?;
         if range.end > self.map.len() {
+            // The same error as a read past the end.
             return self.read(range, |_| None);
         }
+        self.check_unchanged()?;
         if !(self.map.as_ptr() as usize + range.start).is_multiple_of(align) {
             return Ok(None);
         }
@@ -204,6 +205,25 @@ mod tests {
             cut.contains("was 256 bytes when opened and is 100 bytes now"),
             "{cut}"
         );
+    }
+
+    #[test]
+    fn shared_views_read_in_place_when_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, (0u8..64).collect::<Vec<_>>()).unwrap();
+        let mapped = MappedFile::open(&path).unwrap();
+        let view = mapped.shared(8..16, 4).unwrap().unwrap();
+        assert_eq!(&view[..], &[8, 9, 10, 11, 12, 13, 14, 15]);
+        // The view keeps the mapping alive after the file object is gone.
+        drop(mapped);
+        assert_eq!(view[0], 8);
+        let mapped = MappedFile::open(&path).unwrap();
+        assert!(
+            mapped.shared(10..18, 4).unwrap().is_none(),
+            "misaligned for 4-byte values"
+        );
+        assert!(mapped.shared(60..70, 2).is_err(), "past the end");
     }
 
     /// Run in a child process by `a_bus_error_is_reported_in_one_sentence`: touches a page of a

@@ -34,17 +34,17 @@ pub fn unknown_backend(name: &str) -> anyhow::Error {
 /// A backend as itself (for [`on_backend`]'s wrapper argument).
 pub type Plain<B> = B;
 
-/// `$f::<$wrap<Backend>>()` for the backend named `$name`: flex, ndarray, and wgpu and cuda in
-/// a build with those features; an error for any other name.
+/// `$f::<$wrap<Backend>>($args)` for the backend named `$name`: flex, ndarray, and wgpu and
+/// cuda in a build with those features; an error for any other name.
 macro_rules! on_backend {
-    ($name:expr, $f:ident, $wrap:ident) => {
+    ($name:expr, $f:ident, $wrap:ident $(, $arg:expr)*) => {
         match $name {
-            "flex" => $f::<$wrap<burn::backend::Flex>>(),
-            "ndarray" => $f::<$wrap<burn::backend::NdArray>>(),
+            "flex" => $f::<$wrap<burn::backend::Flex>>($($arg),*),
+            "ndarray" => $f::<$wrap<burn::backend::NdArray>>($($arg),*),
             #[cfg(feature = "wgpu")]
-            "wgpu" => $f::<$wrap<burn::backend::Wgpu>>(),
+            "wgpu" => $f::<$wrap<burn::backend::Wgpu>>($($arg),*),
             #[cfg(feature = "cuda")]
-            "cuda" => $f::<$wrap<burn::backend::Cuda>>(),
+            "cuda" => $f::<$wrap<burn::backend::Cuda>>($($arg),*),
             other => Err($crate::bench::unknown_backend(other)),
         }
     };
@@ -353,7 +353,7 @@ pub fn smollm2_gguf() -> Result<String> {
 
 /// The repository's `tools/` folder: `SAE_TOOLS_DIR` when set (a binary carried to another
 /// machine), else the one beside this crate.
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     std::env::var_os("SAE_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools"))

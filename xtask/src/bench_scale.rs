@@ -12,30 +12,33 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::backend::Flex;
 use burn::tensor::DType;
+use burn::tensor::backend::Backend;
 use sae_core::{HookedModule, Recorder, StorageDtype, TensorFile};
 use sae_models::{AnyModel, LoadScope, VisionInput};
 
+use crate::bench::{Plain, on_backend};
 use crate::{peak, scale_checkpoint};
 
-/// The benchmark's settings (`--layers`, `--at`, `--dtype`, `--tokens`).
+/// The benchmark's settings (`--layers`, `--at`, `--dtype`, `--tokens`, `--backend`).
 pub struct Settings {
     layers: usize,
     at: usize,
     dtype: StorageDtype,
     tokens: usize,
+    backend: String,
 }
 
 impl Settings {
-    /// From `--layers N --at L --dtype D --tokens T` (defaults: 6 layers cut, layer 4, bf16,
-    /// 128 tokens).
+    /// From `--layers N --at L --dtype D --tokens T --backend B` (defaults: 6 layers cut, layer
+    /// 4, bf16, 128 tokens, flex).
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut s = Settings {
             layers: 6,
             at: 4,
             dtype: StorageDtype::BF16,
             tokens: 128,
+            backend: "flex".into(),
         };
         let mut at = None;
         for pair in args.chunks(2) {
@@ -47,7 +50,10 @@ impl Settings {
                 "--at" => at = Some(value.parse()?),
                 "--dtype" => s.dtype = value.parse().map_err(anyhow::Error::msg)?,
                 "--tokens" => s.tokens = value.parse()?,
-                other => bail!("unknown flag {other}: --layers, --at, --dtype or --tokens"),
+                "--backend" => s.backend = value.clone(),
+                other => {
+                    bail!("unknown flag {other}: --layers, --at, --dtype --tokens or --backend")
+                }
             }
         }
         s.at = at.unwrap_or(s.layers.saturating_sub(2).min(24));
@@ -68,20 +74,26 @@ fn checkpoint_dir(layers: usize) -> PathBuf {
     root.join(format!("qwen2_5_vl_7b_shaped_{layers}_layers"))
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark on the backend `--backend` names.
 pub fn scale(settings: &Settings) -> Result<()> {
+    on_backend!(settings.backend.as_str(), scale_on, Plain, settings)
+}
+
+/// Runs the benchmark on backend `B`.
+fn scale_on<B: Backend>(settings: &Settings) -> Result<()> {
     let Settings {
         layers,
         at,
         dtype,
         tokens,
+        ref backend,
     } = *settings;
     let dir = checkpoint_dir(layers);
     scale_checkpoint::write(&dir, layers)?;
     let hook = format!("model.language_model.layers.{at}");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
-        "checkpoint {} ({layers} text layers, bf16), job: layer {at}, compute {dtype:?}, {tokens} tokens, flex, {threads} threads, {}",
+        "checkpoint {} ({layers} text layers, bf16), job: layer {at}, compute {dtype:?}, {tokens} tokens, {backend}, {threads} threads, {}",
         dir.display(),
         crate::cpu::describe()
     );
@@ -93,12 +105,11 @@ pub fn scale(settings: &Settings) -> Result<()> {
     let cache_s = read_from_page_cache(&dir, at)?;
 
     let spec = dir.to_str().context("a UTF-8 path")?;
-    let points = AnyModel::<Flex>::hook_points_of(spec)?;
+    let points = AnyModel::<B>::hook_points_of(spec)?;
     let scope = LoadScope::through(&points, [hook.as_str()], false);
     peak::reset();
     let start = Instant::now();
-    let model =
-        AnyModel::<Flex>::load_scoped(spec, DType::from(dtype), &scope, &Default::default())?;
+    let model = AnyModel::<B>::load_scoped(spec, DType::from(dtype), &scope, &Default::default())?;
     let load_s = start.elapsed().as_secs_f64();
     let AnyModel::Vision(vlm) = &model else {
         bail!("the scale checkpoint is a vision-language model");
@@ -136,7 +147,8 @@ pub fn scale(settings: &Settings) -> Result<()> {
     );
     if let Some(python) = std::env::var_os("SAE_BENCH_PYTHON") {
         drop(model);
-        transformers(Path::new(&python), &dir, at, dtype, tokens)?;
+        let device = if backend == "cuda" { "cuda" } else { "cpu" };
+        transformers(Path::new(&python), &dir, at, dtype, tokens, device)?;
     }
     Ok(())
 }
@@ -217,8 +229,9 @@ fn transformers(
     at: usize,
     dtype: StorageDtype,
     tokens: usize,
+    device: &str,
 ) -> Result<()> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bench_scale.py");
+    let script = crate::bench::tools_dir().join("bench_scale.py");
     let dtype = format!("{dtype:?}").to_lowercase();
     let out = Command::new(python)
         .arg(script)
@@ -227,6 +240,7 @@ fn transformers(
             &at.to_string(),
             &dtype,
             &tokens.to_string(),
+            device,
         ])
         .output()
         .context("cannot run SAE_BENCH_PYTHON")?;

@@ -6,7 +6,7 @@
 //! the tiny fixture's (their special tokens are the config's).
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use half::bf16;
@@ -90,8 +90,7 @@ pub fn write(out: &Path, layers: usize) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../sae-models/tests/fixtures/qwen2_5_vl_tiny");
+    let fixture = crate::bench::tools_dir().join("../sae-models/tests/fixtures/qwen2_5_vl_tiny");
     for file in [
         "tokenizer.json",
         "tokenizer_config.json",
