@@ -6,12 +6,12 @@ use burn::module::Module;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use sae_core::{HookedModule, Recorder, TensorFile};
 use sae_models::llava_onevision::LlavaOnevision;
-use sae_models::qwen2_vl::{ImageInput, Qwen2Vl, VlInput};
+use sae_models::qwen2_vl::{Qwen2Vl, VlInput};
 use sae_models::{AnyModel, DecoderLm, LmInput, LoadScope, ModelError};
 
 mod common;
 
-use common::{B, fixture, ints, max_rel_diff, values};
+use common::{B, fixture, ints, max_rel_diff, qwen2_vl_input, values};
 
 /// Values in the tensors of `dir`'s checkpoint whose names start with one of `prefixes`.
 fn stored_params(dir: &str, prefixes: &[&str]) -> usize {
@@ -129,25 +129,7 @@ fn a_text_job_on_a_vision_language_model_leaves_the_vision_tower_out() {
     assert_eq!(outputs[0], outputs[1]);
 
     // Images given to it anyway: refused by name, not run without the tower.
-    let pixels = reference.get("inputs.pixel_values").unwrap();
-    let grid: Vec<usize> = (ints(&reference, "inputs.image_grid_thw").into_iter())
-        .map(|v| v as usize)
-        .collect();
-    let all_ids = ints(&reference, "inputs.input_ids");
-    let with_image = VlInput {
-        input_ids: Tensor::<B, 2, Int>::from_data(
-            TensorData::new(all_ids.clone(), [1, all_ids.len()]),
-            &device,
-        ),
-        attention_mask: None,
-        images: Some(ImageInput {
-            pixel_values: Tensor::from_data(
-                TensorData::new(pixels.to_f32(), [pixels.shape[0], pixels.shape[1]]),
-                &device,
-            ),
-            grid_thw: grid.chunks(3).map(|g| [g[0], g[1], g[2]]).collect(),
-        }),
-    };
+    let with_image = qwen2_vl_input::<B>(&reference, &device);
     let err = text_only
         .forward_hooked(with_image, &mut Recorder::paths(&[], false))
         .unwrap_err();

@@ -10,7 +10,9 @@ use sae_models::{GenerateConfig, Prompt, VisionLanguageModel, generate, load_ima
 
 mod common;
 
-use common::{B, Record, assert_matches_reference, fixture, ints, max_rel_diff, values};
+use common::{
+    B, Record, assert_matches_reference, fixture, ints, max_rel_diff, qwen2_vl_input, values,
+};
 
 /// The fixture's model, reference file and processor inputs.
 fn load<Bk: Backend>(model_dir: &str) -> (Qwen2Vl<Bk>, TensorFile, VlInput<Bk>) {
@@ -18,26 +20,7 @@ fn load<Bk: Backend>(model_dir: &str) -> (Qwen2Vl<Bk>, TensorFile, VlInput<Bk>) 
     let model = Qwen2Vl::<Bk>::load_as(&fixture(model_dir), DType::F32, &device).unwrap();
     let reference =
         TensorFile::open(fixture(&format!("{model_dir}/reference.safetensors"))).unwrap();
-    let ids = ints(&reference, "inputs.input_ids");
-    let pixels = reference.get("inputs.pixel_values").unwrap();
-    let grid: Vec<usize> = ints(&reference, "inputs.image_grid_thw")
-        .into_iter()
-        .map(|v| v as usize)
-        .collect();
-    let input = VlInput {
-        input_ids: Tensor::<Bk, 2, Int>::from_data(
-            TensorData::new(ids.clone(), [1, ids.len()]),
-            &device,
-        ),
-        attention_mask: None,
-        images: Some(ImageInput {
-            pixel_values: Tensor::from_data(
-                TensorData::new(pixels.to_f32(), [pixels.shape[0], pixels.shape[1]]),
-                &device,
-            ),
-            grid_thw: grid.chunks(3).map(|g| [g[0], g[1], g[2]]).collect(),
-        }),
-    };
+    let input = qwen2_vl_input(&reference, &device);
     (model, reference, input)
 }
 

@@ -81,3 +81,32 @@ pub fn assert_matches_reference(
     let called: std::collections::BTreeSet<String> = record.0.keys().cloned().collect();
     assert_eq!(called, listed, "{what}: every listed hook point is called");
 }
+
+/// A Qwen2-VL fixture's processor inputs (`inputs.input_ids`, `inputs.pixel_values`,
+/// `inputs.image_grid_thw` of its reference file) as one unpadded forward-pass input.
+pub fn qwen2_vl_input<Bk: Backend>(
+    reference: &TensorFile,
+    device: &Bk::Device,
+) -> sae_models::qwen2_vl::VlInput<Bk> {
+    use burn::tensor::{Int, TensorData};
+    let ids = ints(reference, "inputs.input_ids");
+    let pixels = reference.get("inputs.pixel_values").unwrap();
+    let grid: Vec<usize> = ints(reference, "inputs.image_grid_thw")
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    sae_models::qwen2_vl::VlInput {
+        input_ids: Tensor::<Bk, 2, Int>::from_data(
+            TensorData::new(ids.clone(), [1, ids.len()]),
+            device,
+        ),
+        attention_mask: None,
+        images: Some(sae_models::qwen2_vl::ImageInput {
+            pixel_values: Tensor::from_data(
+                TensorData::new(pixels.to_f32(), [pixels.shape[0], pixels.shape[1]]),
+                device,
+            ),
+            grid_thw: grid.chunks(3).map(|g| [g[0], g[1], g[2]]).collect(),
+        }),
+    }
+}
