@@ -1,6 +1,5 @@
 //! Stored floats to the dtype a model computes in, in one pass: a bf16 weight computed in bf16 is
-//! a copy, one computed in f32 is widened element by element, never through a whole f32 copy;
-//! a linear layer's weight is transposed in the same pass.
+//! a copy, one computed in f32 is widened element by element, never through a whole f32 copy.
 
 use burn::tensor::TensorData;
 use half::{bf16, f16};
@@ -42,22 +41,20 @@ impl Float for bf16 {
     }
 }
 
-/// Output rows one transposing task fills (a block of the transpose).
-const BLOCK: usize = 64;
+/// Values one task converts.
+const TASK: usize = 64 * 1024;
 
 /// Source bytes converted per chunk: the pages of a chunk are released before the next is read,
 /// so a 1 GB embedding never sits in memory twice.
 const CHUNK_BYTES: usize = 32 << 20;
 
 /// A stored tensor being converted, a chunk of rows at a time, into the dtype a model computes
-/// in; transposed (a `[rows, ...]` weight as the `[cols, rows]` matrix of its flattened rows,
-/// how a linear layer's `[out, in]` becomes Burn's `[in, out]`) when asked.
+/// in.
 pub struct Conversion {
     stored: StorageDtype,
     shape: Vec<usize>,
     rows: usize,
     cols: usize,
-    transpose: bool,
     out: Output,
 }
 
@@ -70,12 +67,7 @@ enum Output {
 
 impl Conversion {
     /// A conversion of a row-major `shape` tensor stored as `stored` into `dtype`.
-    pub fn new(
-        stored: StorageDtype,
-        shape: &[usize],
-        dtype: StorageDtype,
-        transpose: bool,
-    ) -> Self {
+    pub fn new(stored: StorageDtype, shape: &[usize], dtype: StorageDtype) -> Self {
         let n: usize = shape.iter().product();
         let rows = shape.first().copied().unwrap_or(1).max(1);
         let out = match dtype {
@@ -88,7 +80,6 @@ impl Conversion {
             shape: shape.to_vec(),
             rows,
             cols: n / rows,
-            transpose: transpose && shape.len() >= 2,
             out,
         }
     }
@@ -129,11 +120,7 @@ impl Conversion {
 
     /// The converted tensor.
     pub fn finish(self) -> TensorData {
-        let shape = if self.transpose {
-            vec![self.cols, self.rows]
-        } else {
-            self.shape
-        };
+        let shape = self.shape;
         match self.out {
             Output::F32(v) => TensorData::new(v, shape),
             Output::F16(v) => TensorData::new(v, shape),
@@ -143,15 +130,14 @@ impl Conversion {
 }
 
 /// The row-major `shape` values stored little-endian as `stored` in `bytes`, as tensor data in
-/// `dtype`, transposed when `transpose` (see [`Conversion`]), in one go.
+/// `dtype` (see [`Conversion`]), in one go.
 pub fn float_data(
     bytes: &[u8],
     stored: StorageDtype,
     shape: &[usize],
     dtype: StorageDtype,
-    transpose: bool,
 ) -> TensorData {
-    let mut conversion = Conversion::new(stored, shape, dtype, transpose);
+    let mut conversion = Conversion::new(stored, shape, dtype);
     let rows = conversion.rows;
     conversion.fill(0..rows, bytes);
     conversion.finish()
@@ -176,39 +162,18 @@ fn fill<S: Float, D: Float>(c: &Conversion, out: &mut [D], rows: Range<usize>, b
         ))
     };
     let cols = c.cols;
-    if !c.transpose {
-        let out = &mut out[rows.start * cols..rows.end * cols];
-        if std::any::TypeId::of::<S>() == std::any::TypeId::of::<D>() {
-            let n = out.len() * size;
-            bytemuck::cast_slice_mut::<D, u8>(out).copy_from_slice(&bytes[..n]);
-        } else {
-            out.par_chunks_mut(BLOCK * 1024)
+    let out = &mut out[rows.start * cols..rows.end * cols];
+    if std::any::TypeId::of::<S>() == std::any::TypeId::of::<D>() {
+        let n = out.len() * size;
+        bytemuck::cast_slice_mut::<D, u8>(out).copy_from_slice(&bytes[..n]);
+    } else {
+        out.par_chunks_mut(TASK).enumerate().for_each(|(chunk, o)| {
+            let start = chunk * TASK;
+            o.iter_mut()
                 .enumerate()
-                .for_each(|(chunk, o)| {
-                    let start = chunk * BLOCK * 1024;
-                    o.iter_mut()
-                        .enumerate()
-                        .for_each(|(j, v)| *v = at(start + j));
-                });
-        }
-        return;
-    }
-    // Output row j is source column j: each task fills the source rows' places in BLOCK output
-    // rows, reading BLOCK neighbouring values from each source row.
-    let total = c.rows;
-    out.par_chunks_mut(BLOCK * total)
-        .enumerate()
-        .for_each(|(block, o)| {
-            let c0 = block * BLOCK;
-            let width = o.len() / total;
-            for (r, row) in rows.clone().enumerate() {
-                let start = (r * cols + c0) * size;
-                let src = bytes[start..start + width * size].chunks_exact(size);
-                for (value, out) in src.zip(o[row..].iter_mut().step_by(total)) {
-                    *out = convert(bytemuck::pod_read_unaligned::<S>(value));
-                }
-            }
+                .for_each(|(j, v)| *v = at(start + j));
         });
+    }
 }
 
 #[cfg(test)]
@@ -225,13 +190,7 @@ mod tests {
         let v: Vec<bf16> = [1.0f32, -2.5, 3.0e-5, 65504.0, f32::NAN]
             .map(bf16::from_f32)
             .to_vec();
-        let data = float_data(
-            &bytes(&v),
-            StorageDtype::BF16,
-            &[5],
-            StorageDtype::BF16,
-            false,
-        );
+        let data = float_data(&bytes(&v), StorageDtype::BF16, &[5], StorageDtype::BF16);
         assert_eq!(data.dtype, burn::tensor::DType::BF16);
         assert_eq!(data.as_bytes(), bytes(&v));
     }
@@ -240,85 +199,31 @@ mod tests {
     fn widening_and_narrowing_match_half() {
         let x = [0.1f32, -1.0e-3, 7.25, 1.0e4];
         let h: Vec<f16> = x.map(f16::from_f32).to_vec();
-        let wide = float_data(
-            &bytes(&h),
-            StorageDtype::F16,
-            &[4],
-            StorageDtype::F32,
-            false,
-        );
+        let wide = float_data(&bytes(&h), StorageDtype::F16, &[4], StorageDtype::F32);
         let want: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
         assert_eq!(wide.to_vec::<f32>().unwrap(), want);
-        let narrow = float_data(
-            &bytes(&x),
-            StorageDtype::F32,
-            &[4],
-            StorageDtype::BF16,
-            false,
-        );
+        let narrow = float_data(&bytes(&x), StorageDtype::F32, &[4], StorageDtype::BF16);
         let want: Vec<bf16> = x.map(bf16::from_f32).to_vec();
         assert_eq!(narrow.to_vec::<bf16>().unwrap(), want);
     }
 
     #[test]
-    fn transposes_flattened_rows() {
-        // [3, 2, 2] -> rows flattened to [3, 4] -> transposed [4, 3]; more than one block of
-        // output rows in the second case.
-        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let t = float_data(
-            &bytes(&x),
-            StorageDtype::F32,
-            &[3, 2, 2],
-            StorageDtype::F32,
-            true,
-        );
-        assert_eq!(t.shape.to_vec(), vec![4, 3]);
-        assert_eq!(
-            t.to_vec::<f32>().unwrap(),
-            [0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
-        );
-        let (rows, cols) = (3, 2 * BLOCK + 5);
-        let x: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(i as f32)).collect();
-        let t = float_data(
-            &bytes(&x),
-            StorageDtype::BF16,
-            &[rows, cols],
-            StorageDtype::F32,
-            true,
-        );
-        let got = t.to_vec::<f32>().unwrap();
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(got[c * rows + r], x[r * cols + c].to_f32());
-            }
-        }
-    }
-
-    #[test]
     fn rows_converted_in_chunks_give_the_same_tensor() {
-        let (rows, cols) = (5, BLOCK + 3);
+        let (rows, cols) = (5, 67);
         let x: Vec<bf16> = (0..rows * cols)
             .map(|i| bf16::from_f32(i as f32 * 0.5))
             .collect();
         let raw = bytes(&x);
-        for (dtype, transpose) in [
-            (StorageDtype::BF16, true),
-            (StorageDtype::F32, true),
-            (StorageDtype::F16, false),
-        ] {
-            let whole = float_data(&raw, StorageDtype::BF16, &[rows, cols], dtype, transpose);
-            let mut chunked = Conversion::new(StorageDtype::BF16, &[rows, cols], dtype, transpose);
+        for dtype in [StorageDtype::BF16, StorageDtype::F32, StorageDtype::F16] {
+            let whole = float_data(&raw, StorageDtype::BF16, &[rows, cols], dtype);
+            let mut chunked = Conversion::new(StorageDtype::BF16, &[rows, cols], dtype);
             for part in [0..1, 1..4, 4..5] {
                 let range = chunked.byte_range(&part);
                 chunked.fill(part, &raw[range]);
             }
             let chunked = chunked.finish();
             assert_eq!(chunked.shape, whole.shape);
-            assert_eq!(
-                chunked.as_bytes(),
-                whole.as_bytes(),
-                "{dtype:?} {transpose}"
-            );
+            assert_eq!(chunked.as_bytes(), whole.as_bytes(), "{dtype:?}");
         }
     }
 }

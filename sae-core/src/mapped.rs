@@ -2,10 +2,10 @@
 //! bytes are copied out once (into the dtype the model computes in), and the pages they were
 //! read from are handed back to the page cache at once, so a process holds each weight once.
 //!
-//! A tensor stored in the dtype it is computed in, and not transposed, is not copied at all on the
-//! CPU backends: it is a view of the mapped pages ([`MappedFile::shared`]), which the kernel
-//! brings in as they are read (a 1 GB embedding table of which a prompt reads 128 rows costs
-//! 128 rows of memory), as transformers does.
+//! A tensor stored in the dtype it is computed in is not copied at all on the CPU backends: it
+//! is a view of the mapped pages ([`MappedFile::shared`]), which the kernel brings in as they
+//! are read (a 1 GB embedding table of which a prompt reads 128 rows costs 128 rows of memory),
+//! as transformers does.
 //!
 //! A mapped file that another process truncates makes the kernel raise SIGBUS on the next read of
 //! a page past the new end. Each read checks first that the file still has the size and

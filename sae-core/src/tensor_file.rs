@@ -248,15 +248,9 @@ impl TensorFile {
     }
 
     /// The float tensor `name` as tensor data in `dtype`: a view of the mapped file when it is
-    /// stored in `dtype` and not transposed (see [`MappedFile::shared`]), else read from the
-    /// file in one pass, a chunk of rows at a time whose pages are released as it goes (see
-    /// [`Conversion`]); `transpose` turns a `[rows, ...]` tensor into `[cols, rows]`.
-    pub fn float_data(
-        &self,
-        name: &str,
-        dtype: StorageDtype,
-        transpose: bool,
-    ) -> Result<TensorData> {
+    /// stored in `dtype` (see [`MappedFile::shared`]), else read from the file in one pass, a
+    /// chunk of rows at a time whose pages are released as it goes (see [`Conversion`]).
+    pub fn float_data(&self, name: &str, dtype: StorageDtype) -> Result<TensorData> {
         let entry = self.entry(name)?;
         let stored = match entry.dtype {
             Dtype::F32 => StorageDtype::F32,
@@ -264,7 +258,7 @@ impl TensorFile {
             Dtype::BF16 => StorageDtype::BF16,
             other => return Err(self.unsupported(name, other, Some(dtype))),
         };
-        if stored == dtype && !transpose {
+        if stored == dtype {
             let view = self.file.shared(entry.bytes.clone(), dtype.size())?;
             if let Some(bytes) = view {
                 return Ok(TensorData::from_bytes(
@@ -274,7 +268,7 @@ impl TensorFile {
                 ));
             }
         }
-        let mut conversion = Conversion::new(stored, &entry.shape, dtype, transpose);
+        let mut conversion = Conversion::new(stored, &entry.shape, dtype);
         for rows in conversion.chunks() {
             let bytes = conversion.byte_range(&rows);
             let range = entry.bytes.start + bytes.start..entry.bytes.start + bytes.end;

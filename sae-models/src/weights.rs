@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use sae_core::convert::float_data;
 use sae_core::{StorageDtype, TensorFile};
 use serde::Deserialize;
@@ -117,9 +117,9 @@ impl Weights {
         }
     }
 
-    /// The tensor `name`, which must have `shape`, as data in the compute dtype; `transpose`
-    /// turns a `[rows, ...]` weight into `[cols, rows]`. Read straight from the mapped file.
-    fn data(&self, name: &str, shape: &[usize], transpose: bool) -> Result<TensorData> {
+    /// The tensor `name`, which must have `shape`, as data in the compute dtype, read straight
+    /// from the mapped file.
+    fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
         let check = |got: Vec<usize>| {
             if got == shape {
                 Ok(())
@@ -135,7 +135,7 @@ impl Weights {
             Store::Safetensors { files, index } => {
                 let file = &files[*index.get(name).ok_or_else(|| self.missing(name))?];
                 check(file.shape(name)?)?;
-                Ok(file.float_data(name, self.dtype, transpose)?)
+                Ok(file.float_data(name, self.dtype)?)
             }
             Store::Gguf {
                 file,
@@ -163,7 +163,6 @@ impl Weights {
                     StorageDtype::F32,
                     shape,
                     self.dtype,
-                    transpose,
                 ))
             }
         }
@@ -176,7 +175,7 @@ impl Weights {
         shape: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
-        Ok(self.create(self.data(name, &shape, false)?, device))
+        Ok(self.create(self.data(name, &shape)?, device))
     }
 
     /// A tensor in the compute dtype (the data is in it already: no conversion).
@@ -211,10 +210,13 @@ impl Weights {
         device: &B::Device,
     ) -> Result<Linear<B>> {
         let d_out = shape[0];
-        // Burn's Linear keeps [in, out]: transposed once here, on the host, while reading. (Not
-        // a transposed view on the device: cubecl's autotuned matmul on lavapipe returned wrong
-        // products for one, [1176, 32], while tuning.)
-        let weight = self.create(self.data(&format!("{prefix}.weight"), shape, true)?, device);
+        let d_in = shape[1..].iter().product();
+        // Burn's Linear multiplies by [in, out]: the weight is kept as stored, [out, in], and
+        // used through a transposed view (Burn's own column layout), so a bf16 weight stays a
+        // view of the mapped file and nothing is copied on the host.
+        let mut stored = self.data(&format!("{prefix}.weight"), shape)?;
+        stored.shape = Shape::new([d_out, d_in]);
+        let weight = self.create::<B, 2>(stored, device).transpose();
         let bias = bias
             .then(|| self.tensor(&format!("{prefix}.bias"), [d_out], device))
             .transpose()?;
