@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::mask;
 use crate::rope::{Rope, softmax_in_f32};
 use crate::scope::LoadScope;
-use crate::tap::{Stopped, Tap, linear};
+use crate::tap::{Stopped, Tap, linear, times_transposed};
 use crate::weights::Weights;
 
 /// What a layer needs besides its input: RoPE tables, the additive mask, and its keys and
@@ -521,9 +521,8 @@ impl<B: Backend> DecoderLm<B> {
             Some(head) => linear(head, x),
             None => {
                 let [b, t, d] = x.dims();
-                let logits = x
-                    .reshape([b * t, d])
-                    .matmul(self.embed_tokens.weight.val().transpose());
+                let logits =
+                    times_transposed(x.reshape([b * t, d]), self.embed_tokens.weight.val());
                 logits.reshape([b, t, self.config.vocab_size])
             }
         };

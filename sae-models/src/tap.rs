@@ -36,14 +36,23 @@ impl<B: Backend> Tap<'_, B> {
 }
 
 /// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's
-/// broadcasting batched matmul is several times slower on the CPU backends).
+/// broadcasting batched matmul is several times slower on the CPU backends). The weight is a
+/// transposed view of the stored `[out, in]` matrix (see
+/// [`Weights::linear`](crate::weights::Weights::linear)).
 pub(crate) fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let y = x.reshape([b * t, d]).matmul(layer.weight.val());
+    let y = times_transposed(x.reshape([b * t, d]), layer.weight.val().transpose());
     let y = match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze_dim(0),
         None => y,
     };
     let out = y.dims()[1];
     y.reshape([b, t, out])
+}
+
+/// `x W^T` for `x [n, in]` and a row-major `W [out, in]` (a linear layer's stored weight, a tied
+/// embedding table), computed as `(W x^T)^T` so that `W` is the operand in its own layout: a
+/// backend that copies strided operands (flex's bf16 matmul) then copies only the small `x^T`.
+pub(crate) fn times_transposed<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    w.matmul(x.transpose()).transpose()
 }
