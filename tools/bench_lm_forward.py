@@ -6,12 +6,13 @@ The token ids follow the same fixed LCG as the Rust side.
 """
 
 import os
-import resource
 import sys
 import time
 
 import torch
 from transformers import AutoModelForCausalLM
+
+from peak_memory import peak_mib
 
 path, batch, tokens, runs = sys.argv[1], *map(int, sys.argv[2:5])
 folder, name = os.path.split(path)
@@ -26,6 +27,6 @@ with torch.no_grad():
     for _ in range(runs):
         model(ids)
     elapsed = time.perf_counter() - start
-# Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.
-print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# Peak resident memory of this process, torch included.
+print("peak_mib", peak_mib())
 print(batch * tokens * runs / elapsed)

@@ -8,12 +8,13 @@ Usage: python bench_scale.py DIR AT DTYPE TOKENS [DEVICE]
 Run by `cargo xtask bench scale` when SAE_BENCH_PYTHON is set.
 """
 
-import resource
 import sys
 import time
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
+
+from peak_memory import peak_mib
 
 folder, at, dtype, tokens = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
@@ -53,7 +54,7 @@ with torch.no_grad():
     start = time.perf_counter()
     forward()
     elapsed = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mib()
 print(f"scale-load-ref s={load_s:.1f}")
 print(f"scale-forward-ref tokens_per_s={tokens / elapsed:.1f}")
 print(f"scale-peak-mib-ref ref={peak:.0f}")

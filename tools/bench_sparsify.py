@@ -9,7 +9,6 @@ is set (on cuda with `--backend cuda`).
 """
 
 import os
-import resource
 import sys
 import time
 
@@ -19,6 +18,8 @@ if device == "cpu":
 
 import torch  # noqa: E402
 from sparsify import SparseCoder, SparseCoderConfig  # noqa: E402
+
+from peak_memory import peak_mib  # noqa: E402
 
 mode = sys.argv[1]
 d, latents, k, tokens, warmup, steps = map(int, sys.argv[2:8])
@@ -62,6 +63,6 @@ for step in range(warmup + steps):
         torch.cuda.synchronize()
     if step >= warmup:
         elapsed += time.perf_counter() - start
-# Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.
-print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# Peak resident memory of this process, torch included.
+print("peak_mib", peak_mib())
 print(tokens * steps / elapsed)

@@ -13,7 +13,6 @@ side does. Run by `cargo xtask bench train` when SAE_BENCH_PYTHON is set.
 """
 
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ import torch  # noqa: E402
 from sparsify import SparseCoderConfig, Trainer, TrainConfig  # noqa: E402
 from sparsify.data import MemmapDataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
+
+from peak_memory import peak_mib  # noqa: E402
 
 gguf, tokens_file = sys.argv[1], sys.argv[2]
 context, batch, layer, k, latents = map(int, sys.argv[3:8])
@@ -64,6 +65,6 @@ with tempfile.TemporaryDirectory() as out:
     trainer.fit()
 
 rates = [counts[i] / (starts[i + 1] - starts[i]) for i in range(skip, len(starts) - 1)]
-# Peak resident memory of this process (ru_maxrss is in KiB on Linux), torch included.
-print("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# Peak resident memory of this process, torch included.
+print("peak_mib", peak_mib())
 print(sum(rates) / len(rates))
