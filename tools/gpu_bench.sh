@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks of docs/perf.md, for a session lent an NVIDIA machine (the
-# `device` tool): the CubeCL path's tests (sae-core/tests/cubecl_backend.rs) on cuda, then our SAE
+# `device` tool): the CubeCL path's tests (sae-core/tests/cubecl_backend.rs and cubecl_matmul.rs,
+# the patched matmul kernels) on cuda, then our SAE
 # step and SAE encode on the cuda backend against EleutherAI sparsify (Triton kernels on) on the
 # same GPU, in the same run, and each CubeCL kernel of the step against its reference; then the
 # scale benchmark: the 28-layer Qwen2.5-VL-7B-shaped bf16 checkpoint (16.6 GB, written there)
@@ -25,13 +26,16 @@ case "${1:-}" in
 prepare)
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sae-target}"
     cargo build -p xtask --features cuda
-    tests=$(cargo test -p sae-core --features cuda --test cubecl_backend --no-run 2>&1 |
-        sed -n 's/.*Executable .*(\(.*cubecl_backend-[0-9a-f]*\)).*/\1/p')
     mkdir -p "$dir/whl"
     # Stripped and compressed: a carried tree may hold 64 MiB in all.
     strip -o "$dir/xtask" "$CARGO_TARGET_DIR/debug/xtask"
-    strip -o "$dir/cubecl_backend" "$tests"
-    gzip -9 -f "$dir/xtask" "$dir/cubecl_backend"
+    gzip -9 -f "$dir/xtask"
+    for test in cubecl_backend cubecl_matmul; do
+        binary=$(cargo test -p sae-core --features cuda --test "$test" --no-run 2>&1 |
+            sed -n "s/.*Executable .*(\(.*$test-[0-9a-f]*\)).*/\1/p")
+        strip -o "$dir/$test" "$binary"
+        gzip -9 -f "$dir/$test"
+    done
     # sparsify and what it imports beyond the lent machines' packages (their Python is 3.12).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
@@ -45,10 +49,9 @@ run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$dir"/whl/*.whl
     export PYTHONPATH=/tmp/site SAE_BENCH_PYTHON=python3 SAE_TOOLS_DIR="$PWD/tools"
-    xtask=/tmp/sae-xtask tests=/tmp/sae-cubecl-tests
+    xtask=/tmp/sae-xtask
     gunzip -c "$dir/xtask.gz" >"$xtask"
-    gunzip -c "$dir/cubecl_backend.gz" >"$tests"
-    chmod +x "$xtask" "$tests"
+    chmod +x "$xtask"
     # CubeCL loads the CUDA driver and NVRTC at run time: NVRTC from the CUDA toolkit or from
     # the NVIDIA wheels torch brings.
     nvrtc=$(python3 -c 'import glob, os, site
@@ -62,7 +65,11 @@ print(":".join(sorted(dirs)))')
         date -u
     } | tee "$out/machine.txt"
     # The kernels' correctness on this GPU first; the benchmarks run whatever it says.
-    "$tests" --test-threads 1 2>&1 | tee "$out/cubecl-tests.log" || true
+    for test in cubecl_backend cubecl_matmul; do
+        gunzip -c "$dir/$test.gz" >"/tmp/sae-$test"
+        chmod +x "/tmp/sae-$test"
+        "/tmp/sae-$test" --test-threads 1 2>&1 | tee -a "$out/cubecl-tests.log" || true
+    done
     for case in sae-step sae-encode sae-kernels; do
         "$xtask" bench "$case" --backend cuda 2>&1 | tee "$out/$case.log"
     done
