@@ -22,9 +22,9 @@ use sae_core::parity::max_rel_diff;
 
 /// The device runtime under test: cuda where enabled, else wgpu.
 #[cfg(feature = "cuda")]
-type Runtime = burn::backend::cuda::CudaRuntime;
+type Runtime = burn_cubecl::cubecl::cuda::CudaRuntime;
 #[cfg(not(feature = "cuda"))]
-type Runtime = burn::backend::wgpu::WgpuRuntime;
+type Runtime = burn_cubecl::cubecl::wgpu::WgpuRuntime;
 
 /// The CubeCL backend without fusion, whose tensors are the kernels' inputs.
 type Cube = CubeBackend<Runtime, f32, i32, u32>;
