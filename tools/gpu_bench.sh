@@ -21,6 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.gpu
+# The CubeCL tests of sae-core carried to the machine and run there first.
+cubecl_tests="cubecl_backend cubecl_matmul"
 
 case "${1:-}" in
 prepare)
@@ -30,7 +32,7 @@ prepare)
     # Stripped and compressed: a carried tree may hold 64 MiB in all.
     strip -o "$dir/xtask" "$CARGO_TARGET_DIR/debug/xtask"
     gzip -9 -f "$dir/xtask"
-    for test in cubecl_backend cubecl_matmul; do
+    for test in $cubecl_tests; do
         binary=$(cargo test -p sae-core --features cuda --test "$test" --no-run 2>&1 |
             sed -n "s/.*Executable .*(\(.*$test-[0-9a-f]*\)).*/\1/p")
         strip -o "$dir/$test" "$binary"
@@ -65,7 +67,7 @@ print(":".join(sorted(dirs)))')
         date -u
     } | tee "$out/machine.txt"
     # The kernels' correctness on this GPU first; the benchmarks run whatever it says.
-    for test in cubecl_backend cubecl_matmul; do
+    for test in $cubecl_tests; do
         gunzip -c "$dir/$test.gz" >"/tmp/sae-$test"
         chmod +x "/tmp/sae-$test"
         "/tmp/sae-$test" --test-threads 1 2>&1 | tee -a "$out/cubecl-tests.log" || true

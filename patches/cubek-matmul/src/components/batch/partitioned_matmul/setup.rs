@@ -110,7 +110,8 @@ impl<RC: RuntimeConfig, GMM: GlobalMatmulFamily<RC>, S: GlobalPartitionMatmul> B
         // by the whole group, or the last stage reads past k (the next batch, the next column of
         // a transposed operand, or out of bounds).
         let stages = GMM::num_stages();
-        let k_group = blueprint.tiling_scheme.elements_per_stage_along_k() * stages.lhs.max(stages.rhs);
+        let k_group =
+            blueprint.tiling_scheme.elements_per_stage_along_k() * stages.lhs.max(stages.rhs);
         if !blueprint.check_k_bounds && !(problem.k as u32).is_multiple_of(k_group) {
             return Err(MatmulSetupError::InvalidConfig(Box::new(format!(
                 "k-bounds checks are disabled but k={} is not a multiple of the k-loop group {k_group}",
