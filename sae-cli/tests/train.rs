@@ -190,18 +190,43 @@ fn resumed_runs_equal_the_uninterrupted_run_bit_for_bit() {
     let expected = losses(&reference);
     assert_eq!(expected.len(), 30);
 
-    // Stopped at 13 (a checkpoint between the save points), then resumed to 30.
+    // Stopped at 13 (a checkpoint between the save points), then resumed to 30. Started with
+    // the data and the run folder relative to its working directory, resumed from another.
     let chunked = dir.path().join("chunked");
-    ok(&strs(
-        &[
-            run_args(&model, &data, &chunked, steps),
-            vec!["--stop-at".into(), "13".into()],
-        ]
-        .concat(),
-    ));
-    ok(&["train", "--resume", s(&chunked), "--stop-at", "30"]);
+    let relative = [
+        run_args(&model, Path::new("data"), Path::new("chunked"), steps),
+        vec!["--stop-at".into(), "13".into()],
+    ]
+    .concat();
+    in_dir(dir.path(), &strs(&relative));
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    in_dir(
+        &elsewhere,
+        &["train", "--resume", "../chunked", "--stop-at", "30"],
+    );
     assert_eq!(losses(&chunked), expected);
     assert_eq!(state_bytes(&chunked, 30), state_bytes(&reference, 30));
+
+    // Terminated with SIGTERM once past step 12: the step in progress ends, a checkpoint is
+    // written, exit status 143 and a line saying how to resume; the resumed run is exact.
+    let terminated = dir.path().join("terminated");
+    let child = spawn_run(&run_args(&model, &data, &terminated, steps), 12);
+    let (code, stderr) = terminate(child);
+    assert_eq!(code, Some(143), "{stderr}");
+    let done = losses(&terminated).len() as u64;
+    assert!(
+        stderr.contains(&format!(
+            "stopped by SIGTERM after step {done}, with a checkpoint; continue with: sae train --resume {}",
+            terminated.display()
+        )),
+        "{stderr}"
+    );
+    assert!((12..30).contains(&done), "stopped at {done}");
+    let saved = terminated.join(format!("checkpoints/step-{done:08}/state.json"));
+    assert!(saved.is_file(), "no checkpoint at step {done}");
+    ok(&["train", "--resume", s(&terminated), "--stop-at", "30"]);
+    assert_eq!(losses(&terminated), expected);
 
     // Killed with SIGKILL once it is past step 12, then resumed from its last checkpoint.
     let killed = dir.path().join("killed");
@@ -228,6 +253,54 @@ fn resumed_runs_equal_the_uninterrupted_run_bit_for_bit() {
     assert_eq!(state_bytes(&killed, 30), state_bytes(&reference, 30));
 }
 
+/// Runs `sae args...` in `dir`, which must succeed.
+fn in_dir(dir: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sae {args:?} failed: {stderr}");
+}
+
+/// Sends SIGTERM to `child`; its exit code and stderr.
+fn terminate(child: std::process::Child) -> (Option<i32>, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `sae args...` (stderr piped) and returns once its metrics reach step `step`.
+fn spawn_run(args: &[String], step: usize) -> std::process::Child {
+    let run = PathBuf::from(&args[args.iter().position(|a| a == "--out").unwrap() + 1]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(strs(args))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while losses_or_empty(&run).len() < step {
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached step {step}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
 fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
     let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else {
         return Vec::new();
@@ -236,6 +309,26 @@ fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
         .collect()
+}
+
+// A run folder belongs to one run: while one trains, a second `sae train` into it and a
+// `--resume` of it are refused by name, and the run goes on undisturbed.
+#[test]
+fn a_second_writer_of_a_run_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    let run = dir.path().join("run");
+    let child = spawn_run(&run_args(&model, &data, &run, "20000"), 2);
+    let in_use = format!("{} is in use by process {}", run.display(), child.id());
+    let stderr = fails(&strs(&run_args(&model, &data, &run, "20000")));
+    assert!(stderr.contains(&in_use), "{stderr}");
+    let stderr = fails(&["train", "--resume", s(&run)]);
+    assert!(stderr.contains(&in_use), "{stderr}");
+    let before = losses(&run).len();
+    let (code, stderr) = terminate(child);
+    assert_eq!(code, Some(143), "the run was disturbed: {stderr}");
+    assert!(losses(&run).len() > before, "the run stopped training");
 }
 
 #[test]
@@ -278,6 +371,48 @@ fn unknown_keys_and_impossible_values_are_rejected_by_name() {
         stderr.contains("missing field `target_modules`"),
         "{stderr}"
     );
+    // A clip of 0 or below would stop or reverse the gradient.
+    for clip in ["0", "-1"] {
+        let pair = format!("train.grad_clip={clip}");
+        let stderr = fails(&[
+            "train", "--model", "m", "--data", "d", "--hook", "x", "--set", &pair,
+        ]);
+        assert!(
+            stderr.contains("train.grad_clip must be a positive number"),
+            "{stderr}"
+        );
+    }
+    // A wrong type names its key; a count beyond TOML's integers is not wrapped around.
+    let stderr = fails(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--hook",
+        "x",
+        "--set",
+        "sae.k=\"4\"",
+    ]);
+    assert!(
+        stderr.contains("sae.k: invalid type: string \"4\", expected usize"),
+        "{stderr}"
+    );
+    let stderr = fails(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--hook",
+        "x",
+        "--steps",
+        "18446744073709551615",
+    ]);
+    assert!(
+        stderr.contains("train.steps = 18446744073709551615 is too large"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -306,6 +441,22 @@ fn a_refused_start_leaves_nothing_and_the_retry_runs() {
     let stderr = fails(&strs(&with("--num-latents", "10000000000")));
     assert!(
         stderr.contains("the SAEs' training state needs at least 38147.0 GiB"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused run writes nothing");
+    // Loss filters that leave nothing to train on, or name tokens the model does not have.
+    let set = |pair: &str| [with("--steps", "2"), vec!["--set".into(), pair.into()]].concat();
+    let stderr = fails(&strs(&set("train.skip_first_tokens=100000")));
+    assert!(
+        stderr.contains(
+            "train.skip_first_tokens = 100000 leaves no token of sequences of at most 32"
+        ),
+        "{stderr}"
+    );
+    let stderr = fails(&strs(&set("train.exclude_tokens=[5, 1000000000]")));
+    assert!(
+        stderr
+            .contains("train.exclude_tokens: token id 1000000000 is not in the model's vocabulary"),
         "{stderr}"
     );
     assert!(!out.exists(), "a refused run writes nothing");
@@ -339,6 +490,36 @@ fn a_refused_start_leaves_nothing_and_the_retry_runs() {
         let stderr = fails(&args);
         assert!(stderr.contains(message), "{flag} {value}: {stderr}");
     }
+
+    // The run's SAE settings are fixed: an edited sae.k in config.toml is refused, not ignored.
+    let config = out.join("config.toml");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("k = 4\n"), "{saved}");
+    std::fs::write(&config, saved.replace("k = 4\n", "k = 8\n")).unwrap();
+    let stderr = fails(&["train", "--resume", s(&out), "--stop-at", "2"]);
+    assert!(stderr.contains("sae.k (was 4, now 8)"), "{stderr}");
+    std::fs::write(&config, saved).unwrap();
+
+    // Weights that are not finite numbers are refused at load: in the trained SAEs, and in a
+    // checkpoint's training state.
+    let adapter = out.join("sae/adapter_model.safetensors");
+    let name = "base_model.model.model.layers.1.sae_W_dec";
+    poison(&adapter, name);
+    let stderr = fails(&["inspect", s(&out.join("sae"))]);
+    assert!(
+        stderr
+            .contains("(the w_dec of the SAE for model.layers.1) contains NaN or infinite values"),
+        "{stderr}"
+    );
+    poison(
+        &out.join("checkpoints/step-00000002/state.safetensors"),
+        "model.layers.1.w_dec",
+    );
+    let stderr = fails(&["train", "--resume", s(&out), "--stop-at", "2"]);
+    assert!(
+        stderr.contains("model.layers.1.w_dec holds NaN or infinite values"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -377,6 +558,19 @@ fn non_finite_activations_stop_the_run_and_keep_the_last_checkpoint() {
         checkpoint
     );
     assert_eq!(losses(&run).len(), 5);
+
+    // A learning rate that makes the SAE blow up is named as such, not as bad activations.
+    let diverged = dir.path().join("diverged");
+    let args = [
+        run_args(&source, &data, &diverged, "20"),
+        vec!["--lr".into(), "1e30".into()],
+    ]
+    .concat();
+    let stderr = fails(&strs(&args));
+    assert!(
+        stderr.contains("diverged (its weights are no longer finite numbers): lower train.lr"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -91,6 +91,9 @@ pub enum SaeError {
     /// A mapped file that changed (was cut short or rewritten) after it was opened.
     #[error("{file} changed while in use: {what}")]
     ChangedFile { file: PathBuf, what: String },
+    /// Another process writes the folder (it holds its [`crate::FolderLock`]).
+    #[error("{} is in use by {}; wait for it to end, or choose another folder", dir.display(), pid.map_or("another process".to_string(), |p| format!("process {p}")))]
+    InUse { dir: PathBuf, pid: Option<u32> },
     /// An I/O failure, with the path involved.
     #[error("cannot access {path}")]
     Io {

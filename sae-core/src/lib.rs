@@ -16,6 +16,7 @@ pub mod config;
 pub mod convert;
 pub mod encode_file;
 pub mod error;
+pub mod folder;
 pub mod formats;
 pub mod hooks;
 pub mod host;
@@ -34,6 +35,7 @@ pub mod tensor_file;
 pub use config::{Architecture, SaeConfig};
 pub use encode_file::{Encoded, encode_tokens};
 pub use error::{Result, SaeError};
+pub use folder::FolderLock;
 pub use formats::{Checkpoint, HostSae, Layout};
 pub use hooks::{Chain, FirstError, HookKind, HookPoint, HookedModule, Hooks, NoHooks, Recorder};
 pub use inject::{

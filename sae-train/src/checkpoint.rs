@@ -79,8 +79,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Removes the temporary folders of checkpoints a killed run left half-written.
+/// Removes the temporary folders of checkpoints (and of the trained SAEs) a killed run left
+/// half-written.
 pub fn remove_partial(run_dir: &Path) -> Result<()> {
+    sae_core::folder::remove_leftovers(&run_dir.join(crate::run::SAE_DIR))?;
     let dir = run_dir.join(CHECKPOINTS);
     if !dir.is_dir() {
         return Ok(());
@@ -109,7 +111,7 @@ pub fn save<B: SaeAutodiffBackend>(
     keep: usize,
 ) -> Result<PathBuf> {
     let dir = step_dir(run_dir, state.step);
-    write_dir_atomically(&dir, |tmp| {
+    sae_core::folder::write_dir_atomically(&dir, |tmp| {
         save_adapter(trainer, target_modules, &tmp.join(ADAPTER))?;
         let tensors = trainer
             .hooks
@@ -123,7 +125,7 @@ pub fn save<B: SaeAutodiffBackend>(
             None,
         )?;
         sae_core::tensor_file::write_json(&tmp.join(STATE_JSON), state)?;
-        Ok(())
+        Ok::<_, TrainError>(())
     })?;
     let all = list(run_dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
@@ -149,48 +151,6 @@ pub fn save_adapter<B: SaeAutodiffBackend>(
         target_modules: Some(target_modules.clone()),
     };
     formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32)?;
-    Ok(())
-}
-
-/// Runs `write` on a fresh hidden folder beside `dir`, syncs what it wrote and renames it to
-/// `dir` (replacing an older `dir`). On any error the temporary folder is removed and `dir` is
-/// untouched.
-pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        write(&tmp)?;
-        sync_tree(&tmp)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        std::fs::File::open(parent)
-            .and_then(|f| f.sync_all())
-            .map_err(io(parent))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-/// Flushes every file under `dir` to disk.
-fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        if path.is_dir() {
-            sync_tree(&path)?;
-        }
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&path))?;
-    }
     Ok(())
 }
 
@@ -277,6 +237,12 @@ pub fn load<B: SaeAutodiffBackend>(
                 b_dec,
                 one("threshold")?,
             )?;
+            if let Some(name) = sae.host_params().first_non_finite() {
+                return Err(bad(format!(
+                    "{}.{name} holds NaN or infinite values: the checkpoint is corrupt or its SAE had diverged",
+                    h.path
+                )));
+            }
             // Moments are saved for every parameter once the first step is taken.
             let moments = if file.contains(&format!("{}.w_enc.exp_avg", h.path)) {
                 let params = sae.host_params();
@@ -337,34 +303,4 @@ pub fn hook_states<B: SaeAutodiffBackend>(trainer: &Trainer<B>) -> Vec<HookState
             scale: h.scale,
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // A disk that fills up halfway through a checkpoint (ENOSPC from the writer) must leave the
-    // previous checkpoint as it was and no temporary folder behind.
-    #[test]
-    fn a_failed_write_keeps_the_previous_folder() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("step-00000001");
-        let write = |text: &'static str| {
-            move |tmp: &Path| std::fs::write(tmp.join("a"), text).map_err(io(tmp))
-        };
-        write_dir_atomically(&dir, write("good")).unwrap();
-        let full_disk = |tmp: &Path| {
-            write("half")(tmp)?;
-            Err(TrainError::Io {
-                path: tmp.join("b"),
-                source: std::io::Error::from_raw_os_error(28),
-            })
-        };
-        let err = write_dir_atomically(&dir, full_disk).unwrap_err();
-        let cause = std::error::Error::source(&err).unwrap().to_string();
-        assert!(cause.contains("No space left on device"), "{cause}");
-        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "good");
-        let entries = std::fs::read_dir(root.path()).unwrap().count();
-        assert_eq!(entries, 1);
-    }
 }

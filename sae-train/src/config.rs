@@ -278,13 +278,19 @@ impl TrainConfig {
                 message,
             })?;
         }
-        let config: TrainConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| TrainError::Config {
+        let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.inner().message();
+                TrainError::Config {
                     origin: source.to_string(),
-                    message: e.message().to_string(),
-                })?;
+                    message: if key == "." {
+                        message.to_string()
+                    } else {
+                        format!("{key}: {message}")
+                    },
+                }
+            })?;
         config.validate().map_err(|message| TrainError::Config {
             origin: source.to_string(),
             message,
@@ -296,6 +302,18 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
         Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Makes the run folder, the data's path and a local model's path absolute (a hub id stays
+    /// as it is), so that the configuration means the same from any working directory.
+    pub fn make_paths_absolute(&mut self) -> std::io::Result<()> {
+        self.out = std::path::absolute(&self.out)?;
+        self.data.path = std::path::absolute(&self.data.path)?;
+        let model = Path::new(&self.model.name);
+        if model.exists() {
+            self.model.name = std::path::absolute(model)?.display().to_string();
+        }
+        Ok(())
     }
 
     /// The configuration as TOML.
@@ -317,6 +335,11 @@ impl TrainConfig {
         }
         if t.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
             return Err("train.lr must be a positive number".into());
+        }
+        if t.grad_clip.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return Err(
+                "train.grad_clip must be a positive number (leave it out to not clip)".into(),
+            );
         }
         if self.data.context == 0 || self.data.max_len == 0 {
             return Err("data.context and data.max_len must be at least 1".into());

@@ -32,6 +32,11 @@ pub enum TrainError {
         "step {step}: {what} is not finite (NaN or infinite); the run stopped and the last checkpoint is intact"
     )]
     NonFinite { step: u64, what: String },
+    /// The SAE's weights stopped being finite numbers while its input was finite.
+    #[error(
+        "step {step}: the SAE at {path} diverged (its weights are no longer finite numbers): lower train.lr; the run stopped and the last checkpoint is intact"
+    )]
+    Diverged { step: u64, path: String },
     /// A checkpoint or run folder that is incomplete or from another run.
     #[error("{path}: {message}")]
     BadCheckpoint { path: PathBuf, message: String },

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod init;
+pub mod interrupt;
 pub mod log;
 pub mod run;
 pub mod schedule;

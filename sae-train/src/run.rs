@@ -12,13 +12,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sae_activations::{
     TokenFilter, dataset_scope, hook_rows, lm_input, sequence_batching, vision_input,
 };
-use sae_core::{HookPoint, HookedModule, Recorder, SaeAutodiffBackend};
-use sae_data::{Batch, Dataset, Loader, LoaderCursor, StreamConfig};
+use sae_core::{FolderLock, HookPoint, HookedModule, Recorder, SaeAutodiffBackend, SaeConfig};
+use sae_data::{Batch, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, Tokenizer};
 
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError, io};
+use crate::interrupt::{self, Signal};
 use crate::log::metrics::{METRICS_FILE, MetricsLog, StepRecord};
 use crate::log::plot::{Series, write_svg};
 use crate::log::tensorboard::EventWriter;
@@ -78,11 +79,19 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// The last step's metrics.
     pub last: Option<StepRecord>,
+    /// The signal that stopped the run early (after a checkpoint), see [`crate::interrupt`].
+    pub interrupted: Option<Signal>,
 }
 
-/// Starts a new run in `config.out`; refuses a folder that already holds one.
-pub fn train<B: SaeAutodiffBackend>(config: TrainConfig, device: &B::Device) -> Result<RunSummary> {
+/// Starts a new run in `config.out`; refuses a folder that already holds one, or that another
+/// process writes. The saved configuration names the model and data by absolute paths, so the
+/// run resumes from any working directory.
+pub fn train<B: SaeAutodiffBackend>(
+    mut config: TrainConfig,
+    device: &B::Device,
+) -> Result<RunSummary> {
     let run_dir = config.out.clone();
+    let _lock = FolderLock::acquire(&run_dir)?;
     let saved = run_dir.join(CONFIG_FILE);
     if saved.exists() {
         return Err(TrainError::BadCheckpoint {
@@ -91,6 +100,7 @@ pub fn train<B: SaeAutodiffBackend>(config: TrainConfig, device: &B::Device) -> 
                 .into(),
         });
     }
+    config.make_paths_absolute().map_err(io(&run_dir))?;
     // Everything that can refuse the run (model, hook points, data, SAE settings) does so
     // before the folder is written: a failed start leaves nothing that blocks the retry.
     let toml = config.to_toml();
@@ -102,6 +112,7 @@ pub fn train<B: SaeAutodiffBackend>(config: TrainConfig, device: &B::Device) -> 
 
 /// Continues the run in `run_dir` from its last checkpoint with its saved configuration, to
 /// the end or to `stop_at` (the saved run's own `stop_at` applied to its first part only).
+/// Refuses a run that another process is training.
 pub fn resume<B: SaeAutodiffBackend>(
     run_dir: &Path,
     stop_at: Option<u64>,
@@ -114,6 +125,7 @@ pub fn resume<B: SaeAutodiffBackend>(
             message: format!("is not a run folder (no {CONFIG_FILE})"),
         });
     }
+    let _lock = FolderLock::acquire(run_dir)?;
     let mut config = TrainConfig::load(&saved, &[])?;
     config.out = run_dir.to_path_buf();
     config.checkpoint.stop_at = stop_at;
@@ -168,6 +180,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             data.truncate,
             model.context(),
         )?;
+        check_token_filter(&config, &dataset, model.tokenizer())?;
         let (trainer, cursor, tokens, elapsed_s) = match &checkpoint {
             Some(dir) => {
                 tracing::info!("resuming from {}", dir.display());
@@ -181,6 +194,18 @@ impl<B: SaeAutodiffBackend> Session<B> {
                             "holds SAEs for {saved:?}, but the configuration targets {paths:?}"
                         ),
                     });
+                }
+                for (hook, point) in state.hooks.iter().zip(&points) {
+                    let edited = changed_keys(&hook.config, &config.sae.sized_for(point));
+                    if !edited.is_empty() {
+                        return Err(TrainError::BadCheckpoint {
+                            path: dir.clone(),
+                            message: format!(
+                                "holds SAEs trained with other settings than config.toml's: {} changed since; a run keeps its SAE settings (start a new run to change them)",
+                                edited.join(", ")
+                            ),
+                        });
+                    }
                 }
                 for (hook, point) in trainer.hooks.iter().zip(&points) {
                     let d_in = hook.d_in();
@@ -249,14 +274,23 @@ impl<B: SaeAutodiffBackend> Session<B> {
         let bar = progress_bar(self.config.log.progress, self.trainer.step, end);
         let mut last = None;
         let mut newest = checkpoint::latest(&run_dir)?;
-        while self.trainer.step < end {
+        let mut interrupted = interrupt::requested();
+        while self.trainer.step < end && interrupted.is_none() {
             let start = Instant::now();
+            let mut rows = 0;
             for _ in 0..self.config.train.grad_acc_steps {
                 let batch = loader
                     .next_batch()?
                     .ok_or_else(|| TrainError::NoData(self.config.data.path.clone()))?;
                 let acts = self.activations(&batch, &paths, &filter)?;
+                rows += acts.iter().map(|a| a.dims()[0]).sum::<usize>();
                 self.trainer.accumulate(acts)?;
+            }
+            if rows == 0 {
+                return Err(TrainError::Invalid(format!(
+                    "step {}: every token of the batch is left out of the loss (train.skip_first_tokens, exclude_tokens, exclude_special_tokens): a step must see tokens",
+                    self.trainer.step + 1
+                )));
             }
             let per_hook = self.trainer.finish_step()?;
             let seconds = start.elapsed().as_secs_f64();
@@ -284,33 +318,26 @@ impl<B: SaeAutodiffBackend> Session<B> {
             ));
             bar.inc(1);
             let save_every = self.config.checkpoint.save_every;
-            if step == end || (save_every > 0 && step.is_multiple_of(save_every)) {
-                let state = State {
-                    step,
-                    initialised: self.trainer.initialised,
-                    tokens: self.tokens,
-                    elapsed_s: self.elapsed_s,
-                    cursor: loader.cursor(),
-                    hooks: checkpoint::hook_states(&self.trainer),
-                };
-                let dir = checkpoint::save(
-                    &run_dir,
-                    &self.trainer,
-                    &state,
-                    &self.config.target_modules,
-                    self.config.checkpoint.keep,
-                )?;
+            interrupted = interrupt::requested();
+            if step == end
+                || (save_every > 0 && step.is_multiple_of(save_every))
+                || interrupted.is_some()
+            {
+                let dir = self.save_checkpoint(&run_dir, &loader)?;
                 bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
                 newest = Some(dir);
                 draw_curves(&run_dir)?;
             }
             last = Some(record);
+            if interrupted.is_some() {
+                break;
+            }
         }
         bar.finish_and_clear();
         let finished = self.trainer.step >= total;
         if finished {
             let sae_dir = run_dir.join(SAE_DIR);
-            checkpoint::write_dir_atomically(&sae_dir, |tmp| {
+            sae_core::folder::write_dir_atomically(&sae_dir, |tmp| {
                 checkpoint::save_adapter(&self.trainer, &self.config.target_modules, tmp)
             })?;
             tracing::info!("trained SAEs in {}", sae_dir.display());
@@ -321,7 +348,27 @@ impl<B: SaeAutodiffBackend> Session<B> {
             finished,
             checkpoint: newest,
             last,
+            interrupted,
         })
+    }
+
+    /// Writes the checkpoint of the step just done, `loader` being where the data is.
+    fn save_checkpoint(&self, run_dir: &Path, loader: &Loader) -> Result<PathBuf> {
+        let state = State {
+            step: self.trainer.step,
+            initialised: self.trainer.initialised,
+            tokens: self.tokens,
+            elapsed_s: self.elapsed_s,
+            cursor: loader.cursor(),
+            hooks: checkpoint::hook_states(&self.trainer),
+        };
+        checkpoint::save(
+            run_dir,
+            &self.trainer,
+            &state,
+            &self.config.target_modules,
+            self.config.checkpoint.keep,
+        )
     }
 
     /// Which tokens the loss sees.
@@ -370,6 +417,51 @@ impl<B: SaeAutodiffBackend> Session<B> {
             })
             .collect()
     }
+}
+
+/// Refuses loss filters that leave no token, or name tokens the model does not have.
+fn check_token_filter(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    let t = &config.train;
+    if let Some(&id) = t
+        .exclude_tokens
+        .iter()
+        .find(|&&id| tokenizer.token(id).is_none())
+    {
+        return Err(TrainError::Invalid(format!(
+            "train.exclude_tokens: token id {id} is not in the model's vocabulary"
+        )));
+    }
+    let longest = match dataset.kind() {
+        Kind::Text => config.data.context,
+        Kind::Chat => config.data.max_len,
+    };
+    if t.skip_first_tokens >= longest {
+        return Err(TrainError::Invalid(format!(
+            "train.skip_first_tokens = {} leaves no token of sequences of at most {longest}: nothing would be trained",
+            t.skip_first_tokens
+        )));
+    }
+    Ok(())
+}
+
+/// The `sae.*` keys whose values differ between two SAE configurations.
+fn changed_keys(saved: &SaeConfig, now: &SaeConfig) -> Vec<String> {
+    let as_map = |c: &SaeConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (saved, now) = (as_map(saved), as_map(now));
+    (saved.iter())
+        .filter(|(key, value)| now.get(*key) != Some(*value))
+        .map(|(key, value)| {
+            let now = now.get(key).map_or("nothing".into(), |v| v.to_string());
+            format!("sae.{key} (was {value}, now {now})")
+        })
+        .collect()
 }
 
 /// The console progress bar (hidden when `show` is off or stderr is not a terminal).

@@ -416,6 +416,19 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         }
     }
 
+    /// The error for a forward pass that stopped being finite: the SAE diverged when its input
+    /// `x` was finite, else `what` (the model's activations or the loss) is named.
+    fn blame(&self, x: Tensor<B::InnerBackend, 2>, step: u64, what: &str) -> TrainError {
+        if to_host(x).iter().all(|v| v.is_finite()) {
+            TrainError::Diverged {
+                step,
+                path: self.path.clone(),
+            }
+        } else {
+            self.non_finite(step, what)
+        }
+    }
+
     /// Forward and backward on one micro-batch; gradients are summed, scaled by `1 / acc`.
     fn accumulate(&mut self, x: Tensor<B::InnerBackend, 2>, acc: usize, step: u64) -> Result<()> {
         let n = x.dims()[0];
@@ -435,6 +448,7 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
                 .collect()
         });
         let weight = 1.0 / acc as f32;
+        let input = x.clone();
         // The host-gradient path reads only the host parameters when the product runs on the
         // host.
         let host_only = matches!(self.residence, Residence::Host(_))
@@ -459,11 +473,11 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             }
         };
         let micro = match micro {
-            Err(SaeError::NonFinite(_)) => return Err(self.non_finite(step, "the activations")),
+            Err(SaeError::NonFinite(_)) => return Err(self.blame(input, step, "the activations")),
             other => other?,
         };
         if !micro.loss.is_finite() {
-            return Err(self.non_finite(step, "the loss"));
+            return Err(self.blame(input, step, "the loss"));
         }
         self.sums.loss += micro.loss;
         self.sums.fvu += micro.fvu;
@@ -498,7 +512,11 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             Residence::Device(t) => t.step(&config, optim, lr, step, d),
         };
         if !grad_norm.is_finite() {
-            return Err(self.non_finite(step, "the gradient"));
+            // The forward pass checked its input and loss: the weights made it blow up.
+            return Err(TrainError::Diverged {
+                step,
+                path: self.path.clone(),
+            });
         }
         self.stale = true;
 

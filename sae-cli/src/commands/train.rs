@@ -85,6 +85,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device()?;
+    sae_train::interrupt::install().context("cannot listen for SIGTERM and SIGINT")?;
     let summary = match &args.resume {
         Some(run_dir) => {
             let flags = flag_overrides(&args)?;
@@ -115,8 +116,17 @@ pub fn run(args: Args) -> Result<()> {
         "checkpoint": summary.checkpoint,
         "sae": summary.finished.then_some(sae_dir),
         "last": summary.last,
+        "interrupted": summary.interrupted.map(|s| s.to_string()),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(signal) = summary.interrupted {
+        eprintln!(
+            "stopped by {signal} after step {}, with a checkpoint; continue with: sae train --resume {}",
+            summary.step,
+            summary.run_dir.display()
+        );
+        std::process::exit(signal.exit_code());
+    }
     Ok(())
 }
 
@@ -138,7 +148,15 @@ fn flag_overrides(args: &Args) -> Result<Vec<(String, toml::Value)>> {
             out.push((key.to_string(), v));
         }
     };
-    let int = |v: Option<u64>| v.map(|v| Value::Integer(v as i64));
+    // TOML integers are 64-bit signed: a larger count is refused, not wrapped to a negative.
+    let int = |key: &str, v: Option<u64>| -> Result<Option<Value>> {
+        v.map(|v| {
+            i64::try_from(v)
+                .map(Value::Integer)
+                .map_err(|_| anyhow::anyhow!("{key} = {v} is too large (at most {})", i64::MAX))
+        })
+        .transpose()
+    };
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| Value::String(p.display().to_string()));
     set("model.name", args.model.clone().map(Value::String));
     set("data.path", path(&args.data));
@@ -147,21 +165,42 @@ fn flag_overrides(args: &Args) -> Result<Vec<(String, toml::Value)>> {
         (!args.hooks.is_empty())
             .then(|| Value::Array(args.hooks.iter().cloned().map(Value::String).collect())),
     );
-    set("sae.k", int(args.k.map(|v| v as u64)));
-    set("sae.num_latents", int(args.num_latents.map(|v| v as u64)));
-    set("train.steps", int(args.steps));
-    set("train.batch_size", int(args.batch_size.map(|v| v as u64)));
+    set("sae.k", int("sae.k", args.k.map(|v| v as u64))?);
+    set(
+        "sae.num_latents",
+        int("sae.num_latents", args.num_latents.map(|v| v as u64))?,
+    );
+    set("train.steps", int("train.steps", args.steps)?);
+    set(
+        "train.batch_size",
+        int("train.batch_size", args.batch_size.map(|v| v as u64))?,
+    );
     set(
         "train.grad_acc_steps",
-        int(args.grad_acc_steps.map(|v| v as u64)),
+        int(
+            "train.grad_acc_steps",
+            args.grad_acc_steps.map(|v| v as u64),
+        )?,
     );
     set("train.lr", args.lr.map(Value::Float));
-    set("train.seed", int(args.seed));
-    set("data.context", int(args.context.map(|v| v as u64)));
+    set("train.seed", int("train.seed", args.seed)?);
+    set(
+        "data.context",
+        int("data.context", args.context.map(|v| v as u64))?,
+    );
     set("out", path(&args.out));
-    set("checkpoint.save_every", int(args.save_every));
-    set("checkpoint.stop_at", int(args.stop_at));
-    set("parallel.devices", int(args.devices.map(|v| v as u64)));
+    set(
+        "checkpoint.save_every",
+        int("checkpoint.save_every", args.save_every)?,
+    );
+    set(
+        "checkpoint.stop_at",
+        int("checkpoint.stop_at", args.stop_at)?,
+    );
+    set(
+        "parallel.devices",
+        int("parallel.devices", args.devices.map(|v| v as u64))?,
+    );
     set(
         "parallel.strategy",
         args.parallel.clone().map(Value::String),

@@ -82,6 +82,17 @@ pub struct HostSae {
 }
 
 impl HostSae {
+    /// Its parameters, borrowed, by the names training checkpoints use.
+    pub fn params(&self) -> crate::Params<&[f32]> {
+        crate::Params {
+            w_enc: &self.w_enc,
+            b_enc: self.b_enc.as_deref(),
+            w_dec: &self.w_dec,
+            b_dec: &self.b_dec,
+            threshold: self.threshold.as_deref(),
+        }
+    }
+
     /// Number of latents.
     pub fn num_latents(&self) -> usize {
         self.w_enc.len() / self.d_in
@@ -210,8 +221,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None),
         Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None),
     };
-    for sae in saes.values() {
+    for (hook, sae) in &saes {
         sae.config.validate(sae.d_in)?;
+        if let Some(name) = sae.params().first_non_finite() {
+            return Err(SaeError::NonFinite(format!(
+                "{} (the {name} of the SAE for {hook})",
+                dir.display()
+            )));
+        }
     }
     Ok(Checkpoint {
         layout,

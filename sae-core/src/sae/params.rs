@@ -83,6 +83,16 @@ impl<T> Params<T> {
     }
 }
 
+impl<T: AsRef<[f32]>> Params<T> {
+    /// The name of the first parameter holding a NaN or an infinity (a diverged or corrupt
+    /// SAE), if any.
+    pub fn first_non_finite(&self) -> Option<&'static str> {
+        self.iter()
+            .find(|(_, v)| v.as_ref().iter().any(|x| !x.is_finite()))
+            .map(|(name, _)| name)
+    }
+}
+
 impl HostParams {
     /// Zeros shaped like `self` (the same optional parameters present).
     pub fn zeros_like(&self) -> Self {
