@@ -2,16 +2,18 @@
 //! vLLM, SGLang, llama.cpp's server, Ollama and OpenAI serve them: the explainer and scorer
 //! models of `sae explain` and `sae score`.
 
+use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Value, json};
+use ureq::ErrorKind;
 
 use crate::error::{InterpError, Result};
 
-/// Where the explainer model is served.
+/// Where the explainer model is served, and how patiently to ask it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatClient {
     /// The API's base URL, e.g. `http://localhost:8000/v1`.
@@ -22,6 +24,18 @@ pub struct ChatClient {
     pub api_key: Option<String>,
     /// Most tokens per answer.
     pub max_tokens: usize,
+    /// Longest time one request may take, from connecting to the answer's last byte.
+    pub timeout: Duration,
+    /// Tries after the first of a request that met HTTP 429, a 5xx status, a timeout or a
+    /// dropped connection (other failures are not retried).
+    pub max_retries: u32,
+    /// The wait before the first retry, doubled for each next one (each drawn at random
+    /// between half and all of it).
+    pub backoff: Duration,
+    /// Longest wait between tries: caps the doubling and a server's `Retry-After`.
+    pub max_wait: Duration,
+    /// Largest answer body read, in bytes: a longer one is refused after reading this much.
+    pub max_response_bytes: u64,
 }
 
 /// One message of a chat.
@@ -77,10 +91,16 @@ impl ChatClient {
                 .ok()
                 .filter(|k| !k.is_empty()),
             max_tokens: 512,
+            timeout: Duration::from_secs(300),
+            max_retries: 5,
+            backoff: Duration::from_secs(1),
+            max_wait: Duration::from_secs(60),
+            max_response_bytes: 16 << 20,
         }
     }
 
-    /// The model's answer to `messages`, greedy (temperature 0).
+    /// The model's answer to `messages`, greedy (temperature 0); a request that fails in a
+    /// way that may pass is tried again (see [`ChatClient::max_retries`]).
     pub fn complete(&self, messages: &[Message]) -> Result<String> {
         let url = format!("{}/chat/completions", self.base_url);
         let body = json!({
@@ -89,30 +109,130 @@ impl ChatClient {
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
         });
-        let mut request = ureq::post(&url).timeout(Duration::from_secs(300));
-        if let Some(key) = &self.api_key {
-            request = request.set("Authorization", &format!("Bearer {key}"));
-        }
         let failed = |reason: String| InterpError::Api {
             url: url.clone(),
             reason,
         };
-        let response = match request.send_json(body) {
-            Ok(response) => response,
-            Err(ureq::Error::Status(code, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let excerpt: String = text.chars().take(300).collect();
-                return Err(failed(format!("HTTP {code}: {excerpt}")));
+        let mut retries = 0;
+        let bytes = loop {
+            match self.post(&url, &body) {
+                Ok(bytes) => break bytes,
+                Err(Failure::Transient {
+                    reason,
+                    retry_after,
+                }) if retries < self.max_retries => {
+                    let wait = self.retry_wait(retries, retry_after);
+                    tracing::warn!(url = %url, wait = ?wait, "{reason}; trying again");
+                    std::thread::sleep(wait);
+                    retries += 1;
+                }
+                Err(Failure::Transient { reason, .. }) => {
+                    let tries = retries + 1;
+                    return Err(failed(format!("{reason} (gave up after {tries} tries)")));
+                }
+                Err(Failure::Final(reason)) => return Err(failed(reason)),
             }
-            Err(e) => return Err(failed(e.to_string())),
         };
-        let answer: Value = response
-            .into_json()
+        let answer: Value = serde_json::from_slice(&bytes)
             .map_err(|e| failed(format!("the answer is not JSON: {e}")))?;
         answer["choices"][0]["message"]["content"]
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| failed("the answer has no choices[0].message.content".into()))
+    }
+
+    /// One try of `body` at `url`: the answer's body, or why there is none.
+    fn post(&self, url: &str, body: &Value) -> std::result::Result<Vec<u8>, Failure> {
+        let mut request = ureq::post(url).timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            request = request.set("Authorization", &format!("Bearer {key}"));
+        }
+        let response = match request.send_json(body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(code, response)) => {
+                let retry_after = (response.header("Retry-After"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs);
+                // The start of the body says why; the rest is not read.
+                let mut text = Vec::new();
+                let _ = response.into_reader().take(1024).read_to_end(&mut text);
+                let excerpt: String = String::from_utf8_lossy(&text).chars().take(300).collect();
+                let reason = format!("HTTP {code}: {excerpt}");
+                return Err(if code == 429 || code >= 500 {
+                    Failure::Transient {
+                        reason,
+                        retry_after,
+                    }
+                } else {
+                    Failure::Final(reason)
+                });
+            }
+            Err(ureq::Error::Transport(e)) => {
+                let reason = self.transport_reason(e.to_string());
+                return Err(match e.kind() {
+                    ErrorKind::Io | ErrorKind::ConnectionFailed => Failure::transient(reason),
+                    _ => Failure::Final(reason),
+                });
+            }
+        };
+        let cap = self.max_response_bytes;
+        let mut bytes = Vec::new();
+        match response
+            .into_reader()
+            .take(cap.saturating_add(1))
+            .read_to_end(&mut bytes)
+        {
+            Ok(_) if bytes.len() as u64 > cap => Err(Failure::Final(format!(
+                "the answer is longer than the {cap} bytes read of one at most (max_response_bytes): refused"
+            ))),
+            Ok(_) => Ok(bytes),
+            Err(e) => Err(Failure::transient(
+                self.transport_reason(format!("reading the answer: {e}")),
+            )),
+        }
+    }
+
+    /// `message` of a failed connection, said plainly when it is a timeout.
+    fn transport_reason(&self, message: String) -> String {
+        if message.contains("timed out") {
+            let secs = self.timeout.as_secs_f64();
+            format!("no complete answer within the {secs} s timeout ({message})")
+        } else {
+            message
+        }
+    }
+
+    /// The wait before retry `retry` (0 for the first): what the server asked for, else the
+    /// backoff doubled `retry` times and jittered; never more than [`ChatClient::max_wait`].
+    fn retry_wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let wait = retry_after.unwrap_or_else(|| {
+            let doubled = self.backoff.saturating_mul(1 << retry.min(30));
+            doubled
+                .min(self.max_wait)
+                .mul_f64(rand::random_range(0.5..=1.0))
+        });
+        wait.min(self.max_wait)
+    }
+}
+
+/// Why one try of a request failed.
+enum Failure {
+    /// It may pass if tried again (after at least `retry_after`, when the server said so).
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Trying again would fail the same way.
+    Final(String),
+}
+
+impl Failure {
+    /// A transient failure with no wait asked for.
+    fn transient(reason: String) -> Self {
+        Failure::Transient {
+            reason,
+            retry_after: None,
+        }
     }
 }
 
@@ -184,6 +304,32 @@ impl Drop for StopOnPanic<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_double_with_jitter_and_stay_under_the_cap() {
+        let mut client = ChatClient::new("http://localhost/v1", "m");
+        (client.backoff, client.max_wait) = (Duration::from_secs(1), Duration::from_secs(10));
+        for _ in 0..50 {
+            for (retry, full) in [
+                (0, 1.0),
+                (1, 2.0),
+                (2, 4.0),
+                (3, 8.0),
+                (4, 10.0),
+                (40, 10.0),
+            ] {
+                let wait = client.retry_wait(retry, None).as_secs_f64();
+                assert!(
+                    full / 2.0 <= wait && wait <= full,
+                    "retry {retry}: {wait} s"
+                );
+            }
+        }
+        // The server's Retry-After, exactly, up to the cap.
+        let asked = |secs| client.retry_wait(3, Some(Duration::from_secs(secs)));
+        assert_eq!(asked(2), Duration::from_secs(2));
+        assert_eq!(asked(3600), Duration::from_secs(10));
+    }
 
     #[test]
     fn every_item_is_asked_once_and_the_first_error_stops_the_rest() {

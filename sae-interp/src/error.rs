@@ -39,6 +39,13 @@ pub enum InterpError {
     /// The explainer model's API failed or answered something unusable.
     #[error("the chat API at {url} failed: {reason}")]
     Api { url: String, reason: String },
+    /// Every latent to score failed: there is no score to report.
+    #[error("none of the {latents} explained latents could be scored ({first}); each one's error is in {}", file.display())]
+    NothingScored {
+        latents: usize,
+        first: String,
+        file: PathBuf,
+    },
     /// Running the model over the data (batching, activations) failed.
     #[error(transparent)]
     Activations(#[from] ActivationsError),

@@ -82,8 +82,11 @@ token of it. Answer with only a JSON list of 0s and 1s, one per excerpt, in orde
 activates, 0 where it does not.";
 
 /// Scores every explanation in `explanations` whose latent fired in `cache`, adding the scores
-/// to `out/scores.json` (a latent that fires nowhere but in its top contexts gets an `error`
-/// and no request); `progress` hears of each latent scored.
+/// to `out/scores.json` after each latent (a latent that fires nowhere but in its top contexts
+/// gets an `error` and no request). A latent the file already scores without error, for the
+/// same explanation, is kept and not asked again, so a rerun continues an interrupted or
+/// partly failed run. Fails when no latent has a score at the end. `progress` hears of each
+/// latent scored.
 pub fn score_explanations(
     cache: &Cache,
     explanations: &Explanations,
@@ -105,7 +108,8 @@ pub fn score_explanations(
     } else {
         Scores::new()
     };
-    let mut scored = 0;
+    // (hook, latent) of every explained latent that fired.
+    let mut fired = Vec::new();
     for (hook, explained) in explanations {
         if !cache.info.hooks.contains_key(hook) {
             tracing::warn!(hook = %hook, "explanations for a hook point the cache does not hold; skipped");
@@ -115,9 +119,15 @@ pub fn score_explanations(
         let explained: Vec<(&LatentExamples, &String)> = (latents.iter())
             .filter_map(|l| explained.get(&l.latent).map(|e| (l, e)))
             .collect();
-        scored += explained.len();
-        let (scorable, unscorable): (Vec<_>, Vec<_>) = explained
-            .into_iter()
+        fired.extend(explained.iter().map(|(l, _)| (hook, l.latent)));
+        let kept = |(l, e): &(&LatentExamples, &String)| {
+            scores
+                .get(hook)
+                .and_then(|s| s.get(&l.latent))
+                .is_some_and(|s| s.error.is_none() && s.explanation == **e)
+        };
+        let (scorable, unscorable): (Vec<_>, Vec<_>) = (explained.into_iter())
+            .filter(|l| !kept(l))
             .partition(|(l, _)| !l.random.is_empty());
         for (latent, explanation) in unscorable {
             let reason = format!(
@@ -168,13 +178,23 @@ pub fn score_explanations(
         };
         ask_concurrently(&scorable, config.concurrency, ask, done)?;
     }
-    if scored == 0 {
+    if fired.is_empty() {
         let explained: usize = explanations.values().map(|e| e.len()).sum();
         return Err(InterpError::Invalid(format!(
             "none of the {explained} explained latents fired in the cache: score on a cache of the SAE the explanations are for"
         )));
     }
     write_json(&file, &scores)?;
+    let score = |&(hook, latent): &(&String, usize)| &scores[hook][&latent];
+    if fired.iter().all(|f| score(f).error.is_some()) {
+        let (hook, latent) = fired[0];
+        let reason = score(&fired[0]).error.clone().unwrap_or_default();
+        return Err(InterpError::NothingScored {
+            latents: fired.len(),
+            first: format!("latent {latent} of {hook}: {reason}"),
+            file,
+        });
+    }
     Ok(scores)
 }
 

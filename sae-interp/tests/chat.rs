@@ -3,13 +3,15 @@
 //! `common`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use sae_interp::{
-    Cache, ChatClient, ExplainConfig, Progress, SamplingConfig, ScoreConfig, explain_latents,
-    read_explanations, score_explanations,
+    Cache, ChatClient, ExplainConfig, Message, Progress, SamplingConfig, ScoreConfig,
+    explain_latents, read_explanations, score_explanations,
 };
 use serde_json::{Value, json};
 
@@ -18,45 +20,85 @@ mod common;
 /// The requests a server saw: headers and JSON body.
 type Requests = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// A server on a free local port: `answer(request body)` is the reply's message content.
-/// Returns its base URL and the requests (headers, body) it saw.
-fn serve(answer: fn(&Value) -> String) -> (String, Requests) {
+/// A server on a free local port that reads each request, records it, and hands its index
+/// among the requests seen (0 for the first), its body and the connection to `respond`, each
+/// connection on its own thread. Returns its base URL and the requests (headers, body) it saw.
+fn serve_with(
+    respond: impl Fn(usize, &Value, &mut TcpStream) + Send + Sync + 'static,
+) -> (String, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let seen = Requests::default();
     let log = seen.clone();
+    let respond = Arc::new(respond);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (mut headers, mut length) = (String::new(), 0);
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" || line.is_empty() {
-                    break;
+            let (mut stream, log, respond) = (stream.unwrap(), log.clone(), respond.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut headers, mut length) = (String::new(), 0);
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    headers.push_str(&line);
                 }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-                headers.push_str(&line);
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let body: Value = serde_json::from_slice(&body).unwrap();
-            let reply =
-                json!({"choices": [{"message": {"role": "assistant", "content": answer(&body)}}]});
-            log.lock().unwrap().push((headers, body));
-            let reply = reply.to_string();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                reply.len()
-            );
-            stream.write_all(head.as_bytes()).unwrap();
-            stream.write_all(reply.as_bytes()).unwrap();
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push((headers, body.clone()));
+                    log.len() - 1
+                };
+                respond(index, &body, &mut stream);
+            });
         }
     });
     (url, seen)
+}
+
+/// Writes an HTTP response of `status` (e.g. `200 OK`) with `headers` (lines ending in CRLF)
+/// and `body`; a client that has gone is no error.
+fn reply(stream: &mut TcpStream, status: &str, headers: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+/// Answers a chat completion whose message is `content`.
+fn answer_with(stream: &mut TcpStream, content: &str) {
+    let reply_body = json!({"choices": [{"message": {"role": "assistant", "content": content}}]});
+    let json = "Content-Type: application/json\r\n";
+    reply(stream, "200 OK", json, &reply_body.to_string());
+}
+
+/// A server on a free local port: `answer(request body)` is the reply's message content.
+fn serve(answer: fn(&Value) -> String) -> (String, Requests) {
+    serve_with(move |_, body, stream| answer_with(stream, &answer(body)))
+}
+
+/// A client of `url` that retries `max_retries` times after waits of a few milliseconds.
+fn quick_client(url: &str, max_retries: u32) -> ChatClient {
+    ChatClient {
+        max_retries,
+        backoff: Duration::from_millis(5),
+        ..ChatClient::new(url, "m")
+    }
+}
+
+/// One request of `client`: its answer, or its error's sentence.
+fn ask(client: &ChatClient) -> Result<String, String> {
+    let messages = Message::prompt("Answer.", "Question?".into());
+    client.complete(&messages).map_err(|e| e.to_string())
 }
 
 /// The text of the user message (alone, or the first part before images).
@@ -237,7 +279,7 @@ fn an_unreachable_or_failing_server_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cache: Cache = common::hand_cache(dir.path());
     let explain = |url: &str| {
-        let client = ChatClient::new(url, "m");
+        let client = quick_client(url, 2);
         let config = ExplainConfig::default();
         explain_latents(&cache, &client, dir.path(), &config, &mut |_| {})
             .unwrap_err()
@@ -245,7 +287,8 @@ fn an_unreachable_or_failing_server_is_a_clear_error() {
     };
     let err = explain("http://127.0.0.1:9/v1");
     assert!(
-        err.starts_with("the chat API at http://127.0.0.1:9/v1/chat/completions failed"),
+        err.starts_with("the chat API at http://127.0.0.1:9/v1/chat/completions failed")
+            && err.ends_with("(gave up after 3 tries)"),
         "{err}"
     );
     let (url, _) = serve(|_| "   ".to_string());
@@ -278,4 +321,220 @@ fn explanations_of_latents_that_never_fired_are_refused() {
             .starts_with("none of the 1 explained latents fired in the cache"),
         "{err}"
     );
+}
+
+#[test]
+fn a_rate_limit_is_waited_out_as_long_as_the_server_asks_up_to_a_cap() {
+    // The first request is refused with Retry-After: 1 (second), the next answered.
+    let (url, seen) = serve_with(|i, _, stream| match i {
+        0 => reply(
+            stream,
+            "429 Too Many Requests",
+            "Retry-After: 1\r\n",
+            "slow down",
+        ),
+        _ => answer_with(stream, "fine"),
+    });
+    let client = quick_client(&url, 5);
+    let start = Instant::now();
+    assert_eq!(ask(&client).unwrap(), "fine");
+    let waited = start.elapsed().as_secs_f64();
+    assert!((1.0..3.0).contains(&waited), "{waited} s");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    // A server asking for 30 s is waited for max_wait only.
+    let (url, seen) = serve_with(|i, _, stream| match i {
+        0 => reply(stream, "429 Too Many Requests", "Retry-After: 30\r\n", ""),
+        _ => answer_with(stream, "fine"),
+    });
+    let client = ChatClient {
+        max_wait: Duration::from_millis(100),
+        ..quick_client(&url, 5)
+    };
+    let start = Instant::now();
+    assert_eq!(ask(&client).unwrap(), "fine");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn server_errors_are_retried_and_client_errors_are_not() {
+    let (url, seen) = serve_with(|i, _, stream| match i {
+        0 | 1 => reply(stream, "503 Service Unavailable", "", "overloaded"),
+        _ => answer_with(stream, "at last"),
+    });
+    assert_eq!(ask(&quick_client(&url, 5)).unwrap(), "at last");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    // --max-retries bounds the tries: 1 retry, 2 requests, then the last error.
+    let (url, seen) = serve_with(|_, _, stream| reply(stream, "502 Bad Gateway", "", "down"));
+    let err = ask(&quick_client(&url, 1)).unwrap_err();
+    assert!(
+        err.ends_with("failed: HTTP 502: down (gave up after 2 tries)"),
+        "{err}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    // A 400 would fail again: one request only.
+    let (url, seen) =
+        serve_with(|_, _, stream| reply(stream, "400 Bad Request", "", "no such model"));
+    let err = ask(&quick_client(&url, 5)).unwrap_err();
+    assert!(err.ends_with("failed: HTTP 400: no such model"), "{err}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_dropped_connection_is_retried() {
+    // The first connection closes before any answer, the second halfway through the body.
+    let (url, seen) = serve_with(|i, _, stream| match i {
+        0 => {}
+        1 => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"choices\"";
+            let _ = stream.write_all(head.as_bytes());
+        }
+        _ => answer_with(stream, "third time"),
+    });
+    assert_eq!(ask(&quick_client(&url, 5)).unwrap(), "third time");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    let (url, seen) = serve_with(|_, _, _| {});
+    let err = ask(&quick_client(&url, 2)).unwrap_err();
+    assert!(err.ends_with("(gave up after 3 tries)"), "{err}");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn an_oversized_answer_is_refused_without_reading_it_all() {
+    // 64 MiB of JSON whitespace against a 1 MiB cap; the server reports how much it could
+    // write before the client hung up.
+    const SENT: usize = 64 << 20;
+    let (written, wrote) = std::sync::mpsc::channel();
+    let (url, seen) = serve_with(move |_, _, stream| {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 64 << 10];
+        let mut sent = 0;
+        while sent < SENT && stream.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        written.send(sent).unwrap();
+    });
+    let client = ChatClient {
+        max_response_bytes: 1 << 20,
+        ..quick_client(&url, 5)
+    };
+    let err = ask(&client).unwrap_err();
+    assert!(
+        err.ends_with(
+            "failed: the answer is longer than the 1048576 bytes read of one at most (max_response_bytes): refused"
+        ),
+        "{err}"
+    );
+    let sent = wrote.recv_timeout(Duration::from_secs(30)).unwrap();
+    // What the kernel's socket buffers took beyond the cap, far from all of it; not retried.
+    assert!(sent < 16 << 20, "the server wrote {sent} bytes");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let (url, seen) = serve_with(|_, _, _| std::thread::sleep(Duration::from_secs(3)));
+    let client = ChatClient {
+        timeout: Duration::from_millis(200),
+        ..quick_client(&url, 1)
+    };
+    let start = Instant::now();
+    let err = ask(&client).unwrap_err();
+    assert!(
+        err.contains("failed: no complete answer within the 0.2 s timeout")
+            && err.ends_with("(gave up after 2 tries)"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_rerun_scores_only_the_latents_without_a_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = common::hand_cache(dir.path());
+    // Every excerpt fires, says the scorer, except that it cannot judge "cats" while broken.
+    let broken = Arc::new(AtomicBool::new(true));
+    let broke = broken.clone();
+    let (url, seen) = serve_with(move |_, body, stream| {
+        let user = user_message(body);
+        if broke.load(Ordering::Relaxed) && user.starts_with("Explanation: cats") {
+            return answer_with(stream, "no idea");
+        }
+        let n = user.matches("Excerpt ").count();
+        answer_with(stream, &format!("{:?}", vec![1; n]));
+    });
+    let asked = |from: usize| -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        let user = |body: &Value| user_message(body).lines().next().unwrap().to_string();
+        seen[from..].iter().map(|(_, body)| user(body)).collect()
+    };
+    let client = quick_client(&url, 0);
+    let explanations = [(
+        common::HOOK.to_string(),
+        [(3, "fish".to_string()), (7, "cats".to_string())].into(),
+    )]
+    .into();
+    // With no top context left out, both latents have an excerpt where they fire.
+    let config = ScoreConfig {
+        sampling: SamplingConfig {
+            top: 0,
+            window: 1,
+            random: 5,
+            non_activating: 4,
+            seed: 7,
+            images: 0,
+        },
+        concurrency: 2,
+    };
+    let out = dir.path().join("scores");
+    let score = |explanations| {
+        score_explanations(&cache, explanations, &client, &out, &config, &mut |_| {}).unwrap()
+    };
+    let first = score(&explanations);
+    let first = &first[common::HOOK];
+    assert_eq!(first[&3].error, None);
+    assert_eq!(
+        first[&7].error.as_deref(),
+        Some("the answer holds no JSON list")
+    );
+    assert_eq!(asked(0).len(), 2);
+    // The rerun asks about latent 7 alone and keeps latent 3's score as it was.
+    broken.store(false, Ordering::Relaxed);
+    let second = score(&explanations);
+    let second = &second[common::HOOK];
+    assert_eq!(asked(2), ["Explanation: cats"]);
+    assert_eq!(second[&3], first[&3]);
+    assert_eq!((second[&7].error.as_ref(), second[&7].recall), (None, 1.0));
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
+    assert_eq!(written[common::HOOK]["7"]["recall"], 1.0);
+    // Everything is scored: nothing is asked.
+    score(&explanations);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
+    // When no latent can be scored there are no means to give: an error, the file written.
+    broken.store(true, Ordering::Relaxed);
+    let cats = [(common::HOOK.to_string(), [(7, "cats".to_string())].into())].into();
+    let out = dir.path().join("cats");
+    let err = score_explanations(&cache, &cats, &client, &out, &config, &mut |_| {});
+    let err = err.unwrap_err().to_string();
+    let file = out.join("scores.json");
+    assert_eq!(
+        err,
+        format!(
+            "none of the 1 explained latents could be scored (latent 7 of model.layers.0: the answer holds no JSON list); each one's error is in {}",
+            file.display()
+        )
+    );
+    assert!(file.is_file());
 }

@@ -1,6 +1,7 @@
 //! The chat API `sae explain` and `sae score` talk to.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_interp::{ChatClient, Progress};
@@ -18,6 +19,14 @@ pub struct ApiArgs {
     /// Requests in flight at once (the server answers them in parallel).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub concurrency: usize,
+    /// Longest time one request may take, from connecting to the answer's last byte.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Tries again, up to N times, a request that met HTTP 429, a 5xx status, a timeout or a
+    /// dropped connection, waiting 1 s, then 2, 4, ... (at most 60 s, jittered) or as long as the
+    /// server's Retry-After asks, up to 60 s. Other failures stop at once.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_retries: u32,
 }
 
 /// Reports each answered latent: a progress bar per hook point on a terminal, else a log line
@@ -51,6 +60,10 @@ pub fn progress_reporter(verb: &'static str) -> impl FnMut(Progress) {
 impl ApiArgs {
     /// The client of that API.
     pub fn client(&self) -> ChatClient {
-        ChatClient::new(&self.base_url, &self.model)
+        ChatClient {
+            timeout: Duration::from_secs(self.timeout),
+            max_retries: self.max_retries,
+            ..ChatClient::new(&self.base_url, &self.model)
+        }
     }
 }

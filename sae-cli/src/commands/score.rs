@@ -11,7 +11,10 @@ use super::api_args::{ApiArgs, progress_reporter};
 /// OpenAI-compatible API reads each explanation and a shuffled mix of excerpts where the latent
 /// fires and where it does not, and says where it would fire. Writes OUT/scores.json (per hook
 /// point and latent: accuracy, precision, recall, F1; a latent that cannot be scored gets an
-/// `error`) and prints the mean of each over the scored latents of the file.
+/// `error`) and prints the mean of each over the scored latents of the file. Scores are saved
+/// after each latent: run it again on the same OUT to continue after an interruption or
+/// failures (latents scored without error for the same explanation are not asked again). Fails
+/// when no latent could be scored.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   sae score --cache cache/smollm2 --explanations explanations/smollm2 --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct --out scores/smollm2")]
@@ -40,7 +43,7 @@ pub struct Args {
     /// Seeds the choice and order of the excerpts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The folder for scores.json.
+    /// The folder for scores.json (latents it scores already are kept and not asked again).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
