@@ -25,6 +25,7 @@ pub mod kernels;
 pub mod mapped;
 #[cfg(feature = "parity")]
 pub mod parity;
+pub mod paths;
 pub mod reduce;
 pub mod sae;
 mod scratch;
