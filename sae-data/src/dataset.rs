@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use sae_core::paths::{Links, join_inside};
 use serde::{Deserialize, Serialize};
 
 use crate::convert::OnError;
@@ -51,7 +52,15 @@ impl Dataset {
                     path: info_path.clone(),
                     reason: e.to_string(),
                 })?;
-            info.shards.iter().map(|s| path.join(s)).collect()
+            let inside = |shard: &String| {
+                join_inside(path, shard, Links::Refuse).map_err(|escape| DataError::Invalid {
+                    path: info_path.clone(),
+                    reason: format!(
+                        "shard {shard:?} {escape}; a dataset reads only files inside its folder"
+                    ),
+                })
+            };
+            info.shards.iter().map(inside).collect::<Result<_>>()?
         } else {
             parquet_files(path)?
         };

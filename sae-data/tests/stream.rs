@@ -49,6 +49,47 @@ fn shuffled(seed: u64) -> StreamConfig {
 }
 
 #[test]
+fn a_listed_shard_outside_the_dataset_folder_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    numbered(&data, 20);
+    let info_file = data.join("sae_dataset.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_file).unwrap()).unwrap();
+    let outside = dir.path().join("outside.parquet");
+    std::fs::rename(data.join(info["shards"][0].as_str().unwrap()), &outside).unwrap();
+    let mut refusal = |shard: &str| {
+        info["shards"][0] = shard.into();
+        std::fs::write(&info_file, info.to_string()).unwrap();
+        Dataset::open(&data).unwrap_err().to_string()
+    };
+    let sentence = |shard: &str, why: String| {
+        format!(
+            "{} is not valid: shard {shard:?} {why}; a dataset reads only files inside its folder",
+            info_file.display()
+        )
+    };
+    assert_eq!(
+        refusal("../outside.parquet"),
+        sentence(
+            "../outside.parquet",
+            "leaves the folder through `..`".into()
+        )
+    );
+    assert_eq!(
+        refusal(outside.to_str().unwrap()),
+        sentence(outside.to_str().unwrap(), "is an absolute path".into())
+    );
+    #[cfg(unix)]
+    {
+        let link = data.join("linked.parquet");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let why = format!("passes through the symbolic link {}", link.display());
+        assert_eq!(refusal("linked.parquet"), sentence("linked.parquet", why));
+    }
+}
+
+#[test]
 fn an_epoch_is_a_seeded_permutation_of_all_rows() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = numbered(dir.path(), 1000);

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_activations::{BatchModel, ReadConfig, select_tokens};
 use sae_core::host::{int_to_host, to_host};
+use sae_core::paths::{Links, join_inside};
 use sae_core::tensor_file::{read_json, write_atomic, write_json, write_tensors};
 use sae_core::{
     HookKind, HookPoint, HostTensor, Recorder, SaeBackend, SaeModel, StorageDtype, TensorFile,
@@ -476,16 +477,16 @@ impl Cache {
                 && image.cols <= image.stride
                 && (image.end())
                     .is_some_and(|end| end <= sequence_starts[s + 1] - sequence_starts[s]);
-            // Image files lie inside the cache: no absolute path, no `..`.
-            let inside = (Path::new(&image.file).components())
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !fits || !inside || !dir.join(&image.file).is_file() {
+            if !fits || !inside(dir, "", "image", &image.file)?.is_file() {
                 return Err(corrupt(&format!(
-                    "image {} does not exist, lies outside the cache or outside its sequence",
+                    "image {} does not exist or lies outside its sequence",
                     image.file
                 )));
             }
             images_by_sequence.entry(s).or_default().push(i);
+        }
+        for hook in info.hooks.keys() {
+            inside(dir, LATENTS_DIR, "hook point", hook)?;
         }
         Ok(Cache {
             dir: dir.to_path_buf(),
@@ -501,6 +502,11 @@ impl Cache {
     pub fn image_at(&self, s: usize, p: usize) -> Option<(usize, usize)> {
         let images = self.images_by_sequence.get(&s)?;
         (images.iter()).find_map(|&i| self.info.images[i].cell(p).map(|cell| (i, cell)))
+    }
+
+    /// The file of image `image` (its index in `info.images`), checked to lie inside the cache.
+    pub fn image_file(&self, image: usize) -> Result<PathBuf> {
+        inside(&self.dir, "", "image", &self.info.images[image].file)
     }
 
     /// The real tokens of sequence `s`.
@@ -522,9 +528,10 @@ impl Cache {
                 hooks.join(", ")
             )));
         };
+        let hook_dir = inside(&self.dir, LATENTS_DIR, "hook point", hook)?;
         let mut records = Records::default();
         for i in 0..meta.shards {
-            let file = TensorFile::open(self.dir.join(LATENTS_DIR).join(hook).join(shard_name(i)))?;
+            let file = TensorFile::open(hook_dir.join(shard_name(i)))?;
             let activations = file.get("activations")?.to_f32();
             let n = activations.len();
             let locations = ints(&file, "locations", Some(&[n, 3]))?;
@@ -545,6 +552,17 @@ impl Cache {
         }
         Ok(records)
     }
+}
+
+/// `dir/under/name` for a `what` (image, hook point) that `cache.json` names, refused when it
+/// leaves the folder `dir/under` of the cache `dir` or passes through a symbolic link.
+fn inside(dir: &Path, under: &str, what: &str, name: &str) -> Result<PathBuf> {
+    join_inside(&dir.join(under), name, Links::Refuse).map_err(|escape| {
+        InterpError::Corrupt(format!(
+            "{}: {what} {name:?} {escape}; a cache reads only files inside its folder",
+            dir.join(CACHE_FILE).display()
+        ))
+    })
 }
 
 /// The int64 tensor `name` of `file` (of `shape`, when given).

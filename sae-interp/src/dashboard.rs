@@ -96,8 +96,7 @@ pub fn write_dashboard(
     }
     index.push_str("</body></html>\n");
     for image in images {
-        let file = &info.images[image].file;
-        let (from, to) = (cache.dir.join(file), out.join(file));
+        let (from, to) = (cache.image_file(image)?, out.join(&info.images[image].file));
         let parent = to.parent().unwrap_or(out);
         std::fs::create_dir_all(parent).map_err(SaeError::io(parent))?;
         std::fs::copy(&from, &to).map_err(SaeError::io(&from))?;

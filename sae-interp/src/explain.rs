@@ -154,7 +154,7 @@ pub fn explainer_prompt(cache: &Cache, latent: &LatentExamples) -> Result<Vec<Me
     let mut images = Vec::new();
     for heat in &latent.images {
         let placement = &cache.info.images[heat.image];
-        let file = cache.dir.join(&placement.file);
+        let file = cache.image_file(heat.image)?;
         let bytes = std::fs::read(&file).map_err(SaeError::io(&file))?;
         let (rows, cols) = (placement.rows, placement.cols);
         images.push(heatmap_png(

@@ -118,8 +118,50 @@ fn records_or_images_outside_the_sequences_or_the_dictionary_are_corrupt() {
     let err = Cache::open(dir.path()).unwrap_err();
     assert!(
         err.to_string()
-            .contains("image images/000000.png does not exist"),
+            .contains("image images/000000.png does not exist or lies outside its sequence"),
         "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_cache_image_that_is_a_symbolic_link_is_refused_and_nothing_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.png");
+    std::fs::write(&secret, "not for the dashboard").unwrap();
+    let image = dir.path().join("cache/images/000000.png");
+    let cache = hand_cache(&dir.path().join("cache"));
+    std::fs::remove_file(&image).unwrap();
+    std::os::unix::fs::symlink(&secret, &image).unwrap();
+    // Linked after the cache was opened: the dashboard checks again before it copies.
+    let out = dir.path().join("dash");
+    let err = write_dashboard(&cache, None, &out, &SamplingConfig::default()).unwrap_err();
+    let refusal = format!(
+        "corrupt cache: {}: image \"images/000000.png\" passes through the symbolic link {}; a cache reads only files inside its folder",
+        dir.path().join("cache/cache.json").display(),
+        image.display()
+    );
+    assert_eq!(err.to_string(), refusal);
+    assert!(!out.join("images/000000.png").exists());
+    // Linked before: the cache does not open.
+    let err = Cache::open(&dir.path().join("cache")).unwrap_err();
+    assert_eq!(err.to_string(), refusal);
+}
+
+#[test]
+fn a_hook_point_that_leaves_the_latents_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    hand_cache(dir.path());
+    let info = dir.path().join("cache.json");
+    let text = std::fs::read_to_string(&info).unwrap();
+    std::fs::write(&info, text.replace(&format!("\"{HOOK}\""), "\"../x\"")).unwrap();
+    let err = Cache::open(dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "corrupt cache: {}: hook point \"../x\" leaves the folder through `..`; a cache reads only files inside its folder",
+            info.display()
+        )
     );
 }
 

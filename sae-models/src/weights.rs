@@ -10,6 +10,7 @@ use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use sae_core::convert::float_data;
+use sae_core::paths::{Links, join_inside};
 use sae_core::{StorageDtype, TensorFile};
 use serde::Deserialize;
 
@@ -61,7 +62,16 @@ impl Weights {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, name) in shard_names.iter().enumerate() {
-            let path = dir.join(name);
+            // A hub snapshot's files are links into its `blobs` folder: links are followed, but a
+            // name may not climb out of the folder.
+            let path = join_inside(dir, name, Links::Follow).map_err(|escape| {
+                ModelError::BadConfig {
+                    file: index_path.clone(),
+                    message: format!(
+                        "weight_map shard {name:?} {escape}; weights are read only from inside the model folder"
+                    ),
+                }
+            })?;
             if !path.is_file() {
                 return Err(ModelError::MissingShard {
                     dir: dir.to_path_buf(),

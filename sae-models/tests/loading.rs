@@ -177,6 +177,34 @@ fn a_shard_listed_but_missing_is_named() {
 }
 
 #[test]
+fn a_shard_outside_the_model_folder_is_refused_but_a_linked_one_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("snapshot");
+    std::fs::rename(model_copy().path(), &model).unwrap();
+    std::fs::rename(model.join("model.safetensors"), dir.path().join("blob")).unwrap();
+    let index_file = model.join("model.safetensors.index.json");
+    let index = |shard: &str| {
+        let json = serde_json::json!({"weight_map": {"model.embed_tokens.weight": shard}});
+        std::fs::write(&index_file, json.to_string()).unwrap();
+    };
+    index("../blob");
+    assert_eq!(
+        load_err(&model),
+        format!(
+            "{}: weight_map shard \"../blob\" leaves the folder through `..`; weights are read only from inside the model folder",
+            index_file.display()
+        )
+    );
+    // A Hugging Face cache snapshot links its files into the cache's blobs.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("../blob", model.join("model.safetensors.part")).unwrap();
+        index("model.safetensors.part");
+        assert!(logits_error(&model) < 1e-4);
+    }
+}
+
+#[test]
 fn a_weight_stored_as_integers_is_refused_by_name() {
     let dir = model_copy();
     let path = dir.path().join("model.safetensors");
