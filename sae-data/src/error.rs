@@ -91,6 +91,9 @@ pub enum RowProblem {
     /// A JSONL line is not a JSON object.
     #[error("not a JSON object: {0}")]
     Json(String),
+    /// The text is not valid UTF-8.
+    #[error("the text is not UTF-8 (byte {0} starts an invalid sequence)")]
+    NotUtf8(usize),
     /// The tokenized row is longer than the context.
     #[error("{tokens} tokens do not fit the context of {max}")]
     TooLong { tokens: usize, max: usize },
@@ -106,6 +109,7 @@ impl RowProblem {
             RowProblem::ImageCount { .. } => "image_count",
             RowProblem::Null(_) => "null",
             RowProblem::Json(_) => "json",
+            RowProblem::NotUtf8(_) => "not_utf8",
             RowProblem::TooLong { .. } => "too_long",
         }
     }

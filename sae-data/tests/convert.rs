@@ -389,6 +389,71 @@ fn unreadable_or_foreign_parquet_is_named() {
 }
 
 #[test]
+fn a_text_that_is_not_utf8_is_refused_by_name_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts");
+    std::fs::create_dir(&texts).unwrap();
+    std::fs::write(texts.join("good.txt"), "fine text").unwrap();
+    std::fs::write(texts.join("latin1.txt"), b"caf\xe9 au lait").unwrap();
+    let mut options = PreprocessOptions::new(Format::Text, &texts, &dir.path().join("a"));
+    let error = preprocess(&options, &mut |_| {}).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "row 1 of {}: the text is not UTF-8 (byte 3 starts an invalid sequence)",
+            texts.join("latin1.txt").display()
+        )
+    );
+    assert!(!dir.path().join("a").exists());
+    std::fs::write(
+        texts.join("lines.jsonl"),
+        b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
+    )
+    .unwrap();
+    options.on_error = OnError::Skip;
+    options.output = dir.path().join("b");
+    let summary = preprocess(&options, &mut |_| {}).unwrap();
+    assert_eq!(summary.rows_written, 2);
+    assert_eq!(summary.skipped.get("not_utf8"), Some(&2));
+}
+
+#[test]
+fn an_image_over_the_pixel_limit_is_a_bad_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sae-models/tests/fixtures/huge_header.png"),
+    )
+    .unwrap();
+    let input = dir.path().join("huge.parquet");
+    let rows: Vec<OvRow> = vec![
+        (
+            "text",
+            None,
+            vec![("human", "Text only."), ("gpt", "Fine.")],
+        ),
+        (
+            "huge",
+            Some(huge),
+            vec![("human", "<image>Big?"), ("gpt", "Yes.")],
+        ),
+    ];
+    write_llava_ov(&input, &rows);
+    let mut options = PreprocessOptions::new(Format::LlavaOv, &input, &dir.path().join("a"));
+    let error = preprocess(&options, &mut |_| {}).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "row 2 of {}: image 0 cannot be decoded: it is 20000 x 20000 = 400000000 pixels, more than the limit of 178956970 (PIL's MAX_IMAGE_PIXELS), so it was not decoded",
+            input.display()
+        )
+    );
+    options.on_error = OnError::Skip;
+    let summary = preprocess(&options, &mut |_| {}).unwrap();
+    assert_eq!(summary.rows_written, 1);
+    assert_eq!(summary.skipped.get("image"), Some(&1));
+}
+
+#[test]
 fn an_existing_dataset_is_never_overwritten() {
     let texts = common::shakespeare();
     let dir = tempfile::tempdir().unwrap();

@@ -19,8 +19,8 @@ pub fn heatmap_png(
     activations: &[f32],
     max: f32,
 ) -> Result<Vec<u8>> {
-    let bad = |e: image::ImageError| InterpError::Invalid(format!("cannot draw a heatmap: {e}"));
-    let mut picture = image::load_from_memory(image).map_err(bad)?;
+    let bad = |e: String| InterpError::Invalid(format!("cannot draw a heatmap: {e}"));
+    let mut picture = sae_models::decode_image(image).map_err(bad)?;
     if picture.width().max(picture.height()) > MAX_SIDE {
         picture = picture.thumbnail(MAX_SIDE, MAX_SIDE);
     }
@@ -42,7 +42,7 @@ pub fn heatmap_png(
     }
     let mut png = Vec::new();
     rgb.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
-        .map_err(bad)?;
+        .map_err(|e| bad(e.to_string()))?;
     Ok(png)
 }
 
@@ -63,5 +63,19 @@ mod tests {
         assert_eq!(drawn.get_pixel(3, 0).0, [193, 40, 40]);
         assert_eq!(drawn.get_pixel(0, 3).0, [147, 70, 70]);
         assert_eq!(drawn.get_pixel(0, 0).0, [100, 100, 100]);
+    }
+
+    #[test]
+    fn an_image_over_the_pixel_limit_is_not_decoded() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sae-models/tests/fixtures/huge_header.png"
+        );
+        let huge = std::fs::read(fixture).unwrap();
+        let err = heatmap_png(&huge, 1, 1, &[1.0], 1.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot draw a heatmap: it is 20000 x 20000 = 400000000 pixels, more than the limit of 178956970 (PIL's MAX_IMAGE_PIXELS), so it was not decoded"
+        );
     }
 }

@@ -49,6 +49,41 @@ pub struct Tokenizer {
     pad_token: Option<String>,
 }
 
+/// Texts longer than this many bytes are tokenised in pieces of at most this size.
+pub const PIECE_BYTES: usize = 64 * 1024;
+
+/// `text` cut into pieces of at most [`PIECE_BYTES`] (one piece when it is no longer). Each cut
+/// is just before a space that follows a non-whitespace character, in the last half of the
+/// piece: the byte-level BPE pre-tokenizers of GPT-2, Llama 3 and Qwen2 (their split regexes)
+/// never join a non-whitespace character to a following space, and the cut leaves the piece
+/// before it ending in non-whitespace, where the regexes' only lookahead (`\s+(?!\S)`) sees
+/// the same either way; so the pieces' pre-tokens, hence their ids, are the whole text's (NFC
+/// normalisation does not compose across a space either). Ids may differ from the whole text's
+/// only at a cut made where no such space exists (a run of half a piece without one: the piece
+/// is cut at a character boundary), for a tokenizer that adds a prefix to every input (a
+/// SentencePiece `Prepend("▁")` normaliser), or for an added token that holds a space.
+pub fn pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > PIECE_BYTES {
+        let window = &rest[..rest.floor_char_boundary(PIECE_BYTES)];
+        let clean = (window.rmatch_indices(' '))
+            .map(|(at, _)| at)
+            .take_while(|&at| at >= PIECE_BYTES / 2)
+            .find(|&at| {
+                window[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| !c.is_whitespace())
+            });
+        let (piece, after) = rest.split_at(clean.unwrap_or(window.len()));
+        pieces.push(piece);
+        rest = after;
+    }
+    pieces.push(rest);
+    pieces
+}
+
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -114,12 +149,36 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (BOS).
+    /// A text longer than [`PIECE_BYTES`] is tokenised piece by piece (see [`pieces`]), so that
+    /// memory stays proportional to the text (the `tokenizers` crate keeps about a hundred bytes
+    /// of alignments and splits per byte of its input); the post-processor's tokens go before
+    /// the first piece's and after the last piece's. A tokenizer that truncates or pads is given
+    /// the whole text, as those apply to it.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
-        Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+        let tokenize = |text: &str, special: bool| {
+            (self.inner.encode(text, special)).map_err(|e| ModelError::Tokenize(e.to_string()))
+        };
+        let whole = self.inner.get_truncation().is_some() || self.inner.get_padding().is_some();
+        let pieces = if whole { vec![text] } else { pieces(text) };
+        let mut ids = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let (first, last) = (i == 0, i + 1 == pieces.len());
+            let encoding = tokenize(piece, add_special_tokens && (first || last))?;
+            // The post-processor's tokens (marked in the special-tokens mask) lead the first
+            // piece's ids and end the last piece's: the text's own are between.
+            let mask = encoding.get_special_tokens_mask();
+            let leading = mask.iter().take_while(|&&m| m == 1).count();
+            let trailing = mask.iter().rev().take_while(|&&m| m == 1).count();
+            let start = if first { 0 } else { leading };
+            let end = if last {
+                mask.len()
+            } else {
+                mask.len() - trailing
+            };
+            let own = &encoding.get_ids()[start.min(end)..end];
+            ids.extend(own.iter().map(|&id| i64::from(id)));
+        }
+        Ok(ids)
     }
 
     /// The text of `ids`, special tokens skipped.

@@ -11,7 +11,8 @@ use image::DynamicImage;
 use sae_core::TensorFile;
 use sae_models::{
     LlavaOnevisionImageProcessor, ModelError, ProcessorSettings, Qwen2VlImageProcessor,
-    image_processor::smart_resize, load_image,
+    image_processor::{MAX_IMAGE_PIXELS, smart_resize},
+    load_image,
 };
 use serde::Deserialize;
 
@@ -220,6 +221,18 @@ fn unreadable_images_are_errors() {
     let corrupt = dir.path().join("corrupt.jpg");
     std::fs::write(&corrupt, &jpeg[..40]).unwrap();
     assert_bad_image(&corrupt);
+}
+
+#[test]
+fn an_image_over_the_pixel_limit_is_refused_from_its_header() {
+    let path = fixture("huge_header.png");
+    assert_eq!(
+        load_image(&path).unwrap_err().to_string(),
+        format!(
+            "cannot read image {}: it is 20000 x 20000 = 400000000 pixels, more than the limit of {MAX_IMAGE_PIXELS} (PIL's MAX_IMAGE_PIXELS), so it was not decoded",
+            path.display()
+        )
+    );
 }
 
 #[test]

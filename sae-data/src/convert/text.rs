@@ -28,9 +28,9 @@ pub(super) fn convert(
             .into_owned();
         let flow = match path.extension().and_then(|e| e.to_str()) {
             Some("txt") => {
-                let text = super::read_to_string(&path)?;
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
                 let id = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-                emit(row(&path, 0, id, &source, Ok(text)))?
+                emit(row(&path, 0, id, &source, utf8(bytes)))?
             }
             Some("jsonl") => jsonl(&path, column, &source, emit)?,
             _ => parquet(&path, column, &source, emit)?,
@@ -66,6 +66,11 @@ fn row(
     }
 }
 
+/// `bytes` as text, or the row problem that names the first byte that is not UTF-8.
+fn utf8(bytes: Vec<u8>) -> std::result::Result<String, RowProblem> {
+    String::from_utf8(bytes).map_err(|e| RowProblem::NotUtf8(e.utf8_error().valid_up_to()))
+}
+
 fn jsonl(
     path: &Path,
     column: &str,
@@ -73,17 +78,17 @@ fn jsonl(
     emit: &mut dyn FnMut(SourceRow) -> Result<Flow>,
 ) -> Result<Flow> {
     let file = std::fs::File::open(path).map_err(io(path))?;
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let text = match serde_json::from_str::<serde_json::Value>(&line) {
-            Err(e) => Err(RowProblem::Json(e.to_string())),
-            Ok(value) => match &value[column] {
-                serde_json::Value::String(text) => Ok(text.clone()),
-                _ => Err(RowProblem::Null(column.to_string())),
+    for (index, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+        let text = match utf8(line.map_err(io(path))?) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => match serde_json::from_str::<serde_json::Value>(&line) {
+                Err(e) => Err(RowProblem::Json(e.to_string())),
+                Ok(value) => match &value[column] {
+                    serde_json::Value::String(text) => Ok(text.clone()),
+                    _ => Err(RowProblem::Null(column.to_string())),
+                },
             },
+            Err(problem) => Err(problem),
         };
         if emit(row(path, index, None, source, text))? == Flow::Stop {
             return Ok(Flow::Stop);

@@ -7,6 +7,10 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Rgb, RgbImage};
 
 use crate::error::{ModelError, Result};
 
+/// The most pixels an image may have, PIL's `Image.MAX_IMAGE_PIXELS` (its decompression-bomb
+/// limit): a larger image is refused from its header, before any pixel is decoded.
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
 /// Decodes the image file at `path` (PNG, JPEG or WebP, recognised by content) and applies its
 /// EXIF orientation, like transformers' `load_image`. Transparency is kept: the processors
 /// composite it onto white, as they do for a `PIL.Image.open` image.
@@ -19,13 +23,21 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
     decode_image(&bytes).map_err(bad)
 }
 
-/// The same for an encoded image in memory (a dataset's image bytes); the error says why.
+/// The same for an encoded image in memory (a dataset's image bytes); the error says why. An
+/// image of more than [`MAX_IMAGE_PIXELS`] is refused.
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     let mut decoder = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?
         .into_decoder()
         .map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "it is {width} x {height} = {pixels} pixels, more than the limit of {MAX_IMAGE_PIXELS} (PIL's MAX_IMAGE_PIXELS), so it was not decoded"
+        ));
+    }
     let orientation = decoder.orientation().map_err(|e| e.to_string())?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     image.apply_orientation(orientation);

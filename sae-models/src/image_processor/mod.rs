@@ -20,7 +20,7 @@ mod normalize;
 mod qwen2_vl;
 mod resize;
 
-pub use decode::{decode_image, load_image};
+pub use decode::{MAX_IMAGE_PIXELS, decode_image, load_image};
 pub(crate) use llava_onevision::select_best_resolution;
 pub use llava_onevision::{LlavaOnevisionImageInputs, LlavaOnevisionImageProcessor};
 pub use normalize::Normalization;
