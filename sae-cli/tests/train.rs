@@ -139,6 +139,45 @@ fn a_run_writes_metrics_checkpoints_logs_and_the_sae() {
     assert_eq!(paths, ["model.layers.0.mlp", "model.layers.1"]);
     assert!(sae.saes.values().all(|s| s.num_latents() == 256));
 
+    // They record the model they were trained on, and say so when loaded onto another one.
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("sae/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded = config["base_model_name_or_path"].as_str().unwrap();
+    assert_eq!(
+        Path::new(recorded).canonicalize().unwrap(),
+        model.canonicalize().unwrap()
+    );
+    let copy = dir.path().join("copy");
+    copy_tree(&model, &copy);
+    for (onto, warned) in [(&model, false), (&copy, true)] {
+        let out = common::sae_with(
+            &[
+                "activations",
+                "--model",
+                s(onto),
+                "--sae",
+                s(&run.join("sae")),
+                "--text",
+                "hi",
+                "--out",
+                s(&dir.path().join("a.safetensors")),
+            ],
+            &[],
+        );
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains(&format!(
+                "were trained on {recorded}, not on {}",
+                copy.display()
+            )),
+            warned,
+            "{stderr}"
+        );
+    }
+
     // Checkpoints at 5 and at the end; TensorBoard holds one loss per step; the curves exist.
     assert!(
         run.join("checkpoints/step-00000005/adapter/adapter_config.json")
@@ -251,6 +290,38 @@ fn resumed_runs_equal_the_uninterrupted_run_bit_for_bit() {
     ok(&["train", "--resume", s(&killed), "--stop-at", "30"]);
     assert_eq!(losses(&killed), expected);
     assert_eq!(state_bytes(&killed, 30), state_bytes(&reference, 30));
+    // Its TensorBoard logs show each step once, the redone steps replacing the killed run's:
+    // as our reader sees them, and as TensorBoard's own does when a Python with it is named.
+    let board = killed.join("tensorboard");
+    let logged: Vec<(i64, f32)> = sae_train::log::tensorboard::read_run(&board)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, tag, _)| tag == "train/loss")
+        .map(|(step, _, v)| (step, v))
+        .collect();
+    let metrics: Vec<(i64, f32)> = expected
+        .iter()
+        .map(|&(s, l)| (s as i64, l as f32))
+        .collect();
+    assert_eq!(logged, metrics);
+    if let Ok(python) = std::env::var("SAE_TEST_PYTHON") {
+        let script = "import sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\nacc = EventAccumulator(sys.argv[1])\nacc.Reload()\nprint(' '.join(str(e.step) for e in acc.Scalars('train/loss')))";
+        let out = Command::new(python)
+            .args(["-c", script, s(&board)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let steps: Vec<i64> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(steps, (1..=30).collect::<Vec<i64>>());
+    }
 }
 
 /// Runs `sae args...` in `dir`, which must succeed.

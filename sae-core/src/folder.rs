@@ -113,6 +113,16 @@ pub fn write_dir_atomically<E: From<SaeError>>(
     dir: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
+    write_dir_with(dir, write, exchange, &mut |_| Ok(()))
+}
+
+/// [`write_dir_atomically`] with [`replace`]'s `exchange` and `fault`.
+pub(crate) fn write_dir_with<E: From<SaeError>>(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+    fault: &mut dyn FnMut(ReplaceStep) -> std::io::Result<()>,
+) -> std::result::Result<(), E> {
     let tmp = beside(dir, &format!("tmp-{}", std::process::id()))?;
     let result = (|| {
         if tmp.exists() {
@@ -121,7 +131,7 @@ pub fn write_dir_atomically<E: From<SaeError>>(
         std::fs::create_dir_all(&tmp).map_err(SaeError::io(&tmp))?;
         write(&tmp)?;
         sync_tree(&tmp)?;
-        replace_dir(&tmp, dir)?;
+        replace(&tmp, dir, exchange, fault)?;
         Ok(())
     })();
     if result.is_err() && tmp.exists() {
@@ -184,7 +194,7 @@ pub(crate) fn replace(
 
 /// Exchanges the names `a` and `b` atomically; `false` where the system cannot.
 #[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
@@ -211,7 +221,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
 
 /// Exchanges the names `a` and `b` atomically; `false` where the system cannot.
 #[cfg(not(target_os = "linux"))]
-fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+pub(crate) fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
     Ok(false)
 }
 

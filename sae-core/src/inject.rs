@@ -303,6 +303,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
                     .map(|(p, s)| (p.clone(), HostSae::from_sae(s)))
                     .collect(),
                 target_modules: Some(adapter.config.target_modules.clone()),
+                base_model: None,
             };
             formats::save(&checkpoint, Layout::Peft, &out, StorageDtype::F32)?;
         }

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use sae_core::formats::{self, Checkpoint, HostSae, Layout};
 use sae_core::tensor_file::{HostData, HostTensor, StorageDtype, TensorFile, read_json};
-use sae_core::{Sae, SaeAutodiffBackend, SaeConfig, TargetModules};
+use sae_core::{Sae, SaeAutodiffBackend, SaeConfig};
 use sae_data::LoaderCursor;
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::Moments;
-use crate::config::OptimConfig;
+use crate::config::{OptimConfig, TrainConfig};
 use crate::error::{Result, TrainError, io};
 use crate::trainer::{HookTrainer, Trainer};
 
@@ -102,17 +102,17 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(list(run_dir)?.pop().map(|(_, p)| p))
 }
 
-/// Writes the trainer's checkpoint and prunes older ones beyond `keep`.
+/// Writes the trainer's checkpoint and prunes older ones beyond the run's `checkpoint.keep`.
 pub fn save<B: SaeAutodiffBackend>(
     run_dir: &Path,
     trainer: &Trainer<B>,
     state: &State,
-    target_modules: &TargetModules,
-    keep: usize,
+    config: &TrainConfig,
 ) -> Result<PathBuf> {
     let dir = step_dir(run_dir, state.step);
+    let keep = config.checkpoint.keep;
     sae_core::folder::write_dir_atomically(&dir, |tmp| {
-        save_adapter(trainer, target_modules, &tmp.join(ADAPTER))?;
+        save_adapter(trainer, config, &tmp.join(ADAPTER))?;
         let tensors = trainer
             .hooks
             .iter()
@@ -134,10 +134,11 @@ pub fn save<B: SaeAutodiffBackend>(
     Ok(dir)
 }
 
-/// Writes the SAEs, for raw activations, to `dir` in the PEFT adapter layout.
+/// Writes the SAEs, for raw activations, to `dir` in the PEFT adapter layout, with the model
+/// they were trained on.
 pub fn save_adapter<B: SaeAutodiffBackend>(
     trainer: &Trainer<B>,
-    target_modules: &TargetModules,
+    config: &TrainConfig,
     dir: &Path,
 ) -> Result<()> {
     let saes = trainer
@@ -148,7 +149,8 @@ pub fn save_adapter<B: SaeAutodiffBackend>(
     let checkpoint = Checkpoint {
         layout: Layout::Peft,
         saes,
-        target_modules: Some(target_modules.clone()),
+        target_modules: Some(config.target_modules.clone()),
+        base_model: Some(config.model.name.clone()),
     };
     formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32)?;
     Ok(())

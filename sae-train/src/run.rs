@@ -255,7 +255,11 @@ impl<B: SaeAutodiffBackend> Session<B> {
         let mut metrics = MetricsLog::open(&run_dir, self.trainer.step)?;
         let board_dir = run_dir.join("tensorboard");
         let mut board = if self.config.log.tensorboard {
-            Some(EventWriter::create(&board_dir).map_err(io(&board_dir))?)
+            let mut board = EventWriter::create(&board_dir).map_err(io(&board_dir))?;
+            // A resumed run does again the steps after its checkpoint: TensorBoard drops what
+            // earlier event files logged of them.
+            (board.add_session_start(self.trainer.step as i64 + 1)).map_err(io(&board_dir))?;
+            Some(board)
         } else {
             None
         };
@@ -338,7 +342,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
         if finished {
             let sae_dir = run_dir.join(SAE_DIR);
             sae_core::folder::write_dir_atomically(&sae_dir, |tmp| {
-                checkpoint::save_adapter(&self.trainer, &self.config.target_modules, tmp)
+                checkpoint::save_adapter(&self.trainer, &self.config, tmp)
             })?;
             tracing::info!("trained SAEs in {}", sae_dir.display());
         }
@@ -362,13 +366,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             cursor: loader.cursor(),
             hooks: checkpoint::hook_states(&self.trainer),
         };
-        checkpoint::save(
-            run_dir,
-            &self.trainer,
-            &state,
-            &self.config.target_modules,
-            self.config.checkpoint.keep,
-        )
+        checkpoint::save(run_dir, &self.trainer, &state, &self.config)
     }
 
     /// Which tokens the loss sees.

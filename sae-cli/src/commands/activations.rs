@@ -47,6 +47,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let spec = &args.model.model;
+    args.sae.warn_if_other_model(spec);
     let points = AnyModel::<backend::Backend>::hook_points_of(spec)
         .with_context(|| format!("cannot read the hook points of {spec}"))?;
     if args.list_hooks {

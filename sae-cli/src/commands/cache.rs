@@ -45,6 +45,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device()?;
+    super::warn_if_other_model(&args.sae, &args.model);
     // Only the layers up to the deepest SAE are loaded: the pass stops there.
     let saes = sae_core::formats::load(&args.sae)
         .with_context(|| format!("cannot read the SAEs in {}", args.sae.display()))?;

@@ -47,6 +47,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = backend::device()?;
+    super::warn_if_other_model(&args.sae, &args.model);
     // The loss with the SAE spliced in needs the logits: the whole model is loaded.
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("cannot open dataset {}", args.data.display()))?;

@@ -50,6 +50,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.sae.warn_if_other_model(&args.model.model);
     let loaded = args.model.load(&args.model.whole())?;
     let processed = args.model.process(&loaded)?;
     let sampling = (args.temperature.is_some() || args.top_p.is_some() || args.seed.is_some())

@@ -28,6 +28,14 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
         .with_context(|| format!("cannot load the SAE checkpoint in {}", dir.display()))
 }
 
+/// Warns when the SAE checkpoint in `sae` records another model than `model` as the one it
+/// was trained on.
+pub fn warn_if_other_model(sae: &Path, model: &str) {
+    if let Some(warning) = sae_core::formats::trained_on_other_model(sae, model) {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Whether `a` and `b` name the same existing file (through links and relative paths).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {

@@ -38,6 +38,14 @@ pub struct SaeArgs {
 }
 
 impl SaeArgs {
+    /// Warns when the SAE checkpoint records another model than `model` as the one it was
+    /// trained on.
+    pub fn warn_if_other_model(&self, model: &str) {
+        if let Some(dir) = &self.sae {
+            super::warn_if_other_model(dir, model);
+        }
+    }
+
     /// The steering the flags ask for; `None` when they ask for none.
     fn steering(&self) -> Option<Steering> {
         let steering = Steering {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
+use crate::folder;
 use crate::sae::Sae;
 use crate::targets::TargetModules;
 use crate::tensor_file::{HostTensor, StorageDtype};
@@ -137,6 +138,9 @@ pub struct Checkpoint {
     pub saes: BTreeMap<String, HostSae>,
     /// `target_modules` as the checkpoint recorded it (PEFT), if any.
     pub target_modules: Option<TargetModules>,
+    /// The model the SAEs were trained on, a hub id or a path (PEFT's
+    /// `base_model_name_or_path`), if recorded.
+    pub base_model: Option<String>,
 }
 
 /// Which layout the checkpoint in `dir` has.
@@ -216,10 +220,10 @@ fn folder_name(dir: &Path) -> String {
 /// Reads the checkpoint in `dir`, whatever its layout.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let layout = detect(dir)?;
-    let (saes, target_modules) = match layout {
+    let (saes, target_modules, base_model) = match layout {
         Layout::Peft => peft::read(dir)?,
-        Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None),
-        Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None),
+        Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None, None),
+        Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None, None),
     };
     for (hook, sae) in &saes {
         sae.config.validate(sae.d_in)?;
@@ -234,6 +238,27 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         layout,
         saes,
         target_modules,
+        base_model,
+    })
+}
+
+/// A sentence of warning when the SAE checkpoint in `dir` records that it was trained on
+/// another model than `model` (a hub id or a path; paths compared once resolved); `None` when
+/// it is the same model or the checkpoint does not say.
+pub fn trained_on_other_model(dir: &Path, model: &str) -> Option<String> {
+    let cfg: serde_json::Value =
+        crate::tensor_file::read_json(&dir.join("adapter_config.json")).ok()?;
+    let recorded = cfg.get("base_model_name_or_path")?.as_str()?;
+    let resolve = |name: &str| {
+        Path::new(name)
+            .canonicalize()
+            .map_or_else(|_| name.to_string(), |p| p.display().to_string())
+    };
+    (resolve(recorded) != resolve(model)).then(|| {
+        format!(
+            "the SAEs in {} were trained on {recorded}, not on {model}: their latents may mean nothing on this model",
+            dir.display()
+        )
     })
 }
 
@@ -268,26 +293,44 @@ pub fn save(
 }
 
 /// Writes `checkpoint` to `dir` as [`save`] does, replacing the SAE checkpoint `dir` already
-/// holds, of any layout (other files stay). The new checkpoint is written beside `dir` first, so
-/// a save that fails leaves `dir` as it was.
+/// holds, of any layout (other files stay). The new folder is put together beside `dir` (the
+/// new checkpoint, and the other files hard-linked) and swapped in whole: an error or a kill at
+/// any moment leaves `dir` holding the old checkpoint or the new one, complete. Refuses a `dir`
+/// that another process writes.
 pub fn save_replacing(
     checkpoint: &Checkpoint,
     layout: Layout,
     dir: &Path,
     dtype: StorageDtype,
 ) -> Result<()> {
-    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Some(name) = dir.file_name().map(|n| n.to_string_lossy()) else {
-        // The file system's root: nowhere beside it to stage.
-        return save(checkpoint, layout, dir, dtype);
+    save_replacing_with(
+        checkpoint,
+        layout,
+        dir,
+        dtype,
+        folder::exchange,
+        &mut |_| Ok(()),
+    )
+}
+
+/// [`save_replacing`] with [`folder::replace`]'s `exchange` and `fault`.
+fn save_replacing_with(
+    checkpoint: &Checkpoint,
+    layout: Layout,
+    dir: &Path,
+    dtype: StorageDtype,
+    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+    fault: &mut dyn FnMut(folder::ReplaceStep) -> std::io::Result<()>,
+) -> Result<()> {
+    let _lock = folder::FolderLock::acquire(dir)?;
+    folder::remove_leftovers(dir)?;
+    let write = |tmp: &Path| {
+        if dir.is_dir() {
+            link_all_but_checkpoint(dir, tmp)?;
+        }
+        save(checkpoint, layout, tmp, dtype)
     };
-    let staging = dir.with_file_name(format!(".{name}.saving-{}", std::process::id()));
-    let saved = save(checkpoint, layout, &staging, dtype).and_then(|()| {
-        remove_checkpoint(dir)?;
-        move_into(&staging, dir)
-    });
-    let _ = std::fs::remove_dir_all(&staging);
-    saved
+    folder::write_dir_with(dir, write, exchange, fault)
 }
 
 /// The files an SAE checkpoint of any layout consists of.
@@ -299,42 +342,58 @@ const CHECKPOINT_FILES: [&str; 5] = [
     "sae_weights.safetensors",
 ];
 
-/// Removes the checkpoint in `dir` (its files in `dir` and in the sub-folders that hold an SAE,
-/// and those sub-folders once empty); anything else stays.
-fn remove_checkpoint(dir: &Path) -> Result<()> {
-    if !dir.is_dir() {
-        return Ok(());
-    }
+/// Hard-links (or copies, where links cannot be made) everything in `from` into `to` but the
+/// SAE checkpoint: its files in `from` and in the sub-folders that hold an SAE, and those
+/// sub-folders when nothing else is in them.
+fn link_all_but_checkpoint(from: &Path, to: &Path) -> Result<()> {
     let holds_sae =
         |d: &Path| d.join("adapter_config.json").is_file() || single_layout(d).is_some();
-    let folders = std::iter::once(dir.to_path_buf()).chain(subdirs(dir)?);
-    for folder in folders.filter(|d| holds_sae(d)) {
-        for file in CHECKPOINT_FILES.map(|f| folder.join(f)) {
-            if file.is_file() {
-                std::fs::remove_file(&file).map_err(SaeError::io(&file))?;
+    let top = holds_sae(from);
+    for entry in std::fs::read_dir(from).map_err(SaeError::io(from))? {
+        let source = entry.map_err(SaeError::io(from))?.path();
+        let name = source.file_name().unwrap_or_default();
+        let target = to.join(name);
+        let meta = std::fs::symlink_metadata(&source).map_err(SaeError::io(&source))?;
+        if meta.is_dir() && holds_sae(&source) {
+            let kept = std::fs::read_dir(&source)
+                .map_err(SaeError::io(&source))?
+                .filter_map(|e| e.ok())
+                .any(|e| !CHECKPOINT_FILES.iter().any(|f| e.file_name() == *f));
+            if kept {
+                std::fs::create_dir_all(&target).map_err(SaeError::io(&target))?;
+                link_all_but_checkpoint(&source, &target)?;
             }
-        }
-        if folder != dir {
-            // Only succeeds when nothing else is left in it.
-            let _ = std::fs::remove_dir(&folder);
+        } else if meta.is_dir() {
+            link_tree(&source, &target)?;
+        } else if !(top && CHECKPOINT_FILES.iter().any(|f| name == *f)) {
+            link_file(&source, &target)?;
         }
     }
     Ok(())
 }
 
-/// Moves every entry of `from` into `to`, merging folders that exist in both.
-fn move_into(from: &Path, to: &Path) -> Result<()> {
+/// Hard-links (or copies) the whole tree `from` to `to`.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(SaeError::io(to))?;
     for entry in std::fs::read_dir(from).map_err(SaeError::io(from))? {
         let source = entry.map_err(SaeError::io(from))?.path();
         let target = to.join(source.file_name().unwrap_or_default());
-        if source.is_dir() && target.is_dir() {
-            move_into(&source, &target)?;
+        let meta = std::fs::symlink_metadata(&source).map_err(SaeError::io(&source))?;
+        if meta.is_dir() {
+            link_tree(&source, &target)?;
         } else {
-            std::fs::rename(&source, &target).map_err(SaeError::io(&target))?;
+            link_file(&source, &target)?;
         }
     }
     Ok(())
+}
+
+/// Hard-links `from` as `to` (a symlink is linked itself, not followed), or copies it where the
+/// file system cannot link.
+fn link_file(from: &Path, to: &Path) -> Result<()> {
+    std::fs::hard_link(from, to)
+        .or_else(|_| std::fs::copy(from, to).map(|_| ()))
+        .map_err(SaeError::io(to))
 }
 
 /// Our full configuration, stored beside a layout's own keys where that layout cannot express it.
@@ -368,4 +427,91 @@ fn json_key<T: serde::de::DeserializeOwned>(
         file: file.to_path_buf(),
         source: serde::de::Error::custom(format!("key {key:?}: {e}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folder::ReplaceStep;
+
+    /// A one-SAE PEFT checkpoint whose weights are all `value`.
+    fn checkpoint(value: f32) -> Checkpoint {
+        let (d, latents) = (3, 4);
+        let sae = HostSae {
+            config: SaeConfig::topk(2, latents),
+            w_enc: vec![value; latents * d],
+            b_enc: Some(vec![value; latents]),
+            w_dec: vec![value; latents * d],
+            b_dec: vec![value; d],
+            threshold: None,
+            d_in: d,
+        };
+        Checkpoint {
+            layout: Layout::Peft,
+            saes: BTreeMap::from([("model.layers.0".to_string(), sae)]),
+            target_modules: None,
+            base_model: None,
+        }
+    }
+
+    fn weight(dir: &Path) -> f32 {
+        load(dir).unwrap().saes["model.layers.0"].w_dec[0]
+    }
+
+    // `--overwrite` is failure-safe: an error (or a kill) between the steps of the replacement
+    // leaves a complete checkpoint at OUT, the old one or the new one, and the files that are
+    // not part of the checkpoint stay; with the atomic exchange and without it.
+    #[test]
+    fn a_failed_overwrite_leaves_a_complete_checkpoint() {
+        let cannot_exchange = |_: &Path, _: &Path| Ok(false);
+        let cases: [(fn(&Path, &Path) -> std::io::Result<bool>, ReplaceStep, f32); 3] = [
+            (folder::exchange, ReplaceStep::Swapped, 2.0),
+            (cannot_exchange, ReplaceStep::Swapped, 2.0),
+            (cannot_exchange, ReplaceStep::MovedAside, 1.0),
+        ];
+        for (exchange, at, expected) in cases {
+            let root = tempfile::tempdir().unwrap();
+            let out = root.path().join("out");
+            save(&checkpoint(1.0), Layout::Peft, &out, StorageDtype::F32).unwrap();
+            std::fs::write(out.join("notes.txt"), "mine").unwrap();
+            let mut fault = |step| {
+                if step == at {
+                    Err(std::io::Error::other("killed"))
+                } else {
+                    Ok(())
+                }
+            };
+            let new = checkpoint(2.0);
+            let result = save_replacing_with(
+                &new,
+                Layout::Peft,
+                &out,
+                StorageDtype::F32,
+                exchange,
+                &mut fault,
+            );
+            assert!(result.is_err());
+            assert_eq!(weight(&out), expected, "{at:?}");
+            assert_eq!(
+                std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+                "mine"
+            );
+            // The next writer clears what was left and replaces the checkpoint.
+            save_replacing(&new, Layout::Sparsify, &out, StorageDtype::F32).unwrap();
+            let saved = load(&out).unwrap();
+            assert_eq!(saved.layout, Layout::Sparsify);
+            assert_eq!(saved.saes["model.layers.0"].w_dec[0], 2.0);
+            assert!(!out.join("adapter_config.json").exists());
+            assert_eq!(
+                std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+                "mine"
+            );
+            let mut names: Vec<String> = std::fs::read_dir(root.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, [".out.lock", "out"]);
+        }
+    }
 }

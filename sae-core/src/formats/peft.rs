@@ -25,7 +25,13 @@ const DECODER_BIAS: &str = ".sae_b_dec";
 const THRESHOLD: &str = ".sae_threshold";
 
 /// Reads the adapter in `dir`.
-pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<TargetModules>)> {
+pub(super) fn read(
+    dir: &Path,
+) -> Result<(
+    BTreeMap<String, HostSae>,
+    Option<TargetModules>,
+    Option<String>,
+)> {
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let peft_type: String = json_key(&cfg, "peft_type", &cfg_path)?;
@@ -36,6 +42,7 @@ pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<Targ
         });
     }
     let target_modules: Option<TargetModules> = json_key(&cfg, "target_modules", &cfg_path)?;
+    let base_model: Option<String> = json_key(&cfg, "base_model_name_or_path", &cfg_path)?;
     let config = match embedded_config(&cfg, &cfg_path)? {
         Some(config) => config,
         None => SaeConfig {
@@ -109,7 +116,7 @@ pub(super) fn read(dir: &Path) -> Result<(BTreeMap<String, HostSae>, Option<Targ
         };
         saes.insert(path, sae);
     }
-    Ok((saes, target_modules))
+    Ok((saes, target_modules, base_model))
 }
 
 /// Writes the SAEs as one adapter in `dir` (what SAE Made Easy's `from_pretrained` loads).
@@ -156,7 +163,7 @@ pub(super) fn write(checkpoint: &super::Checkpoint, dir: &Path, dtype: StorageDt
         .unwrap_or_else(|| TargetModules::Names(checkpoint.saes.keys().cloned().collect()));
     let mut cfg = json!({
         "auto_mapping": null,
-        "base_model_name_or_path": null,
+        "base_model_name_or_path": checkpoint.base_model,
         "dead_tokens_threshold": config.dead_tokens_threshold,
         "expansion_factor": config.expansion_factor,
         "inference_mode": true,

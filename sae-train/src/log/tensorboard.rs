@@ -23,6 +23,9 @@ const WIRE_LEN: u8 = 2;
 /// Protobuf wire type of 4-byte little-endian values (`float`).
 const WIRE_FIXED32: u8 = 5;
 
+/// `SessionLog.SessionStatus.START`.
+const SESSION_START: u64 = 1;
+
 /// Writes scalar summaries to a TensorBoard event file, flushing after every event.
 pub struct EventWriter {
     out: BufWriter<File>,
@@ -91,6 +94,17 @@ impl EventWriter {
         self.write_record(&event)
     }
 
+    /// Marks a (re)start at `step`: a `SessionLog` START event, on which TensorBoard drops what
+    /// earlier event files logged at `step` and after (the steps a resumed run does again).
+    pub fn add_session_start(&mut self, step: i64) -> io::Result<()> {
+        let mut session_log = Vec::new();
+        put_key(&mut session_log, 1, WIRE_VARINT);
+        put_varint(&mut session_log, SESSION_START);
+        let mut event = event_header(wall_time(), step);
+        put_bytes(&mut event, 7, &session_log);
+        self.write_record(&event)
+    }
+
     /// Flushes buffered bytes to the file (events are already flushed as they are written).
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
@@ -107,16 +121,59 @@ impl EventWriter {
     }
 }
 
+/// Reads the scalars of every event file in `dir` (oldest first) as TensorBoard shows them: a
+/// START [`EventWriter::add_session_start`] at step `s` drops what came before it at `s` and
+/// after.
+pub fn read_run(dir: &Path) -> io::Result<Vec<(i64, String, f32)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        })
+        .collect();
+    files.sort();
+    let mut out: Vec<(i64, String, f32)> = Vec::new();
+    for file in files {
+        for event in read_events(&file)? {
+            match event {
+                Event::Start(step) => out.retain(|(s, _, _)| *s < step),
+                Event::Scalar(step, tag, value) => out.push((step, tag, value)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What an event file records that [`read_run`] uses.
+enum Event {
+    /// A session (re)started at this step.
+    Start(i64),
+    /// `(step, tag, value)`.
+    Scalar(i64, String, f32),
+}
+
 /// Reads every scalar in an event file as `(step, tag, value)`, in file order.
 /// Fails with `InvalidData` on a CRC mismatch or malformed protobuf, `UnexpectedEof` on truncation.
 pub fn read_scalars(path: &Path) -> io::Result<Vec<(i64, String, f32)>> {
+    Ok(read_events(path)?
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Scalar(step, tag, value) => Some((step, tag, value)),
+            Event::Start(_) => None,
+        })
+        .collect())
+}
+
+/// Reads the scalar and START events of an event file, in file order.
+fn read_events(path: &Path) -> io::Result<Vec<Event>> {
     let mut input = BufReader::new(File::open(path)?);
-    let mut scalars = Vec::new();
+    let mut events = Vec::new();
     loop {
         let mut len = [0u8; 8];
         let got = read_up_to(&mut input, &mut len)?;
         if got == 0 {
-            return Ok(scalars);
+            return Ok(events);
         }
         if got < len.len() {
             return Err(ErrorKind::UnexpectedEof.into());
@@ -126,7 +183,7 @@ pub fn read_scalars(path: &Path) -> io::Result<Vec<(i64, String, f32)>> {
         let mut data = vec![0u8; n];
         input.read_exact(&mut data)?;
         check_crc(&mut input, &data, "data")?;
-        parse_event(&data, &mut scalars)?;
+        parse_event(&data, &mut events)?;
     }
 }
 
@@ -284,17 +341,27 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Decodes an `Event`, appending its summary's simple values to `out`.
-fn parse_event(data: &[u8], out: &mut Vec<(i64, String, f32)>) -> io::Result<()> {
+/// Decodes an `Event`, appending its summary's simple values (and a START) to `out`.
+fn parse_event(data: &[u8], out: &mut Vec<Event>) -> io::Result<()> {
     let mut step = 0i64;
     let mut summaries = Vec::new();
+    let mut start = false;
     let mut event = Fields { buf: data };
     while let Some((field, value)) = event.next_field()? {
         match (field, value) {
             (2, Field::Varint(v)) => step = v as i64,
             (5, Field::Bytes(b)) => summaries.push(b),
+            (7, Field::Bytes(b)) => {
+                let mut log = Fields { buf: b };
+                while let Some((field, value)) = log.next_field()? {
+                    start |= matches!((field, value), (1, Field::Varint(SESSION_START)));
+                }
+            }
             _ => {}
         }
+    }
+    if start {
+        out.push(Event::Start(step));
     }
     for summary in summaries {
         let mut summary = Fields { buf: summary };
@@ -302,7 +369,7 @@ fn parse_event(data: &[u8], out: &mut Vec<(i64, String, f32)>) -> io::Result<()>
             if let (1, Field::Bytes(b)) = (field, value)
                 && let Some((tag, v)) = parse_value(b)?
             {
-                out.push((step, tag, v));
+                out.push(Event::Scalar(step, tag, v));
             }
         }
     }

@@ -65,6 +65,7 @@ pub fn exact_sae(dir: &Path) {
         layout: Layout::Peft,
         saes: [(HOOK.to_string(), HostSae::from_sae(&sae))].into(),
         target_modules: Some(TargetModules::Names(vec![HOOK.into()])),
+        base_model: None,
     };
     formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32).unwrap();
 }
