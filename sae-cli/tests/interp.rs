@@ -47,6 +47,27 @@ fn cache_then_dashboard() {
     let err = fails(&args);
     assert!(err.contains("already exists and is not empty"), "{err}");
     assert!(cache.join("cache.json").is_file());
+    // A cache is written beside its folder and moved in whole: what a killed one left there
+    // does not block the retry, and a folder that another process writes is refused by name.
+    let retry = dir.path().join("retry");
+    let left = dir.path().join(".retry.tmp-4000000");
+    std::fs::create_dir_all(left.join("latents")).unwrap();
+    std::fs::write(left.join("tokens.safetensors"), "half").unwrap();
+    let mut again = args.clone();
+    again[at] = s(&retry);
+    {
+        let _held = sae_core::FolderLock::acquire(&retry).unwrap();
+        let err = fails(&again);
+        let in_use = format!(
+            "{} is in use by process {}",
+            retry.display(),
+            std::process::id()
+        );
+        assert!(err.contains(&in_use), "{err}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&ok(&again)).unwrap();
+    assert_eq!(summary["tokens"], 64);
+    assert!(!left.exists(), "the killed cache's folder is left");
 
     let dash = dir.path().join("dash");
     let explanations = dir.path().join("explanations");
@@ -108,6 +129,12 @@ fn cache_then_dashboard() {
         err.contains("the chat API at http://127.0.0.1:9/v1/chat/completions failed"),
         "{err}"
     );
+    // One writer of an explanations folder at a time.
+    {
+        let _held = sae_core::FolderLock::acquire(&fresh).unwrap();
+        let err = fails(&explain);
+        assert!(err.contains("is in use by process"), "{err}");
+    }
     let mut score = vec!["score", "--cache", s(&cache), "--out", s(&dash)];
     score.extend([
         "--explanations",

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sae_activations::{BatchModel, ReadConfig, select_tokens};
+use sae_core::folder::{self, FolderLock};
 use sae_core::host::{int_to_host, to_host};
 use sae_core::paths::{Links, join_inside};
 use sae_core::tensor_file::{read_json, write_atomic, write_json, write_tensors};
@@ -115,26 +116,37 @@ pub fn cache_latents<B: SaeBackend>(
             out.display()
         )));
     }
+    // One writer at a time; what a failed or killed one left beside `out` goes.
+    let _lock = FolderLock::acquire(out)?;
+    folder::remove_leftovers(out)?;
     if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
         return Err(InterpError::OutputExists(out.to_path_buf()));
     }
-    let run = Run {
-        sae_dir,
-        data,
-        out,
-        config,
-        model_context: model.context(),
-    };
-    match model {
-        AnyModel::Text(lm) => {
-            let lm = *lm;
-            run.cache(lm.model, &lm.tokenizer, None, device)
-        }
-        AnyModel::Vision(vlm) => {
-            let images: &dyn ImageTokens = vlm.as_ref();
-            run.cache(&vlm.model, &vlm.tokenizer, Some(images), device)
-        }
-    }
+    // The cache is written beside `out` and moved in whole once complete: a failure or a kill
+    // leaves nothing at `out` that blocks the retry.
+    let model_context = model.context();
+    let mut info = None;
+    folder::write_dir_atomically(out, |tmp| {
+        let run = Run {
+            sae_dir,
+            data,
+            out: tmp,
+            config,
+            model_context,
+        };
+        info = Some(match model {
+            AnyModel::Text(lm) => {
+                let lm = *lm;
+                run.cache(lm.model, &lm.tokenizer, None, device)?
+            }
+            AnyModel::Vision(vlm) => {
+                let images: &dyn ImageTokens = vlm.as_ref();
+                run.cache(&vlm.model, &vlm.tokenizer, Some(images), device)?
+            }
+        });
+        Ok::<_, InterpError>(())
+    })?;
+    Ok(info.expect("a cache written in full has its summary"))
 }
 
 /// One `cache_latents` call's inputs.

@@ -63,8 +63,8 @@ a concept, a grammatical role, or a pattern in the surrounding text. Be short an
 End your answer with one line of the form\n[EXPLANATION]: <your explanation>";
 
 /// Explains the latents of every hook point of `cache` with `client`, adding them to
-/// `out/explanations.json` (kept explanations are not asked again). `progress` hears of each
-/// latent explained.
+/// `out/explanations.json` (kept explanations are not asked again); refuses an `out` that
+/// another process writes. `progress` hears of each latent explained.
 pub fn explain_latents(
     cache: &Cache,
     client: &ChatClient,
@@ -77,6 +77,8 @@ pub fn explain_latents(
             "explaining needs at least 1 top context per latent".into(),
         ));
     }
+    // One writer of explanations.json at a time.
+    let _lock = sae_core::FolderLock::acquire(out)?;
     let mut explanations: Explanations = if out.join(EXPLANATIONS_FILE).is_file() {
         read_explanations(out)?
     } else {

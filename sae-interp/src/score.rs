@@ -101,7 +101,9 @@ pub fn score_explanations(
             "scoring needs at least 1 activating excerpt per latent".into(),
         ));
     }
-    // Scores of earlier runs stay; the latents scored now are replaced.
+    // One writer of scores.json at a time. Scores of earlier runs stay; the latents scored now
+    // are replaced.
+    let _lock = sae_core::FolderLock::acquire(out)?;
     let file = out.join(SCORES_FILE);
     let mut scores: Scores = if file.is_file() {
         read_json(&file)?

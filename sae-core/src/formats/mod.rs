@@ -243,8 +243,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
 }
 
 /// A sentence of warning when the SAE checkpoint in `dir` records that it was trained on
-/// another model than `model` (a hub id or a path; paths compared once resolved); `None` when
-/// it is the same model or the checkpoint does not say.
+/// another model than `model` (a hub id or a path); `None` when it is the same model or the
+/// checkpoint does not say. Names are the same model when they resolve to the same folder or
+/// end in the same name (`Qwen/Qwen2-VL-2B-Instruct` and a local `./Qwen2-VL-2B-Instruct`).
 pub fn trained_on_other_model(dir: &Path, model: &str) -> Option<String> {
     let cfg: serde_json::Value =
         crate::tensor_file::read_json(&dir.join("adapter_config.json")).ok()?;
@@ -254,7 +255,12 @@ pub fn trained_on_other_model(dir: &Path, model: &str) -> Option<String> {
             .canonicalize()
             .map_or_else(|_| name.to_string(), |p| p.display().to_string())
     };
-    (resolve(recorded) != resolve(model)).then(|| {
+    let last = |name: &str| {
+        let name = name.trim_end_matches('/');
+        name.rsplit('/').next().unwrap_or(name).to_string()
+    };
+    let same = resolve(recorded) == resolve(model) || last(recorded) == last(model);
+    (!same).then(|| {
         format!(
             "the SAEs in {} were trained on {recorded}, not on {model}: their latents may mean nothing on this model",
             dir.display()
