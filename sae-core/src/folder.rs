@@ -120,7 +120,7 @@ pub fn write_dir_atomically<E: From<SaeError>>(
 pub(crate) fn write_dir_with<E: From<SaeError>>(
     dir: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
-    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+    exchange: Exchange,
     fault: &mut dyn FnMut(ReplaceStep) -> std::io::Result<()>,
 ) -> std::result::Result<(), E> {
     let tmp = beside(dir, &format!("tmp-{}", std::process::id()))?;
@@ -149,6 +149,9 @@ pub fn replace_dir(new: &Path, dir: &Path) -> Result<()> {
     replace(new, dir, exchange, &mut |_| Ok(()))
 }
 
+/// A way to exchange two names atomically: `Ok(false)` where the file system cannot.
+pub(crate) type Exchange = fn(&Path, &Path) -> std::io::Result<bool>;
+
 /// The moments of [`replace`] at which a test injects a failure (a kill, a full disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReplaceStep {
@@ -163,7 +166,7 @@ pub(crate) enum ReplaceStep {
 pub(crate) fn replace(
     new: &Path,
     dir: &Path,
-    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+    exchange: Exchange,
     fault: &mut dyn FnMut(ReplaceStep) -> std::io::Result<()>,
 ) -> Result<()> {
     let parent = dir

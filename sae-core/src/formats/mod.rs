@@ -220,12 +220,20 @@ fn folder_name(dir: &Path) -> String {
 /// Reads the checkpoint in `dir`, whatever its layout.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let layout = detect(dir)?;
-    let (saes, target_modules, base_model) = match layout {
-        Layout::Peft => peft::read(dir)?,
-        Layout::Sparsify => (per_folder(dir, layout, sparsify::read)?, None, None),
-        Layout::SaeLens => (per_folder(dir, layout, saelens::read)?, None, None),
+    let per_folder = |read: fn(&Path) -> Result<(String, HostSae)>| -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            layout,
+            saes: per_folder(dir, layout, read)?,
+            target_modules: None,
+            base_model: None,
+        })
     };
-    for (hook, sae) in &saes {
+    let checkpoint = match layout {
+        Layout::Peft => peft::read(dir)?,
+        Layout::Sparsify => per_folder(sparsify::read)?,
+        Layout::SaeLens => per_folder(saelens::read)?,
+    };
+    for (hook, sae) in &checkpoint.saes {
         sae.config.validate(sae.d_in)?;
         if let Some(name) = sae.params().first_non_finite() {
             return Err(SaeError::NonFinite(format!(
@@ -234,12 +242,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             )));
         }
     }
-    Ok(Checkpoint {
-        layout,
-        saes,
-        target_modules,
-        base_model,
-    })
+    Ok(checkpoint)
 }
 
 /// A sentence of warning when the SAE checkpoint in `dir` records that it was trained on
@@ -325,7 +328,7 @@ fn save_replacing_with(
     layout: Layout,
     dir: &Path,
     dtype: StorageDtype,
-    exchange: fn(&Path, &Path) -> std::io::Result<bool>,
+    exchange: folder::Exchange,
     fault: &mut dyn FnMut(folder::ReplaceStep) -> std::io::Result<()>,
 ) -> Result<()> {
     let _lock = folder::FolderLock::acquire(dir)?;
@@ -470,7 +473,7 @@ mod tests {
     #[test]
     fn a_failed_overwrite_leaves_a_complete_checkpoint() {
         let cannot_exchange = |_: &Path, _: &Path| Ok(false);
-        let cases: [(fn(&Path, &Path) -> std::io::Result<bool>, ReplaceStep, f32); 3] = [
+        let cases: [(folder::Exchange, ReplaceStep, f32); 3] = [
             (folder::exchange, ReplaceStep::Swapped, 2.0),
             (cannot_exchange, ReplaceStep::Swapped, 2.0),
             (cannot_exchange, ReplaceStep::MovedAside, 1.0),

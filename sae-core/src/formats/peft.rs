@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, json_key};
+use super::{Checkpoint, HostSae, Layout, SAE_CONFIG_KEY, embedded_config, float, json_key};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
 use crate::targets::TargetModules;
@@ -25,13 +25,7 @@ const DECODER_BIAS: &str = ".sae_b_dec";
 const THRESHOLD: &str = ".sae_threshold";
 
 /// Reads the adapter in `dir`.
-pub(super) fn read(
-    dir: &Path,
-) -> Result<(
-    BTreeMap<String, HostSae>,
-    Option<TargetModules>,
-    Option<String>,
-)> {
+pub(super) fn read(dir: &Path) -> Result<Checkpoint> {
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let peft_type: String = json_key(&cfg, "peft_type", &cfg_path)?;
@@ -116,7 +110,12 @@ pub(super) fn read(
         };
         saes.insert(path, sae);
     }
-    Ok((saes, target_modules, base_model))
+    Ok(Checkpoint {
+        layout: Layout::Peft,
+        saes,
+        target_modules,
+        base_model,
+    })
 }
 
 /// Writes the SAEs as one adapter in `dir` (what SAE Made Easy's `from_pretrained` loads).
