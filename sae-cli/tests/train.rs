@@ -415,75 +415,38 @@ fn unknown_keys_and_impossible_values_are_rejected_by_name() {
     assert!(stderr.contains("unknown field `learning_rate`"), "{stderr}");
     let stderr = fails(&["train", "--config", s(&config), "--set", "sae.kk=3"]);
     assert!(stderr.contains("kk"), "{stderr}");
-    let stderr = fails(&[
-        "train", "--model", "m", "--data", "d", "--hook", "x", "--steps", "0",
-    ]);
-    assert!(
-        stderr.contains("train.steps must be at least 1"),
-        "{stderr}"
-    );
-    let stderr = fails(&[
-        "train",
-        "--model",
-        "m",
-        "--data",
-        "d",
-        "--hook",
-        "x",
-        "--stop-at",
-        "0",
-    ]);
-    assert!(
-        stderr.contains("checkpoint.stop_at must be at least 1"),
-        "{stderr}"
-    );
     let stderr = fails(&["train", "--model", "m", "--data", "d"]);
     assert!(
         stderr.contains("missing field `target_modules`"),
         "{stderr}"
     );
-    // A clip of 0 or below would stop or reverse the gradient.
-    for clip in ["0", "-1"] {
-        let pair = format!("train.grad_clip={clip}");
-        let stderr = fails(&[
-            "train", "--model", "m", "--data", "d", "--hook", "x", "--set", &pair,
-        ]);
-        assert!(
-            stderr.contains("train.grad_clip must be a positive number"),
-            "{stderr}"
-        );
+    // Values that cannot work: a clip of 0 or below would stop or reverse the gradient; a
+    // wrong type names its key; a count beyond TOML's integers is not wrapped around.
+    for (flags, message) in [
+        (["--steps", "0"], "train.steps must be at least 1"),
+        (["--stop-at", "0"], "checkpoint.stop_at must be at least 1"),
+        (
+            ["--set", "train.grad_clip=0"],
+            "train.grad_clip must be a positive number",
+        ),
+        (
+            ["--set", "train.grad_clip=-1"],
+            "train.grad_clip must be a positive number",
+        ),
+        (
+            ["--set", "sae.k=\"4\""],
+            "sae.k: invalid type: string \"4\", expected usize",
+        ),
+        (
+            ["--steps", "18446744073709551615"],
+            "train.steps = 18446744073709551615 is too large",
+        ),
+    ] {
+        let mut args = vec!["train", "--model", "m", "--data", "d", "--hook", "x"];
+        args.extend(flags);
+        let stderr = fails(&args);
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
     }
-    // A wrong type names its key; a count beyond TOML's integers is not wrapped around.
-    let stderr = fails(&[
-        "train",
-        "--model",
-        "m",
-        "--data",
-        "d",
-        "--hook",
-        "x",
-        "--set",
-        "sae.k=\"4\"",
-    ]);
-    assert!(
-        stderr.contains("sae.k: invalid type: string \"4\", expected usize"),
-        "{stderr}"
-    );
-    let stderr = fails(&[
-        "train",
-        "--model",
-        "m",
-        "--data",
-        "d",
-        "--hook",
-        "x",
-        "--steps",
-        "18446744073709551615",
-    ]);
-    assert!(
-        stderr.contains("train.steps = 18446744073709551615 is too large"),
-        "{stderr}"
-    );
 }
 
 #[test]

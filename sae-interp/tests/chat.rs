@@ -212,22 +212,8 @@ fn detection_scores_follow_from_the_answers() {
         format!("{:?}", vec![1; n])
     });
     let client = ChatClient::new(&url, "scorer");
-    let explanations = [(
-        common::HOOK.to_string(),
-        [(3, "fish".to_string()), (7, "cats".to_string())].into(),
-    )]
-    .into();
-    let config = ScoreConfig {
-        sampling: SamplingConfig {
-            top: 1,
-            window: 1,
-            random: 5,
-            non_activating: 4,
-            seed: 7,
-            images: 0,
-        },
-        concurrency: 2,
-    };
+    let explanations = fish_and_cats();
+    let config = score_config(1);
     let out = dir.path().join("scores");
     let scores =
         score_explanations(&cache, &explanations, &client, &out, &config, &mut |_| {}).unwrap();
@@ -479,23 +465,9 @@ fn a_rerun_scores_only_the_latents_without_a_score() {
         seen[from..].iter().map(|(_, body)| user(body)).collect()
     };
     let client = quick_client(&url, 0);
-    let explanations = [(
-        common::HOOK.to_string(),
-        [(3, "fish".to_string()), (7, "cats".to_string())].into(),
-    )]
-    .into();
+    let explanations = fish_and_cats();
     // With no top context left out, both latents have an excerpt where they fire.
-    let config = ScoreConfig {
-        sampling: SamplingConfig {
-            top: 0,
-            window: 1,
-            random: 5,
-            non_activating: 4,
-            seed: 7,
-            images: 0,
-        },
-        concurrency: 2,
-    };
+    let config = score_config(0);
     let out = dir.path().join("scores");
     let score = |explanations| {
         score_explanations(&cache, explanations, &client, &out, &config, &mut |_| {}).unwrap()
@@ -537,4 +509,28 @@ fn a_rerun_scores_only_the_latents_without_a_score() {
         )
     );
     assert!(file.is_file());
+}
+
+/// Explanations of latents 3 ("fish") and 7 ("cats") of the hand-made cache's hook point.
+fn fish_and_cats() -> sae_interp::Explanations {
+    [(
+        common::HOOK.to_string(),
+        [(3, "fish".to_string()), (7, "cats".to_string())].into(),
+    )]
+    .into()
+}
+
+/// Scoring with `top` top contexts left out, 5 activating and 4 non-activating excerpts.
+fn score_config(top: usize) -> ScoreConfig {
+    ScoreConfig {
+        sampling: SamplingConfig {
+            top,
+            window: 1,
+            random: 5,
+            non_activating: 4,
+            seed: 7,
+            images: 0,
+        },
+        concurrency: 2,
+    }
 }
