@@ -41,7 +41,14 @@ pub fn default_dtype(stored: Option<sae_core::StorageDtype>) -> sae_core::Storag
 /// which this turns into an error naming the cause), then the SAE kernels against their
 /// reference (`sae_core::kernels::check_kernels`).
 pub fn device() -> anyhow::Result<burn::tensor::Device<Backend>> {
-    let device = Default::default();
+    device_of_rank(0)
+}
+
+/// The device that the process of local rank `local` drives in a data-parallel job (one
+/// process per device): GPU `local` of this machine on the GPU backends, the CPU otherwise;
+/// checked as [`device`] checks it.
+pub fn device_of_rank(local: usize) -> anyhow::Result<burn::tensor::Device<Backend>> {
+    let device = nth_device(local);
     if cfg!(any(feature = "wgpu", feature = "cuda")) {
         static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
         let checked = || {
@@ -55,6 +62,24 @@ pub fn device() -> anyhow::Result<burn::tensor::Device<Backend>> {
         }
     }
     Ok(device)
+}
+
+#[cfg(feature = "cuda")]
+fn nth_device(local: usize) -> burn::tensor::Device<Backend> {
+    burn::backend::cuda::CudaDevice { index: local }
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+fn nth_device(local: usize) -> burn::tensor::Device<Backend> {
+    match local {
+        0 => Default::default(),
+        n => burn::backend::wgpu::WgpuDevice::DiscreteGpu(n),
+    }
+}
+
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+fn nth_device(_local: usize) -> burn::tensor::Device<Backend> {
+    Default::default()
 }
 
 /// Moves one value to `device` and back; the first panic message on failure (the runtime's,

@@ -7,84 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fails, fixture, ok, s};
-
-/// A small packed-text dataset (12 pseudo-random documents) written by `sae preprocess`.
-fn dataset(root: &Path) -> PathBuf {
-    let texts = root.join("texts");
-    std::fs::create_dir_all(&texts).unwrap();
-    let words = [
-        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "stars",
-        "shine", "far", "away",
-    ];
-    let mut state = 12345u64;
-    for doc in 0..12 {
-        let text: Vec<&str> = (0..300)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                words[(state >> 33) as usize % words.len()]
-            })
-            .collect();
-        std::fs::write(texts.join(format!("doc{doc}.txt")), text.join(" ")).unwrap();
-    }
-    let out = root.join("data");
-    common::preprocess_texts(&texts, &out);
-    out
-}
-
-/// Arguments of a small run on the tiny Qwen2 fixture: 2 x 32 tokens per step, 2 SAEs.
-fn run_args(model: &Path, data: &Path, out: &Path, steps: &str) -> Vec<String> {
-    [
-        "train",
-        "--model",
-        s(model),
-        "--data",
-        s(data),
-        "--hook",
-        "model.layers.0.mlp",
-        "--hook",
-        "model.layers.1",
-        "--k",
-        "4",
-        "--num-latents",
-        "256",
-        "--batch-size",
-        "2",
-        "--context",
-        "32",
-        "--steps",
-        steps,
-        "--save-every",
-        "5",
-        "--set",
-        "sae.dead_tokens_threshold=200",
-        "--set",
-        "checkpoint.keep=100",
-        "--out",
-        s(out),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-/// `(step, loss)` of every line of a run's metrics.jsonl.
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
-}
+use common::{dataset, fails, fixture, losses, losses_or_empty, ok, run_args, s, spawn_run, strs};
 
 fn state_bytes(run: &Path, step: u64) -> Vec<u8> {
     std::fs::read(
@@ -348,38 +271,6 @@ fn terminate(child: std::process::Child) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Starts `sae args...` (stderr piped) and returns once its metrics reach step `step`.
-fn spawn_run(args: &[String], step: usize) -> std::process::Child {
-    let run = PathBuf::from(&args[args.iter().position(|a| a == "--out").unwrap() + 1]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(strs(args))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while losses_or_empty(&run).len() < step {
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached step {step}"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child
-}
-
-fn losses_or_empty(run: &Path) -> Vec<(u64, f64)> {
-    let Ok(text) = std::fs::read_to_string(run.join("metrics.jsonl")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
-        .collect()
 }
 
 // A run folder belongs to one run: while one trains, a second `sae train` into it and a

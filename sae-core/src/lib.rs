@@ -45,6 +45,7 @@ pub use inject::{
 pub use kernels::{SaeAutodiffBackend, SaeBackend};
 pub use sae::host_grad::HostStep;
 pub use sae::params::{DeviceParams, HostParams, Params};
+pub use sae::share::BatchShare;
 pub use sae::{Sae, SaeOutput, SparseLatents};
 pub use targets::TargetModules;
 pub use tensor_file::{HostData, HostTensor, StorageDtype, TensorFile};

@@ -154,7 +154,7 @@ fn training_matches_the_cpu_path(config: &SaeConfig, x: &[f32]) {
     let gpu_sae = sae::<Gpu>(config);
     let mut on_device = gpu_sae.device_params().zeros_like();
     let step = gpu_sae
-        .add_device_loss_grads(tensor(x, [N, D]), Some(&dead), 1.0, &mut on_device)
+        .add_device_loss_grads(tensor(x, [N, D]), Some(&dead), 1.0, None, &mut on_device)
         .unwrap();
     let grads = on_device.to_host();
     assert_eq!(step.indices, cpu_step.indices);

@@ -8,7 +8,8 @@ use burn::module::AutodiffModule;
 use burn::tensor::activation::relu;
 use burn::tensor::{Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 use common::{AB, max_rel_diff, values};
-use sae_core::{Architecture, Sae, SaeConfig};
+use sae_core::sae::share::total_variance;
+use sae_core::{Architecture, BatchShare, Sae, SaeConfig};
 
 const N: usize = 16;
 const D: usize = 12;
@@ -132,7 +133,7 @@ fn check(config: SaeConfig, dead: Option<&[bool]>) {
         let valid = sae.valid();
         let mut on_device = valid.device_params().zeros_like();
         let step = valid
-            .add_device_loss_grads(x.inner(), dead, 1.0, &mut on_device)
+            .add_device_loss_grads(x.inner(), dead, 1.0, None, &mut on_device)
             .unwrap();
         let by_tensors = (step, on_device.to_host());
         for (host, g) in [on_backend, by_gemm, by_tensors] {
@@ -203,4 +204,94 @@ fn batch_topk() {
 #[test]
 fn jumprelu() {
     check(SaeConfig::jumprelu(L), None);
+}
+
+/// A batch split unevenly between two ranks, each part's losses normalised by the whole
+/// batch's statistics ([`BatchShare`]): the parts' losses and gradients add up to the whole
+/// batch's, by every path (autodiff, the host loops, the tensor operations). Data-parallel
+/// training relies on it.
+fn check_split(config: SaeConfig, dead: Option<&[bool]>) {
+    let sae = random_sae(config);
+    let x = Tensor::<AB, 2>::random([N, D], Distribution::Normal(0.0, 1.0), &Default::default());
+    let share = BatchShare {
+        total_variance: total_variance(&values(x.clone()), N, D),
+        tokens: N,
+    };
+    let parts = [x.clone().slice(0..5), x.clone().slice(5..N)];
+    let close = |what: &str,
+                 (loss, grads): (Vec<f32>, Vec<Vec<f32>>),
+                 whole: &(Vec<f32>, Vec<Vec<f32>>)| {
+        let err = max_rel_diff(&loss, &whole.0);
+        assert!(
+            err < 1e-5,
+            "{what}: the parts' losses differ from the whole's by {err}"
+        );
+        for (i, (g, w)) in grads.iter().zip(&whole.1).enumerate() {
+            let err = max_rel_diff(g, w);
+            assert!(err < 1e-5, "{what}: gradient {i} differs by {err}");
+        }
+    };
+    let whole = loss_and_grads(&sae, sae.forward(x, dead).unwrap().loss(&sae.config));
+    let split = (parts.iter())
+        .map(|p| sae.forward_share(p.clone(), dead, Some(&share)).unwrap())
+        .map(|out| out.loss(&sae.config))
+        .reduce(|a, b| a + b)
+        .unwrap();
+    close("autodiff", loss_and_grads(&sae, split), &whole);
+    if !sae.has_host_gradients() {
+        return;
+    }
+    let valid = sae.valid();
+    let params = valid.host_params();
+    let as_list = |g: sae_core::HostParams| {
+        let mut list = vec![g.w_enc, g.w_dec, g.b_dec];
+        list.extend(g.b_enc);
+        list
+    };
+    let mut grads = params.zeros_like();
+    let mut loss = 0.0;
+    for part in &parts {
+        let step = (valid.add_loss_grads(
+            &params,
+            part.clone().inner(),
+            dead,
+            1.0,
+            Some(&share),
+            &mut grads,
+        ))
+        .unwrap();
+        loss += step.loss;
+    }
+    close("host", (vec![loss], as_list(grads)), &whole);
+    let mut on_device = valid.device_params().zeros_like();
+    let mut loss = 0.0;
+    for part in &parts {
+        let step = (valid.add_device_loss_grads(
+            part.clone().inner(),
+            dead,
+            1.0,
+            Some(&share),
+            &mut on_device,
+        ))
+        .unwrap();
+        loss += step.loss;
+    }
+    close(
+        "tensors",
+        (vec![loss], as_list(on_device.to_host())),
+        &whole,
+    );
+}
+
+#[test]
+fn a_batch_split_over_ranks_adds_up_to_the_whole_batch() {
+    let topk = SaeConfig {
+        multi_topk: true,
+        aux_k: Some(6),
+        ..SaeConfig::topk(4, L)
+    };
+    check_split(topk, Some(&dead_mask()));
+    check_split(SaeConfig::sparsify_topk(4, L), None);
+    check_split(SaeConfig::jumprelu(L), None);
+    check_split(SaeConfig::relu_l1(L, 0.5), None);
 }

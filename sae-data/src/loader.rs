@@ -84,6 +84,8 @@ pub struct Loader<'a> {
     image_tokens: Option<&'a dyn ImageTokens>,
     /// Yield the complete sequences of a last partial batch instead of dropping them.
     last_partial: bool,
+    /// This reader's part of each batch (data-parallel training): `(rank, ranks)`.
+    shard: (usize, usize),
 }
 
 impl<'a> Loader<'a> {
@@ -136,7 +138,30 @@ impl<'a> Loader<'a> {
             rejected: 0,
             image_tokens: None,
             last_partial: false,
+            shard: (0, 1),
         })
+    }
+
+    /// Yields only part `rank` of `ranks` equal parts of each batch (data-parallel training,
+    /// one reader per rank): the batch's sequences `[rank b, (rank + 1) b)` with `b =
+    /// batch_size / ranks`. Every rank reads the same stream, so the cursor is the same on all
+    /// and does not depend on how many ranks read it.
+    pub fn with_shard(mut self, rank: usize, ranks: usize) -> Result<Self> {
+        if ranks == 0 || rank >= ranks || !self.batch_size.is_multiple_of(ranks) {
+            return Err(DataError::Batching(format!(
+                "a batch of {} sequences cannot be split into {ranks} equal parts (part {rank})",
+                self.batch_size
+            )));
+        }
+        self.shard = (rank, ranks);
+        Ok(self)
+    }
+
+    /// The range of a batch of `sequences` that this reader keeps.
+    fn own_part(&self, sequences: usize) -> std::ops::Range<usize> {
+        let (rank, ranks) = self.shard;
+        let part = sequences.div_ceil(ranks);
+        (rank * part).min(sequences)..((rank + 1) * part).min(sequences)
     }
 
     /// Processes each row's images with a vision-language model's processor and expands their
@@ -217,7 +242,7 @@ impl<'a> Loader<'a> {
             .map(|&(_, start)| start)
             .chain([usize::MAX])
             .collect();
-        let rows = (0..sequences)
+        let rows: Vec<Vec<RowId>> = (0..sequences)
             .map(|s| {
                 let (lo, hi) = (s * context, (s + 1) * context);
                 self.carry_rows
@@ -235,20 +260,22 @@ impl<'a> Loader<'a> {
             .filter(|&(_, &end)| end > need && !self.carry.is_empty())
             .map(|(&(id, start), _)| (id, start.saturating_sub(need)))
             .collect();
+        let own = self.own_part(sequences);
+        let rows = rows[own.clone()].to_vec();
+        let input_ids = input_ids[own.start * context..own.end * context].to_vec();
         Ok(Some(Batch {
-            attention_mask: vec![1; need],
+            attention_mask: vec![1; input_ids.len()],
             input_ids,
-            batch_size: sequences,
+            batch_size: own.len(),
             seq_len: context,
             rows,
-            images: vec![Vec::new(); sequences],
+            images: vec![Vec::new(); own.len()],
             vision: None,
         }))
     }
 
     fn next_padded(&mut self, max_len: usize, truncate: bool) -> Result<Option<Batch>> {
         let mut sequences = Vec::with_capacity(self.batch_size);
-        let mut vision_parts = Vec::new();
         while sequences.len() < self.batch_size {
             let Some(example) = self.stream.next().transpose()? else {
                 if self.last_partial && !sequences.is_empty() {
@@ -290,16 +317,18 @@ impl<'a> Loader<'a> {
                 }
                 Err(reason) => return Err(self.stream.dataset().bad_row(example.id, reason)),
             };
-            vision_parts.extend(vision);
-            sequences.push((example.id, ids, images));
+            sequences.push((example.id, ids, images, vision));
         }
+        let own = self.own_part(sequences.len());
+        let mut sequences: Vec<_> = sequences.drain(own).collect();
         let seq_len = sequences
             .iter()
-            .map(|(_, ids, _)| ids.len())
+            .map(|(_, ids, _, _)| ids.len())
             .max()
             .unwrap_or(0);
         let pad = self.tokenizer.pad_token_id().unwrap_or(0);
         let n = sequences.len();
+        let vision_parts = sequences.iter_mut().filter_map(|s| s.3.take()).collect();
         let mut batch = Batch {
             input_ids: Vec::with_capacity(n * seq_len),
             attention_mask: Vec::with_capacity(n * seq_len),
@@ -309,7 +338,7 @@ impl<'a> Loader<'a> {
             images: Vec::with_capacity(n),
             vision: ProcessedImages::concat(vision_parts)?,
         };
-        for (id, ids, images) in sequences {
+        for (id, ids, images, _) in sequences {
             let padding = seq_len - ids.len();
             batch
                 .attention_mask

@@ -468,3 +468,35 @@ fn padded_chat_batches_follow_the_chat_template() {
     assert_eq!(batch.seq_len, 8);
     assert_eq!(batch.input_ids[..8], encoded[0][..8]);
 }
+
+#[test]
+fn ranks_read_equal_parts_of_each_batch_and_keep_one_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = numbered(dir.path(), 200);
+    let tokenizer = Tokenizer::load(&common::qwen2_tiny()).unwrap();
+    let config = shuffled(3);
+    let pack = Batching::Pack { context: 16 };
+    let loader = |shard: Option<(usize, usize)>| {
+        let loader = Loader::new(&dataset, &tokenizer, config, pack, 4, None).unwrap();
+        match shard {
+            Some((rank, ranks)) => loader.with_shard(rank, ranks).unwrap(),
+            None => loader,
+        }
+    };
+    let mut whole = loader(None);
+    let mut parts = [loader(Some((0, 2))), loader(Some((1, 2)))];
+    for _ in 0..3 {
+        let batch = whole.next_batch().unwrap().unwrap();
+        let [a, b] = parts.each_mut().map(|p| p.next_batch().unwrap().unwrap());
+        assert_eq!((a.batch_size, b.batch_size), (2, 2));
+        assert_eq!([a.input_ids, b.input_ids].concat(), batch.input_ids);
+        assert_eq!([a.rows, b.rows].concat(), batch.rows);
+        for part in &parts {
+            assert_eq!(part.cursor(), whole.cursor());
+        }
+    }
+    let uneven = Loader::new(&dataset, &tokenizer, config, pack, 4, None)
+        .unwrap()
+        .with_shard(0, 3);
+    assert!(matches!(uneven, Err(DataError::Batching(_))));
+}

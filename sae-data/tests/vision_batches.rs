@@ -76,6 +76,53 @@ fn image_rows_are_batched_as_transformers_processor_does() {
 }
 
 #[test]
+fn ranks_process_the_images_of_their_part_of_each_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = easy_vqa_rows(dir.path(), 8);
+    let vlm = qwen2_vl_tiny();
+    let pad = Batching::Pad {
+        max_len: 256,
+        truncate: false,
+    };
+    let loader = |rank: usize, ranks: usize| {
+        let loader = Loader::new(&dataset, &vlm.tokenizer, plain(), pad, 4, None).unwrap();
+        loader
+            .with_shard(rank, ranks)
+            .unwrap()
+            .with_image_tokens(&vlm)
+    };
+    let pixels = |batch: &sae_data::Batch| {
+        let inputs: &Qwen2VlImageInputs = batch.vision.as_ref().unwrap().downcast_ref().unwrap();
+        (inputs.pixel_values.to_f32(), inputs.image_grid_thw.clone())
+    };
+    let whole = loader(0, 1).next_batch().unwrap().unwrap();
+    let parts = [0, 1].map(|rank| loader(rank, 2).next_batch().unwrap().unwrap());
+    assert_eq!(
+        [parts[0].rows.clone(), parts[1].rows.clone()].concat(),
+        whole.rows
+    );
+    let (a, b) = (pixels(&parts[0]), pixels(&parts[1]));
+    let (all, grids) = pixels(&whole);
+    assert_eq!([a.0, b.0].concat(), all);
+    assert_eq!([a.1, b.1].concat(), grids);
+    // Each part is padded to its own longest sequence; the real tokens are the whole's.
+    for (part, rows) in parts.iter().zip([0..2, 2..4]) {
+        for (i, row) in rows.enumerate() {
+            let real = |b: &sae_data::Batch, r: usize| -> Vec<i64> {
+                let ids = &b.input_ids[r * b.seq_len..(r + 1) * b.seq_len];
+                let mask = &b.attention_mask[r * b.seq_len..(r + 1) * b.seq_len];
+                ids.iter()
+                    .zip(mask)
+                    .filter(|(_, m)| **m != 0)
+                    .map(|(i, _)| *i)
+                    .collect()
+            };
+            assert_eq!(real(part, i), real(&whole, row));
+        }
+    }
+}
+
+#[test]
 fn image_rows_too_long_are_never_cut_but_named_or_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let dataset = easy_vqa_rows(dir.path(), 8);

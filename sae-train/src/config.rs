@@ -63,6 +63,9 @@ pub struct ParallelConfig {
     pub devices: usize,
     /// The data-parallel strategy.
     pub strategy: Strategy,
+    /// The longest a collective waits for the other ranks, in seconds, before this rank stops
+    /// the job (a rank that hangs).
+    pub timeout_s: f64,
 }
 
 impl Default for ParallelConfig {
@@ -70,6 +73,7 @@ impl Default for ParallelConfig {
         ParallelConfig {
             devices: 1,
             strategy: Strategy::Ddp,
+            timeout_s: 300.0,
         }
     }
 }
@@ -349,6 +353,13 @@ impl TrainConfig {
         }
         if self.checkpoint.keep == 0 {
             return Err("checkpoint.keep must be at least 1".into());
+        }
+        let p = &self.parallel;
+        if p.devices == 0 {
+            return Err("parallel.devices must be at least 1".into());
+        }
+        if !(p.timeout_s > 0.0 && p.timeout_s.is_finite()) {
+            return Err("parallel.timeout_s must be a positive number of seconds".into());
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod error;
 pub mod eval;

@@ -2,8 +2,13 @@
 //! (metrics to `metrics.jsonl` and TensorBoard, a progress bar), checkpoint every `save_every`
 //! steps and at the end, and write the trained SAEs and the loss curves to the run folder.
 //! [`resume`] continues a run from its last checkpoint exactly.
+//!
+//! A data-parallel run is one process per device, each calling [`train`] (or [`resume`]) with
+//! the job's [`Collective`]: every rank reads its part of each batch and trains the same SAEs
+//! ([`crate::trainer`]); rank 0 alone writes the run folder.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
@@ -17,7 +22,8 @@ use sae_data::{Batch, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, Tokenizer};
 
 use crate::checkpoint::{self, State};
-use crate::config::TrainConfig;
+use crate::collective::Collective;
+use crate::config::{Strategy, TrainConfig};
 use crate::error::{Result, TrainError, io};
 use crate::interrupt::{self, Signal};
 use crate::log::metrics::{METRICS_FILE, MetricsLog, StepRecord};
@@ -34,13 +40,15 @@ pub const CURVES_FILE: &str = "curves.svg";
 
 /// The loader a run of `config` reads `dataset` with (its batching, order and batch size) for
 /// a model of `model_context` positions, from the start or from `cursor`: the batches the run
-/// trains on, in order.
+/// trains on, in order. With `shard = (rank, ranks)`, rank `rank`'s part of each batch of
+/// `ranks` devices.
 pub fn data_loader<'a>(
     config: &TrainConfig,
     dataset: &'a Dataset,
     tokenizer: &'a Tokenizer,
     model_context: usize,
     cursor: Option<LoaderCursor>,
+    (rank, ranks): (usize, usize),
 ) -> Result<Loader<'a>> {
     let data = &config.data;
     let batching = sequence_batching(
@@ -56,14 +64,15 @@ pub fn data_loader<'a>(
         epochs: None,
         ..StreamConfig::default()
     };
-    Ok(Loader::new(
+    let loader = Loader::new(
         dataset,
         tokenizer,
         stream,
         batching,
-        config.train.batch_size,
+        config.train.batch_size * ranks,
         cursor,
-    )?)
+    )?;
+    Ok(loader.with_shard(rank, ranks)?)
 }
 
 /// How a run ended.
@@ -83,17 +92,22 @@ pub struct RunSummary {
     pub interrupted: Option<Signal>,
 }
 
-/// Starts a new run in `config.out`; refuses a folder that already holds one, or that another
-/// process writes. The saved configuration names the model and data by absolute paths, so the
-/// run resumes from any working directory.
+/// Starts a new run in `config.out` on the ranks of `collective` ([`Single`] for one device);
+/// refuses a folder that already holds one, or that another process writes. The saved
+/// configuration names the model and data by absolute paths, so the run resumes from any
+/// working directory.
+///
+/// [`Single`]: crate::collective::Single
 pub fn train<B: SaeAutodiffBackend>(
     mut config: TrainConfig,
     device: &B::Device,
+    collective: Rc<dyn Collective>,
 ) -> Result<RunSummary> {
     let run_dir = config.out.clone();
-    let _lock = FolderLock::acquire(&run_dir)?;
+    let writer = collective.rank() == 0;
+    let _lock = writer.then(|| FolderLock::acquire(&run_dir)).transpose()?;
     let saved = run_dir.join(CONFIG_FILE);
-    if saved.exists() {
+    if writer && saved.exists() {
         return Err(TrainError::BadCheckpoint {
             path: run_dir,
             message: "already holds a run; continue it with --resume, or choose another --out"
@@ -104,19 +118,24 @@ pub fn train<B: SaeAutodiffBackend>(
     // Everything that can refuse the run (model, hook points, data, SAE settings) does so
     // before the folder is written: a failed start leaves nothing that blocks the retry.
     let toml = config.to_toml();
-    let session = Session::<B>::open(config, None, device)?;
-    std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
-    sae_core::tensor_file::write_atomic(&saved, toml.as_bytes())?;
+    let session = Session::<B>::open(config, None, device, collective)?;
+    if writer {
+        std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
+        sae_core::tensor_file::write_atomic(&saved, toml.as_bytes())?;
+    }
     session.run()
 }
 
 /// Continues the run in `run_dir` from its last checkpoint with its saved configuration, to
 /// the end or to `stop_at` (the saved run's own `stop_at` applied to its first part only).
-/// Refuses a run that another process is training.
+/// Refuses a run that another process is training. On another number of ranks than it was
+/// trained on, the run keeps its global batch (`train.batch_size` x devices): each rank's
+/// batch becomes the global batch over the new number of ranks.
 pub fn resume<B: SaeAutodiffBackend>(
     run_dir: &Path,
     stop_at: Option<u64>,
     device: &B::Device,
+    collective: Rc<dyn Collective>,
 ) -> Result<RunSummary> {
     let saved = run_dir.join(CONFIG_FILE);
     if !saved.is_file() {
@@ -125,13 +144,37 @@ pub fn resume<B: SaeAutodiffBackend>(
             message: format!("is not a run folder (no {CONFIG_FILE})"),
         });
     }
-    let _lock = FolderLock::acquire(run_dir)?;
+    let writer = collective.rank() == 0;
+    let _lock = writer.then(|| FolderLock::acquire(run_dir)).transpose()?;
     let mut config = TrainConfig::load(&saved, &[])?;
     config.out = run_dir.to_path_buf();
     config.checkpoint.stop_at = stop_at;
-    checkpoint::remove_partial(run_dir)?;
+    let ranks = collective.ranks();
+    if config.parallel.devices != ranks {
+        let parallel = &config.parallel;
+        let global = config.train.batch_size * parallel.devices;
+        if !global.is_multiple_of(ranks) {
+            return Err(TrainError::Invalid(format!(
+                "the run was trained on {} devices with a global batch of {global} sequences, which {ranks} devices cannot share equally",
+                parallel.devices
+            )));
+        }
+        tracing::info!(
+            "resuming a run of {} devices on {ranks}: {} sequences per device",
+            parallel.devices,
+            global / ranks
+        );
+        config.train.batch_size = global / ranks;
+        config.parallel.devices = ranks;
+        if writer {
+            sae_core::tensor_file::write_atomic(&saved, config.to_toml().as_bytes())?;
+        }
+    }
+    if writer {
+        checkpoint::remove_partial(run_dir)?;
+    }
     let latest = checkpoint::latest(run_dir)?;
-    Session::<B>::open(config, latest, device)?.run()
+    Session::<B>::open(config, latest, device, collective)?.run()
 }
 
 /// Everything a run holds while it trains.
@@ -145,15 +188,29 @@ struct Session<B: AutodiffBackend> {
     tokens: u64,
     elapsed_s: f64,
     device: B::Device,
+    /// Rank 0 writes the run folder.
+    writer: bool,
 }
 
 impl<B: SaeAutodiffBackend> Session<B> {
     /// Loads the model and data, and the trainer (fresh, or from `checkpoint`).
-    fn open(config: TrainConfig, checkpoint: Option<PathBuf>, device: &B::Device) -> Result<Self> {
-        if config.parallel.devices != 1 {
+    fn open(
+        config: TrainConfig,
+        checkpoint: Option<PathBuf>,
+        device: &B::Device,
+        collective: Rc<dyn Collective>,
+    ) -> Result<Self> {
+        let (ranks, parallel) = (collective.ranks(), &config.parallel);
+        if parallel.devices != ranks {
+            return Err(TrainError::Invalid(format!(
+                "parallel.devices = {}, but the job has {ranks} processes: one process per device (sae train --devices N starts them)",
+                parallel.devices
+            )));
+        }
+        if ranks > 1 && parallel.strategy != Strategy::Ddp {
             return Err(TrainError::Unsupported(format!(
-                "data-parallel training ({} devices, {:?}) is not implemented yet; set parallel.devices = 1",
-                config.parallel.devices, config.parallel.strategy
+                "parallel.strategy = {:?} is not implemented yet; use ddp",
+                parallel.strategy
             )));
         }
         let name = &config.model.name;
@@ -228,6 +285,8 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 0.0,
             ),
         };
+        let writer = collective.rank() == 0;
+        let trainer = trainer.with_collective(collective)?;
         Ok(Session {
             config,
             model,
@@ -238,6 +297,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             tokens,
             elapsed_s,
             device: device.clone(),
+            writer,
         })
     }
 
@@ -252,9 +312,13 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 self.trainer.step
             );
         }
-        let mut metrics = MetricsLog::open(&run_dir, self.trainer.step)?;
+        let mut metrics = if self.writer {
+            Some(MetricsLog::open(&run_dir, self.trainer.step)?)
+        } else {
+            None
+        };
         let board_dir = run_dir.join("tensorboard");
-        let mut board = if self.config.log.tensorboard {
+        let mut board = if self.config.log.tensorboard && self.writer {
             let mut board = EventWriter::create(&board_dir).map_err(io(&board_dir))?;
             // A resumed run does again the steps after its checkpoint: TensorBoard drops what
             // earlier event files logged of them.
@@ -264,21 +328,27 @@ impl<B: SaeAutodiffBackend> Session<B> {
             None
         };
         let filter = self.token_filter();
+        let collective = self.trainer.collective();
         let mut loader = data_loader(
             &self.config,
             &self.dataset,
             self.model.tokenizer(),
             self.model.context(),
             self.cursor.take(),
+            (collective.rank(), collective.ranks()),
         )?;
         if let Some(images) = self.model.image_tokens() {
             loader = loader.with_image_tokens(images);
         }
         let paths: Vec<String> = self.points.iter().map(|p| p.path.clone()).collect();
-        let bar = progress_bar(self.config.log.progress, self.trainer.step, end);
+        let bar = progress_bar(
+            self.config.log.progress && self.writer,
+            self.trainer.step,
+            end,
+        );
         let mut last = None;
         let mut newest = checkpoint::latest(&run_dir)?;
-        let mut interrupted = interrupt::requested();
+        let mut interrupted = self.stop_requested()?;
         while self.trainer.step < end && interrupted.is_none() {
             let start = Instant::now();
             let mut rows = 0;
@@ -290,7 +360,9 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 rows += acts.iter().map(|a| a.dims()[0]).sum::<usize>();
                 self.trainer.accumulate(acts)?;
             }
-            if rows == 0 {
+            let mut all_rows = [rows as f64];
+            self.trainer.collective().all_reduce_f64(&mut all_rows)?;
+            if all_rows[0] == 0.0 {
                 return Err(TrainError::Invalid(format!(
                     "step {}: every token of the batch is left out of the loss (train.skip_first_tokens, exclude_tokens, exclude_special_tokens): a step must see tokens",
                     self.trainer.step + 1
@@ -303,7 +375,9 @@ impl<B: SaeAutodiffBackend> Session<B> {
             let mut record = StepRecord::new(step, &paths, per_hook, seconds);
             record.elapsed_s = self.elapsed_s;
             self.tokens += record.metrics.tokens;
-            metrics.append(&record)?;
+            if let Some(metrics) = &mut metrics {
+                metrics.append(&record)?;
+            }
             if let Some(board) = &mut board {
                 let scalars = record.scalars();
                 let tagged: Vec<(&str, f32)> =
@@ -322,10 +396,11 @@ impl<B: SaeAutodiffBackend> Session<B> {
             ));
             bar.inc(1);
             let save_every = self.config.checkpoint.save_every;
-            interrupted = interrupt::requested();
-            if step == end
-                || (save_every > 0 && step.is_multiple_of(save_every))
-                || interrupted.is_some()
+            interrupted = self.stop_requested()?;
+            if self.writer
+                && (step == end
+                    || (save_every > 0 && step.is_multiple_of(save_every))
+                    || interrupted.is_some())
             {
                 let dir = self.save_checkpoint(&run_dir, &loader)?;
                 bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
@@ -339,7 +414,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
         }
         bar.finish_and_clear();
         let finished = self.trainer.step >= total;
-        if finished {
+        if finished && self.writer {
             let sae_dir = run_dir.join(SAE_DIR);
             sae_core::folder::write_dir_atomically(&sae_dir, |tmp| {
                 checkpoint::save_adapter(&self.trainer, &self.config, tmp)
@@ -354,6 +429,20 @@ impl<B: SaeAutodiffBackend> Session<B> {
             last,
             interrupted,
         })
+    }
+
+    /// The stop signal that any rank received (all ranks stop after the same step).
+    fn stop_requested(&self) -> Result<Option<interrupt::Signal>> {
+        let mut signal = [interrupt::requested().map_or(0.0, |s| f64::from(s.0))];
+        let collective = self.trainer.collective();
+        if collective.ranks() > 1 {
+            // Any rank's signal; the largest number when they differ.
+            let mut all = vec![0.0; collective.ranks()];
+            all[collective.rank()] = signal[0];
+            collective.all_reduce_f64(&mut all)?;
+            signal[0] = all.iter().fold(0.0, |a: f64, &b| a.max(b));
+        }
+        Ok((signal[0] > 0.0).then_some(interrupt::Signal(signal[0] as i32)))
     }
 
     /// Writes the checkpoint of the step just done, `loader` being where the data is.

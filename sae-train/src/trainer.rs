@@ -11,20 +11,30 @@
 //! back (BatchTopK: each token's `4k` largest pre-activations, for its batch-wide selection).
 //! The SAE on the backend is renewed from them after each step for the forward passes that
 //! need it.
+//!
+//! Data parallel (DDP), each rank trains on its part of every batch through a [`Collective`]:
+//! rank 0's parameters are broadcast at the start, the first batch's rows are gathered to set
+//! `b_dec` and the scale, each micro-batch's losses are normalised by the whole batch's
+//! statistics ([`BatchShare`]), and before each optimiser step the gradients, the fired
+//! latents and the metric sums are summed over the ranks. Every rank then takes the same step,
+//! so that the ranks stay identical and equal one process that trains on whole batches.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use sae_core::host::{int_to_host, to_host};
+use sae_core::sae::share::{column_sums, squared_deviation};
 use sae_core::{
-    Architecture, HookPoint, HostParams, Params, Sae, SaeAutodiffBackend, SaeBackend, SaeConfig,
-    SaeError,
+    Architecture, BatchShare, HookPoint, HostParams, Params, Sae, SaeAutodiffBackend, SaeBackend,
+    SaeConfig, SaeError,
 };
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
+use crate::collective::{Collective, Single, gather_rows};
 use crate::config::{BiasInit, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::init;
@@ -173,6 +183,8 @@ pub struct Trainer<B: AutodiffBackend> {
     /// The first batch has set `b_dec` and the scales.
     pub initialised: bool,
     optim: OptimConfig,
+    /// The ranks this trainer trains with (one: [`Single`]).
+    collective: Rc<dyn Collective>,
 }
 
 impl<B: SaeAutodiffBackend> Trainer<B> {
@@ -218,7 +230,25 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
             step,
             initialised,
             optim: optim.clone(),
+            collective: Single::shared(),
         }
+    }
+
+    /// The same trainer training data parallel with the ranks of `collective`: every rank takes
+    /// rank 0's parameters.
+    pub fn with_collective(mut self, collective: Rc<dyn Collective>) -> Result<Self> {
+        if collective.ranks() > 1 {
+            for hook in &mut self.hooks {
+                hook.broadcast_params(collective.as_ref())?;
+            }
+        }
+        self.collective = collective;
+        Ok(self)
+    }
+
+    /// The ranks this trainer trains with.
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
     }
 
     /// Forward and backward of every SAE on one micro-batch: `acts[i]` are hook `i`'s
@@ -227,13 +257,13 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         let step = self.step + 1;
         if !self.initialised {
             for (hook, x) in self.hooks.iter_mut().zip(&acts) {
-                hook.initialise(x, &self.optim)?;
+                hook.initialise(x, &self.optim, self.collective.as_ref())?;
             }
             self.initialised = true;
         }
         let acc = self.optim.grad_acc_steps;
         for (hook, x) in self.hooks.iter_mut().zip(acts) {
-            hook.accumulate(x, acc, step)?;
+            hook.accumulate(x, acc, step, self.collective.as_ref())?;
         }
         Ok(())
     }
@@ -253,6 +283,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
             .iter_mut()
             .map(|hook| {
                 let lr = self.optim.lr_for(hook.sae.num_latents()) * factor;
+                hook.reduce_over_ranks(self.collective.as_ref())?;
                 hook.apply(&self.optim, lr, step)
             })
             .collect()
@@ -364,14 +395,20 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
     }
 
     /// The first batch sets the scale and `b_dec`.
-    fn initialise(&mut self, x: &Tensor<B::InnerBackend, 2>, optim: &OptimConfig) -> Result<()> {
-        let [n, d] = x.dims();
-        if n == 0 {
-            return Ok(());
-        }
+    fn initialise(
+        &mut self,
+        x: &Tensor<B::InnerBackend, 2>,
+        optim: &OptimConfig,
+        collective: &dyn Collective,
+    ) -> Result<()> {
+        let d = x.dims()[1];
         let rows = to_host(x.clone());
         if rows.iter().any(|v| !v.is_finite()) {
             return Err(self.non_finite(1, "the activations"));
+        }
+        let rows = gather_rows(collective, &rows, d)?;
+        if rows.is_empty() {
+            return Ok(());
         }
         if optim.normalize_activations {
             self.scale = init::norm_scale(&rows, d);
@@ -429,17 +466,30 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         }
     }
 
-    /// Forward and backward on one micro-batch; gradients are summed, scaled by `1 / acc`.
-    fn accumulate(&mut self, x: Tensor<B::InnerBackend, 2>, acc: usize, step: u64) -> Result<()> {
-        let n = x.dims()[0];
-        if n == 0 {
-            return Ok(());
-        }
+    /// Forward and backward on one micro-batch (this rank's part of it); gradients are summed,
+    /// scaled by `1 / acc`.
+    fn accumulate(
+        &mut self,
+        x: Tensor<B::InnerBackend, 2>,
+        acc: usize,
+        step: u64,
+        collective: &dyn Collective,
+    ) -> Result<()> {
         let x = if self.scale != 1.0 {
             x.mul_scalar(self.scale)
         } else {
             x
         };
+        let share = batch_share(&x, collective)?;
+        let n = x.dims()[0];
+        if share.map_or(n, |s| s.tokens) == 0 {
+            return Ok(());
+        }
+        // Every rank counts the micro-batch; one without rows of it adds nothing else.
+        self.micro_batches += 1;
+        if n == 0 {
+            return Ok(());
+        }
         let config = self.sae.config.clone();
         let dead: Option<Vec<bool>> = (config.aux_k_alpha > 0.0).then(|| {
             self.tokens_since_fired
@@ -461,16 +511,27 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             Residence::Device(t) => self
                 .sae
                 .valid()
-                .add_device_loss_grads(x, dead.as_deref(), weight, &mut t.grads)
+                .add_device_loss_grads(x, dead.as_deref(), weight, share.as_ref(), &mut t.grads)
                 .map(MicroStep::from),
             Residence::Host(h) if self.sae.has_host_gradients() => self
                 .sae
                 .valid()
-                .add_loss_grads(&h.params, x, dead.as_deref(), weight, &mut h.grads)
+                .add_loss_grads(
+                    &h.params,
+                    x,
+                    dead.as_deref(),
+                    weight,
+                    share.as_ref(),
+                    &mut h.grads,
+                )
                 .map(MicroStep::from),
-            Residence::Host(h) => {
-                autodiff_micro_step(&self.sae, x, dead.as_deref(), weight, &mut h.grads)
-            }
+            Residence::Host(h) => autodiff_micro_step(
+                &self.sae,
+                x,
+                (dead.as_deref(), share.as_ref()),
+                weight,
+                &mut h.grads,
+            ),
         };
         let micro = match micro {
             Err(SaeError::NonFinite(_)) => return Err(self.blame(input, step, "the activations")),
@@ -497,9 +558,72 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
                 self.did_fire[i as usize] = true;
             }
         }
-        self.sums.l0 += active as f64 / n as f64;
+        self.sums.l0 += active as f64 / share.map_or(n, |s| s.tokens) as f64;
         self.sums.tokens += n as u64;
-        self.micro_batches += 1;
+        Ok(())
+    }
+
+    /// Sets every rank's parameters to rank 0's.
+    fn broadcast_params(&mut self, collective: &dyn Collective) -> Result<()> {
+        let mut params = self.params().into_owned();
+        for (_, p) in params.iter_mut() {
+            collective.broadcast(p, 0)?;
+        }
+        match &mut self.residence {
+            Residence::Host(h) => h.params = params,
+            Residence::Device(t) => t.params = params.to_device(&self.sae.w_enc.device()),
+        }
+        self.stale = true;
+        Ok(())
+    }
+
+    /// Sums the step's gradients, fired latents and metric sums over the ranks: afterwards
+    /// every rank holds those of the whole step.
+    fn reduce_over_ranks(&mut self, collective: &dyn Collective) -> Result<()> {
+        if collective.ranks() == 1 {
+            return Ok(());
+        }
+        match &mut self.residence {
+            Residence::Host(h) => {
+                for (_, g) in h.grads.iter_mut() {
+                    collective.all_reduce(g)?;
+                }
+            }
+            Residence::Device(t) => {
+                let mut grads = t.grads.to_host();
+                for (_, g) in grads.iter_mut() {
+                    collective.all_reduce(g)?;
+                }
+                t.grads = grads.to_device(&self.sae.w_enc.device());
+            }
+        }
+        let mut fired: Vec<f32> = self
+            .did_fire
+            .iter()
+            .map(|&f| f32::from(u8::from(f)))
+            .collect();
+        collective.all_reduce(&mut fired)?;
+        self.did_fire = fired.iter().map(|&count| count > 0.0).collect();
+        let s = &mut self.sums;
+        let mut sums = [
+            s.loss,
+            s.fvu,
+            s.auxk,
+            s.multi_topk_fvu.unwrap_or(0.0),
+            s.l0,
+            s.tokens as f64,
+        ];
+        collective.all_reduce_f64(&mut sums)?;
+        let [loss, fvu, auxk, multi_topk_fvu, l0, tokens] = sums;
+        *s = HookMetrics {
+            loss,
+            fvu,
+            auxk,
+            multi_topk_fvu: s.multi_topk_fvu.map(|_| multi_topk_fvu),
+            l0,
+            tokens: tokens as u64,
+            ..HookMetrics::default()
+        };
         Ok(())
     }
 
@@ -585,11 +709,11 @@ impl From<sae_core::HostStep> for MicroStep {
 fn autodiff_micro_step<B: SaeAutodiffBackend>(
     sae: &Sae<B>,
     x: Tensor<B::InnerBackend, 2>,
-    dead: Option<&[bool]>,
+    (dead, share): (Option<&[bool]>, Option<&BatchShare>),
     weight: f32,
     grads: &mut HostParams,
 ) -> Result<MicroStep, SaeError> {
-    let out = sae.forward(Tensor::from_inner(x), dead)?;
+    let out = sae.forward_share(Tensor::from_inner(x), dead, share)?;
     let loss = out.loss(&sae.config);
     let host = |t: &Tensor<B, 1>| f64::from(t.clone().into_scalar().elem::<f32>());
     let backward = loss.clone().mul_scalar(weight).backward();
@@ -616,6 +740,29 @@ fn autodiff_micro_step<B: SaeAutodiffBackend>(
         values: to_host(out.latents.values),
         indices: int_to_host(out.latents.indices),
     })
+}
+
+/// The whole micro-batch that `x` (this rank's rows) is part of, when several ranks train.
+fn batch_share<B: Backend>(
+    x: &Tensor<B, 2>,
+    collective: &dyn Collective,
+) -> Result<Option<BatchShare>> {
+    if collective.ranks() == 1 {
+        return Ok(None);
+    }
+    let [n, d] = x.dims();
+    let rows = to_host(x.clone());
+    let mut sums = column_sums(&rows, d);
+    sums.push(n as f64);
+    collective.all_reduce_f64(&mut sums)?;
+    let tokens = sums.pop().unwrap_or(0.0);
+    let mean: Vec<f64> = sums.iter().map(|s| s / tokens.max(1.0)).collect();
+    let mut total_variance = [squared_deviation(&rows, &mean)];
+    collective.all_reduce_f64(&mut total_variance)?;
+    Ok(Some(BatchShare {
+        total_variance: total_variance[0],
+        tokens: tokens as usize,
+    }))
 }
 
 /// Refuses SAEs of `(latents, d_in)` whose training state cannot fit in the memory the system

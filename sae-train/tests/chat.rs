@@ -9,6 +9,7 @@ use sae_data::record::to_chat_messages;
 use sae_data::{Body, Kind, Record, ShardOptions, ShardWriter, Turn};
 use sae_models::Tokenizer;
 use sae_train::TrainConfig;
+use sae_train::collective::Single;
 use sae_train::config::parse_value;
 
 #[test]
@@ -72,7 +73,8 @@ fn padding_and_special_tokens_stay_out_of_the_loss() {
         config.target_modules,
         TargetModules::Names(vec!["model.layers.1".into()])
     );
-    let summary = sae_train::train::<Autodiff<Flex>>(config, &Default::default()).unwrap();
+    let summary =
+        sae_train::train::<Autodiff<Flex>>(config, &Default::default(), Single::shared()).unwrap();
     assert!(summary.finished);
 
     // The tokens of each conversation as the chat template renders it, minus special tokens.

@@ -12,6 +12,7 @@ use sae_core::TargetModules;
 use sae_data::{Format, PreprocessOptions};
 use sae_interp::{Cache, CacheConfig, SamplingConfig, write_dashboard};
 use sae_models::{AnyModel, ModelSource};
+use sae_train::collective::Single;
 use sae_train::config::parse_value;
 use sae_train::{EvalConfig, TrainConfig};
 
@@ -124,9 +125,14 @@ fn run(config: TrainConfig) -> Result<sae_train::RunSummary> {
     let out = config.out.clone();
     let summary = if out.join(sae_train::run::CONFIG_FILE).is_file() {
         eprintln!("{} holds a run: resuming it", out.display());
-        sae_train::resume::<Autodiff<Flex>>(&out, config.checkpoint.stop_at, &device)?
+        sae_train::resume::<Autodiff<Flex>>(
+            &out,
+            config.checkpoint.stop_at,
+            &device,
+            Single::shared(),
+        )?
     } else {
-        sae_train::train::<Autodiff<Flex>>(config, &device)?
+        sae_train::train::<Autodiff<Flex>>(config, &device, Single::shared())?
     };
     if let Some(last) = &summary.last {
         eprintln!(
@@ -284,7 +290,7 @@ fn sparsify_train_args(config: &TrainConfig, tokens: &Path) -> Result<Vec<String
     let tokenizer = model.tokenizer();
     let dataset = sae_data::Dataset::open(&config.data.path)?;
     let mut loader =
-        sae_train::run::data_loader(config, &dataset, tokenizer, model.context(), None)?;
+        sae_train::run::data_loader(config, &dataset, tokenizer, model.context(), None, (0, 1))?;
     let mut bytes = Vec::new();
     for _ in 0..=config.train.steps {
         let batch = loader.next_batch()?.context("the data ran out")?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
 use sae_train::TrainConfig;
+use sae_train::collective;
 use sae_train::config::parse_value;
 
 use crate::backend;
@@ -21,6 +22,12 @@ use crate::backend;
   sae train --config run.toml --set train.lr=1e-3 --set train.schedule=cosine
   sae train --config run.toml --stop-at 1000      # preemptible: train in chunks
   sae train --resume runs/smollm2                 # continue exactly from the last checkpoint
+  sae train --config run.toml --devices 8         # data parallel, one process per device
+  mpirun -H a:8,b:8 sae train --config run.toml   # several machines (or srun --mpi=pmix)
+  sae train --resume runs/smollm2 --devices 2     # resume on another number of devices
+
+Several devices need a build with the mpi feature and OpenMPI installed; --devices N starts the
+N processes through mpirun itself.
 
 Every config key can be set with --set SECTION.KEY=VALUE (TOML values); see docs/src/training.md.")]
 pub struct Args {
@@ -75,7 +82,8 @@ pub struct Args {
     /// Any config key, as SECTION.KEY=VALUE with a TOML value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Devices to train on, data parallel (parallel.devices; only 1 for now).
+    /// Devices to train on, data parallel, one process each (parallel.devices); also with
+    /// --resume, to continue on another number of devices.
     #[arg(long, value_name = "N")]
     devices: Option<usize>,
     /// Data-parallel strategy: ddp, zero1, zero2 or zero3 (parallel.strategy).
@@ -84,30 +92,72 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = backend::device()?;
-    sae_train::interrupt::install().context("cannot listen for SIGTERM and SIGINT")?;
-    let summary = match &args.resume {
+    // The run's configuration: a new one, or the saved one of the run to resume.
+    let config = match &args.resume {
         Some(run_dir) => {
             let flags = flag_overrides(&args)?;
-            if flags.iter().any(|(k, _)| k != "checkpoint.stop_at") {
+            let allowed = ["checkpoint.stop_at", "parallel.devices"];
+            if flags.iter().any(|(k, _)| !allowed.contains(&k.as_str())) {
                 bail!(
-                    "--resume continues a run with its saved configuration: only --stop-at may be given with it"
+                    "--resume continues a run with its saved configuration: only --stop-at and --devices may be given with it"
                 );
             }
-            sae_train::resume::<Autodiff<backend::Backend>>(run_dir, args.stop_at, &device)
-                .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?
+            let saved = run_dir.join(sae_train::run::CONFIG_FILE);
+            if saved.is_file() {
+                Some(TrainConfig::load(&saved, &[])?)
+            } else {
+                None
+            }
         }
-        None => {
-            let config = load_config(&args)?;
-            tracing::info!(
-                "training on {} into {}",
-                backend::NAME,
-                config.out.display()
-            );
-            sae_train::train::<Autodiff<backend::Backend>>(config, &device)
+        None => Some(load_config(&args)?),
+    };
+    let devices = args
+        .devices
+        .or(config.as_ref().map(|c| c.parallel.devices))
+        .unwrap_or(1);
+    let timeout_s = config.as_ref().map_or(300.0, |c| c.parallel.timeout_s);
+    let launched = collective::launched_ranks();
+    if launched.is_none() && devices > 1 {
+        return start_ranks(devices);
+    }
+    if let (Some((_, ranks)), Some(asked)) = (launched, args.devices)
+        && asked != ranks
+    {
+        bail!("--devices {asked}, but the launcher started {ranks} processes");
+    }
+    let collective = collective::from_environment(timeout_s)?;
+    let device = backend::device_of_rank(collective::local_rank())?;
+    sae_train::interrupt::install().context("cannot listen for SIGTERM and SIGINT")?;
+    let writer = collective.rank() == 0;
+    let summary = match (&args.resume, config) {
+        (Some(run_dir), _) => sae_train::resume::<Autodiff<backend::Backend>>(
+            run_dir,
+            args.stop_at,
+            &device,
+            collective,
+        )
+        .with_context(|| format!("cannot resume the run in {}", run_dir.display()))?,
+        (None, config) => {
+            let mut config = config.expect("a new run has a configuration");
+            config.parallel.devices = collective.ranks();
+            if writer {
+                tracing::info!(
+                    "training on {} ({} devices) into {}",
+                    backend::NAME,
+                    collective.ranks(),
+                    config.out.display()
+                );
+            }
+            sae_train::train::<Autodiff<backend::Backend>>(config, &device, collective)
                 .context("training failed")?
         }
     };
+    if !writer {
+        return match summary.interrupted {
+            Some(signal) => std::process::exit(signal.exit_code()),
+            None => Ok(()),
+        };
+    }
     let sae_dir = summary.run_dir.join(sae_train::run::SAE_DIR);
     let report = serde_json::json!({
         "run_dir": summary.run_dir,
@@ -126,6 +176,29 @@ pub fn run(args: Args) -> Result<()> {
             summary.run_dir.display()
         );
         std::process::exit(signal.exit_code());
+    }
+    Ok(())
+}
+
+/// Runs this same command as `devices` processes under `mpirun`, and exits as it does.
+fn start_ranks(devices: usize) -> Result<()> {
+    if !collective::launch::HAS_MPI {
+        bail!("{}", collective::without_mpi());
+    }
+    let program = std::env::current_exe().context("cannot find the sae executable")?;
+    let mut command = collective::launch::mpirun(
+        devices,
+        program.into_os_string(),
+        std::env::args_os().skip(1),
+    );
+    tracing::info!("starting {devices} processes: {command:?}");
+    let status = command.status().map_err(|error| {
+        anyhow::anyhow!(
+            "--devices {devices} starts its processes with mpirun, which could not be run ({error}): install OpenMPI (Debian: apt-get install openmpi-bin)"
+        )
+    })?;
+    if !status.success() {
+        bail!("the {devices} training processes failed ({status}); their messages are above");
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use super::device_select::{PreActivations, top_k_on_device};
 use super::host_grad::{HostStep, gather};
 use super::params::DeviceParams;
+use super::share::BatchShare;
 use super::{Sae, total_variance, zero_padding};
 use crate::error::{Result, SaeError};
 use crate::host::to_host;
@@ -39,12 +40,14 @@ struct Sparse<B: Backend> {
 impl<B: SaeBackend> Sae<B> {
     /// The training loss on `[tokens, d_in]` activations, adding the gradients of
     /// `weight x loss` to `grads` (shaped like [`device_params`](Self::device_params)); the
-    /// same numbers as [`add_loss_grads`](Self::add_loss_grads), computed on the backend.
+    /// same numbers as [`add_loss_grads`](Self::add_loss_grads), computed on the backend
+    /// (`share` as there).
     pub fn add_device_loss_grads(
         &self,
         x: Tensor<B, 2>,
         dead_mask: Option<&[bool]>,
         weight: f32,
+        share: Option<&BatchShare>,
         grads: &mut DeviceParams<B>,
     ) -> Result<HostStep> {
         if !self.has_host_gradients() {
@@ -79,7 +82,10 @@ impl<B: SaeBackend> Sae<B> {
                 (PreActivations::Host(pre), sparse, values, selection.indices)
             }
         };
-        let total_variance = scalar(total_variance(x.clone()));
+        let total_variance = match share {
+            Some(share) => share.total_variance,
+            None => scalar(total_variance(x.clone())),
+        };
 
         let residual = self.decode_sparse(&sparse, true) - x.clone();
         let fvu = scalar(residual.clone().square().sum()) / total_variance;

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::device_select::PreActivations;
 use super::params::HostParams;
+use super::share::{BatchShare, total_variance};
 use super::{Sae, finish_pre_activations, finish_row, non_finite_input};
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
@@ -98,19 +99,22 @@ impl<B: SaeBackend> Sae<B> {
     ) -> Result<(HostStep, HostParams)> {
         let params = self.host_params();
         let mut grads = params.zeros_like();
-        let step = self.add_loss_grads(&params, x, dead_mask, weight, &mut grads)?;
+        let step = self.add_loss_grads(&params, x, dead_mask, weight, None, &mut grads)?;
         Ok((step, grads))
     }
 
     /// As [`loss_and_grads`](Self::loss_and_grads), adding the gradients to `grads`. `params`
     /// must hold this SAE's values ([`host_params`](Self::host_params)): a trainer that keeps
-    /// them on the host passes its copy, and on the CPU backends only that copy is read.
+    /// them on the host passes its copy, and on the CPU backends only that copy is read. With
+    /// `share`, `x` is one rank's part of that batch, and the losses are its shares of the
+    /// batch's.
     pub fn add_loss_grads(
         &self,
         params: &HostParams,
         x: Tensor<B, 2>,
         dead_mask: Option<&[bool]>,
         weight: f32,
+        share: Option<&BatchShare>,
         grads: &mut HostParams,
     ) -> Result<HostStep> {
         if !self.has_host_gradients() {
@@ -199,7 +203,7 @@ impl<B: SaeBackend> Sae<B> {
             }
         };
         let values = values.unwrap_or_else(|| gather(pre.host(), h.latents, &selection));
-        let total_variance = total_variance(&h.x, n, d);
+        let total_variance = share.map_or_else(|| total_variance(&h.x, n, d), |s| s.total_variance);
 
         let residual = minus(decode(&h, &selection, &values, true), &h.x);
         let mut spent = Vec::new();
@@ -278,25 +282,6 @@ fn encoder_product(h: &Host) -> Vec<f32> {
         );
     }
     out
-}
-
-/// `sum((x - mean_0(x))^2)`, in f64.
-fn total_variance(x: &[f32], n: usize, d: usize) -> f64 {
-    let mut mean = vec![0f64; d];
-    for row in x.chunks_exact(d) {
-        mean.iter_mut()
-            .zip(row)
-            .for_each(|(m, &v)| *m += f64::from(v));
-    }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
-    x.chunks_exact(d)
-        .map(|row| {
-            row.iter()
-                .zip(&mean)
-                .map(|(&v, m)| (f64::from(v) - m).powi(2))
-                .sum::<f64>()
-        })
-        .sum()
 }
 
 fn sum_sq(v: &[f32]) -> f64 {

@@ -17,8 +17,10 @@ pub mod device_grad;
 pub mod device_select;
 pub mod host_grad;
 pub mod params;
+pub mod share;
 
 use self::device_select::PreActivations;
+use self::share::BatchShare;
 use crate::error::{Result, SaeError};
 use crate::host::to_host;
 use crate::kernels::reference::scatter_rows;
@@ -401,8 +403,19 @@ impl<B: SaeBackend> Sae<B> {
     /// `dead_mask` (one flag per latent) turns on the AuxK loss: the top `aux_k` dead latents
     /// are asked to reconstruct the residual `x - x_hat`, as in sparsify.
     pub fn forward(&self, x: Tensor<B, 2>, dead_mask: Option<&[bool]>) -> Result<SaeOutput<B>> {
+        self.forward_share(x, dead_mask, None)
+    }
+
+    /// As [`forward`](Self::forward); with `share`, `x` is one rank's part of that batch and
+    /// the losses are its shares of the batch's (they add up over the ranks).
+    pub fn forward_share(
+        &self,
+        x: Tensor<B, 2>,
+        dead_mask: Option<&[bool]>,
+        share: Option<&BatchShare>,
+    ) -> Result<SaeOutput<B>> {
         self.check_width(&x)?;
-        let n = x.dims()[0];
+        let n = share.map_or(x.dims()[0], |s| s.tokens);
         let x_c = self.center(x.clone());
         let dense = matches!(
             self.config.architecture,
@@ -414,7 +427,7 @@ impl<B: SaeBackend> Sae<B> {
             let host = finite_on_host(pre.clone().detach())?;
             let latents = self.gather_dense(&pre, &self.select(&host));
             let (acts, l1_loss, l0_loss) = if self.config.architecture == Architecture::JumpRelu {
-                let (acts, l0) = self.jumprelu_with_straight_through(pre);
+                let (acts, l0) = self.jumprelu_with_straight_through(pre, n);
                 (acts, None, Some(l0))
             } else {
                 let dec_norms = self
@@ -446,7 +459,10 @@ impl<B: SaeBackend> Sae<B> {
         };
 
         let residual = x.clone() - reconstruction.clone();
-        let total_variance = total_variance(x.clone());
+        let total_variance = match share {
+            Some(share) => Tensor::from_data([share.total_variance as f32], &x.device()),
+            None => total_variance(x.clone()),
+        };
         let fvu = residual.clone().powi_scalar(2).sum() / total_variance.clone();
 
         let auxk_loss = dead_mask.and_then(|mask| {
@@ -483,13 +499,17 @@ impl<B: SaeBackend> Sae<B> {
     }
 
     /// JumpReLU's activations `z H(z - theta)` of dense pre-activations `z`, and the L0 penalty
-    /// `mean_n sum_i H(z_ni - theta_i)`, with the straight-through gradients of Rajamanoharan
+    /// `sum_n sum_i H(z_ni - theta_i) / tokens`, with the straight-through gradients of Rajamanoharan
     /// et al. (SAELens' `JumpReLU` and `Step`): with `K = rect((z - theta) / eps) / eps`, the
     /// activations pass `-theta K` to the thresholds and `H` to `z`, and the L0 passes `-K` to
     /// the thresholds and nothing to `z`. Each surrogate term is `t - detach(t)`: zero forward,
     /// the wanted gradient backward.
-    fn jumprelu_with_straight_through(&self, z: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 1>) {
-        let [n, latents] = z.dims();
+    fn jumprelu_with_straight_through(
+        &self,
+        z: Tensor<B, 2>,
+        tokens: usize,
+    ) -> (Tensor<B, 2>, Tensor<B, 1>) {
+        let latents = z.dims()[1];
         let eps = self.config.jumprelu_bandwidth;
         let theta = self
             .threshold
@@ -505,7 +525,7 @@ impl<B: SaeBackend> Sae<B> {
         let acts = z * gate.clone() - surrogate(theta.clone() * (kernel.clone() * theta_d));
         let l0 = (gate - surrogate(theta * kernel))
             .sum()
-            .div_scalar(n as f32);
+            .div_scalar(tokens as f32);
         (acts, l0)
     }
 

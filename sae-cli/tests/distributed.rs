@@ -1,0 +1,259 @@
+//! Data-parallel `sae train` over MPI, as a user starts it (`--devices N`, which runs the ranks
+//! under OpenMPI's `mpirun`): the same loss curve on 1, 2 and 4 processes for one global batch,
+//! one checkpoint format whatever the number of devices (resume on another number), and a job
+//! that ends in time when one of its ranks dies or hangs. Built with the `mpi` feature only:
+//! `cargo test -p sae-cli --features mpi --test distributed` (needs openmpi-bin).
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{dataset, fixture, losses_or_empty, max_rel_diff, ok, run_args, s, strs};
+use sae_core::formats;
+
+const STEPS: &str = "6";
+
+/// A run of `STEPS` steps of the global batch of 4 sequences on `devices` processes.
+fn args(data: &Path, out: &Path, devices: usize) -> Vec<String> {
+    let model = fixture("sae-models", "qwen2_tiny");
+    let mut args = run_args(&model, data, out, STEPS);
+    let per_device = 4 / devices;
+    args.extend([
+        "--set".into(),
+        format!("train.batch_size={per_device}"),
+        "--devices".into(),
+        devices.to_string(),
+    ]);
+    args
+}
+
+/// Every step's metrics that must not depend on the number of devices (not the timings).
+fn curve(run: &Path) -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut values = Vec::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = &record["step"];
+        for key in [
+            "loss",
+            "fvu",
+            "l0",
+            "dead_pct",
+            "auxk",
+            "grad_norm",
+            "tokens",
+        ] {
+            values.push((format!("step {step} {key}"), record[key].as_f64().unwrap()));
+        }
+        for (hook, metrics) in record["hooks"].as_object().unwrap() {
+            for key in ["loss", "fvu", "l0"] {
+                let v = metrics[key].as_f64().unwrap();
+                values.push((format!("step {step} {hook} {key}"), v));
+            }
+        }
+    }
+    values
+}
+
+/// `got` equals `expected` within 1e-5 relative, value by value.
+fn same_curve(got: &[(String, f64)], expected: &[(String, f64)], what: &str) {
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{what}: another number of values"
+    );
+    for ((name, g), (_, e)) in got.iter().zip(expected) {
+        let err = (g - e).abs() / e.abs().max(1e-12);
+        assert!(err < 1e-5, "{what}: {name} is {g}, one process gives {e}");
+        if std::env::var_os("SAE_TEST_SHOW").is_some() {
+            eprintln!("{what}: {name} {err:e}");
+        }
+    }
+}
+
+#[test]
+fn ddp_on_2_and_4_processes_follows_the_one_process_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let one = dir.path().join("one");
+    ok(&strs(&args(&data, &one, 1)));
+    let expected = curve(&one);
+    let reference = formats::load(&one.join("sae")).unwrap();
+    for devices in [2, 4] {
+        let run = dir.path().join(format!("ddp{devices}"));
+        let stdout = ok(&strs(&args(&data, &run, devices)));
+        // One summary, from rank 0.
+        let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(summary["step"], 6);
+        same_curve(&curve(&run), &expected, &format!("{devices} processes"));
+        // The same adapter: same files, tensors and config, whatever the number of devices.
+        let sae = formats::load(&run.join("sae")).unwrap();
+        assert_eq!(sae.layout, reference.layout);
+        for (path, expected) in &reference.saes {
+            let got = &sae.saes[path];
+            assert_eq!(got.config, expected.config);
+            for ((name, g), (_, e)) in got.params().iter().zip(expected.params().iter()) {
+                let err = max_rel_diff(g, e);
+                assert!(
+                    err < 1e-4,
+                    "{devices} processes: {path} {name} differs by {err}"
+                );
+            }
+        }
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("devices = {devices}")), "{config}");
+    }
+}
+
+#[test]
+fn a_run_of_2_processes_resumes_on_1_with_the_same_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let one = dir.path().join("one");
+    ok(&strs(&args(&data, &one, 1)));
+    let run = dir.path().join("two");
+    let mut first = args(&data, &run, 2);
+    first.extend(["--stop-at".into(), "3".into()]);
+    ok(&strs(&first));
+    assert_eq!(losses_or_empty(&run).len(), 3);
+    ok(&["train", "--resume", s(&run), "--devices", "1"]);
+    same_curve(&curve(&run), &curve(&one), "2 processes, then 1");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("devices = 1") && config.contains("batch_size = 4"),
+        "{config}"
+    );
+}
+
+/// The process ids of the ranks of the job writing `run` (from their environment).
+fn ranks_of(run: &Path) -> Vec<(usize, u32)> {
+    let mut ranks = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(environ)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read(entry.path().join("environ")),
+        ) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains(s(run)) || cmdline.starts_with("mpirun") {
+            continue;
+        }
+        let rank = String::from_utf8_lossy(&environ)
+            .split('\0')
+            .find_map(|v| v.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok());
+        if let Some(rank) = rank {
+            ranks.push((rank, pid));
+        }
+    }
+    ranks.sort();
+    ranks
+}
+
+/// Starts a long run on 2 processes, waits for its first steps, sends `signal` to rank 1 and
+/// returns how long the job took to end after it, its exit status and its stderr.
+fn signal_a_rank(signal: &str, timeout_s: u32) -> (Duration, Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let run = dir.path().join("run");
+    let mut long = args(&data, &run, 2);
+    long.extend([
+        "--steps".into(),
+        "100000".into(),
+        "--set".into(),
+        format!("parallel.timeout_s={timeout_s}"),
+    ]);
+    // The last --steps wins over run_args' own.
+    let at = long.iter().position(|a| a == "--steps").unwrap();
+    long.drain(at..at + 2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(strs(&long))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while losses_or_empty(&run).len() < 2 {
+        assert!(Instant::now() < deadline, "the job never reached step 2");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = ranks_of(&run);
+    assert_eq!(
+        ranks.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 1],
+        "{ranks:?}"
+    );
+    let pid = ranks[1].1.to_string();
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let sent = Instant::now();
+    let limit = Duration::from_secs(u64::from(timeout_s) + 60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > limit {
+            child.kill().ok();
+            Command::new("kill").args(["-KILL", &pid]).status().ok();
+            panic!(
+                "the job still ran {} s after {signal} to rank 1",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = sent.elapsed();
+    // Whatever happened, nothing of the job may be left behind.
+    let quiet = Stdio::null;
+    (Command::new("kill")
+        .args(["-KILL", &pid])
+        .stderr(quiet())
+        .status())
+    .ok();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // The checkpoints written before stay complete.
+    let checkpoints = run.join("checkpoints");
+    for entry in std::fs::read_dir(&checkpoints).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step-") {
+            assert!(
+                entry.path().join("state.json").is_file(),
+                "{name} is incomplete"
+            );
+        }
+    }
+    (took, status.code(), stderr)
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_within_30_s() {
+    let (took, code, stderr) = signal_a_rank("-KILL", 300);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {stderr}");
+    assert!(stderr.contains("rank 1"), "mpirun names the rank: {stderr}");
+}
+
+#[test]
+fn a_stopped_rank_ends_the_job_after_the_timeout() {
+    let (took, code, stderr) = signal_a_rank("-STOP", 5);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}: {stderr}");
+    assert!(
+        stderr.contains("rank 0: ") && stderr.contains("waited more than 5 s"),
+        "{stderr}"
+    );
+}

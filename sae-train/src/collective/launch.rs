@@ -1,0 +1,60 @@
+//! Starting the ranks of a one-machine job the way the `deepspeed` launcher does: `sae train
+//! --devices N` runs itself again under `mpirun -np N`. Jobs on several machines are started by
+//! the user's own `mpirun -H a:8,b:8 ...` or Slurm's `srun`.
+
+use std::ffi::OsString;
+use std::process::Command;
+
+/// The command that runs `program args` as `ranks` ranks on this machine: `mpirun` with
+/// oversubscription allowed (more ranks than cores) and no binding to cores (each rank's
+/// threads share the machine; `RAYON_NUM_THREADS` divides the cores among the ranks unless
+/// it is set). As root, mpirun must be told that this is wanted.
+pub fn mpirun(
+    ranks: usize,
+    program: OsString,
+    args: impl IntoIterator<Item = OsString>,
+) -> Command {
+    let mut command = Command::new("mpirun");
+    command.args([
+        "-np",
+        &ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        command.arg("--allow-run-as-root");
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_rank = (cores / ranks).max(1).to_string();
+        command.args(["-x", &format!("RAYON_NUM_THREADS={per_rank}")]);
+    }
+    command.arg(program).args(args);
+    command
+}
+
+/// Whether this build carries the collectives over MPI (feature `mpi`).
+pub const HAS_MPI: bool = cfg!(feature = "mpi");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mpirun_runs_the_program_with_its_arguments_last() {
+        let command = mpirun(
+            4,
+            "sae".into(),
+            ["train".into(), "--devices".into(), "4".into()],
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(command.get_program(), "mpirun");
+        assert_eq!(args[..3], ["-np", "4", "--oversubscribe"]);
+        assert_eq!(args[args.len() - 4..], ["sae", "train", "--devices", "4"]);
+    }
+}

@@ -1,0 +1,102 @@
+//! The collectives over MPI (feature `mpi`): OpenMPI, MPICH or any MPI 3 library, in processes
+//! started by `mpirun` or `srun`. MPI's own errors end the job (its default handler).
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+
+use super::{Collective, Watchdog};
+use crate::error::{Result, TrainError};
+
+/// The MPI world of this job.
+pub struct Mpi {
+    world: SimpleCommunicator,
+    watchdog: Watchdog,
+    /// Ends MPI when dropped; kept last so that the world is dropped first.
+    _universe: Universe,
+}
+
+impl std::fmt::Debug for Mpi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mpi(rank {} of {})", self.rank(), self.ranks())
+    }
+}
+
+impl Mpi {
+    /// Joins the job's MPI world; each collective waits at most `timeout_s` for the others.
+    pub fn init(timeout_s: f64) -> Result<Self> {
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or_else(|| TrainError::Unsupported("MPI was already started".into()))?;
+        let world = universe.world();
+        let watchdog = Watchdog::start(world.rank() as usize, timeout_s);
+        Ok(Mpi {
+            world,
+            watchdog,
+            _universe: universe,
+        })
+    }
+
+    fn check_parts(&self, whole: usize, part: usize, what: &str) -> Result<()> {
+        if whole != part * self.ranks() {
+            return Err(TrainError::Invalid(format!(
+                "{what}: {whole} elements are not {} parts of {part}",
+                self.ranks()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        self.world.rank() as usize
+    }
+
+    fn ranks(&self) -> usize {
+        self.world.size() as usize
+    }
+
+    fn all_reduce(&self, buf: &mut [f32]) -> Result<()> {
+        let _armed = self.watchdog.arm("an all-reduce");
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let _armed = self.watchdog.arm("an all-reduce");
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        self.check_parts(send.len(), recv.len(), "reduce-scatter")?;
+        let _armed = self.watchdog.arm("a reduce-scatter");
+        self.world
+            .reduce_scatter_block_into(send, recv, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        self.check_parts(recv.len(), send.len(), "all-gather")?;
+        let _armed = self.watchdog.arm("an all-gather");
+        self.world.all_gather_into(send, recv);
+        Ok(())
+    }
+
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        let _armed = self.watchdog.arm("a broadcast");
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let _armed = self.watchdog.arm("a barrier");
+        self.world.barrier();
+        Ok(())
+    }
+}
