@@ -57,10 +57,20 @@ fn main() -> ExitCode {
     sae_core::allocator::keep_freed_memory();
     sae_core::mapped::report_bus_errors();
     let cli = Cli::parse();
+    // In a job of several processes (mpirun, srun), rank 0 reports progress; the others
+    // report only warnings and errors, which name their rank.
+    let rank = sae_train::collective::launched_ranks()
+        .filter(|&(_, ranks)| ranks > 1)
+        .map(|(rank, _)| rank);
+    let level = if rank.unwrap_or(0) == 0 {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: logs redirected to a file stay plain text.
@@ -84,7 +94,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            let of_rank = rank.map_or(String::new(), |r| format!(" (rank {r})"));
+            eprintln!("error{of_rank}: {error}");
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }

@@ -5,7 +5,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s};
+use common::{
+    fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, photo_questions, s,
+};
 use sae_core::TensorFile;
 use sae_models::ProcessorSettings;
 
@@ -188,37 +190,6 @@ fn a_vision_model_is_found_in_the_hub_cache_offline() {
     let tokens = json_tokens(&text);
     let reference = fixture("qwen2_vl_tiny/reference.safetensors");
     assert_eq!(tokens, ints(&reference, "generate.greedy"));
-}
-
-/// An easy-VQA-layout folder (`questions.json`, `images/<id>.png`) made of real photos of
-/// several sizes, preprocessed into a standard chat dataset.
-fn photo_questions(root: &std::path::Path) -> PathBuf {
-    let input = root.join("vqa");
-    std::fs::create_dir_all(input.join("images")).unwrap();
-    let photos = ["image1", "image2", "tall", "wide"];
-    for (id, name) in photos.iter().enumerate() {
-        let from = fixture(&format!("image_processors/images/{name}.png"));
-        std::fs::copy(from, input.join(format!("images/{id}.png"))).unwrap();
-    }
-    let questions: Vec<serde_json::Value> = (0..8)
-        .map(|i| serde_json::json!([format!("what is in picture {i}?"), "a thing", i % 4]))
-        .collect();
-    std::fs::write(
-        input.join("questions.json"),
-        serde_json::to_string(&questions).unwrap(),
-    )
-    .unwrap();
-    let data = root.join("data");
-    ok(&[
-        "preprocess",
-        "--format",
-        "easy-vqa",
-        "--input",
-        s(&input),
-        "--output",
-        s(&data),
-    ]);
-    data
 }
 
 // Training SAEs on a vision-language model: one on the language model's residual stream (the

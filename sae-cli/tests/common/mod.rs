@@ -222,3 +222,34 @@ pub fn run_args(model: &Path, data: &Path, out: &Path, steps: &str) -> Vec<Strin
     .map(|a| a.to_string())
     .collect()
 }
+
+/// An easy-VQA-layout folder (`questions.json`, `images/<id>.png`) made of real photos of
+/// several sizes, preprocessed into a standard chat dataset.
+pub fn photo_questions(root: &std::path::Path) -> PathBuf {
+    let input = root.join("vqa");
+    std::fs::create_dir_all(input.join("images")).unwrap();
+    let photos = ["image1", "image2", "tall", "wide"];
+    for (id, name) in photos.iter().enumerate() {
+        let from = fixture("sae-models", &format!("image_processors/images/{name}.png"));
+        std::fs::copy(from, input.join(format!("images/{id}.png"))).unwrap();
+    }
+    let questions: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!([format!("what is in picture {i}?"), "a thing", i % 4]))
+        .collect();
+    std::fs::write(
+        input.join("questions.json"),
+        serde_json::to_string(&questions).unwrap(),
+    )
+    .unwrap();
+    let data = root.join("data");
+    ok(&[
+        "preprocess",
+        "--format",
+        "easy-vqa",
+        "--input",
+        s(&input),
+        "--output",
+        s(&data),
+    ]);
+    data
+}
