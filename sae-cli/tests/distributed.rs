@@ -20,6 +20,11 @@ const STEPS: &str = "6";
 
 /// A run of `STEPS` steps of the global batch of 4 sequences on `devices` processes.
 fn args(data: &Path, out: &Path, devices: usize) -> Vec<String> {
+    args_with(data, out, devices, "ddp")
+}
+
+/// [`args`] with the data-parallel `strategy`.
+fn args_with(data: &Path, out: &Path, devices: usize, strategy: &str) -> Vec<String> {
     let model = fixture("sae-models", "qwen2_tiny");
     let mut args = run_args(&model, data, out, STEPS);
     let per_device = 4 / devices;
@@ -28,6 +33,8 @@ fn args(data: &Path, out: &Path, devices: usize) -> Vec<String> {
         format!("train.batch_size={per_device}"),
         "--devices".into(),
         devices.to_string(),
+        "--parallel".into(),
+        strategy.into(),
     ]);
     args
 }
@@ -77,20 +84,42 @@ fn same_curve(got: &[(String, f64)], expected: &[(String, f64)], what: &str) {
 }
 
 #[test]
-fn ddp_on_2_and_4_processes_follows_the_one_process_curve() {
+fn every_strategy_on_2_and_4_processes_follows_the_one_process_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let one = dir.path().join("one");
     ok(&strs(&args(&data, &one, 1)));
     let expected = curve(&one);
     let reference = formats::load(&one.join("sae")).unwrap();
-    for devices in [2, 4] {
-        let run = dir.path().join(format!("ddp{devices}"));
-        let stdout = ok(&strs(&args(&data, &run, devices)));
+    let runs = ["ddp", "zero1", "zero2"].map(|strategy| [2, 4].map(|devices| (strategy, devices)));
+    for (strategy, devices) in runs.into_iter().flatten() {
+        let run = dir.path().join(format!("{strategy}-{devices}"));
+        let stdout = ok(&strs(&args_with(&data, &run, devices, strategy)));
         // One summary, from rank 0.
         let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(summary["step"], 6);
-        same_curve(&curve(&run), &expected, &format!("{devices} processes"));
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("devices = {devices}")), "{config}");
+        assert!(
+            config.contains(&format!("strategy = \"{strategy}\"")),
+            "{config}"
+        );
+        let devices = format!("{strategy} on {devices} processes");
+        same_curve(&curve(&run), &expected, &devices);
+        // The checkpoints hold the same state: moments gathered from the ranks under ZeRO.
+        let state = |run: &Path| {
+            let file = run.join("checkpoints/step-00000005/state.safetensors");
+            sae_core::TensorFile::open(file).unwrap()
+        };
+        let (got, reference_state) = (state(&run), state(&one));
+        for name in reference_state.names() {
+            let (g, e) = (got.get(&name).unwrap(), reference_state.get(&name).unwrap());
+            assert_eq!(g.shape, e.shape, "{devices}: {name}");
+            if name.ends_with("exp_avg") || name.ends_with("exp_avg_sq") {
+                let err = max_rel_diff(&g.to_f32(), &e.to_f32());
+                assert!(err < 1e-4, "{devices}: {name} differs by {err}");
+            }
+        }
         // The same adapter: same files, tensors and config, whatever the number of devices.
         let sae = formats::load(&run.join("sae")).unwrap();
         assert_eq!(sae.layout, reference.layout);
@@ -105,8 +134,6 @@ fn ddp_on_2_and_4_processes_follows_the_one_process_curve() {
                 );
             }
         }
-        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
-        assert!(config.contains(&format!("devices = {devices}")), "{config}");
     }
 }
 
@@ -148,13 +175,13 @@ fn ddp_on_a_vision_language_model_follows_the_one_process_curve() {
 }
 
 #[test]
-fn a_run_of_2_processes_resumes_on_1_with_the_same_curve() {
+fn a_zero2_run_of_2_processes_resumes_on_1_with_the_same_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let one = dir.path().join("one");
     ok(&strs(&args(&data, &one, 1)));
     let run = dir.path().join("two");
-    let mut first = args(&data, &run, 2);
+    let mut first = args_with(&data, &run, 2, "zero2");
     first.extend(["--stop-at".into(), "3".into()]);
     ok(&strs(&first));
     assert_eq!(losses_or_empty(&run).len(), 3);

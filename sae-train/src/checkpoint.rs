@@ -106,6 +106,7 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn save<B: SaeAutodiffBackend>(
     run_dir: &Path,
     trainer: &Trainer<B>,
+    moments: &[Option<Moments>],
     state: &State,
     config: &TrainConfig,
 ) -> Result<PathBuf> {
@@ -116,7 +117,8 @@ pub fn save<B: SaeAutodiffBackend>(
         let tensors = trainer
             .hooks
             .iter()
-            .flat_map(hook_tensors)
+            .zip(moments)
+            .flat_map(|(hook, moments)| hook_tensors(hook, moments.as_ref()))
             .collect::<Vec<_>>();
         sae_core::tensor_file::write_tensors(
             &tmp.join(STATE_TENSORS),
@@ -158,8 +160,11 @@ pub fn save_adapter<B: SaeAutodiffBackend>(
 
 /// One SAE's raw parameters, moments and counters, named `<path>.<param>[.exp_avg|.exp_avg_sq]`
 /// and `<path>.tokens_since_fired`.
-fn hook_tensors<B: SaeAutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, HostTensor)> {
-    let (params, moments) = (hook.params(), hook.moments());
+fn hook_tensors<B: SaeAutodiffBackend>(
+    hook: &HookTrainer<B>,
+    moments: Option<&Moments>,
+) -> Vec<(String, HostTensor)> {
+    let params = hook.params();
     let d = params.b_dec.len();
     // The matrices as `[latents, d]`, vectors as `[1, n]`.
     let tensor = |name: &str, v: &[f32]| {
@@ -174,7 +179,7 @@ fn hook_tensors<B: SaeAutodiffBackend>(hook: &HookTrainer<B>) -> Vec<(String, Ho
     for (name, value) in params.iter() {
         let key = format!("{}.{name}", hook.path);
         out.push((key.clone(), tensor(name, value)));
-        if let Some(m) = &moments {
+        if let Some(m) = moments {
             for (suffix, moment) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
                 let values = moment.get(name).expect("moments mirror the params");
                 out.push((format!("{key}.{suffix}"), tensor(name, values)));

@@ -17,6 +17,7 @@ pub mod run;
 pub mod schedule;
 pub mod storage;
 pub mod trainer;
+pub mod zero;
 
 pub use config::{BiasInit, Schedule, Strategy, TrainConfig};
 pub use error::{Result, TrainError};

@@ -21,6 +21,7 @@ use sae_core::{FolderLock, HookPoint, HookedModule, Recorder, SaeAutodiffBackend
 use sae_data::{Batch, Dataset, Kind, Loader, LoaderCursor, StreamConfig};
 use sae_models::{AnyModel, Tokenizer};
 
+use crate::adamw::Moments;
 use crate::checkpoint::{self, State};
 use crate::collective::Collective;
 use crate::config::{Strategy, TrainConfig};
@@ -207,11 +208,10 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 parallel.devices
             )));
         }
-        if ranks > 1 && parallel.strategy != Strategy::Ddp {
-            return Err(TrainError::Unsupported(format!(
-                "parallel.strategy = {:?} is not implemented yet; use ddp",
-                parallel.strategy
-            )));
+        if ranks > 1 && parallel.strategy == Strategy::Zero3 {
+            return Err(TrainError::Unsupported(
+                "parallel.strategy = zero3 is not implemented yet; use ddp, zero1 or zero2".into(),
+            ));
         }
         let name = &config.model.name;
         let points =
@@ -286,7 +286,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             ),
         };
         let writer = collective.rank() == 0;
-        let trainer = trainer.with_collective(collective)?;
+        let trainer = trainer.with_collective(collective, config.parallel.strategy)?;
         Ok(Session {
             config,
             model,
@@ -397,15 +397,18 @@ impl<B: SaeAutodiffBackend> Session<B> {
             bar.inc(1);
             let save_every = self.config.checkpoint.save_every;
             interrupted = self.stop_requested()?;
-            if self.writer
-                && (step == end
-                    || (save_every > 0 && step.is_multiple_of(save_every))
-                    || interrupted.is_some())
+            if step == end
+                || (save_every > 0 && step.is_multiple_of(save_every))
+                || interrupted.is_some()
             {
-                let dir = self.save_checkpoint(&run_dir, &loader)?;
-                bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
-                newest = Some(dir);
-                draw_curves(&run_dir)?;
+                // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
+                let moments = self.trainer.whole_moments()?;
+                if self.writer {
+                    let dir = self.save_checkpoint(&run_dir, &loader, &moments)?;
+                    bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
+                    newest = Some(dir);
+                    draw_curves(&run_dir)?;
+                }
             }
             last = Some(record);
             if interrupted.is_some() {
@@ -446,7 +449,12 @@ impl<B: SaeAutodiffBackend> Session<B> {
     }
 
     /// Writes the checkpoint of the step just done, `loader` being where the data is.
-    fn save_checkpoint(&self, run_dir: &Path, loader: &Loader) -> Result<PathBuf> {
+    fn save_checkpoint(
+        &self,
+        run_dir: &Path,
+        loader: &Loader,
+        moments: &[Option<Moments>],
+    ) -> Result<PathBuf> {
         let state = State {
             step: self.trainer.step,
             initialised: self.trainer.initialised,
@@ -455,7 +463,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
             cursor: loader.cursor(),
             hooks: checkpoint::hook_states(&self.trainer),
         };
-        checkpoint::save(run_dir, &self.trainer, &state, &self.config)
+        checkpoint::save(run_dir, &self.trainer, moments, &state, &self.config)
     }
 
     /// Which tokens the loss sees.

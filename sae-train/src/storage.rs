@@ -3,6 +3,8 @@
 //! where parameters, gradients and moments stay on the device between steps). The trainer's
 //! step is written once over [`Storage`].
 
+use std::ops::Range;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 use rayon::prelude::*;
@@ -28,6 +30,16 @@ pub trait Storage: Sized {
     /// AdamW's update number `t` of `self` with `grad`, moments included; `grad` is left at
     /// zero, ready to accumulate the next step's.
     fn adamw(&mut self, grad: &mut Self, moments: (&mut Self, &mut Self), hp: &AdamW, t: u64);
+    /// Adds `other` value by value.
+    fn add(&mut self, other: &Self);
+    /// How many values.
+    fn count(&self) -> usize;
+    /// The values `range`, in the same storage.
+    fn range(&self, range: Range<usize>) -> Self;
+    /// The values, on the host (for the collectives, which run on the host).
+    fn to_vec(&self) -> Vec<f32>;
+    /// `values` in the storage of `self` (on its device).
+    fn like(&self, values: Vec<f32>) -> Self;
 }
 
 impl Storage for Vec<f32> {
@@ -70,6 +82,26 @@ impl Storage for Vec<f32> {
     fn adamw(&mut self, grad: &mut Self, (m, v): (&mut Self, &mut Self), hp: &AdamW, t: u64) {
         hp.update(self, grad, m, v, t);
     }
+
+    fn add(&mut self, other: &Self) {
+        self.iter_mut().zip(other).for_each(|(a, b)| *a += b);
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn range(&self, range: Range<usize>) -> Self {
+        self[range].to_vec()
+    }
+
+    fn to_vec(&self) -> Vec<f32> {
+        self.clone()
+    }
+
+    fn like(&self, values: Vec<f32>) -> Self {
+        values
+    }
 }
 
 impl<B: Backend> Storage for Tensor<B, 1> {
@@ -107,6 +139,27 @@ impl<B: Backend> Storage for Tensor<B, 1> {
         let denom = v.clone().sqrt().div_scalar(c.bias2_sqrt).add_scalar(c.eps);
         let step = m.clone().div(denom).mul_scalar(c.step_size);
         *self = self.clone().mul_scalar(c.decay) - step;
+    }
+
+    fn add(&mut self, other: &Self) {
+        *self = self.clone() + other.clone();
+    }
+
+    fn count(&self) -> usize {
+        self.dims()[0]
+    }
+
+    fn range(&self, range: Range<usize>) -> Self {
+        self.clone().slice(range)
+    }
+
+    fn to_vec(&self) -> Vec<f32> {
+        sae_core::host::to_host(self.clone())
+    }
+
+    fn like(&self, values: Vec<f32>) -> Self {
+        let n = values.len();
+        Tensor::from_data(burn::tensor::TensorData::new(values, [n]), &self.device())
     }
 }
 

@@ -35,11 +35,13 @@ use serde::Serialize;
 
 use crate::adamw::{AdamW, Moments};
 use crate::collective::{Collective, Single, gather_rows};
+use crate::config::Strategy;
 use crate::config::{BiasInit, OptimConfig};
 use crate::error::{Result, TrainError};
 use crate::init;
 use crate::schedule::lr_factor;
 use crate::storage::Storage;
+use crate::zero::Partition;
 
 /// One step's numbers for one SAE (means over the step's micro-batches).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -102,6 +104,9 @@ struct Optimised<T> {
     params: Params<T>,
     grads: Params<T>,
     moments: Option<Moments<T>>,
+    /// Under ZeRO: the latents this rank steps, their moments (`moments` stays empty) and,
+    /// stage 2, their gradients.
+    partition: Option<Partition<T>>,
 }
 
 /// Where an SAE's [`Optimised`] state lives.
@@ -119,57 +124,157 @@ impl<T: Storage> Optimised<T> {
             grads: params.map(Storage::zeros_like),
             params,
             moments,
+            partition: None,
         }
+    }
+
+    /// Under ZeRO from now on: this rank keeps the moments of its latents only.
+    fn partition(&mut self, ranks: (usize, usize), stage2: bool, d: usize) {
+        let latents = self.params.w_enc.count() / d;
+        let mut partition = Partition::new(ranks, latents, self.moments.take().as_ref(), d);
+        partition.stage2 = stage2;
+        self.partition = Some(partition);
+    }
+
+    /// Zeroed gradients where stage 2 released them after the last micro-batch.
+    fn ensure_grads(&mut self) {
+        if self.grads.w_enc.count() == 0 {
+            self.grads = self.params.map(Storage::zeros_like);
+        }
+    }
+
+    /// Stage 2, after each micro-batch: this rank's slice of the gradients summed over the
+    /// ranks is added to its own, and the whole gradients are released.
+    fn scatter_grads(&mut self, collective: &dyn Collective, d: usize) -> Result<()> {
+        if !self.partition.as_ref().is_some_and(|p| p.stage2) {
+            return Ok(());
+        }
+        self.ensure_grads();
+        let part = self.partition.as_mut().expect("checked above");
+        let summed = part.reduce_scatter(collective, &self.grads, d)?;
+        part.add_grads(summed);
+        self.grads = self.grads.map(|g| g.like(Vec::new()));
+        Ok(())
     }
 
     /// Removes the gradient along the decoder rows (when they are kept at unit norm), clips
     /// the global norm, takes AdamW's step `t` and renormalises the decoder rows; returns the
     /// gradient's norm before clipping (NaN or infinite leaves the parameters unchanged).
-    fn step(&mut self, config: &SaeConfig, optim: &OptimConfig, lr: f64, t: u64, d: usize) -> f64 {
-        let grads = &mut self.grads;
-        if config.normalize_decoder {
-            grads.w_dec.remove_parallel_component(&self.params.w_dec, d);
-        }
-        let grad_norm = grads.iter().map(|(_, g)| g.norm_sq(d)).sum::<f64>().sqrt();
-        if !grad_norm.is_finite() {
-            return grad_norm;
-        }
-        let clip = optim
-            .grad_clip
-            .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
-        let params = &mut self.params;
-        let moments = self
-            .moments
-            .get_or_insert_with(|| Moments::zeros_like(params));
-        for (name, g) in grads.iter_mut() {
-            if clip < 1.0 {
-                g.scale(clip as f32);
+    /// Under ZeRO this rank steps its latents and the parameters are gathered.
+    fn step(
+        &mut self,
+        collective: &dyn Collective,
+        (config, optim): (&SaeConfig, &OptimConfig),
+        lr: f64,
+        t: u64,
+        d: usize,
+    ) -> Result<f64> {
+        let Some(part) = &mut self.partition else {
+            remove_parallel_component(&mut self.grads, &self.params, config, d);
+            let grad_norm = norm_sq(&self.grads, d, |_| true).sqrt();
+            if grad_norm.is_finite() {
+                let state = (&mut self.params, &mut self.grads, &mut self.moments);
+                update(state, (config, optim), lr, t, d, grad_norm);
             }
-            let hp = AdamW {
-                lr,
-                beta1: optim.beta1,
-                beta2: optim.beta2,
-                eps: optim.eps,
-                weight_decay: if name.starts_with("w_") {
-                    optim.weight_decay
-                } else {
-                    0.0
-                },
-            };
-            let param = params.get_mut(name).expect("grads mirror the params");
-            let m = moments.exp_avg.get_mut(name).expect("moments too");
-            let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
-            param.adamw(g, (m, v), &hp, t);
+            return Ok(grad_norm);
+        };
+        let latents = self.params.w_enc.count() / d;
+        let mut grads = match part.grads.take() {
+            Some(grads) => grads,
+            None => {
+                let grads = part.reduce_scatter(collective, &self.grads, d)?;
+                self.grads = self.grads.map(Storage::zeros_like);
+                grads
+            }
+        };
+        let mut params = part.slice(&self.params, d);
+        remove_parallel_component(&mut grads, &params, config, d);
+        // The latents' squared norms summed over the ranks, and b_dec's (whole on every rank).
+        let mut sq = [norm_sq(&grads, d, |name| name != "b_dec")];
+        collective.all_reduce_f64(&mut sq)?;
+        let grad_norm = (sq[0] + grads.b_dec.norm_sq(d)).sqrt();
+        if grad_norm.is_finite() {
+            let state = (&mut params, &mut grads, &mut part.moments);
+            update(state, (config, optim), lr, t, d, grad_norm);
+            self.params = part.all_gather(collective, &params, latents, d)?;
         }
-        if config.normalize_decoder {
-            params.w_dec.unit_norm_rows(d);
+        Ok(grad_norm)
+    }
+
+    /// The whole moments on the host; under ZeRO gathered from every rank (a collective).
+    fn whole_moments(&self, collective: &dyn Collective, d: usize) -> Result<Option<Moments>> {
+        match &self.partition {
+            Some(part) => part.gather_moments(collective, self.params.w_enc.count() / d, d),
+            None => Ok(self.moments.as_ref().map(|m| Moments {
+                exp_avg: m.exp_avg.map(Storage::to_vec),
+                exp_avg_sq: m.exp_avg_sq.map(Storage::to_vec),
+            })),
         }
-        // JumpReLU thresholds stay non-negative (as SAELens projects them), else the gate
-        // would pass negative pre-activations.
-        if let Some(threshold) = &mut params.threshold {
-            threshold.clamp_min(0.0);
+    }
+}
+
+/// With `normalize_decoder`, removes from each decoder row's gradient its component along the
+/// row.
+fn remove_parallel_component<T: Storage>(
+    grads: &mut Params<T>,
+    params: &Params<T>,
+    config: &SaeConfig,
+    d: usize,
+) {
+    if config.normalize_decoder {
+        grads.w_dec.remove_parallel_component(&params.w_dec, d);
+    }
+}
+
+/// The sum of the squares of the gradients of the parameters `named` picks.
+fn norm_sq<T: Storage>(grads: &Params<T>, d: usize, named: impl Fn(&str) -> bool) -> f64 {
+    (grads.iter())
+        .filter(|(name, _)| named(name))
+        .map(|(_, g)| g.norm_sq(d))
+        .sum()
+}
+
+/// Clips the gradients to `grad_clip` by their global norm `grad_norm`, takes AdamW's step
+/// `t` (moments created at the first) and renormalises the decoder rows.
+fn update<T: Storage>(
+    (params, grads, moments): (&mut Params<T>, &mut Params<T>, &mut Option<Moments<T>>),
+    (config, optim): (&SaeConfig, &OptimConfig),
+    lr: f64,
+    t: u64,
+    d: usize,
+    grad_norm: f64,
+) {
+    let clip = optim
+        .grad_clip
+        .map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+    let moments = moments.get_or_insert_with(|| Moments::zeros_like(params));
+    for (name, g) in grads.iter_mut() {
+        if clip < 1.0 {
+            g.scale(clip as f32);
         }
-        grad_norm
+        let hp = AdamW {
+            lr,
+            beta1: optim.beta1,
+            beta2: optim.beta2,
+            eps: optim.eps,
+            weight_decay: if name.starts_with("w_") {
+                optim.weight_decay
+            } else {
+                0.0
+            },
+        };
+        let param = params.get_mut(name).expect("grads mirror the params");
+        let m = moments.exp_avg.get_mut(name).expect("moments too");
+        let v = moments.exp_avg_sq.get_mut(name).expect("moments too");
+        param.adamw(g, (m, v), &hp, t);
+    }
+    if config.normalize_decoder {
+        params.w_dec.unit_norm_rows(d);
+    }
+    // JumpReLU thresholds stay non-negative (as SAELens projects them), else the gate
+    // would pass negative pre-activations.
+    if let Some(threshold) = &mut params.threshold {
+        threshold.clamp_min(0.0);
     }
 }
 
@@ -234,16 +339,47 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         }
     }
 
-    /// The same trainer training data parallel with the ranks of `collective`: every rank takes
-    /// rank 0's parameters.
-    pub fn with_collective(mut self, collective: Rc<dyn Collective>) -> Result<Self> {
-        if collective.ranks() > 1 {
+    /// The same trainer training data parallel with the ranks of `collective` by `strategy`:
+    /// every rank takes rank 0's parameters; under ZeRO-1 and ZeRO-2 each rank keeps the
+    /// optimiser state of its slice of the latents ([`crate::zero`]).
+    pub fn with_collective(
+        mut self,
+        collective: Rc<dyn Collective>,
+        strategy: Strategy,
+    ) -> Result<Self> {
+        let ranks = (collective.rank(), collective.ranks());
+        if ranks.1 > 1 {
+            if strategy == Strategy::Zero3 {
+                return Err(TrainError::Unsupported(
+                    "parallel.strategy = zero3 is not implemented yet; use ddp, zero1 or zero2"
+                        .into(),
+                ));
+            }
             for hook in &mut self.hooks {
                 hook.broadcast_params(collective.as_ref())?;
+                if matches!(strategy, Strategy::Zero1 | Strategy::Zero2) {
+                    let (stage2, d) = (strategy == Strategy::Zero2, hook.d_in());
+                    match &mut hook.residence {
+                        Residence::Host(h) => h.partition(ranks, stage2, d),
+                        Residence::Device(t) => t.partition(ranks, stage2, d),
+                    }
+                }
             }
         }
         self.collective = collective;
         Ok(self)
+    }
+
+    /// Every SAE's AdamW moments, whole, on the host (none before the first step): what a
+    /// checkpoint stores. Under ZeRO they are gathered from the ranks, so every rank calls it.
+    pub fn whole_moments(&self) -> Result<Vec<Option<Moments>>> {
+        let collective = self.collective.as_ref();
+        (self.hooks.iter())
+            .map(|hook| match &hook.residence {
+                Residence::Host(h) => h.whole_moments(collective, hook.d_in()),
+                Residence::Device(t) => t.whole_moments(collective, hook.d_in()),
+            })
+            .collect()
     }
 
     /// The ranks this trainer trains with.
@@ -262,8 +398,14 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
             self.initialised = true;
         }
         let acc = self.optim.grad_acc_steps;
+        let collective = self.collective.as_ref();
         for (hook, x) in self.hooks.iter_mut().zip(acts) {
-            hook.accumulate(x, acc, step, self.collective.as_ref())?;
+            hook.accumulate(x, acc, step, collective)?;
+            let d = hook.d_in();
+            match &mut hook.residence {
+                Residence::Host(h) => h.scatter_grads(collective, d)?,
+                Residence::Device(t) => t.scatter_grads(collective, d)?,
+            }
         }
         Ok(())
     }
@@ -284,7 +426,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
             .map(|hook| {
                 let lr = self.optim.lr_for(hook.sae.num_latents()) * factor;
                 hook.reduce_over_ranks(self.collective.as_ref())?;
-                hook.apply(&self.optim, lr, step)
+                hook.apply(self.collective.as_ref(), &self.optim, lr, step)
             })
             .collect()
     }
@@ -338,17 +480,28 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             ))
             .into());
         }
+        let partitioned = match &self.residence {
+            Residence::Host(h) => h.partition.is_some(),
+            Residence::Device(t) => t.partition.is_some(),
+        };
+        if partitioned {
+            return Err(TrainError::Unsupported(
+                "the state of a ZeRO trainer cannot move between the host and the device".into(),
+            ));
+        }
         let device = self.sae.w_enc.device();
         self.residence = match (self.residence, on_device) {
             (Residence::Host(h), true) => Residence::Device(Optimised {
                 params: h.params.to_device(&device),
                 grads: h.grads.to_device(&device),
                 moments: h.moments.map(|m| m.to_device(&device)),
+                partition: None,
             }),
             (Residence::Device(t), false) => Residence::Host(Box::new(Optimised {
                 params: t.params.to_host(),
                 grads: t.grads.to_host(),
                 moments: t.moments.map(|m| m.to_host()),
+                partition: None,
             })),
             (state, _) => state,
         };
@@ -475,6 +628,10 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         step: u64,
         collective: &dyn Collective,
     ) -> Result<()> {
+        match &mut self.residence {
+            Residence::Host(h) => h.ensure_grads(),
+            Residence::Device(t) => t.ensure_grads(),
+        }
         let x = if self.scale != 1.0 {
             x.mul_scalar(self.scale)
         } else {
@@ -583,7 +740,10 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         if collective.ranks() == 1 {
             return Ok(());
         }
+        // Under ZeRO the optimiser step reduce-scatters the gradients instead.
         match &mut self.residence {
+            Residence::Host(h) if h.partition.is_some() => {}
+            Residence::Device(t) if t.partition.is_some() => {}
             Residence::Host(h) => {
                 for (_, g) in h.grads.iter_mut() {
                     collective.all_reduce(g)?;
@@ -628,12 +788,18 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
     }
 
     /// The optimiser step and the step's metrics.
-    fn apply(&mut self, optim: &OptimConfig, lr: f64, step: u64) -> Result<HookMetrics> {
+    fn apply(
+        &mut self,
+        collective: &dyn Collective,
+        optim: &OptimConfig,
+        lr: f64,
+        step: u64,
+    ) -> Result<HookMetrics> {
         let config = self.sae.config.clone();
         let d = self.sae.d_in();
         let grad_norm = match &mut self.residence {
-            Residence::Host(h) => h.step(&config, optim, lr, step, d),
-            Residence::Device(t) => t.step(&config, optim, lr, step, d),
+            Residence::Host(h) => h.step(collective, (&config, optim), lr, step, d)?,
+            Residence::Device(t) => t.step(collective, (&config, optim), lr, step, d)?,
         };
         if !grad_norm.is_finite() {
             // The forward pass checked its input and loss: the weights made it blow up.

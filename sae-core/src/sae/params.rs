@@ -81,6 +81,24 @@ impl<T> Params<T> {
             threshold: self.threshold.as_ref().map(&mut f),
         }
     }
+
+    /// Each present value mapped by `f`, given its name; the first error stops the mapping.
+    pub fn try_map_named<U, E>(
+        &self,
+        mut f: impl FnMut(&'static str, &T) -> Result<U, E>,
+    ) -> Result<Params<U>, E> {
+        Ok(Params {
+            w_enc: f("w_enc", &self.w_enc)?,
+            b_enc: self.b_enc.as_ref().map(|v| f("b_enc", v)).transpose()?,
+            w_dec: f("w_dec", &self.w_dec)?,
+            b_dec: f("b_dec", &self.b_dec)?,
+            threshold: self
+                .threshold
+                .as_ref()
+                .map(|v| f("threshold", v))
+                .transpose()?,
+        })
+    }
 }
 
 impl<T: AsRef<[f32]>> Params<T> {

@@ -1,0 +1,182 @@
+//! ZeRO stages 1 and 2 (Rajbhandari et al.; DeepSpeed's `stage` 1 and 2) over the SAEs'
+//! latents: each rank owns an equal slice of the latents (rows of `W_enc` and `W_dec`, entries
+//! of `b_enc` and the thresholds) and keeps AdamW's moments for its slice only; stage 2 also
+//! keeps only its slice of the step's gradients between micro-batches. Each step the gradients
+//! are reduce-scattered, every rank steps its slice (gradient clipping sums the squared norm
+//! over the ranks) and the parameters are all-gathered. `b_dec`, `d_in` values, is stepped
+//! whole on every rank. Every per-latent operation of the step (the decoder's parallel
+//! component, its unit norm, AdamW) works row by row, so stepping slices is stepping the whole.
+
+use std::ops::Range;
+
+use sae_core::Params;
+
+use crate::adamw::Moments;
+use crate::collective::Collective;
+use crate::error::Result;
+use crate::storage::Storage;
+
+/// The latents one rank steps, and the optimiser state it keeps for them.
+#[derive(Debug)]
+pub struct Partition<T> {
+    /// This rank's latents.
+    latents: Range<usize>,
+    /// Latents per rank (the collectives pad every slice to it).
+    per_rank: usize,
+    /// AdamW's moments of this rank's slice, from the first step on.
+    pub moments: Option<Moments<T>>,
+    /// Stage 2: this rank's slice of the step's gradients, summed over the ranks so far.
+    pub grads: Option<Params<T>>,
+    /// Stage 2: the whole gradients are reduce-scattered after each micro-batch and released.
+    pub stage2: bool,
+}
+
+/// Values per latent of parameter `name` (`None` for `b_dec`, which is not split).
+fn width(name: &str, d: usize) -> Option<usize> {
+    match name {
+        "w_enc" | "w_dec" => Some(d),
+        "b_dec" => None,
+        _ => Some(1),
+    }
+}
+
+impl<T: Storage> Partition<T> {
+    /// Rank `rank`'s slice of `latents` latents over `ranks` ranks; `moments`, whole (from a
+    /// checkpoint), are cut to it.
+    pub fn new(
+        (rank, ranks): (usize, usize),
+        latents: usize,
+        moments: Option<&Moments<T>>,
+        d: usize,
+    ) -> Self {
+        let per_rank = latents.div_ceil(ranks);
+        let start = (rank * per_rank).min(latents);
+        let mut part = Partition {
+            latents: start..((rank + 1) * per_rank).min(latents),
+            per_rank,
+            moments: None,
+            grads: None,
+            stage2: false,
+        };
+        part.moments = moments.map(|m| Moments {
+            exp_avg: part.slice(&m.exp_avg, d),
+            exp_avg_sq: part.slice(&m.exp_avg_sq, d),
+        });
+        part
+    }
+
+    /// This rank's slice of whole `params`.
+    pub fn slice(&self, params: &Params<T>, d: usize) -> Params<T> {
+        let cut = |name: &str, v: &T| -> Result<T> {
+            Ok(match width(name, d) {
+                Some(w) => v.range(self.latents.start * w..self.latents.end * w),
+                None => v.range(0..v.count()),
+            })
+        };
+        params.try_map_named(cut).expect("slicing cannot fail")
+    }
+
+    /// This rank's slice of the sum over the ranks of whole `grads` (`b_dec` whole).
+    pub fn reduce_scatter(
+        &self,
+        collective: &dyn Collective,
+        grads: &Params<T>,
+        d: usize,
+    ) -> Result<Params<T>> {
+        let ranks = collective.ranks();
+        grads.try_map_named(|name, g| {
+            let mut values = g.to_vec();
+            let Some(w) = width(name, d) else {
+                collective.all_reduce(&mut values)?;
+                return Ok(g.like(values));
+            };
+            values.resize(ranks * self.per_rank * w, 0.0);
+            let mut part = vec![0.0; self.per_rank * w];
+            collective.reduce_scatter(&values, &mut part)?;
+            part.truncate(self.latents.len() * w);
+            Ok(g.like(part))
+        })
+    }
+
+    /// The whole parameters from every rank's slice `part` (`b_dec` is whole already).
+    pub fn all_gather(
+        &self,
+        collective: &dyn Collective,
+        part: &Params<T>,
+        latents: usize,
+        d: usize,
+    ) -> Result<Params<T>> {
+        let ranks = collective.ranks();
+        part.try_map_named(|name, p| {
+            let Some(w) = width(name, d) else {
+                return Ok(p.range(0..p.count()));
+            };
+            let mut mine = p.to_vec();
+            mine.resize(self.per_rank * w, 0.0);
+            let mut whole = vec![0.0; ranks * self.per_rank * w];
+            collective.all_gather(&mine, &mut whole)?;
+            whole.truncate(latents * w);
+            Ok(p.like(whole))
+        })
+    }
+
+    /// The whole moments, gathered from every rank's slice (for a checkpoint).
+    pub fn gather_moments(
+        &self,
+        collective: &dyn Collective,
+        latents: usize,
+        d: usize,
+    ) -> Result<Option<Moments>> {
+        let Some(m) = &self.moments else {
+            return Ok(None);
+        };
+        let host = |p: Params<T>| p.map(Storage::to_vec);
+        Ok(Some(Moments {
+            exp_avg: host(self.all_gather(collective, &m.exp_avg, latents, d)?),
+            exp_avg_sq: host(self.all_gather(collective, &m.exp_avg_sq, latents, d)?),
+        }))
+    }
+
+    /// Adds `grads` (this rank's slice, summed over the ranks) to the step's so far (stage 2).
+    pub fn add_grads(&mut self, grads: Params<T>) {
+        self.grads = Some(match self.grads.take() {
+            None => grads,
+            Some(mut sum) => {
+                for ((_, s), (_, g)) in sum.iter_mut().zip(grads.iter()) {
+                    s.add(g);
+                }
+                sum
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::Single;
+
+    #[test]
+    fn one_rank_owns_every_latent() {
+        let params = Params {
+            w_enc: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            b_enc: Some(vec![7.0, 8.0, 9.0]),
+            w_dec: vec![0.5; 6],
+            b_dec: vec![1.0, 1.0],
+            threshold: None,
+        };
+        let part = Partition::<Vec<f32>>::new((0, 1), 3, None, 2);
+        assert_eq!(part.slice(&params, 2), params);
+        let summed = part.reduce_scatter(&Single, &params, 2).unwrap();
+        assert_eq!(summed, params);
+        assert_eq!(part.all_gather(&Single, &summed, 3, 2).unwrap(), params);
+        // Rank 1 of 2 owns latent 2 (latents 0 and 1 are rank 0's).
+        let second = Partition::<Vec<f32>>::new((1, 2), 3, None, 2);
+        let sliced = second.slice(&params, 2);
+        assert_eq!(
+            (sliced.w_enc, sliced.b_enc),
+            (vec![5.0, 6.0], Some(vec![9.0]))
+        );
+        assert_eq!(sliced.b_dec, params.b_dec);
+    }
+}
