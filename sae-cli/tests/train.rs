@@ -273,6 +273,25 @@ fn terminate(child: std::process::Child) -> (Option<i32>, String) {
     )
 }
 
+// Several devices need the `mpi` feature: a build without it says which feature and which
+// packages, before anything is written.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_devices_without_the_mpi_feature_say_how_to_get_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let model = fixture("sae-models", "qwen2_tiny");
+    let run = dir.path().join("run");
+    let mut args = run_args(&model, &data, &run, "2");
+    args.extend(["--devices".into(), "2".into()]);
+    let stderr = fails(&strs(&args));
+    assert!(
+        stderr.contains("`mpi` feature") && stderr.contains("openmpi-bin"),
+        "{stderr}"
+    );
+    assert!(!run.exists());
+}
+
 // A run folder belongs to one run: while one trains, a second `sae train` into it and a
 // `--resume` of it are refused by name, and the run goes on undisturbed.
 #[test]
@@ -332,6 +351,11 @@ fn unknown_keys_and_impossible_values_are_rejected_by_name() {
             ["--steps", "18446744073709551615"],
             "train.steps = 18446744073709551615 is too large",
         ),
+        (
+            ["--set", "parallel.timeout_s=0"],
+            "parallel.timeout_s must be a positive number",
+        ),
+        (["--devices", "0"], "parallel.devices must be at least 1"),
     ] {
         let mut args = vec!["train", "--model", "m", "--data", "d", "--hook", "x"];
         args.extend(flags);

@@ -23,6 +23,7 @@ pub mod host;
 pub mod inject;
 pub mod kernels;
 pub mod mapped;
+pub mod memory;
 #[cfg(feature = "parity")]
 pub mod parity;
 pub mod paths;

@@ -91,6 +91,8 @@ pub struct RunSummary {
     pub last: Option<StepRecord>,
     /// The signal that stopped the run early (after a checkpoint), see [`crate::interrupt`].
     pub interrupted: Option<Signal>,
+    /// Each rank's peak resident memory in MiB (Linux; empty elsewhere).
+    pub peak_mib: Vec<f64>,
 }
 
 /// Starts a new run in `config.out` on the ranks of `collective` ([`Single`] for one device);
@@ -351,6 +353,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
         let mut interrupted = self.stop_requested()?;
         while self.trainer.step < end && interrupted.is_none() {
             let start = Instant::now();
+            let in_collectives = self.trainer.collective().seconds();
             let mut rows = 0;
             for _ in 0..self.config.train.grad_acc_steps {
                 let batch = loader
@@ -374,6 +377,10 @@ impl<B: SaeAutodiffBackend> Session<B> {
             let step = self.trainer.step;
             let mut record = StepRecord::new(step, &paths, per_hook, seconds);
             record.elapsed_s = self.elapsed_s;
+            let collective = self.trainer.collective();
+            if collective.ranks() > 1 {
+                record.collective_s = Some(collective.seconds() - in_collectives);
+            }
             self.tokens += record.metrics.tokens;
             if let Some(metrics) = &mut metrics {
                 metrics.append(&record)?;
@@ -431,7 +438,20 @@ impl<B: SaeAutodiffBackend> Session<B> {
             checkpoint: newest,
             last,
             interrupted,
+            peak_mib: self.peak_mib()?,
         })
+    }
+
+    /// Every rank's peak resident memory, in MiB (empty off Linux).
+    fn peak_mib(&self) -> Result<Vec<f64>> {
+        let collective = self.trainer.collective();
+        let Some(mine) = sae_core::memory::peak_resident_mib() else {
+            return Ok(Vec::new());
+        };
+        let mut all = vec![0.0; collective.ranks()];
+        all[collective.rank()] = mine;
+        collective.all_reduce_f64(&mut all)?;
+        Ok(all)
     }
 
     /// The stop signal that any rank received (all ranks stop after the same step).

@@ -40,6 +40,12 @@ pub trait Storage: Sized {
     fn to_vec(&self) -> Vec<f32>;
     /// `values` in the storage of `self` (on its device).
     fn like(&self, values: Vec<f32>) -> Self;
+    /// The values themselves when they are on the host (the collectives then need no copy).
+    fn as_host(&self) -> Option<&[f32]>;
+    /// The same, mutable.
+    fn as_host_mut(&mut self) -> Option<&mut [f32]>;
+    /// Sets every value to 0.
+    fn fill_zero(&mut self);
 }
 
 impl Storage for Vec<f32> {
@@ -102,6 +108,18 @@ impl Storage for Vec<f32> {
     fn like(&self, values: Vec<f32>) -> Self {
         values
     }
+
+    fn as_host(&self) -> Option<&[f32]> {
+        Some(self)
+    }
+
+    fn as_host_mut(&mut self) -> Option<&mut [f32]> {
+        Some(self)
+    }
+
+    fn fill_zero(&mut self) {
+        self.fill(0.0);
+    }
 }
 
 impl<B: Backend> Storage for Tensor<B, 1> {
@@ -160,6 +178,18 @@ impl<B: Backend> Storage for Tensor<B, 1> {
     fn like(&self, values: Vec<f32>) -> Self {
         let n = values.len();
         Tensor::from_data(burn::tensor::TensorData::new(values, [n]), &self.device())
+    }
+
+    fn as_host(&self) -> Option<&[f32]> {
+        None
+    }
+
+    fn as_host_mut(&mut self) -> Option<&mut [f32]> {
+        None
+    }
+
+    fn fill_zero(&mut self) {
+        *self = Tensor::zeros_like(self);
     }
 }
 

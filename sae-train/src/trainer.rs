@@ -178,12 +178,13 @@ impl<T: Storage> Optimised<T> {
             }
             return Ok(grad_norm);
         };
-        let latents = self.params.w_enc.count() / d;
         let mut grads = match part.grads.take() {
             Some(grads) => grads,
             None => {
                 let grads = part.reduce_scatter(collective, &self.grads, d)?;
-                self.grads = self.grads.map(Storage::zeros_like);
+                for (_, g) in self.grads.iter_mut() {
+                    g.fill_zero();
+                }
                 grads
             }
         };
@@ -196,15 +197,17 @@ impl<T: Storage> Optimised<T> {
         if grad_norm.is_finite() {
             let state = (&mut params, &mut grads, &mut part.moments);
             update(state, (config, optim), lr, t, d, grad_norm);
-            self.params = part.all_gather(collective, &params, latents, d)?;
+            part.all_gather(collective, &params, &mut self.params, d)?;
         }
         Ok(grad_norm)
     }
 
-    /// The whole moments on the host; under ZeRO gathered from every rank (a collective).
+    /// The whole moments on the host of rank 0 (`None` on the others); under ZeRO gathered
+    /// from every rank (a collective).
     fn whole_moments(&self, collective: &dyn Collective, d: usize) -> Result<Option<Moments>> {
         match &self.partition {
             Some(part) => part.gather_moments(collective, self.params.w_enc.count() / d, d),
+            None if collective.rank() != 0 => Ok(None),
             None => Ok(self.moments.as_ref().map(|m| Moments {
                 exp_avg: m.exp_avg.map(Storage::to_vec),
                 exp_avg_sq: m.exp_avg_sq.map(Storage::to_vec),
@@ -370,8 +373,9 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         Ok(self)
     }
 
-    /// Every SAE's AdamW moments, whole, on the host (none before the first step): what a
-    /// checkpoint stores. Under ZeRO they are gathered from the ranks, so every rank calls it.
+    /// Every SAE's AdamW moments, whole, on the host of rank 0 (none before the first step, nor
+    /// on the other ranks): what a checkpoint stores. Under ZeRO they are gathered from the
+    /// ranks, so every rank calls it.
     pub fn whole_moments(&self) -> Result<Vec<Option<Moments>>> {
         let collective = self.collective.as_ref();
         (self.hooks.iter())

@@ -7,6 +7,7 @@
 //! whole on every rank. Every per-latent operation of the step (the decoder's parallel
 //! component, its unit norm, AdamW) works row by row, so stepping slices is stepping the whole.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use sae_core::Params;
@@ -83,44 +84,52 @@ impl<T: Storage> Partition<T> {
         grads: &Params<T>,
         d: usize,
     ) -> Result<Params<T>> {
-        let ranks = collective.ranks();
         grads.try_map_named(|name, g| {
-            let mut values = g.to_vec();
             let Some(w) = width(name, d) else {
+                let mut values = g.to_vec();
                 collective.all_reduce(&mut values)?;
                 return Ok(g.like(values));
             };
-            values.resize(ranks * self.per_rank * w, 0.0);
+            let send = self.padded(g, w, collective.ranks());
             let mut part = vec![0.0; self.per_rank * w];
-            collective.reduce_scatter(&values, &mut part)?;
+            collective.reduce_scatter(&send, &mut part)?;
             part.truncate(self.latents.len() * w);
             Ok(g.like(part))
         })
     }
 
-    /// The whole parameters from every rank's slice `part` (`b_dec` is whole already).
+    /// Sets `whole` to every rank's slice `part` gathered (`b_dec` is whole already).
     pub fn all_gather(
         &self,
         collective: &dyn Collective,
         part: &Params<T>,
-        latents: usize,
+        whole: &mut Params<T>,
         d: usize,
-    ) -> Result<Params<T>> {
+    ) -> Result<()> {
         let ranks = collective.ranks();
-        part.try_map_named(|name, p| {
+        for ((name, whole), (_, part)) in whole.iter_mut().zip(part.iter()) {
             let Some(w) = width(name, d) else {
-                return Ok(p.range(0..p.count()));
+                *whole = part.range(0..part.count());
+                continue;
             };
-            let mut mine = p.to_vec();
-            mine.resize(self.per_rank * w, 0.0);
-            let mut whole = vec![0.0; ranks * self.per_rank * w];
-            collective.all_gather(&mine, &mut whole)?;
-            whole.truncate(latents * w);
-            Ok(p.like(whole))
-        })
+            let mine = self.padded(part, w, 1);
+            let padded = ranks * self.per_rank * w;
+            match whole.as_host_mut() {
+                // Straight into the parameters when the slices fill them exactly.
+                Some(values) if values.len() == padded => collective.all_gather(&mine, values)?,
+                _ => {
+                    let mut values = vec![0.0; padded];
+                    collective.all_gather(&mine, &mut values)?;
+                    values.truncate(whole.count());
+                    *whole = whole.like(values);
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// The whole moments, gathered from every rank's slice (for a checkpoint).
+    /// The whole moments on rank 0, gathered from every rank's slice (for a checkpoint);
+    /// `None` on the other ranks.
     pub fn gather_moments(
         &self,
         collective: &dyn Collective,
@@ -130,11 +139,45 @@ impl<T: Storage> Partition<T> {
         let Some(m) = &self.moments else {
             return Ok(None);
         };
-        let host = |p: Params<T>| p.map(Storage::to_vec);
-        Ok(Some(Moments {
-            exp_avg: host(self.all_gather(collective, &m.exp_avg, latents, d)?),
-            exp_avg_sq: host(self.all_gather(collective, &m.exp_avg_sq, latents, d)?),
-        }))
+        let root = collective.rank() == 0;
+        let gather = |part: &Params<T>| {
+            part.try_map_named(|name, p| -> Result<Vec<f32>> {
+                let Some(w) = width(name, d) else {
+                    return Ok(p.to_vec());
+                };
+                let mut whole = vec![
+                    0.0;
+                    if root {
+                        collective.ranks() * self.per_rank * w
+                    } else {
+                        0
+                    }
+                ];
+                collective.gather(&self.padded(p, w, 1), &mut whole, 0)?;
+                whole.truncate(latents * w);
+                Ok(whole)
+            })
+        };
+        let moments = Moments {
+            exp_avg: gather(&m.exp_avg)?,
+            exp_avg_sq: gather(&m.exp_avg_sq)?,
+        };
+        Ok(root.then_some(moments))
+    }
+
+    /// `values` (this rank's slice when `parts` is 1, else the whole of `parts` slices) padded
+    /// with zeros to `parts` full slices of `w` values per latent: borrowed when it needs no
+    /// padding and is on the host.
+    fn padded<'a>(&self, values: &'a T, w: usize, parts: usize) -> Cow<'a, [f32]> {
+        let len = parts * self.per_rank * w;
+        match values.as_host() {
+            Some(host) if host.len() == len => Cow::Borrowed(host),
+            _ => {
+                let mut owned = values.to_vec();
+                owned.resize(len, 0.0);
+                Cow::Owned(owned)
+            }
+        }
     }
 
     /// Adds `grads` (this rank's slice, summed over the ranks) to the step's so far (stage 2).
@@ -169,7 +212,9 @@ mod tests {
         assert_eq!(part.slice(&params, 2), params);
         let summed = part.reduce_scatter(&Single, &params, 2).unwrap();
         assert_eq!(summed, params);
-        assert_eq!(part.all_gather(&Single, &summed, 3, 2).unwrap(), params);
+        let mut whole = params.zeros_like();
+        part.all_gather(&Single, &summed, &mut whole, 2).unwrap();
+        assert_eq!(whole, params);
         // Rank 1 of 2 owns latent 2 (latents 0 and 1 are rank 0's).
         let second = Partition::<Vec<f32>>::new((1, 2), 3, None, 2);
         let sliced = second.slice(&params, 2);

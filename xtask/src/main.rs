@@ -31,6 +31,7 @@ mod bench_data;
 mod bench_dtype;
 mod bench_kernels;
 mod bench_scale;
+mod bench_scaling;
 mod cpu;
 mod peak;
 mod scale_checkpoint;
@@ -50,6 +51,7 @@ const USAGE: &str = "usage: cargo xtask demo
        cargo xtask bench scale [--layers N] [--at L] [--dtype bf16|f32] [--tokens T]
          (a Qwen2.5-VL-7B-shaped bf16 checkpoint, written once; 28 layers is the real depth)
        cargo xtask scale-checkpoint --layers N --out DIR   (the benchmark's checkpoint alone)
+       cargo xtask bench scaling   (data-parallel training, 1 and 2 ranks; builds sae with mpi)
   (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
 fn main() -> Result<()> {
@@ -71,6 +73,7 @@ fn main() -> Result<()> {
         ["bench", "sae-encode", "--backend", backend] => bench::sae_encode(backend),
         ["bench", "micro"] => bench::micro(),
         ["bench", "matmul-dtype"] => bench_dtype::matmul_dtype(),
+        ["bench", "scaling"] => bench_scaling::scaling(),
         ["bench", "scale", rest @ ..] => bench_scale::scale(&bench_scale::Settings::parse(
             &rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )?),
@@ -86,7 +89,7 @@ fn main() -> Result<()> {
         }
         ["demo"] => train::demo(),
         ["train", ..] => train::train(&args[1..]),
-        ["help"] | ["--help"] | ["-h"] | [] => {
+        ["help"] | ["--help"] | ["-h"] | [] | [_, "--help" | "-h"] => {
             println!("{USAGE}");
             Ok(())
         }

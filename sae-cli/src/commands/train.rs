@@ -167,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
         "sae": summary.finished.then_some(sae_dir),
         "last": summary.last,
         "interrupted": summary.interrupted.map(|s| s.to_string()),
+        "peak_mib": summary.peak_mib,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(signal) = summary.interrupted {

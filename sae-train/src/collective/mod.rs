@@ -36,10 +36,15 @@ pub trait Collective: std::fmt::Debug {
     /// Every rank's `send`, one after the other in rank order, into `recv` (`ranks()` times
     /// as long).
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// Every rank's `send`, one after the other in rank order, into `recv` on rank `root`
+    /// (`ranks()` times as long there; empty and untouched on the other ranks).
+    fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> Result<()>;
     /// `root`'s `buf` to every rank.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
     /// Returns when every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Seconds spent in collectives so far: communication and waiting for the other ranks.
+    fn seconds(&self) -> f64;
 }
 
 /// The one-process run: every collective leaves its data as it is.
@@ -80,12 +85,21 @@ impl Collective for Single {
         Ok(())
     }
 
+    fn gather(&self, send: &[f32], recv: &mut [f32], _root: usize) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+
     fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
         Ok(())
     }
 
     fn barrier(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn seconds(&self) -> f64 {
+        0.0
     }
 }
 

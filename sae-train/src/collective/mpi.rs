@@ -1,6 +1,9 @@
 //! The collectives over MPI (feature `mpi`): OpenMPI, MPICH or any MPI 3 library, in processes
 //! started by `mpirun` or `srun`. MPI's own errors end the job (its default handler).
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -13,6 +16,8 @@ use crate::error::{Result, TrainError};
 pub struct Mpi {
     world: SimpleCommunicator,
     watchdog: Watchdog,
+    /// Seconds spent in collectives so far.
+    seconds: Cell<f64>,
     /// Ends MPI when dropped; kept last so that the world is dropped first.
     _universe: Universe,
 }
@@ -33,8 +38,19 @@ impl Mpi {
         Ok(Mpi {
             world,
             watchdog,
+            seconds: Cell::new(0.0),
             _universe: universe,
         })
+    }
+
+    /// Runs the collective `what`, watched and timed.
+    fn run(&self, what: &'static str, collective: impl FnOnce()) -> Result<()> {
+        let start = Instant::now();
+        let _armed = self.watchdog.arm(what);
+        collective();
+        self.seconds
+            .set(self.seconds.get() + start.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn check_parts(&self, whole: usize, part: usize, what: &str) -> Result<()> {
@@ -58,45 +74,52 @@ impl Collective for Mpi {
     }
 
     fn all_reduce(&self, buf: &mut [f32]) -> Result<()> {
-        let _armed = self.watchdog.arm("an all-reduce");
         let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.run("an all-reduce", || {
+            (self.world).all_reduce_into(&send[..], buf, SystemOperation::sum())
+        })
     }
 
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let _armed = self.watchdog.arm("an all-reduce");
         let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.run("an all-reduce", || {
+            (self.world).all_reduce_into(&send[..], buf, SystemOperation::sum())
+        })
     }
 
     fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         self.check_parts(send.len(), recv.len(), "reduce-scatter")?;
-        let _armed = self.watchdog.arm("a reduce-scatter");
-        self.world
-            .reduce_scatter_block_into(send, recv, SystemOperation::sum());
-        Ok(())
+        self.run("a reduce-scatter", || {
+            (self.world).reduce_scatter_block_into(send, recv, SystemOperation::sum())
+        })
     }
 
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         self.check_parts(recv.len(), send.len(), "all-gather")?;
-        let _armed = self.watchdog.arm("an all-gather");
-        self.world.all_gather_into(send, recv);
-        Ok(())
+        self.run("an all-gather", || self.world.all_gather_into(send, recv))
+    }
+
+    fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> Result<()> {
+        let at = self.world.process_at_rank(root as i32);
+        if self.rank() == root {
+            self.check_parts(recv.len(), send.len(), "gather")?;
+            self.run("a gather", || at.gather_into_root(send, recv))
+        } else {
+            self.run("a gather", || at.gather_into(send))
+        }
     }
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        let _armed = self.watchdog.arm("a broadcast");
-        self.world.process_at_rank(root as i32).broadcast_into(buf);
-        Ok(())
+        self.run("a broadcast", || {
+            self.world.process_at_rank(root as i32).broadcast_into(buf)
+        })
     }
 
     fn barrier(&self) -> Result<()> {
-        let _armed = self.watchdog.arm("a barrier");
-        self.world.barrier();
-        Ok(())
+        self.run("a barrier", || self.world.barrier())
+    }
+
+    fn seconds(&self) -> f64 {
+        self.seconds.get()
     }
 }

@@ -26,6 +26,10 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
     /// Training seconds since the run started.
     pub elapsed_s: f64,
+    /// Seconds of the step that rank 0 spent in collectives (communication and waiting for
+    /// the other ranks), in a run of several devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collective_s: Option<f64>,
     /// Each SAE's metrics, by hook path (only when the run trains several).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hooks: BTreeMap<String, HookMetrics>,
@@ -55,6 +59,7 @@ impl StepRecord {
             metrics,
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
             elapsed_s: 0.0,
+            collective_s: None,
             hooks: if per_hook.len() > 1 {
                 paths.iter().cloned().zip(per_hook).collect()
             } else {
