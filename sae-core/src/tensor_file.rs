@@ -1,6 +1,7 @@
 //! Safetensors files on the host: read F32/F16/BF16 (and I64) tensors from a mapped file, write
 //! them atomically.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
@@ -327,26 +328,31 @@ pub fn write_tensors(
     dtype: StorageDtype,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+    // f32 and i64 data are written from the tensors themselves; only a conversion copies.
+    let encoded: Vec<(String, Dtype, Vec<usize>, Cow<[u8]>)> = tensors
         .iter()
         .map(|(name, t)| {
             let (dt, bytes) = match (&t.data, dtype) {
-                (HostData::I64(v), _) => (Dtype::I64, bytemuck::cast_slice(v).to_vec()),
+                (HostData::I64(v), _) => (Dtype::I64, Cow::Borrowed(bytemuck::cast_slice(v))),
                 (HostData::F32(v), StorageDtype::F32) => {
-                    (Dtype::F32, bytemuck::cast_slice(v).to_vec())
+                    (Dtype::F32, Cow::Borrowed(bytemuck::cast_slice(v)))
                 }
                 (HostData::F32(v), StorageDtype::F16) => {
                     let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-                    (Dtype::F16, bytemuck::cast_slice(&h).to_vec())
+                    (Dtype::F16, Cow::Owned(bytemuck::cast_slice(&h).to_vec()))
                 }
                 (HostData::F32(v), StorageDtype::BF16) => {
                     let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-                    (Dtype::BF16, bytemuck::cast_slice(&h).to_vec())
+                    (Dtype::BF16, Cow::Owned(bytemuck::cast_slice(&h).to_vec()))
                 }
             };
             (name.clone(), dt, t.shape.clone(), bytes)
         })
         .collect();
+    let bad = |source| SaeError::BadSafetensors {
+        file: path.to_path_buf(),
+        source,
+    };
     let views = encoded
         .iter()
         .map(|(name, dt, shape, bytes)| {
@@ -354,21 +360,30 @@ pub fn write_tensors(
                 .map(|v| (name.as_str(), v))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| SaeError::BadSafetensors {
-            file: path.to_path_buf(),
-            source,
-        })?;
-    let bytes =
-        safetensors::serialize(views, metadata).map_err(|source| SaeError::BadSafetensors {
-            file: path.to_path_buf(),
-            source,
-        })?;
-    write_atomic(path, &bytes)
+        .map_err(bad)?;
+    // Streamed to the file: no copy of the whole file in memory.
+    let mut failure = None;
+    atomically(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|error| match error {
+            safetensors::SafeTensorError::IoError(io) => io,
+            other => {
+                failure = Some(other);
+                std::io::Error::other("the tensors cannot be written as safetensors")
+            }
+        })
+    })
+    .map_err(|error| failure.map_or(error, bad))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash or a full disk
 /// never leaves a half-written file where a good one was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomically(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Runs `write` on a temporary file beside `path`, then renames it to `path`; on an error the
+/// temporary file is removed and `path` is untouched.
+fn atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -386,7 +401,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
