@@ -329,10 +329,10 @@ pub fn write_tensors(
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     // f32 and i64 data are written from the tensors themselves; only a conversion copies.
-    let encoded: Vec<(String, Dtype, Vec<usize>, Cow<[u8]>)> = tensors
+    let encoded: Vec<_> = tensors
         .iter()
         .map(|(name, t)| {
-            let (dt, bytes) = match (&t.data, dtype) {
+            let (dt, bytes): (Dtype, Cow<[u8]>) = match (&t.data, dtype) {
                 (HostData::I64(v), _) => (Dtype::I64, Cow::Borrowed(bytemuck::cast_slice(v))),
                 (HostData::F32(v), StorageDtype::F32) => {
                     (Dtype::F32, Cow::Borrowed(bytemuck::cast_slice(v)))
