@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -222,12 +222,11 @@ fn ranks_of(run: &Path) -> Vec<(usize, u32)> {
     ranks
 }
 
-/// Starts a long run on 2 processes, waits for its first checkpoint, sends `signal` to rank 1 and
-/// returns how long the job took to end after it, its exit status and its stderr.
-fn signal_a_rank(signal: &str, timeout_s: u32) -> (Duration, Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path());
-    let run = dir.path().join("run");
+/// Starts a long run on 2 processes (`sae train --devices 2`, stderr piped) in `dir` and
+/// returns once it is past its checkpoint of step 5, with its run folder.
+fn start_long_job(dir: &Path, timeout_s: u32) -> (std::process::Child, PathBuf) {
+    let data = dataset(dir);
+    let run = dir.join("run");
     let mut long = args(&data, &run, 2);
     long.extend([
         "--steps".into(),
@@ -246,12 +245,19 @@ fn signal_a_rank(signal: &str, timeout_s: u32) -> (Duration, Option<i32>, String
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Past the checkpoint of step 5.
     while losses_or_empty(&run).len() < 6 {
         assert!(Instant::now() < deadline, "the job never reached step 6");
         assert!(child.try_wait().unwrap().is_none(), "the job ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, run)
+}
+
+/// Starts a long run on 2 processes, waits for its first checkpoint, sends `signal` to rank 1 and
+/// returns how long the job took to end after it, its exit status and its stderr.
+fn signal_a_rank(signal: &str, timeout_s: u32) -> (Duration, Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, run) = start_long_job(dir.path(), timeout_s);
     let ranks = ranks_of(&run);
     assert_eq!(
         ranks.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -316,4 +322,42 @@ fn a_stopped_rank_ends_the_job_after_the_timeout() {
         stderr.contains("rank 0: ") && stderr.contains("waited more than 5 s"),
         "{stderr}"
     );
+}
+
+// Preemption (Slurm, Kubernetes) or Ctrl-C: SIGTERM to `sae train --devices 2` reaches the
+// ranks as SIGUSR1 through mpirun; they finish the step, rank 0 writes a checkpoint, the job
+// exits as a process that SIGTERM ended, and the run resumes from where it stopped.
+#[test]
+fn sigterm_to_a_job_of_2_processes_stops_it_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, run) = start_long_job(dir.path(), 300);
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped by SIGUSR1 after step"), "{stderr}");
+    let last = losses_or_empty(&run).last().unwrap().0;
+    let checkpoint = run.join(format!("checkpoints/step-{last:08}"));
+    assert!(
+        checkpoint.join("state.json").is_file(),
+        "no checkpoint at step {last}"
+    );
+    let next = (last + 2).to_string();
+    ok(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--stop-at",
+        &next,
+        "--devices",
+        "1",
+    ]);
+    assert_eq!(losses_or_empty(&run).last().unwrap().0, last + 2);
 }

@@ -1,16 +1,17 @@
 //! Polite stops: SIGTERM and SIGINT (what Slurm and Kubernetes send before preemption, and
 //! Ctrl-C) ask a run to finish its current step, write a checkpoint and return; a second
-//! signal ends the process at once. Only a process that calls [`install`] listens.
+//! signal ends the process at once. SIGUSR1 asks the same: it is what `mpirun` forwards to the
+//! ranks of a job (it kills them on SIGTERM). Only a process that calls [`install`] listens.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 /// The signal asked for (0: none), and whether one was.
 static REQUESTED: OnceLock<(Arc<AtomicUsize>, Arc<AtomicBool>)> = OnceLock::new();
 
-/// Makes SIGTERM and SIGINT request a stop (see [`requested`]) instead of killing the process;
+/// Makes SIGTERM, SIGINT and SIGUSR1 request a stop (see [`requested`]) instead of killing the process;
 /// once one has, the next ends the process with exit status 1. Call it once, early.
 pub fn install() -> std::io::Result<()> {
     if REQUESTED.get().is_some() {
@@ -18,7 +19,7 @@ pub fn install() -> std::io::Result<()> {
     }
     let signal = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT] {
+    for sig in [SIGTERM, SIGINT, SIGUSR1] {
         // Registered first, so that it sees the flag before this signal sets it.
         signal_hook::flag::register_conditional_shutdown(sig, 1, seen.clone())?;
         signal_hook::flag::register(sig, seen.clone())?;
@@ -53,6 +54,7 @@ impl std::fmt::Display for Signal {
         match self.0 {
             SIGTERM => f.write_str("SIGTERM"),
             SIGINT => f.write_str("SIGINT"),
+            SIGUSR1 => f.write_str("SIGUSR1"),
             n => write!(f, "signal {n}"),
         }
     }

@@ -187,21 +187,25 @@ fn start_ranks(devices: usize) -> Result<()> {
         bail!("{}", collective::without_mpi());
     }
     let program = std::env::current_exe().context("cannot find the sae executable")?;
-    let mut command = collective::launch::mpirun(
+    let command = collective::launch::mpirun(
         devices,
         program.into_os_string(),
         std::env::args_os().skip(1),
     );
     tracing::info!("starting {devices} processes: {command:?}");
-    let status = command.status().map_err(|error| {
+    let ended = collective::launch::run(command).map_err(|error| {
         anyhow::anyhow!(
             "--devices {devices} starts its processes with mpirun, which could not be run ({error}): install OpenMPI (Debian: apt-get install openmpi-bin)"
         )
     })?;
-    if !status.success() {
-        bail!("the {devices} training processes failed ({status}); their messages are above");
+    match ended {
+        collective::launch::Ended::Exited(status) if status.success() => Ok(()),
+        collective::launch::Ended::Exited(status) => {
+            bail!("the {devices} training processes failed ({status}); their messages are above")
+        }
+        // Rank 0 said where the run stopped and how to resume it.
+        collective::launch::Ended::Stopped(signal) => std::process::exit(signal.exit_code()),
     }
-    Ok(())
 }
 
 /// The configuration from the file (if any) with the flags applied on top.

@@ -3,7 +3,14 @@
 //! the user's own `mpirun -H a:8,b:8 ...` or Slurm's `srun`.
 
 use std::ffi::OsString;
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+use crate::interrupt::Signal;
 
 /// The command that runs `program args` as `ranks` ranks on this machine: `mpirun` with
 /// oversubscription allowed (more ranks than cores) and no binding to cores (each rank's
@@ -37,6 +44,42 @@ pub fn mpirun(
 
 /// Whether this build carries the collectives over MPI (feature `mpi`).
 pub const HAS_MPI: bool = cfg!(feature = "mpi");
+
+/// How the ranks started by [`run`] ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended {
+    /// As `mpirun` exited.
+    Exited(ExitStatus),
+    /// Stopped politely after this signal to this process (each rank wrote its checkpoint).
+    Stopped(Signal),
+}
+
+/// Runs `mpirun` (from [`mpirun`]) in a process group of its own and waits for it. SIGTERM or
+/// SIGINT to this process (a scheduler's preemption, Ctrl-C) is passed to the ranks as
+/// SIGUSR1, which mpirun forwards and which stops them after their step with a checkpoint (a
+/// SIGTERM to mpirun would kill them); a second one ends them at once.
+pub fn run(mut mpirun: Command) -> std::io::Result<Ended> {
+    mpirun.process_group(0);
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut child = mpirun.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut stopped = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(match stopped {
+                Some(signal) => Ended::Stopped(Signal(signal)),
+                None => Ended::Exited(status),
+            });
+        }
+        for signal in signals.pending() {
+            let forward = if stopped.is_none() { SIGUSR1 } else { SIGTERM };
+            stopped.get_or_insert(signal);
+            // SAFETY: kill has no memory-safety preconditions; `pid` is our child's.
+            unsafe { libc::kill(pid, forward) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 #[cfg(test)]
 mod tests {
