@@ -106,7 +106,7 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn save<B: SaeAutodiffBackend>(
     run_dir: &Path,
     trainer: &Trainer<B>,
-    moments: &[Option<Moments>],
+    moments: Vec<Option<Moments>>,
     state: &State,
     config: &TrainConfig,
 ) -> Result<PathBuf> {
@@ -118,7 +118,7 @@ pub fn save<B: SaeAutodiffBackend>(
             .hooks
             .iter()
             .zip(moments)
-            .flat_map(|(hook, moments)| hook_tensors(hook, moments.as_ref()))
+            .flat_map(|(hook, moments)| hook_tensors(hook, moments))
             .collect::<Vec<_>>();
         sae_core::tensor_file::write_tensors(
             &tmp.join(STATE_TENSORS),
@@ -162,27 +162,34 @@ pub fn save_adapter<B: SaeAutodiffBackend>(
 /// and `<path>.tokens_since_fired`.
 fn hook_tensors<B: SaeAutodiffBackend>(
     hook: &HookTrainer<B>,
-    moments: Option<&Moments>,
+    mut moments: Option<Moments>,
 ) -> Vec<(String, HostTensor)> {
     let params = hook.params();
     let d = params.b_dec.len();
     // The matrices as `[latents, d]`, vectors as `[1, n]`.
-    let tensor = |name: &str, v: &[f32]| {
+    let tensor = |name: &str, v: Vec<f32>| {
         let shape = if name.starts_with("w_") {
             vec![v.len() / d, d]
         } else {
             vec![1, v.len()]
         };
-        HostTensor::f32(shape, v.to_vec())
+        HostTensor::f32(shape, v)
     };
     let mut out = Vec::new();
     for (name, value) in params.iter() {
         let key = format!("{}.{name}", hook.path);
-        out.push((key.clone(), tensor(name, value)));
-        if let Some(m) = moments {
-            for (suffix, moment) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
-                let values = moment.get(name).expect("moments mirror the params");
-                out.push((format!("{key}.{suffix}"), tensor(name, values)));
+        out.push((key.clone(), tensor(name, value.clone())));
+        if let Some(m) = &mut moments {
+            for (suffix, moment) in [
+                ("exp_avg", &mut m.exp_avg),
+                ("exp_avg_sq", &mut m.exp_avg_sq),
+            ] {
+                // Moved, not copied: the moments were gathered for this checkpoint.
+                let values = moment.get_mut(name).expect("moments mirror the params");
+                out.push((
+                    format!("{key}.{suffix}"),
+                    tensor(name, std::mem::take(values)),
+                ));
             }
         }
     }

@@ -411,7 +411,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
                 let moments = self.trainer.whole_moments()?;
                 if self.writer {
-                    let dir = self.save_checkpoint(&run_dir, &loader, &moments)?;
+                    let dir = self.save_checkpoint(&run_dir, &loader, moments)?;
                     bar.suspend(|| tracing::info!("step {step}: checkpoint {}", dir.display()));
                     newest = Some(dir);
                     draw_curves(&run_dir)?;
@@ -473,7 +473,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
         &self,
         run_dir: &Path,
         loader: &Loader,
-        moments: &[Option<Moments>],
+        moments: Vec<Option<Moments>>,
     ) -> Result<PathBuf> {
         let state = State {
             step: self.trainer.step,
