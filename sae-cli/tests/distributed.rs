@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    dataset, fixture, losses_or_empty, max_rel_diff, ok, photo_questions, run_args, s, strs,
+    dataset, fixture, losses_or_empty, max_rel_diff, ok, photo_questions, run_args, s, spawn_run,
+    strs,
 };
 use sae_core::formats;
 
@@ -237,20 +238,7 @@ fn start_long_job(dir: &Path, timeout_s: u32) -> (std::process::Child, PathBuf) 
     // The last --steps wins over run_args' own.
     let at = long.iter().position(|a| a == "--steps").unwrap();
     long.drain(at..at + 2);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(strs(&long))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while losses_or_empty(&run).len() < 6 {
-        assert!(Instant::now() < deadline, "the job never reached step 6");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, run)
+    (spawn_run(&long, 6), run)
 }
 
 /// Starts a long run on 2 processes, waits for its first checkpoint, sends `signal` to rank 1 and
