@@ -139,12 +139,12 @@ fn every_strategy_on_2_and_4_processes_follows_the_one_process_curve() {
 }
 
 #[test]
-fn ddp_on_a_vision_language_model_follows_the_one_process_curve() {
+fn ddp_and_zero2_on_a_vision_language_model_follow_the_one_process_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = photo_questions(dir.path());
     let model = fixture("sae-models", "qwen2_vl_tiny");
-    let run = |devices: usize| {
-        let out = dir.path().join(format!("run{devices}"));
+    let run = |devices: usize, strategy: &str| {
+        let out = dir.path().join(format!("{strategy}-{devices}"));
         let (per_device, devices) = ((4 / devices).to_string(), devices.to_string());
         ok(&[
             "train",
@@ -166,13 +166,21 @@ fn ddp_on_a_vision_language_model_follows_the_one_process_curve() {
             "2",
             "--devices",
             &devices,
+            "--parallel",
+            strategy,
             "--out",
             s(&out),
         ]);
         curve(&out)
     };
-    let one = run(1);
-    same_curve(&run(2), &one, "2 processes");
+    let one = run(1, "ddp");
+    for strategy in ["ddp", "zero2"] {
+        same_curve(
+            &run(2, strategy),
+            &one,
+            &format!("{strategy} on 2 processes"),
+        );
+    }
 }
 
 #[test]
