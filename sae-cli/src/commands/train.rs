@@ -152,11 +152,11 @@ pub fn run(args: Args) -> Result<()> {
                 .context("training failed")?
         }
     };
+    // Rank 0 reports for the job, stopped or not. The other ranks end quietly with status 0:
+    // a rank ending otherwise makes mpirun stop the job, rank 0 with it, before it has said
+    // where the run stopped.
     if !writer {
-        return match summary.interrupted {
-            Some(signal) => std::process::exit(signal.exit_code()),
-            None => Ok(()),
-        };
+        return Ok(());
     }
     let sae_dir = summary.run_dir.join(sae_train::run::SAE_DIR);
     let report = serde_json::json!({
