@@ -23,7 +23,7 @@ use sae_models::{AnyModel, Tokenizer};
 
 use crate::adamw::Moments;
 use crate::checkpoint::{self, State};
-use crate::collective::Collective;
+use crate::collective::{Collective, per_rank};
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{Result, TrainError, io};
 use crate::interrupt::{self, Signal};
@@ -445,27 +445,18 @@ impl<B: SaeAutodiffBackend> Session<B> {
     /// Every rank's peak resident memory, in MiB (empty off Linux).
     fn peak_mib(&self) -> Result<Vec<f64>> {
         let collective = self.trainer.collective();
-        let Some(mine) = sae_core::memory::peak_resident_mib() else {
-            return Ok(Vec::new());
-        };
-        let mut all = vec![0.0; collective.ranks()];
-        all[collective.rank()] = mine;
-        collective.all_reduce_f64(&mut all)?;
-        Ok(all)
+        match sae_core::memory::peak_resident_mib() {
+            Some(mine) => per_rank(collective, mine),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The stop signal that any rank received (all ranks stop after the same step).
     fn stop_requested(&self) -> Result<Option<interrupt::Signal>> {
-        let mut signal = [interrupt::requested().map_or(0.0, |s| f64::from(s.0))];
-        let collective = self.trainer.collective();
-        if collective.ranks() > 1 {
-            // Any rank's signal; the largest number when they differ.
-            let mut all = vec![0.0; collective.ranks()];
-            all[collective.rank()] = signal[0];
-            collective.all_reduce_f64(&mut all)?;
-            signal[0] = all.iter().fold(0.0, |a: f64, &b| a.max(b));
-        }
-        Ok((signal[0] > 0.0).then_some(interrupt::Signal(signal[0] as i32)))
+        let mine = interrupt::requested().map_or(0.0, |s| f64::from(s.0));
+        // Any rank's signal; the largest number when they differ.
+        let signal = (per_rank(self.trainer.collective(), mine)?.into_iter()).fold(0.0, f64::max);
+        Ok((signal > 0.0).then_some(interrupt::Signal(signal as i32)))
     }
 
     /// Writes the checkpoint of the step just done, `loader` being where the data is.

@@ -109,6 +109,17 @@ struct Optimised<T> {
     partition: Option<Partition<T>>,
 }
 
+/// `$body` with `$state` bound to the [`Optimised`] state of `$residence`, wherever it lives
+/// (the same code over either storage).
+macro_rules! on_state {
+    ($residence:expr, $state:ident => $body:expr) => {
+        match $residence {
+            Residence::Host($state) => $body,
+            Residence::Device($state) => $body,
+        }
+    };
+}
+
 /// Where an SAE's [`Optimised`] state lives.
 #[derive(Debug)]
 enum Residence<B: Backend> {
@@ -131,9 +142,13 @@ impl<T: Storage> Optimised<T> {
     /// Under ZeRO from now on: this rank keeps the moments of its latents only.
     fn partition(&mut self, ranks: (usize, usize), stage2: bool, d: usize) {
         let latents = self.params.w_enc.count() / d;
-        let mut partition = Partition::new(ranks, latents, self.moments.take().as_ref(), d);
-        partition.stage2 = stage2;
-        self.partition = Some(partition);
+        let moments = self.moments.take();
+        self.partition = Some(Partition::new(
+            ranks,
+            latents,
+            moments.as_ref(),
+            (d, stage2),
+        ));
     }
 
     /// Zeroed gradients where stage 2 released them after the last micro-batch.
@@ -362,10 +377,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
                 hook.broadcast_params(collective.as_ref())?;
                 if matches!(strategy, Strategy::Zero1 | Strategy::Zero2) {
                     let (stage2, d) = (strategy == Strategy::Zero2, hook.d_in());
-                    match &mut hook.residence {
-                        Residence::Host(h) => h.partition(ranks, stage2, d),
-                        Residence::Device(t) => t.partition(ranks, stage2, d),
-                    }
+                    on_state!(&mut hook.residence, state => state.partition(ranks, stage2, d));
                 }
             }
         }
@@ -379,9 +391,8 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
     pub fn whole_moments(&self) -> Result<Vec<Option<Moments>>> {
         let collective = self.collective.as_ref();
         (self.hooks.iter())
-            .map(|hook| match &hook.residence {
-                Residence::Host(h) => h.whole_moments(collective, hook.d_in()),
-                Residence::Device(t) => t.whole_moments(collective, hook.d_in()),
+            .map(|hook| {
+                on_state!(&hook.residence, state => state.whole_moments(collective, hook.d_in()))
             })
             .collect()
     }
@@ -406,10 +417,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
         for (hook, x) in self.hooks.iter_mut().zip(acts) {
             hook.accumulate(x, acc, step, collective)?;
             let d = hook.d_in();
-            match &mut hook.residence {
-                Residence::Host(h) => h.scatter_grads(collective, d)?,
-                Residence::Device(t) => t.scatter_grads(collective, d)?,
-            }
+            on_state!(&mut hook.residence, state => state.scatter_grads(collective, d)?);
         }
         Ok(())
     }
@@ -484,11 +492,7 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             ))
             .into());
         }
-        let partitioned = match &self.residence {
-            Residence::Host(h) => h.partition.is_some(),
-            Residence::Device(t) => t.partition.is_some(),
-        };
-        if partitioned {
+        if on_state!(&self.residence, state => state.partition.is_some()) {
             return Err(TrainError::Unsupported(
                 "the state of a ZeRO trainer cannot move between the host and the device".into(),
             ));
@@ -632,10 +636,7 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         step: u64,
         collective: &dyn Collective,
     ) -> Result<()> {
-        match &mut self.residence {
-            Residence::Host(h) => h.ensure_grads(),
-            Residence::Device(t) => t.ensure_grads(),
-        }
+        on_state!(&mut self.residence, state => state.ensure_grads());
         let x = if self.scale != 1.0 {
             x.mul_scalar(self.scale)
         } else {
@@ -745,9 +746,9 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
             return Ok(());
         }
         // Under ZeRO the optimiser step reduce-scatters the gradients instead.
+        let partitioned = on_state!(&self.residence, state => state.partition.is_some());
         match &mut self.residence {
-            Residence::Host(h) if h.partition.is_some() => {}
-            Residence::Device(t) if t.partition.is_some() => {}
+            _ if partitioned => {}
             Residence::Host(h) => {
                 for (_, g) in h.grads.iter_mut() {
                     collective.all_reduce(g)?;
@@ -801,10 +802,10 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
     ) -> Result<HookMetrics> {
         let config = self.sae.config.clone();
         let d = self.sae.d_in();
-        let grad_norm = match &mut self.residence {
-            Residence::Host(h) => h.step(collective, (&config, optim), lr, step, d)?,
-            Residence::Device(t) => t.step(collective, (&config, optim), lr, step, d)?,
-        };
+        let grad_norm = on_state!(
+            &mut self.residence,
+            state => state.step(collective, (&config, optim), lr, step, d)?
+        );
         if !grad_norm.is_finite() {
             // The forward pass checked its input and loss: the weights made it blow up.
             return Err(TrainError::Diverged {

@@ -42,13 +42,13 @@ fn width(name: &str, d: usize) -> Option<usize> {
 }
 
 impl<T: Storage> Partition<T> {
-    /// Rank `rank`'s slice of `latents` latents over `ranks` ranks; `moments`, whole (from a
-    /// checkpoint), are cut to it.
+    /// Rank `rank`'s slice of `latents` latents over `ranks` ranks, for ZeRO-1 or (`stage2`)
+    /// ZeRO-2; `moments`, whole (from a checkpoint), are cut to it.
     pub fn new(
         (rank, ranks): (usize, usize),
         latents: usize,
         moments: Option<&Moments<T>>,
-        d: usize,
+        (d, stage2): (usize, bool),
     ) -> Self {
         let per_rank = latents.div_ceil(ranks);
         let start = (rank * per_rank).min(latents);
@@ -57,7 +57,7 @@ impl<T: Storage> Partition<T> {
             per_rank,
             moments: None,
             grads: None,
-            stage2: false,
+            stage2,
         };
         part.moments = moments.map(|m| Moments {
             exp_avg: part.slice(&m.exp_avg, d),
@@ -208,7 +208,7 @@ mod tests {
             b_dec: vec![1.0, 1.0],
             threshold: None,
         };
-        let part = Partition::<Vec<f32>>::new((0, 1), 3, None, 2);
+        let part = Partition::<Vec<f32>>::new((0, 1), 3, None, (2, false));
         assert_eq!(part.slice(&params, 2), params);
         let summed = part.reduce_scatter(&Single, &params, 2).unwrap();
         assert_eq!(summed, params);
@@ -216,7 +216,7 @@ mod tests {
         part.all_gather(&Single, &summed, &mut whole, 2).unwrap();
         assert_eq!(whole, params);
         // Rank 1 of 2 owns latent 2 (latents 0 and 1 are rank 0's).
-        let second = Partition::<Vec<f32>>::new((1, 2), 3, None, 2);
+        let second = Partition::<Vec<f32>>::new((1, 2), 3, None, (2, false));
         let sliced = second.slice(&params, 2);
         assert_eq!(
             (sliced.w_enc, sliced.b_enc),

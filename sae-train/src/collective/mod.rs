@@ -103,6 +103,14 @@ impl Collective for Single {
     }
 }
 
+/// Every rank's `value`, in rank order (each rank's number in its slot, summed).
+pub fn per_rank(collective: &dyn Collective, value: f64) -> Result<Vec<f64>> {
+    let mut all = vec![0.0; collective.ranks()];
+    all[collective.rank()] = value;
+    collective.all_reduce_f64(&mut all)?;
+    Ok(all)
+}
+
 /// Every rank's rows of width `d` (their counts may differ), in rank order: the first batch,
 /// from which the decoder bias and the activation scale are set.
 pub fn gather_rows(collective: &dyn Collective, rows: &[f32], d: usize) -> Result<Vec<f32>> {
@@ -110,9 +118,7 @@ pub fn gather_rows(collective: &dyn Collective, rows: &[f32], d: usize) -> Resul
     if ranks == 1 {
         return Ok(rows.to_vec());
     }
-    let mut counts = vec![0f64; ranks];
-    counts[collective.rank()] = (rows.len() / d) as f64;
-    collective.all_reduce_f64(&mut counts)?;
+    let counts = per_rank(collective, (rows.len() / d) as f64)?;
     let most = counts.iter().fold(0f64, |a, &b| a.max(b)) as usize;
     let mut padded = rows.to_vec();
     padded.resize(most * d, 0.0);
