@@ -92,7 +92,8 @@ fn every_strategy_on_2_and_4_processes_follows_the_one_process_curve() {
     ok(&strs(&args(&data, &one, 1)));
     let expected = curve(&one);
     let reference = formats::load(&one.join("sae")).unwrap();
-    let runs = ["ddp", "zero1", "zero2"].map(|strategy| [2, 4].map(|devices| (strategy, devices)));
+    let strategies = ["ddp", "zero1", "zero2", "zero3"];
+    let runs = strategies.map(|strategy| [2, 4].map(|devices| (strategy, devices)));
     for (strategy, devices) in runs.into_iter().flatten() {
         let run = dir.path().join(format!("{strategy}-{devices}"));
         let stdout = ok(&strs(&args_with(&data, &run, devices, strategy)));
@@ -139,7 +140,7 @@ fn every_strategy_on_2_and_4_processes_follows_the_one_process_curve() {
 }
 
 #[test]
-fn ddp_and_zero2_on_a_vision_language_model_follow_the_one_process_curve() {
+fn ddp_zero2_and_zero3_on_a_vision_language_model_follow_the_one_process_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = photo_questions(dir.path());
     let model = fixture("sae-models", "qwen2_vl_tiny");
@@ -174,7 +175,7 @@ fn ddp_and_zero2_on_a_vision_language_model_follow_the_one_process_curve() {
         curve(&out)
     };
     let one = run(1, "ddp");
-    for strategy in ["ddp", "zero2"] {
+    for strategy in ["ddp", "zero2", "zero3"] {
         same_curve(
             &run(2, strategy),
             &one,
@@ -184,13 +185,13 @@ fn ddp_and_zero2_on_a_vision_language_model_follow_the_one_process_curve() {
 }
 
 #[test]
-fn a_zero2_run_of_2_processes_resumes_on_1_with_the_same_curve() {
+fn a_zero3_run_of_2_processes_resumes_on_1_with_the_same_curve() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let one = dir.path().join("one");
     ok(&strs(&args(&data, &one, 1)));
     let run = dir.path().join("two");
-    let mut first = args_with(&data, &run, 2, "zero2");
+    let mut first = args_with(&data, &run, 2, "zero3");
     first.extend(["--stop-at".into(), "3".into()]);
     ok(&strs(&first));
     assert_eq!(losses_or_empty(&run).len(), 3);

@@ -252,13 +252,7 @@ impl TensorFile {
     /// stored in `dtype` (see [`MappedFile::shared`]), else read from the file in one pass, a
     /// chunk of rows at a time whose pages are released as it goes (see [`Conversion`]).
     pub fn float_data(&self, name: &str, dtype: StorageDtype) -> Result<TensorData> {
-        let entry = self.entry(name)?;
-        let stored = match entry.dtype {
-            Dtype::F32 => StorageDtype::F32,
-            Dtype::F16 => StorageDtype::F16,
-            Dtype::BF16 => StorageDtype::BF16,
-            other => return Err(self.unsupported(name, other, Some(dtype))),
-        };
+        let (entry, stored) = self.float_entry(name, dtype)?;
         if stored == dtype {
             let view = self.file.shared(entry.bytes.clone(), dtype.size())?;
             if let Some(bytes) = view {
@@ -269,14 +263,56 @@ impl TensorFile {
                 ));
             }
         }
-        let mut conversion = Conversion::new(stored, &entry.shape, dtype);
-        for rows in conversion.chunks() {
-            let bytes = conversion.byte_range(&rows);
-            let range = entry.bytes.start + bytes.start..entry.bytes.start + bytes.end;
+        let rows = entry.shape.first().copied().unwrap_or(1);
+        self.float_rows(name, 0..rows, dtype)
+    }
+
+    /// Rows `rows` (along the first dimension) of the float tensor `name`, as tensor data in
+    /// `dtype` of shape `[rows.len(), ...]`, copied out of the file in one pass (see
+    /// [`Conversion`]): a rank's slice of a sharded weight.
+    pub fn float_rows(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+        dtype: StorageDtype,
+    ) -> Result<TensorData> {
+        let (entry, stored) = self.float_entry(name, dtype)?;
+        let mut shape = entry.shape.clone();
+        let all = shape.first().copied().unwrap_or(1);
+        if rows.start > rows.end || rows.end > all {
+            return Err(SaeError::ShapeMismatch {
+                file: self.path().to_path_buf(),
+                name: format!("{name} (rows {}..{})", rows.start, rows.end),
+                expected: vec![rows.end],
+                got: entry.shape.clone(),
+            });
+        }
+        if let Some(first) = shape.first_mut() {
+            *first = rows.len();
+        }
+        let row_bytes = entry.bytes.len() / all.max(1);
+        let start = entry.bytes.start + rows.start * row_bytes;
+        let mut conversion = Conversion::new(stored, &shape, dtype);
+        for part in conversion.chunks() {
+            let bytes = conversion.byte_range(&part);
+            let range = start + bytes.start..start + bytes.end;
             self.file
-                .read(range, |bytes| conversion.fill(rows, bytes))?;
+                .read(range, |bytes| conversion.fill(part, bytes))?;
         }
         Ok(conversion.finish())
+    }
+
+    /// The entry of float tensor `name` and the dtype it is stored in (an error for other
+    /// dtypes, naming `dtype`, the one asked for).
+    fn float_entry(&self, name: &str, dtype: StorageDtype) -> Result<(&Entry, StorageDtype)> {
+        let entry = self.entry(name)?;
+        let stored = match entry.dtype {
+            Dtype::F32 => StorageDtype::F32,
+            Dtype::F16 => StorageDtype::F16,
+            Dtype::BF16 => StorageDtype::BF16,
+            other => return Err(self.unsupported(name, other, Some(dtype))),
+        };
+        Ok((entry, stored))
     }
 
     fn unsupported(&self, name: &str, dtype: Dtype, computed: Option<StorageDtype>) -> SaeError {

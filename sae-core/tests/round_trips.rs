@@ -1,5 +1,5 @@
 //! Layout conversions keep every output: PEFT -> sparsify -> SAELens -> PEFT and back from
-//! sparsify, plus f16/bf16 storage.
+//! sparsify, plus f16/bf16 storage, and a slice of rows read back as the whole tensor's rows.
 
 mod common;
 
@@ -151,4 +151,25 @@ fn saelens_without_input_centring_folds_b_dec_into_the_encoder_bias() {
         .map(|j| (0..l).map(|i| acts[i] * w_dec[i * d + j]).sum::<f32>() + b_dec[j])
         .collect();
     assert!(max_rel_diff(&values(out.reconstruction), &expected) < 1e-6);
+}
+
+#[test]
+fn rows_of_a_stored_tensor_are_those_rows_of_the_whole() {
+    // A [5, 3] weight stored in bf16: rows 1..4 read alone, in bf16 and widened to f32, are
+    // rows 1..4 of the whole tensor read in the same dtype; rows past the end are refused.
+    let values: Vec<f32> = (0..15).map(|i| (i as f32 * 0.7).sin()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let tensor = sae_core::HostTensor::f32(vec![5, 3], values);
+    sae_core::tensor_file::write_tensors(&path, &[("w".into(), tensor)], StorageDtype::BF16, None)
+        .unwrap();
+    let file = sae_core::TensorFile::open(&path).unwrap();
+    for dtype in [StorageDtype::BF16, StorageDtype::F32] {
+        let whole = file.float_data("w", dtype).unwrap();
+        let rows = file.float_rows("w", 1..4, dtype).unwrap();
+        assert_eq!(rows.shape, burn::tensor::Shape::new([3, 3]));
+        let n = dtype.size() * 3;
+        assert_eq!(rows.as_bytes(), &whole.as_bytes()[n..4 * n], "{dtype:?}");
+    }
+    assert!(file.float_rows("w", 4..6, StorageDtype::F32).is_err());
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -21,7 +21,8 @@ use crate::error::Result;
 use crate::mask;
 use crate::rope::{Rope, softmax_in_f32};
 use crate::scope::LoadScope;
-use crate::tap::{Stopped, Tap, linear, times_transposed};
+use crate::projection::{Projection, TORN_DOWN};
+use crate::tap::{Stopped, Tap, times_transposed};
 use crate::weights::Weights;
 
 /// What a layer needs besides its input: RoPE tables, the additive mask, and its keys and
@@ -71,10 +72,10 @@ impl<B: Backend> KvCache<B> {
 /// Multi-head attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
+    q_proj: Projection<B>,
+    k_proj: Projection<B>,
+    v_proj: Projection<B>,
+    o_proj: Projection<B>,
     #[module(skip)]
     heads: usize,
     #[module(skip)]
@@ -95,15 +96,15 @@ impl<B: Backend> Attention<B> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]);
         let q = split(
-            tap.linear(&format!("{prefix}.q_proj"), &self.q_proj, x.clone())?,
+            tap.call(&format!("{prefix}.q_proj"), self.q_proj.forward(x.clone()))?,
             h,
         );
         let k = split(
-            tap.linear(&format!("{prefix}.k_proj"), &self.k_proj, x.clone())?,
+            tap.call(&format!("{prefix}.k_proj"), self.k_proj.forward(x.clone()))?,
             kv,
         );
         let v = split(
-            tap.linear(&format!("{prefix}.v_proj"), &self.v_proj, x)?,
+            tap.call(&format!("{prefix}.v_proj"), self.v_proj.forward(x))?,
             kv,
         );
         let heads_first = |y: Tensor<B, 4>| y.swap_dims(1, 2);
@@ -136,7 +137,7 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, t, d])
             .swap_dims(1, 2)
             .reshape([b, t, h * d]);
-        let out = tap.linear(&format!("{prefix}.o_proj"), &self.o_proj, out)?;
+        let out = tap.call(&format!("{prefix}.o_proj"), self.o_proj.forward(out))?;
         tap.call(prefix, out)
     }
 }
@@ -144,9 +145,9 @@ impl<B: Backend> Attention<B> {
 /// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    down_proj: Linear<B>,
+    gate_proj: Projection<B>,
+    up_proj: Projection<B>,
+    down_proj: Projection<B>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -156,12 +157,14 @@ impl<B: Backend> Mlp<B> {
         tap: &mut Tap<B>,
         prefix: &str,
     ) -> Result<Tensor<B, 3>, Stopped> {
-        let gate = tap.linear(&format!("{prefix}.gate_proj"), &self.gate_proj, x.clone())?;
-        let up = tap.linear(&format!("{prefix}.up_proj"), &self.up_proj, x)?;
-        let down = tap.linear(
+        let gate = tap.call(
+            &format!("{prefix}.gate_proj"),
+            self.gate_proj.forward(x.clone()),
+        )?;
+        let up = tap.call(&format!("{prefix}.up_proj"), self.up_proj.forward(x))?;
+        let down = tap.call(
             &format!("{prefix}.down_proj"),
-            &self.down_proj,
-            silu(gate) * up,
+            self.down_proj.forward(silu(gate) * up),
         )?;
         tap.call(prefix, down)
     }
@@ -177,6 +180,40 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    /// Layer `p` (its stored prefix, `model.layers.3`) of a decoder configured by `c`.
+    fn load(c: &DecoderConfig, w: &Weights, p: &str, device: &B::Device) -> Result<Self> {
+        let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
+        let (q_dim, kv_dim) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let attn = |name: &str, d_in, d_out, bias| {
+            w.projection(&format!("{p}.self_attn.{name}"), d_in, d_out, bias, device)
+        };
+        let mlp = |name: &str, d_in, d_out| {
+            w.projection(&format!("{p}.mlp.{name}"), d_in, d_out, c.mlp_bias, device)
+        };
+        let norm = |name: &str| w.rms_norm(&format!("{p}.{name}"), hidden, eps, device);
+        Ok(DecoderLayer {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention {
+                q_proj: attn("q_proj", hidden, q_dim, c.attention_bias)?,
+                k_proj: attn("k_proj", hidden, kv_dim, c.attention_bias)?,
+                v_proj: attn("v_proj", hidden, kv_dim, c.attention_bias)?,
+                o_proj: attn("o_proj", q_dim, hidden, false)?,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp {
+                gate_proj: mlp("gate_proj", hidden, inter)?,
+                up_proj: mlp("up_proj", hidden, inter)?,
+                down_proj: mlp("down_proj", inter, hidden)?,
+            },
+        })
+    }
+
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -252,19 +289,37 @@ pub struct LmOutput<B: Backend> {
 /// A decoder-only language model (Qwen2, Llama).
 #[derive(Module, Debug)]
 pub struct DecoderLm<B: Backend> {
-    embed_tokens: Embedding<B>,
+    /// `None` when the weights are shared between ranks (ZeRO-3): tokens are then looked up
+    /// in the ranks' slices of the table (`shared_table`).
+    embed_tokens: Option<Embedding<B>>,
     /// The layers loaded: all of them, or those up to the deepest hook a job reads.
     layers: Vec<DecoderLayer<B>>,
     /// `None` when not loaded (the job stops in a layer); the pass ends before it.
     norm: Option<RmsNorm<B>>,
-    /// `None` when tied to the embedding, or not loaded with the norm.
-    lm_head: Option<Linear<B>>,
+    /// `None` when tied to the held embedding, or not loaded with the norm.
+    lm_head: Option<Projection<B>>,
     #[module(skip)]
     config: DecoderConfig,
     /// The module path of the decoder stack in memory: `model` for an LM,
     /// `model.language_model` inside a multimodal model.
     #[module(skip)]
     prefix: String,
+    /// Under ZeRO-3, the shared weights and the name of the embedding table.
+    #[module(skip)]
+    shared_table: Option<SharedTable>,
+}
+
+/// A token embedding table shared between ranks ([`crate::shard`]).
+#[derive(Clone)]
+struct SharedTable {
+    weights: Weights,
+    name: String,
+}
+
+impl std::fmt::Debug for SharedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedTable({})", self.name)
+    }
 }
 
 impl<B: Backend> DecoderLm<B> {
@@ -286,7 +341,7 @@ impl<B: Backend> DecoderLm<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let config = DecoderConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        let weights = Weights::open_for(dir, dtype, scope)?;
         Self::from_weights(config, &weights, scope, device)
     }
 
@@ -327,69 +382,46 @@ impl<B: Backend> DecoderLm<B> {
     ) -> Result<Self> {
         let c = &config;
         let head = scope.head(prefix);
-        let (hidden, inter, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
-        let (q_dim, kv_dim) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
         let layers = (0..scope.text_layers(prefix, c.num_hidden_layers))
-            .map(|i| {
-                let p = format!("{stored}.layers.{i}");
-                let attn = |name: &str, d_in, d_out, bias| {
-                    w.linear(&format!("{p}.self_attn.{name}"), d_in, d_out, bias, device)
-                };
-                let mlp = |name: &str, d_in, d_out| {
-                    w.linear(&format!("{p}.mlp.{name}"), d_in, d_out, c.mlp_bias, device)
-                };
-                Ok(DecoderLayer {
-                    input_layernorm: w.rms_norm(
-                        &format!("{p}.input_layernorm"),
-                        hidden,
-                        eps,
-                        device,
-                    )?,
-                    self_attn: Attention {
-                        q_proj: attn("q_proj", hidden, q_dim, c.attention_bias)?,
-                        k_proj: attn("k_proj", hidden, kv_dim, c.attention_bias)?,
-                        v_proj: attn("v_proj", hidden, kv_dim, c.attention_bias)?,
-                        o_proj: attn("o_proj", q_dim, hidden, false)?,
-                        heads: c.num_attention_heads,
-                        kv_heads: c.num_key_value_heads,
-                        head_dim: c.head_dim,
-                    },
-                    post_attention_layernorm: w.rms_norm(
-                        &format!("{p}.post_attention_layernorm"),
-                        hidden,
-                        eps,
-                        device,
-                    )?,
-                    mlp: Mlp {
-                        gate_proj: mlp("gate_proj", hidden, inter)?,
-                        up_proj: mlp("up_proj", hidden, inter)?,
-                        down_proj: mlp("down_proj", inter, hidden)?,
-                    },
-                })
-            })
+            .map(|i| DecoderLayer::load(c, w, &format!("{stored}.layers.{i}"), device))
             .collect::<Result<Vec<_>>>()?;
-        // Some tied checkpoints still store lm_head.weight; tying wins, as in transformers.
-        let lm_head = (head && !c.tie_word_embeddings)
-            .then(|| w.linear(stored_head, hidden, c.vocab_size, false, device))
-            .transpose()?;
         let norm = head
-            .then(|| w.rms_norm(&format!("{stored}.norm"), hidden, eps, device))
+            .then(|| w.rms_norm(&format!("{stored}.norm"), c.hidden_size, c.rms_norm_eps, device))
             .transpose()?;
+        let table = format!("{stored}.embed_tokens");
+        let shape = [c.vocab_size, c.hidden_size];
+        // Some tied checkpoints still store lm_head.weight; tying wins, as in transformers.
+        // Shared between ranks, the tied head is a projection by the shared table.
+        let (embed_tokens, shared_table, head_weight) = if w.is_sharded() {
+            let name = format!("{table}.weight");
+            w.keep_slice(&name, &shape)?;
+            let shared = SharedTable {
+                weights: w.clone(),
+                name,
+            };
+            let head_weight = if c.tie_word_embeddings {
+                table.as_str()
+            } else {
+                stored_head
+            };
+            (None, Some(shared), Some(head_weight))
+        } else {
+            let embedding = w.embedding(&table, c.vocab_size, c.hidden_size, device)?;
+            let head_weight = (!c.tie_word_embeddings).then_some(stored_head);
+            (Some(embedding), None, head_weight)
+        };
+        let lm_head = match head_weight {
+            Some(name) if head => Some(w.projection(name, c.hidden_size, c.vocab_size, false, device)?),
+            _ => None,
+        };
         Ok(DecoderLm {
-            embed_tokens: w.embedding(
-                &format!("{stored}.embed_tokens"),
-                c.vocab_size,
-                hidden,
-                device,
-            )?,
+            embed_tokens,
             layers,
             norm,
             lm_head,
             config,
             prefix: prefix.to_string(),
+            shared_table,
         })
     }
 
@@ -401,7 +433,7 @@ impl<B: Backend> DecoderLm<B> {
         cache: &mut KvCache<B>,
         hooks: &mut dyn Hooks<B>,
     ) -> LmOutput<B> {
-        let embeds = self.embed_tokens.forward(input.input_ids);
+        let embeds = self.embed(input.input_ids);
         let logits = self
             .run(
                 embeds,
@@ -416,12 +448,28 @@ impl<B: Backend> DecoderLm<B> {
 
     /// The token embeddings of `ids`, `[batch, tokens, hidden]`.
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.embed_tokens.forward(ids)
+        match (&self.embed_tokens, &self.shared_table) {
+            (Some(table), _) => table.forward(ids),
+            (None, Some(shared)) => {
+                let [b, t] = ids.dims();
+                let (device, d) = (ids.device(), self.config.hidden_size);
+                let shape = [self.config.vocab_size, d];
+                (shared.weights)
+                    .embedding_rows::<B>(&shared.name, shape, &int_to_host(ids), &device)
+                    .expect(TORN_DOWN)
+                    .reshape([b, t, d])
+            }
+            (None, None) => unreachable!("a decoder holds its embeddings or shares them"),
+        }
     }
 
     /// The dtype the model computes in (that of its weights).
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.weight.val().dtype()
+        match (&self.embed_tokens, &self.shared_table) {
+            (Some(table), _) => table.weight.val().dtype(),
+            (None, Some(shared)) => shared.weights.dtype(),
+            (None, None) => unreachable!("a decoder holds its embeddings or shares them"),
+        }
     }
 
     /// The model's configuration.
@@ -517,14 +565,14 @@ impl<B: Backend> DecoderLm<B> {
         // Loaded up to a layer only: the job's hooks end the pass before this point.
         let norm = self.norm.as_ref().ok_or(Stopped)?;
         let x = tap.call(&format!("{}.norm", self.prefix), norm.forward(x))?;
-        let logits = match &self.lm_head {
-            Some(head) => linear(head, x),
-            None => {
+        let logits = match (&self.lm_head, &self.embed_tokens) {
+            (Some(head), _) => head.forward(x),
+            (None, Some(table)) => {
                 let [b, t, d] = x.dims();
-                let logits =
-                    times_transposed(x.reshape([b * t, d]), self.embed_tokens.weight.val());
+                let logits = times_transposed(x.reshape([b * t, d]), table.weight.val());
                 logits.reshape([b, t, self.config.vocab_size])
             }
+            (None, None) => unreachable!("a shared decoder's head is a projection"),
         };
         tap.call("lm_head", logits)
     }

@@ -72,6 +72,9 @@ pub enum ModelError {
     /// Model inputs that disagree with each other (image tokens against image features).
     #[error("bad model input: {0}")]
     BadInput(String),
+
+    #[error("exchanging the model's weight slices between the ranks failed: {0}")]
+    Shards(String),
     /// Images given to a vision-language model loaded for text only.
     #[error(
         "the model was loaded without its vision tower (the job said it gives no images), but the input has images"

@@ -37,7 +37,9 @@ pub fn load<B: Backend>(
     // llama.cpp permutes llama's q/k rows for its interleaved RoPE; Qwen2 is stored as is.
     let permuted = (config.model_type == "llama")
         .then_some((config.num_attention_heads, config.num_key_value_heads));
-    let weights = Weights::from_gguf(path, file, permuted).with_dtype(dtype)?;
+    let weights = Weights::from_gguf(path, file, permuted)
+        .with_dtype(dtype)?
+        .for_scope(scope);
     let config = DecoderConfig {
         tie_word_embeddings: !weights.contains("lm_head.weight"),
         ..config

@@ -3,9 +3,12 @@
 //! and a vision-language model's vision tower only when images are given or hooked.
 //!
 //! A 7B model read at layer 24 of 28 then never loads the last four layers nor the 1 GB head,
-//! and a text-only job on Qwen2.5-VL never loads its 1.3 GB vision tower.
+//! and a text-only job on Qwen2.5-VL never loads its 1.3 GB vision tower. Under ZeRO-3 the
+//! scope also says which ranks share the weights ([`LoadScope::sharded`]).
 
 use sae_core::HookPoint;
+
+use crate::shard::Shards;
 
 /// The part of a model to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,13 +17,19 @@ pub struct LoadScope {
     last: Option<String>,
     /// The job gives images (load the vision tower).
     images: bool,
+    /// The ranks that share the weights (ZeRO-3); `None`: this process holds them all.
+    shards: Option<Shards>,
 }
 
 impl LoadScope {
     /// The whole model: for jobs that need logits (generation, evaluation). The vision tower
     /// is loaded when `images` is true.
     pub fn whole(images: bool) -> Self {
-        LoadScope { last: None, images }
+        LoadScope {
+            last: None,
+            images,
+            shards: None,
+        }
     }
 
     /// Up to the deepest of `paths` in `points` (the model's hook points in forward order; see
@@ -40,7 +49,25 @@ impl LoadScope {
         let last = deepest
             .and_then(|d| d.into_iter().max())
             .map(|i| points[i].path.clone());
-        LoadScope { last, images }
+        LoadScope {
+            last,
+            images,
+            shards: None,
+        }
+    }
+
+    /// The same scope with the weight matrices shared between the ranks of `shards` (ZeRO-3):
+    /// each rank keeps a slice, and the text layers are gathered one at a time as they run.
+    pub fn sharded(self, shards: Shards) -> Self {
+        LoadScope {
+            shards: Some(shards),
+            ..self
+        }
+    }
+
+    /// The ranks that share the weights, under ZeRO-3.
+    pub fn shards(&self) -> Option<&Shards> {
+        self.shards.as_ref()
     }
 
     /// The deepest hook point read, if the job stops early.

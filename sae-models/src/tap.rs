@@ -24,15 +24,6 @@ impl<B: Backend> Tap<'_, B> {
         Ok(y)
     }
 
-    /// A hooked linear layer.
-    pub(crate) fn linear(
-        &mut self,
-        path: &str,
-        layer: &Linear<B>,
-        x: Tensor<B, 3>,
-    ) -> Result<Tensor<B, 3>, Stopped> {
-        self.call(path, linear(layer, x))
-    }
 }
 
 /// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's

@@ -1,9 +1,12 @@
 //! Model weights by Hugging Face tensor name, from a model folder (`model.safetensors`, or shards
 //! listed in `model.safetensors.index.json`; F32, F16 and BF16) or from a GGUF file (names
-//! mapped, tensors dequantised, llama.cpp's q/k row permutation undone).
+//! mapped, tensors dequantised, llama.cpp's q/k row permutation undone). Under ZeRO-3 the weight
+//! matrices are shared between the ranks of a job ([`crate::shard`]).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
@@ -16,13 +19,19 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::projection::Projection;
+use crate::scope::LoadScope;
+use crate::shard::{Shards, Slices, is_split};
 
-/// Model weights, by Hugging Face tensor name.
+/// Model weights, by Hugging Face tensor name (cheap to clone: the files are shared).
+#[derive(Clone)]
 pub struct Weights {
     origin: PathBuf,
-    store: Store,
+    store: Arc<Store>,
     /// The dtype tensors are created in, straight from the stored bytes.
     dtype: StorageDtype,
+    /// Under ZeRO-3, this rank's slices of the weight matrices, which are gathered when read.
+    slices: Option<Arc<Slices>>,
 }
 
 enum Store {
@@ -86,9 +95,24 @@ impl Weights {
         }
         Ok(Weights {
             origin: dir.to_path_buf(),
-            store: Store::Safetensors { files, index },
+            store: Arc::new(Store::Safetensors { files, index }),
             dtype: StorageDtype::F32,
+            slices: None,
         })
+    }
+
+    /// Opens the checkpoint files of `dir` as a load of `scope` reads them: created as
+    /// `dtype`, and shared between the ranks when the scope says so.
+    pub fn open_for(dir: &Path, dtype: DType, scope: &LoadScope) -> Result<Self> {
+        Ok(Self::open(dir)?.with_dtype(dtype)?.for_scope(scope))
+    }
+
+    /// The same weights, shared between the ranks when `scope` says so.
+    pub fn for_scope(self, scope: &LoadScope) -> Self {
+        match scope.shards() {
+            Some(shards) => self.sharded(shards.clone()),
+            None => self,
+        }
     }
 
     /// The weights of a GGUF file; `permuted_heads` (query heads, key/value heads) undoes the
@@ -96,12 +120,34 @@ impl Weights {
     pub fn from_gguf(path: &Path, file: GgufFile, permuted_heads: Option<(usize, usize)>) -> Self {
         Weights {
             origin: path.to_path_buf(),
-            store: Store::Gguf {
+            store: Arc::new(Store::Gguf {
                 file,
                 permuted_heads,
-            },
+            }),
             dtype: StorageDtype::F32,
+            slices: None,
         }
+    }
+
+    /// The same weights shared between the ranks of `shards` (ZeRO-3): each rank keeps its
+    /// slice of every weight matrix, and reading one gathers it from the ranks, so every rank
+    /// must read the same matrices in the same order.
+    pub fn sharded(self, shards: Shards) -> Self {
+        Weights {
+            slices: Some(Arc::new(Slices::new(shards))),
+            ..self
+        }
+    }
+
+    /// True when the weights are shared between ranks: a model then builds each layer just
+    /// before it runs.
+    pub fn is_sharded(&self) -> bool {
+        self.slices.is_some()
+    }
+
+    /// The dtype tensors are created in.
+    pub fn dtype(&self) -> DType {
+        self.dtype.into()
     }
 
     /// The same weights, created as `dtype` (the model's compute dtype: F32, F16 or BF16).
@@ -112,7 +158,7 @@ impl Weights {
 
     /// True if the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        match &self.store {
+        match self.store.as_ref() {
             Store::Safetensors { index, .. } => index.contains_key(name),
             Store::Gguf { file, .. } => {
                 gguf_name(name).is_some_and(|n| file.tensors.contains_key(&n))
@@ -128,23 +174,55 @@ impl Weights {
     }
 
     /// The tensor `name`, which must have `shape`, as data in the compute dtype, read straight
-    /// from the mapped file.
+    /// from the mapped file; a split weight of sharded weights is gathered from the ranks.
     fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        let check = |got: Vec<usize>| {
-            if got == shape {
-                Ok(())
-            } else {
-                Err(ModelError::WeightShape {
-                    name: name.to_string(),
-                    expected: shape.to_vec(),
-                    got,
-                })
+        match &self.slices {
+            Some(slices) if is_split(shape) => {
+                slices.gather(name, shape, self.dtype, |rows| self.rows(name, shape, rows))
             }
-        };
-        match &self.store {
+            _ => self.stored(name, shape),
+        }
+    }
+
+    /// Rows `rows` of the tensor `name` of `shape`, in the compute dtype (a rank's slice).
+    fn rows(&self, name: &str, shape: &[usize], rows: Range<usize>) -> Result<TensorData> {
+        match self.store.as_ref() {
             Store::Safetensors { files, index } => {
                 let file = &files[*index.get(name).ok_or_else(|| self.missing(name))?];
-                check(file.shape(name)?)?;
+                self.check(name, shape, file.shape(name)?)?;
+                Ok(file.float_rows(name, rows, self.dtype)?)
+            }
+            // Quantised blocks are dequantised whole, then cut.
+            Store::Gguf { .. } => {
+                let whole = self.stored(name, shape)?;
+                let row_bytes = whole.as_bytes().len() / shape[0].max(1);
+                let bytes = whole.as_bytes()[rows.start * row_bytes..rows.end * row_bytes].to_vec();
+                let mut cut = shape.to_vec();
+                cut[0] = rows.len();
+                Ok(TensorData::from_bytes_vec(bytes, cut, self.dtype.into()))
+            }
+        }
+    }
+
+    /// An error unless tensor `name` stored with shape `got` has `shape`.
+    fn check(&self, name: &str, shape: &[usize], got: Vec<usize>) -> Result<()> {
+        if got == shape {
+            Ok(())
+        } else {
+            Err(ModelError::WeightShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got,
+            })
+        }
+    }
+
+    /// The whole tensor `name`, which must have `shape`, as data in the compute dtype.
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
+        match self.store.as_ref() {
+            Store::Safetensors { files, index } => {
+                let file = &files[*index.get(name).ok_or_else(|| self.missing(name))?];
+                self.check(name, shape, file.shape(name)?)?;
                 Ok(file.float_data(name, self.dtype)?)
             }
             Store::Gguf {
@@ -158,7 +236,7 @@ impl Weights {
                 // Quantised blocks have no dtype to compute in: each tensor is dequantised to
                 // f32 on its own, then converted.
                 let (got, values) = file.dequantize(&gguf)?;
-                check(got)?;
+                self.check(name, shape, got)?;
                 let heads = match permuted_heads {
                     Some((q, _)) if name.contains(".q_proj.") => Some(*q),
                     Some((_, kv)) if name.contains(".k_proj.") => Some(*kv),
@@ -176,6 +254,72 @@ impl Weights {
                 ))
             }
         }
+    }
+
+    /// Reads this rank's slice of the split weight `name` of `shape` when the weights are
+    /// shared between ranks (checking that it is stored with that shape); nothing otherwise.
+    pub(crate) fn keep_slice(&self, name: &str, shape: &[usize]) -> Result<()> {
+        match &self.slices {
+            Some(slices) if is_split(shape) => {
+                slices.keep(name, shape, |rows| self.rows(name, shape, rows))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The `[d_out, d_in]` weight matrix `name`, gathered from the ranks when they share it.
+    pub(crate) fn gathered_matrix<B: Backend>(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        self.tensor(name, shape, device)
+    }
+
+    /// A [`Projection`] from `{prefix}.weight [d_out, d_in]` and, with `bias`,
+    /// `{prefix}.bias [d_out]`: held, or shared between ranks (ZeRO-3: this rank's slice is read
+    /// now, the whole weight gathered each time the projection runs).
+    pub fn projection<B: Backend>(
+        &self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Projection<B>> {
+        if self.slices.is_none() {
+            return Ok(Projection::held(self.linear(prefix, d_in, d_out, bias, device)?));
+        }
+        let name = format!("{prefix}.weight");
+        self.keep_slice(&name, &[d_out, d_in])?;
+        let bias = bias
+            .then(|| self.tensor(&format!("{prefix}.bias"), [d_out], device))
+            .transpose()?;
+        Ok(Projection::shared(self, name, [d_out, d_in], bias))
+    }
+
+    /// The token embeddings of `ids` from the `[n, d]` table `name`, `[ids.len(), d]`. With
+    /// sharded weights every rank calls it (with its own ids) and the table is never gathered
+    /// whole.
+    pub fn embedding_rows<B: Backend>(
+        &self,
+        name: &str,
+        [n, d]: [usize; 2],
+        ids: &[i64],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>> {
+        let data = match &self.slices {
+            Some(slices) => slices.rows(name, [n, d], ids, self.dtype, |rows| {
+                self.rows(name, &[n, d], rows)
+            })?,
+            None => {
+                let table: Tensor<B, 2> = self.tensor(name, [n, d], device)?;
+                let ids = Tensor::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
+                return Ok(table.select(0, ids));
+            }
+        };
+        Ok(self.create(data, device))
     }
 
     /// A tensor of rank `D` with a checked shape.

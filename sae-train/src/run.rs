@@ -23,7 +23,7 @@ use sae_models::{AnyModel, Tokenizer};
 
 use crate::adamw::Moments;
 use crate::checkpoint::{self, State};
-use crate::collective::{Collective, per_rank};
+use crate::collective::{Collective, model_shards, per_rank};
 use crate::config::{Strategy, TrainConfig};
 use crate::error::{Result, TrainError, io};
 use crate::interrupt::{self, Signal};
@@ -210,11 +210,6 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 parallel.devices
             )));
         }
-        if ranks > 1 && parallel.strategy == Strategy::Zero3 {
-            return Err(TrainError::Unsupported(
-                "parallel.strategy = zero3 is not implemented yet; use ddp, zero1 or zero2".into(),
-            ));
-        }
         let name = &config.model.name;
         let points =
             (config.target_modules).resolve(&AnyModel::<B::InnerBackend>::hook_points_of(name)?)?;
@@ -223,6 +218,12 @@ impl<B: SaeAutodiffBackend> Session<B> {
         // tower for a dataset of texts.
         let paths = points.iter().map(|p| p.path.as_str());
         let scope = dataset_scope::<B::InnerBackend>(name, paths, &dataset)?;
+        // ZeRO-3: the ranks share the model's large weights, each layer gathered as it runs.
+        let scope = if ranks > 1 && parallel.strategy == Strategy::Zero3 {
+            scope.sharded(model_shards(&collective))
+        } else {
+            scope
+        };
         tracing::info!(through = scope.last(), "loading model {name}");
         let model = AnyModel::<B::InnerBackend>::load_scoped(
             name,
@@ -408,7 +409,9 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 || (save_every > 0 && step.is_multiple_of(save_every))
                 || interrupted.is_some()
             {
-                // Every rank takes part (ZeRO gathers the moments); rank 0 writes.
+                // Every rank takes part (ZeRO gathers the moments, ZeRO-3 the parameters
+                // too); rank 0 writes.
+                self.trainer.gather_params()?;
                 let moments = self.trainer.whole_moments()?;
                 if self.writer {
                     let dir = self.save_checkpoint(&run_dir, &loader, moments)?;
@@ -416,6 +419,7 @@ impl<B: SaeAutodiffBackend> Session<B> {
                     newest = Some(dir);
                     draw_curves(&run_dir)?;
                 }
+                self.trainer.release_params();
             }
             last = Some(record);
             if interrupted.is_some() {

@@ -41,7 +41,7 @@ use crate::error::{Result, TrainError};
 use crate::init;
 use crate::schedule::lr_factor;
 use crate::storage::Storage;
-use crate::zero::Partition;
+use crate::zero::{Partition, Stage};
 
 /// One step's numbers for one SAE (means over the step's micro-batches).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -139,16 +139,41 @@ impl<T: Storage> Optimised<T> {
         }
     }
 
-    /// Under ZeRO from now on: this rank keeps the moments of its latents only.
-    fn partition(&mut self, ranks: (usize, usize), stage2: bool, d: usize) {
+    /// Under ZeRO from now on: this rank keeps the moments of its latents only (and what else
+    /// `stage` says).
+    fn partition(&mut self, ranks: (usize, usize), stage: Stage, d: usize) {
         let latents = self.params.w_enc.count() / d;
         let moments = self.moments.take();
         self.partition = Some(Partition::new(
             ranks,
             latents,
             moments.as_ref(),
-            (d, stage2),
+            (d, stage),
         ));
+        self.release_params(d);
+    }
+
+    /// Stage 3, between steps: this rank keeps its slice of the parameters, and releases the
+    /// whole ones.
+    fn release_params(&mut self, d: usize) {
+        let Some(part) = &mut self.partition else {
+            return;
+        };
+        if part.stage == Stage::Three && self.params.w_enc.count() > 0 {
+            part.params = Some(part.slice(&self.params, d));
+            self.params = self.params.map(|p| p.like(Vec::new()));
+        }
+    }
+
+    /// Stage 3, before a step's passes (or a checkpoint): the whole parameters, gathered from
+    /// every rank's slice.
+    fn gather_params(&mut self, collective: &dyn Collective, d: usize) -> Result<()> {
+        if let Some(part) = &mut self.partition
+            && let Some(slice) = part.params.take()
+        {
+            self.params = part.gather_params(collective, &slice, d)?;
+        }
+        Ok(())
     }
 
     /// Zeroed gradients where stage 2 released them after the last micro-batch.
@@ -161,7 +186,7 @@ impl<T: Storage> Optimised<T> {
     /// Stage 2, after each micro-batch: this rank's slice of the gradients summed over the
     /// ranks is added to its own, and the whole gradients are released.
     fn scatter_grads(&mut self, collective: &dyn Collective, d: usize) -> Result<()> {
-        if !self.partition.as_ref().is_some_and(|p| p.stage2) {
+        if !self.partition.as_ref().is_some_and(|p| p.stage >= Stage::Two) {
             return Ok(());
         }
         self.ensure_grads();
@@ -212,7 +237,13 @@ impl<T: Storage> Optimised<T> {
         if grad_norm.is_finite() {
             let state = (&mut params, &mut grads, &mut part.moments);
             update(state, (config, optim), lr, t, d, grad_norm);
-            part.all_gather(collective, &params, &mut self.params, d)?;
+            if part.stage == Stage::Three {
+                // Gathered at the start of the next step.
+                part.params = Some(params);
+                self.params = self.params.map(|p| p.like(Vec::new()));
+            } else {
+                part.all_gather(collective, &params, &mut self.params, d)?;
+            }
         }
         Ok(grad_norm)
     }
@@ -221,7 +252,7 @@ impl<T: Storage> Optimised<T> {
     /// from every rank (a collective).
     fn whole_moments(&self, collective: &dyn Collective, d: usize) -> Result<Option<Moments>> {
         match &self.partition {
-            Some(part) => part.gather_moments(collective, self.params.w_enc.count() / d, d),
+            Some(part) => part.gather_moments(collective, d),
             None if collective.rank() != 0 => Ok(None),
             None => Ok(self.moments.as_ref().map(|m| Moments {
                 exp_avg: m.exp_avg.map(Storage::to_vec),
@@ -358,8 +389,8 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
     }
 
     /// The same trainer training data parallel with the ranks of `collective` by `strategy`:
-    /// every rank takes rank 0's parameters; under ZeRO-1 and ZeRO-2 each rank keeps the
-    /// optimiser state of its slice of the latents ([`crate::zero`]).
+    /// every rank takes rank 0's parameters; under ZeRO each rank keeps the optimiser state of
+    /// its slice of the latents ([`crate::zero`]).
     pub fn with_collective(
         mut self,
         collective: Rc<dyn Collective>,
@@ -367,22 +398,42 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
     ) -> Result<Self> {
         let ranks = (collective.rank(), collective.ranks());
         if ranks.1 > 1 {
-            if strategy == Strategy::Zero3 {
-                return Err(TrainError::Unsupported(
-                    "parallel.strategy = zero3 is not implemented yet; use ddp, zero1 or zero2"
-                        .into(),
-                ));
-            }
+            let stage = match strategy {
+                Strategy::Ddp => None,
+                Strategy::Zero1 => Some(Stage::One),
+                Strategy::Zero2 => Some(Stage::Two),
+                Strategy::Zero3 => Some(Stage::Three),
+            };
             for hook in &mut self.hooks {
                 hook.broadcast_params(collective.as_ref())?;
-                if matches!(strategy, Strategy::Zero1 | Strategy::Zero2) {
-                    let (stage2, d) = (strategy == Strategy::Zero2, hook.d_in());
-                    on_state!(&mut hook.residence, state => state.partition(ranks, stage2, d));
+                if let Some(stage) = stage {
+                    let d = hook.d_in();
+                    on_state!(&mut hook.residence, state => state.partition(ranks, stage, d));
                 }
             }
         }
         self.collective = collective;
         Ok(self)
+    }
+
+    /// Under ZeRO-3, every SAE's whole parameters, gathered from the ranks (a collective: every
+    /// rank calls it) for a checkpoint or an export; [`release_params`](Self::release_params)
+    /// drops them again. A no-op otherwise.
+    pub fn gather_params(&mut self) -> Result<()> {
+        let collective = self.collective.as_ref();
+        for hook in &mut self.hooks {
+            let d = hook.d_in();
+            on_state!(&mut hook.residence, state => state.gather_params(collective, d)?);
+        }
+        Ok(())
+    }
+
+    /// Under ZeRO-3, keeps only this rank's slice of every SAE's parameters again.
+    pub fn release_params(&mut self) {
+        for hook in &mut self.hooks {
+            let d = hook.d_in();
+            on_state!(&mut hook.residence, state => state.release_params(d));
+        }
     }
 
     /// Every SAE's AdamW moments, whole, on the host of rank 0 (none before the first step, nor
@@ -406,6 +457,7 @@ impl<B: SaeAutodiffBackend> Trainer<B> {
     /// activations, `[tokens, d_in]`, of the tokens that count.
     pub fn accumulate(&mut self, acts: Vec<Tensor<B::InnerBackend, 2>>) -> Result<()> {
         let step = self.step + 1;
+        self.gather_params()?;
         if !self.initialised {
             for (hook, x) in self.hooks.iter_mut().zip(&acts) {
                 hook.initialise(x, &self.optim, self.collective.as_ref())?;
@@ -593,8 +645,12 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
         Ok(())
     }
 
-    /// Renews the SAE on the backend from the optimiser's parameters.
+    /// Renews the SAE on the backend from the optimiser's parameters (not while ZeRO-3 holds
+    /// only a slice of them: see [`Trainer::gather_params`]).
     fn sync(&mut self) {
+        if on_state!(&self.residence, state => state.params.w_enc.count() == 0) {
+            return;
+        }
         self.stale = false;
         let config = self.sae.config.clone();
         let device = self.sae.w_enc.device();

@@ -1,11 +1,14 @@
-//! ZeRO stages 1 and 2 (Rajbhandari et al.; DeepSpeed's `stage` 1 and 2) over the SAEs'
+//! ZeRO stages 1, 2 and 3 (Rajbhandari et al.; DeepSpeed's `stage` 1, 2 and 3) over the SAEs'
 //! latents: each rank owns an equal slice of the latents (rows of `W_enc` and `W_dec`, entries
 //! of `b_enc` and the thresholds) and keeps AdamW's moments for its slice only; stage 2 also
-//! keeps only its slice of the step's gradients between micro-batches. Each step the gradients
-//! are reduce-scattered, every rank steps its slice (gradient clipping sums the squared norm
-//! over the ranks) and the parameters are all-gathered. `b_dec`, `d_in` values, is stepped
-//! whole on every rank. Every per-latent operation of the step (the decoder's parallel
-//! component, its unit norm, AdamW) works row by row, so stepping slices is stepping the whole.
+//! keeps only its slice of the step's gradients between micro-batches; stage 3 also keeps only
+//! its slice of the parameters between steps, and gathers them whole for the next step's
+//! forward and backward passes (the frozen model's forward pass runs in between, without them).
+//! Each step the gradients are reduce-scattered, every rank steps its slice (gradient clipping
+//! sums the squared norm over the ranks) and the parameters are all-gathered (stage 3: at the
+//! start of the next step). `b_dec`, `d_in` values, is stepped whole on every rank. Every
+//! per-latent operation of the step (the decoder's parallel component, its unit norm, AdamW)
+//! works row by row, so stepping slices is stepping the whole.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -17,6 +20,17 @@ use crate::collective::Collective;
 use crate::error::Result;
 use crate::storage::Storage;
 
+/// What a rank keeps of the training state only for its own latents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The optimiser's moments.
+    One,
+    /// The moments and the step's gradients.
+    Two,
+    /// The moments, the gradients and, between steps, the parameters.
+    Three,
+}
+
 /// The latents one rank steps, and the optimiser state it keeps for them.
 #[derive(Debug)]
 pub struct Partition<T> {
@@ -24,12 +38,17 @@ pub struct Partition<T> {
     latents: Range<usize>,
     /// Latents per rank (the collectives pad every slice to it).
     per_rank: usize,
+    /// Latents of all the ranks.
+    total: usize,
     /// AdamW's moments of this rank's slice, from the first step on.
     pub moments: Option<Moments<T>>,
-    /// Stage 2: this rank's slice of the step's gradients, summed over the ranks so far.
+    /// Stage 2 and 3: this rank's slice of the step's gradients, summed over the ranks so far.
     pub grads: Option<Params<T>>,
-    /// Stage 2: the whole gradients are reduce-scattered after each micro-batch and released.
-    pub stage2: bool,
+    /// Stage 3, between steps: this rank's slice of the parameters (the whole ones are
+    /// released).
+    pub params: Option<Params<T>>,
+    /// What the rank keeps for its slice only.
+    pub stage: Stage,
 }
 
 /// Values per latent of parameter `name` (`None` for `b_dec`, which is not split).
@@ -42,22 +61,24 @@ fn width(name: &str, d: usize) -> Option<usize> {
 }
 
 impl<T: Storage> Partition<T> {
-    /// Rank `rank`'s slice of `latents` latents over `ranks` ranks, for ZeRO-1 or (`stage2`)
-    /// ZeRO-2; `moments`, whole (from a checkpoint), are cut to it.
+    /// Rank `rank`'s slice of `latents` latents over `ranks` ranks, for ZeRO `stage`;
+    /// `moments`, whole (from a checkpoint), are cut to it.
     pub fn new(
         (rank, ranks): (usize, usize),
         latents: usize,
         moments: Option<&Moments<T>>,
-        (d, stage2): (usize, bool),
+        (d, stage): (usize, Stage),
     ) -> Self {
         let per_rank = latents.div_ceil(ranks);
         let start = (rank * per_rank).min(latents);
         let mut part = Partition {
             latents: start..((rank + 1) * per_rank).min(latents),
             per_rank,
+            total: latents,
             moments: None,
             grads: None,
-            stage2,
+            params: None,
+            stage,
         };
         part.moments = moments.map(|m| Moments {
             exp_avg: part.slice(&m.exp_avg, d),
@@ -128,12 +149,29 @@ impl<T: Storage> Partition<T> {
         Ok(())
     }
 
+    /// The whole parameters, gathered from every rank's slice `part` (stage 3).
+    pub fn gather_params(
+        &self,
+        collective: &dyn Collective,
+        part: &Params<T>,
+        d: usize,
+    ) -> Result<Params<T>> {
+        part.try_map_named(|name, p| {
+            let Some(w) = width(name, d) else {
+                return Ok(p.range(0..p.count()));
+            };
+            let mut values = vec![0.0; collective.ranks() * self.per_rank * w];
+            collective.all_gather(&self.padded(p, w, 1), &mut values)?;
+            values.truncate(self.total * w);
+            Ok(p.like(values))
+        })
+    }
+
     /// The whole moments on rank 0, gathered from every rank's slice (for a checkpoint);
     /// `None` on the other ranks.
     pub fn gather_moments(
         &self,
         collective: &dyn Collective,
-        latents: usize,
         d: usize,
     ) -> Result<Option<Moments>> {
         let Some(m) = &self.moments else {
@@ -154,7 +192,7 @@ impl<T: Storage> Partition<T> {
                     }
                 ];
                 collective.gather(&self.padded(p, w, 1), &mut whole, 0)?;
-                whole.truncate(latents * w);
+                whole.truncate(self.total * w);
                 Ok(whole)
             })
         };
@@ -208,7 +246,7 @@ mod tests {
             b_dec: vec![1.0, 1.0],
             threshold: None,
         };
-        let part = Partition::<Vec<f32>>::new((0, 1), 3, None, (2, false));
+        let part = Partition::<Vec<f32>>::new((0, 1), 3, None, (2, Stage::One));
         assert_eq!(part.slice(&params, 2), params);
         let summed = part.reduce_scatter(&Single, &params, 2).unwrap();
         assert_eq!(summed, params);
@@ -216,7 +254,7 @@ mod tests {
         part.all_gather(&Single, &summed, &mut whole, 2).unwrap();
         assert_eq!(whole, params);
         // Rank 1 of 2 owns latent 2 (latents 0 and 1 are rank 0's).
-        let second = Partition::<Vec<f32>>::new((1, 2), 3, None, (2, false));
+        let second = Partition::<Vec<f32>>::new((1, 2), 3, None, (2, Stage::Three));
         let sliced = second.slice(&params, 2);
         assert_eq!(
             (sliced.w_enc, sliced.b_enc),

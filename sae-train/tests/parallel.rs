@@ -1,4 +1,4 @@
-//! The trainer's data parallelism (DDP, ZeRO-1, ZeRO-2) in one process: two ranks as two
+//! The trainer's data parallelism (DDP, ZeRO-1, ZeRO-2, ZeRO-3) in one process: two ranks as two
 //! threads joined by a collective over shared memory, each training on its half of every
 //! batch, against one trainer on whole batches; with the state on the host and on the device
 //! (flex runs the device path's tensor operations). `sae-cli/tests/distributed.rs` runs the
@@ -96,6 +96,14 @@ impl Collective for Threads {
         Ok(())
     }
 
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> sae_train::Result<()> {
+        let all = self.exchange(send.iter().map(|&v| f64::from(v)).collect());
+        for (out, v) in recv.iter_mut().zip(all.concat()) {
+            *out = v as u8;
+        }
+        Ok(())
+    }
+
     fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> sae_train::Result<()> {
         let mut all = vec![0.0; send.len() * self.ranks];
         self.all_gather(send, &mut all)?;
@@ -163,6 +171,8 @@ fn train(
             .unwrap();
         losses.push(trainer.finish_step().unwrap()[0].loss);
     }
+    // ZeRO-3 keeps a slice of the parameters between steps.
+    trainer.gather_params().unwrap();
     (losses, trainer.hooks[0].params().into_owned())
 }
 
@@ -183,7 +193,12 @@ fn two_ranks_of_every_strategy_train_as_one_trainer_on_whole_batches() {
     let params = start.hooks[0].params().into_owned();
     for on_device in [false, true] {
         let (losses, whole) = train((&config, &params), &optim, 0..ROWS, on_device, None);
-        for strategy in [Strategy::Ddp, Strategy::Zero1, Strategy::Zero2] {
+        for strategy in [
+            Strategy::Ddp,
+            Strategy::Zero1,
+            Strategy::Zero2,
+            Strategy::Zero3,
+        ] {
             let ranks: Vec<_> = std::thread::scope(|scope| {
                 let threads = Threads::group(2)
                     .into_iter()

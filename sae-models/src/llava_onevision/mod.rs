@@ -122,7 +122,7 @@ impl<B: Backend> LlavaOnevision<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let config = LlavaOnevisionConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        let weights = Weights::open_for(dir, dtype, scope)?;
         Self::from_weights(config, &weights, scope, device)
     }
 

@@ -71,7 +71,7 @@ impl<B: Backend> Qwen2Vl<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let config = Qwen2VlConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?.with_dtype(dtype)?;
+        let weights = Weights::open_for(dir, dtype, scope)?;
         Self::from_weights(config, &weights, scope, device)
     }
 

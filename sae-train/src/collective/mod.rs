@@ -9,6 +9,7 @@
 //! the same order with the same lengths.
 
 pub mod launch;
+mod model_shards;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod watchdog;
@@ -17,6 +18,7 @@ use std::rc::Rc;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::Mpi;
+pub use self::model_shards::model_shards;
 pub use self::watchdog::Watchdog;
 use crate::error::Result;
 
@@ -36,6 +38,9 @@ pub trait Collective: std::fmt::Debug {
     /// Every rank's `send`, one after the other in rank order, into `recv` (`ranks()` times
     /// as long).
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
+    /// The same for bytes (the frozen model's weight slices under ZeRO-3, in whatever dtype
+    /// it computes in).
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()>;
     /// Every rank's `send`, one after the other in rank order, into `recv` on rank `root`
     /// (`ranks()` times as long there; empty and untouched on the other ranks).
     fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> Result<()>;
@@ -81,6 +86,11 @@ impl Collective for Single {
     }
 
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
         recv.copy_from_slice(send);
         Ok(())
     }

@@ -12,6 +12,9 @@ use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 use super::{Collective, Watchdog};
 use crate::error::{Result, TrainError};
 
+/// The most bytes one rank sends in one collective (MPI counts are 32-bit).
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// The MPI world of this job.
 pub struct Mpi {
     world: SimpleCommunicator,
@@ -97,6 +100,27 @@ impl Collective for Mpi {
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         self.check_parts(recv.len(), send.len(), "all-gather")?;
         self.run("an all-gather", || self.world.all_gather_into(send, recv))
+    }
+
+    fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        self.check_parts(recv.len(), send.len(), "all-gather")?;
+        if send.len() <= MAX_MESSAGE {
+            return self.run("an all-gather", || self.world.all_gather_into(send, recv));
+        }
+        // MPI counts are 32-bit: a larger slice goes in pieces, each gathered and put in place.
+        let ranks = self.ranks();
+        for start in (0..send.len()).step_by(MAX_MESSAGE) {
+            let piece = &send[start..(start + MAX_MESSAGE).min(send.len())];
+            let mut gathered = vec![0u8; ranks * piece.len()];
+            self.run("an all-gather", || {
+                self.world.all_gather_into(piece, &mut gathered[..])
+            })?;
+            for (rank, part) in gathered.chunks_exact(piece.len()).enumerate() {
+                let at = rank * send.len() + start;
+                recv[at..at + piece.len()].copy_from_slice(part);
+            }
+        }
+        Ok(())
     }
 
     fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> Result<()> {
