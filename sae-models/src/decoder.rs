@@ -19,9 +19,9 @@ use sae_core::{HookPoint, HookedModule, Hooks};
 use crate::config::DecoderConfig;
 use crate::error::Result;
 use crate::mask;
+use crate::projection::{Projection, TORN_DOWN};
 use crate::rope::{Rope, softmax_in_f32};
 use crate::scope::LoadScope;
-use crate::projection::{Projection, TORN_DOWN};
 use crate::tap::{Stopped, Tap, times_transposed};
 use crate::weights::Weights;
 
@@ -386,7 +386,14 @@ impl<B: Backend> DecoderLm<B> {
             .map(|i| DecoderLayer::load(c, w, &format!("{stored}.layers.{i}"), device))
             .collect::<Result<Vec<_>>>()?;
         let norm = head
-            .then(|| w.rms_norm(&format!("{stored}.norm"), c.hidden_size, c.rms_norm_eps, device))
+            .then(|| {
+                w.rms_norm(
+                    &format!("{stored}.norm"),
+                    c.hidden_size,
+                    c.rms_norm_eps,
+                    device,
+                )
+            })
             .transpose()?;
         let table = format!("{stored}.embed_tokens");
         let shape = [c.vocab_size, c.hidden_size];
@@ -411,7 +418,9 @@ impl<B: Backend> DecoderLm<B> {
             (Some(embedding), None, head_weight)
         };
         let lm_head = match head_weight {
-            Some(name) if head => Some(w.projection(name, c.hidden_size, c.vocab_size, false, device)?),
+            Some(name) if head => {
+                Some(w.projection(name, c.hidden_size, c.vocab_size, false, device)?)
+            }
             _ => None,
         };
         Ok(DecoderLm {

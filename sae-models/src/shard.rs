@@ -219,7 +219,11 @@ mod tests {
                 assert!(mine.len() <= per);
                 seen.extend(mine);
             }
-            assert_eq!(seen, (0..rows).collect::<Vec<_>>(), "{rows} rows, {ranks} ranks");
+            assert_eq!(
+                seen,
+                (0..rows).collect::<Vec<_>>(),
+                "{rows} rows, {ranks} ranks"
+            );
         }
     }
 }

@@ -23,7 +23,6 @@ impl<B: Backend> Tap<'_, B> {
         }
         Ok(y)
     }
-
 }
 
 /// `x W + b` for `[batch, tokens, in]` inputs, as one 2-D matmul over all tokens (Burn's

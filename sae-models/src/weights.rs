@@ -289,7 +289,9 @@ impl Weights {
         device: &B::Device,
     ) -> Result<Projection<B>> {
         if self.slices.is_none() {
-            return Ok(Projection::held(self.linear(prefix, d_in, d_out, bias, device)?));
+            return Ok(Projection::held(
+                self.linear(prefix, d_in, d_out, bias, device)?,
+            ));
         }
         let name = format!("{prefix}.weight");
         self.keep_slice(&name, &[d_out, d_in])?;

@@ -63,7 +63,9 @@ impl ShardExchange for Threads {
         let n = recv.len();
         for (i, out) in recv.iter_mut().enumerate() {
             *out = (all.iter())
-                .map(|bytes| bytemuck::pod_read_unaligned::<f32>(&bytes[(self.rank * n + i) * 4..][..4]))
+                .map(|bytes| {
+                    bytemuck::pod_read_unaligned::<f32>(&bytes[(self.rank * n + i) * 4..][..4])
+                })
                 .sum();
         }
         Ok(())
@@ -109,11 +111,15 @@ fn ranks_sharing_a_decoder_compute_what_the_whole_decoder_computes() {
         let reference = TensorFile::open(path.join("reference.safetensors")).unwrap();
         let ids = ints(&reference, "inputs.input_ids");
         // Each rank its own tokens, of different lengths.
-        let parts = [ids.clone(), ids[..ids.len() / 2].to_vec(), ids[1..].to_vec()];
+        let parts = [
+            ids.clone(),
+            ids[..ids.len() / 2].to_vec(),
+            ids[1..].to_vec(),
+        ];
         for ranks in [2, 3] {
             let got = on_ranks(ranks, |scope, rank| {
-                let model = DecoderLm::<B>::load_scoped(&path, dtype, &scope, &Default::default())
-                    .unwrap();
+                let model =
+                    DecoderLm::<B>::load_scoped(&path, dtype, &scope, &Default::default()).unwrap();
                 run(&model, &parts[rank])
             });
             let whole = DecoderLm::<B>::load_as(&path, dtype, &Default::default()).unwrap();

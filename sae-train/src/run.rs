@@ -428,6 +428,10 @@ impl<B: SaeAutodiffBackend> Session<B> {
         }
         bar.finish_and_clear();
         let finished = self.trainer.step >= total;
+        if finished {
+            // ZeRO-3: the whole SAEs, from every rank's slice (every rank takes part).
+            self.trainer.gather_params()?;
+        }
         if finished && self.writer {
             let sae_dir = run_dir.join(SAE_DIR);
             sae_core::folder::write_dir_atomically(&sae_dir, |tmp| {

@@ -144,12 +144,7 @@ impl<T: Storage> Optimised<T> {
     fn partition(&mut self, ranks: (usize, usize), stage: Stage, d: usize) {
         let latents = self.params.w_enc.count() / d;
         let moments = self.moments.take();
-        self.partition = Some(Partition::new(
-            ranks,
-            latents,
-            moments.as_ref(),
-            (d, stage),
-        ));
+        self.partition = Some(Partition::new(ranks, latents, moments.as_ref(), (d, stage)));
         self.release_params(d);
     }
 
@@ -186,7 +181,11 @@ impl<T: Storage> Optimised<T> {
     /// Stage 2, after each micro-batch: this rank's slice of the gradients summed over the
     /// ranks is added to its own, and the whole gradients are released.
     fn scatter_grads(&mut self, collective: &dyn Collective, d: usize) -> Result<()> {
-        if !self.partition.as_ref().is_some_and(|p| p.stage >= Stage::Two) {
+        if !self
+            .partition
+            .as_ref()
+            .is_some_and(|p| p.stage >= Stage::Two)
+        {
             return Ok(());
         }
         self.ensure_grads();

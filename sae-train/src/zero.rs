@@ -169,11 +169,7 @@ impl<T: Storage> Partition<T> {
 
     /// The whole moments on rank 0, gathered from every rank's slice (for a checkpoint);
     /// `None` on the other ranks.
-    pub fn gather_moments(
-        &self,
-        collective: &dyn Collective,
-        d: usize,
-    ) -> Result<Option<Moments>> {
+    pub fn gather_moments(&self, collective: &dyn Collective, d: usize) -> Result<Option<Moments>> {
         let Some(m) = &self.moments else {
             return Ok(None);
         };

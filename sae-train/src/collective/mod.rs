@@ -16,9 +16,9 @@ mod watchdog;
 
 use std::rc::Rc;
 
+pub use self::model_shards::model_shards;
 #[cfg(feature = "mpi")]
 pub use self::mpi::Mpi;
-pub use self::model_shards::model_shards;
 pub use self::watchdog::Watchdog;
 use crate::error::Result;
 
