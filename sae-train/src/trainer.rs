@@ -178,14 +178,10 @@ impl<T: Storage> Optimised<T> {
         }
     }
 
-    /// Stage 2, after each micro-batch: this rank's slice of the gradients summed over the
-    /// ranks is added to its own, and the whole gradients are released.
+    /// Stages 2 and 3, after each micro-batch: this rank's slice of the gradients summed over
+    /// the ranks is added to its own, and the whole gradients are released.
     fn scatter_grads(&mut self, collective: &dyn Collective, d: usize) -> Result<()> {
-        if !self
-            .partition
-            .as_ref()
-            .is_some_and(|p| p.stage >= Stage::Two)
-        {
+        if self.partition.as_ref().is_none_or(|p| p.stage < Stage::Two) {
             return Ok(());
         }
         self.ensure_grads();
