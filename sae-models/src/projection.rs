@@ -75,8 +75,9 @@ impl<B: Backend> Projection<B> {
         match (&self.held, &self.shared) {
             (Some(layer), _) => linear(layer, x),
             (None, Some(shared)) => {
+                // A split matrix: `tensor` gathers it from the ranks.
                 let weight = (shared.weights)
-                    .gathered_matrix::<B>(&shared.name, shared.shape, &x.device())
+                    .tensor::<B, 2>(&shared.name, shared.shape, &x.device())
                     .expect(TORN_DOWN);
                 let layer = Linear {
                     weight: Param::from_tensor(weight.transpose()),

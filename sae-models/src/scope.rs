@@ -57,7 +57,7 @@ impl LoadScope {
     }
 
     /// The same scope with the weight matrices shared between the ranks of `shards` (ZeRO-3):
-    /// each rank keeps a slice, and the text layers are gathered one at a time as they run.
+    /// each rank keeps a slice, and each matrix of the text layers is gathered as it runs.
     pub fn sharded(self, shards: Shards) -> Self {
         LoadScope {
             shards: Some(shards),

@@ -1,11 +1,11 @@
 //! ZeRO-3's share of a frozen model's weights (Rajbhandari et al.; DeepSpeed's stage 3): each
 //! rank keeps a slice of every weight matrix, a range of its rows copied out of the checkpoint
-//! once, and a weight is gathered whole from the ranks' slices each time the layer that uses it
-//! is built, just before it runs; the layer is dropped after. A rank then holds `1/N` of the
-//! model plus the layer that runs. The token embedding is never gathered whole: each rank looks
+//! once, and a weight is gathered whole from the ranks' slices each time the projection that
+//! uses it runs ([`crate::projection`]), and dropped after. A rank then holds `1/N` of the
+//! model plus the matrix that runs. The token embedding is never gathered whole: each rank looks
 //! up, for every rank's tokens, the rows it keeps, and the rows are summed to their rank.
 //!
-//! Every rank must build the same layers in the same order (they take part in each gather),
+//! Every rank must run the same projections in the same order (they take part in each gather),
 //! which the forward passes of a data-parallel job do.
 
 use std::borrow::Cow;

@@ -139,8 +139,8 @@ impl Weights {
         }
     }
 
-    /// True when the weights are shared between ranks: a model then builds each layer just
-    /// before it runs.
+    /// True when the weights are shared between ranks: a model then gathers each weight
+    /// matrix just before it runs.
     pub fn is_sharded(&self) -> bool {
         self.slices.is_some()
     }
@@ -265,16 +265,6 @@ impl Weights {
             }
             _ => Ok(()),
         }
-    }
-
-    /// The `[d_out, d_in]` weight matrix `name`, gathered from the ranks when they share it.
-    pub(crate) fn gathered_matrix<B: Backend>(
-        &self,
-        name: &str,
-        shape: [usize; 2],
-        device: &B::Device,
-    ) -> Result<Tensor<B, 2>> {
-        self.tensor(name, shape, device)
     }
 
     /// A [`Projection`] from `{prefix}.weight [d_out, d_in]` and, with `bias`,
