@@ -117,6 +117,21 @@ fn convert_round_trip_and_inspect() {
         s(&a),
     ]);
     ok(&["convert", "--sae", s(&a), "--to", "saelens", "--out", s(&b)]);
+    // sparsify's names are relative to the model's base module: they write no PEFT adapter
+    // without the model; SAELens keeps a full module path.
+    let err = fails(&["convert", "--sae", s(&b), "--to", "peft", "--out", s(&c)]);
+    assert!(err.contains("--model"), "{err}");
+    let adapter = fixture("smez_dummy/adapter");
+    ok(&[
+        "convert",
+        "--sae",
+        s(&adapter),
+        "--to",
+        "saelens",
+        "--out",
+        s(&b),
+        "--overwrite",
+    ]);
     ok(&["convert", "--sae", s(&b), "--to", "peft", "--out", s(&c)]);
     let input = fixture("smez_dummy/reference.safetensors");
     let out = dir.path().join("o.safetensors");
@@ -184,6 +199,94 @@ fn convert_round_trip_and_inspect() {
     let err = fails(&overwrite(&a, "peft", &a));
     assert!(err.contains("is the checkpoint being converted"), "{err}");
     assert!(ok(&["inspect", s(&a)]).starts_with("layout: saelens"));
+}
+
+// SAE Made Easy's adapter on qwen2_tiny's `model.layers.1.mlp.down_proj`, through sparsify
+// (named `layers.1.mlp.down_proj` there, as sparsify names hook points from the base module) and
+// back to PEFT with the model: the same tensors under the same keys. A name the model has no
+// hook point for, or at another width, is refused by name.
+#[test]
+fn convert_finds_module_paths_on_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("sae-models", "qwen2_tiny");
+    let adapter = common::fixture("sae-models", "smez_qwen2/adapter");
+    let (sparsify, peft) = (dir.path().join("sparsify"), dir.path().join("peft"));
+    let out = common::sae_with(
+        &[
+            "convert",
+            "--sae",
+            s(&adapter),
+            "--to",
+            "sparsify",
+            "--out",
+            s(&sparsify),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no ReLU"), "{stderr}");
+    assert!(sparsify.join("layers.1.mlp.down_proj/cfg.json").is_file());
+    ok(&[
+        "convert",
+        "--sae",
+        s(&sparsify),
+        "--to",
+        "peft",
+        "--model",
+        s(&model),
+        "--out",
+        s(&peft),
+    ]);
+    let (theirs, ours) = (
+        TensorFile::open(adapter.join("adapter_model.safetensors")).unwrap(),
+        TensorFile::open(peft.join("adapter_model.safetensors")).unwrap(),
+    );
+    let names = theirs.names();
+    assert!(names.contains(&"base_model.model.model.layers.1.mlp.down_proj.sae_W_dec".into()));
+    assert_eq!(ours.names(), names);
+    for name in &names {
+        assert_eq!(
+            ours.get(name).unwrap().to_f32(),
+            theirs.get(name).unwrap().to_f32(),
+            "{name}"
+        );
+    }
+
+    // The residual stream of layer 1 is no linear layer: SAE Made Easy could not load it.
+    let out = common::sae_with(
+        &[
+            "convert",
+            "--sae",
+            s(&fixture("sparsify_topk")),
+            "--to",
+            "peft",
+            "--model",
+            s(&model),
+            "--out",
+            s(&dir.path().join("residual")),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model.layers.1 is not a linear layer"),
+        "{stderr}"
+    );
+
+    let err = fails(&[
+        "convert",
+        "--sae",
+        s(&fixture("smez_dummy/adapter")),
+        "--to",
+        "peft",
+        "--model",
+        s(&model),
+        "--out",
+        s(&dir.path().join("none")),
+    ]);
+    assert!(err.contains("\"linear\""), "{err}");
 }
 
 #[test]

@@ -5,6 +5,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::error::SaeError;
+
 /// What kind of activation a hook point carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +57,39 @@ impl HookPoint {
         HookPoint {
             in_features: Some(in_features),
             ..Self::new(path, width, kind)
+        }
+    }
+}
+
+/// The hook point an SAE saved under `path` attaches to: the point of that path, or the one
+/// point whose path ends in `.{path}` (sparsify names hook points relative to the base model,
+/// `layers.1.mlp.down_proj` for `model.layers.1.mlp.down_proj`). An error when none or several
+/// do.
+pub fn hook_point_for<'a>(points: &'a [HookPoint], path: &str) -> crate::Result<&'a HookPoint> {
+    if let Some(point) = points.iter().find(|p| p.path == path) {
+        return Ok(point);
+    }
+    let suffix = format!(".{path}");
+    let matches: Vec<&HookPoint> = points
+        .iter()
+        .filter(|p| p.path.ends_with(&suffix))
+        .collect();
+    match matches.as_slice() {
+        [point] => Ok(point),
+        [] => Err(SaeError::NoTargetMatched {
+            targets: format!("{path:?}"),
+            available: points
+                .iter()
+                .map(|p| p.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        several => {
+            let paths: Vec<&str> = several.iter().map(|p| p.path.as_str()).collect();
+            Err(SaeError::InvalidConfig(format!(
+                "the SAE saved for {path:?} could attach to any of {}; save it under the full path",
+                paths.join(", ")
+            )))
         }
     }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
 use crate::formats::{self, Checkpoint, HostSae, Layout};
-use crate::hooks::{FirstError, HookPoint, HookedModule, Hooks};
+use crate::hooks::{FirstError, HookPoint, HookedModule, Hooks, hook_point_for};
 use crate::sae::{Sae, SaeOutput};
 use crate::targets::TargetModules;
 use crate::tensor_file::StorageDtype;
@@ -133,7 +133,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
     pub fn insert_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
         let mut saes = BTreeMap::new();
         for (path, sae) in adapter.saes {
-            let point = self.hook_point_for(&path)?;
+            let point = hook_point_for(&self.hook_points, &path)?;
             if point.width != sae.d_in() {
                 return Err(SaeError::InvalidConfig(format!(
                     "the SAE for {path} has d_in {}, but that hook point's width is {}",
@@ -150,40 +150,6 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
         self.adapters.insert(name.to_string(), adapter);
         self.active = vec![name.to_string()];
         Ok(())
-    }
-
-    /// The hook point an SAE saved for `path` attaches to: the one with that path, else the
-    /// only one that `path` is a `.`-separated suffix of (sparsify names its hook points from
-    /// the model's base module down: `layers.6` for `model.layers.6`).
-    fn hook_point_for(&self, path: &str) -> Result<&HookPoint> {
-        if let Some(point) = self.hook_points.iter().find(|p| p.path == path) {
-            return Ok(point);
-        }
-        let suffix = format!(".{path}");
-        let matches: Vec<&HookPoint> = self
-            .hook_points
-            .iter()
-            .filter(|p| p.path.ends_with(&suffix))
-            .collect();
-        match matches.as_slice() {
-            [point] => Ok(point),
-            [] => Err(SaeError::NoTargetMatched {
-                targets: format!("{path:?}"),
-                available: self.available_hooks(),
-            }),
-            several => {
-                let paths: Vec<&str> = several.iter().map(|p| p.path.as_str()).collect();
-                Err(SaeError::InvalidConfig(format!(
-                    "the SAE saved for {path:?} could attach to any of {}; save it under the full path",
-                    paths.join(", ")
-                )))
-            }
-        }
-    }
-
-    fn available_hooks(&self) -> String {
-        let paths: Vec<&str> = self.hook_points.iter().map(|p| p.path.as_str()).collect();
-        paths.join(", ")
     }
 
     /// Makes exactly these adapters active.
@@ -304,6 +270,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
                     .collect(),
                 target_modules: Some(adapter.config.target_modules.clone()),
                 base_model: None,
+                module_paths: true,
             };
             formats::save(&checkpoint, Layout::Peft, &out, StorageDtype::F32)?;
         }

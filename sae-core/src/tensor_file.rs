@@ -252,24 +252,15 @@ impl TensorFile {
     /// stored in `dtype` (see [`MappedFile::shared`]), else read from the file in one pass, a
     /// chunk of rows at a time whose pages are released as it goes (see [`Conversion`]).
     pub fn float_data(&self, name: &str, dtype: StorageDtype) -> Result<TensorData> {
-        let (entry, stored) = self.float_entry(name, dtype)?;
-        if stored == dtype {
-            let view = self.file.shared(entry.bytes.clone(), dtype.size())?;
-            if let Some(bytes) = view {
-                return Ok(TensorData::from_bytes(
-                    bytes,
-                    entry.shape.clone(),
-                    dtype.into(),
-                ));
-            }
-        }
+        let (entry, _) = self.float_entry(name, dtype)?;
         let rows = entry.shape.first().copied().unwrap_or(1);
         self.float_rows(name, 0..rows, dtype)
     }
 
     /// Rows `rows` (along the first dimension) of the float tensor `name`, as tensor data in
-    /// `dtype` of shape `[rows.len(), ...]`, copied out of the file in one pass (see
-    /// [`Conversion`]): a rank's slice of a sharded weight.
+    /// `dtype` of shape `[rows.len(), ...]` (a rank's slice of a sharded weight): a view of
+    /// the mapped file when it is stored in `dtype`, so only the pages read come into memory,
+    /// else converted out of the file in one pass (see [`Conversion`]).
     pub fn float_rows(
         &self,
         name: &str,
@@ -292,6 +283,12 @@ impl TensorFile {
         }
         let row_bytes = entry.bytes.len() / all.max(1);
         let start = entry.bytes.start + rows.start * row_bytes;
+        if stored == dtype {
+            let range = start..start + rows.len() * row_bytes;
+            if let Some(bytes) = self.file.shared(range, dtype.size())? {
+                return Ok(TensorData::from_bytes(bytes, shape, dtype.into()));
+            }
+        }
         let mut conversion = Conversion::new(stored, &shape, dtype);
         for part in conversion.chunks() {
             let bytes = conversion.byte_range(&part);

@@ -7,52 +7,57 @@ use std::path::Path;
 
 use burn::tensor::Tensor;
 use common::{B, fixture, max_rel_diff, reference, values};
-use sae_core::{Checkpoint, Layout, StorageDtype, formats};
+use sae_core::{Checkpoint, HookKind, HookPoint, Layout, StorageDtype, formats};
 
-/// Hook, latent indices, latent values and reconstruction of one SAE on some input.
-type Outputs = (String, Vec<f32>, Vec<f32>, Vec<f32>);
+/// Latent indices, latent values and reconstruction of one SAE on some input.
+type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
 
-/// Latent indices, latent values and reconstruction of every SAE of a checkpoint on `x`.
+/// Latent indices, latent values and reconstruction of every SAE of a checkpoint on `x`, in the
+/// order of their names.
 fn outputs(checkpoint: &Checkpoint, x: &Tensor<B, 2>) -> Vec<Outputs> {
     let device = Default::default();
     checkpoint
         .saes
-        .iter()
-        .map(|(hook, host)| {
+        .values()
+        .map(|host| {
             let sae = host.to_sae::<B>(&device).unwrap();
             let out = sae.forward(x.clone(), None).unwrap();
             let idx: Vec<f32> = values(out.latents.indices.float());
-            (
-                hook.clone(),
-                idx,
-                values(out.latents.values),
-                values(out.reconstruction),
-            )
+            (idx, values(out.latents.values), values(out.reconstruction))
         })
         .collect()
 }
 
-fn convert(from: &Path, to: Layout, dir: &Path) -> Checkpoint {
-    let checkpoint = formats::load(from).unwrap();
+/// The checkpoint in `from` written in `to` in `dir`, and read back; a checkpoint whose names
+/// are not module paths is resolved against the model's hook points `points` first for PEFT
+/// (as `sae convert --model` does).
+fn convert(from: &Path, to: Layout, dir: &Path, points: &[HookPoint]) -> Checkpoint {
+    let mut checkpoint = formats::load(from).unwrap();
+    if to == Layout::Peft && !checkpoint.module_paths {
+        checkpoint = checkpoint.on_model(points).unwrap();
+    }
     formats::save(&checkpoint, to, dir, StorageDtype::F32).unwrap();
     let converted = formats::load(dir).unwrap();
     assert_eq!(converted.layout, to);
     converted
 }
 
-fn chain(start: &Path, x: Tensor<B, 2>, layouts: [Layout; 3]) {
+/// Converts the checkpoint in `start` through `layouts`, for a model of hook points `points`.
+fn chain(start: &Path, x: Tensor<B, 2>, layouts: [Layout; 3], points: &[HookPoint]) {
     let original = formats::load(start).unwrap();
     let expected = outputs(&original, &x);
+    let saes = |c: &Checkpoint| c.saes.values().cloned().collect::<Vec<_>>();
     let dirs: Vec<_> = layouts
         .iter()
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
     let mut from = start.to_path_buf();
     for (layout, dir) in layouts.iter().zip(&dirs) {
-        let converted = convert(&from, *layout, dir.path());
+        let converted = convert(&from, *layout, dir.path(), points);
         // Every conversion is lossless in f32: tensors and outputs are identical.
         assert_eq!(
-            converted.saes, original.saes,
+            saes(&converted),
+            saes(&original),
             "tensors changed going to {layout}"
         );
         assert_eq!(
@@ -72,6 +77,7 @@ fn peft_to_sparsify_to_saelens_to_peft() {
         &fixture("smez_dummy/adapter"),
         x.reshape([32, 10]),
         [Layout::Sparsify, Layout::SaeLens, Layout::Peft],
+        &[HookPoint::linear("linear", 10, 10, HookKind::Other)],
     );
 }
 
@@ -83,6 +89,7 @@ fn sparsify_to_saelens_to_peft_to_sparsify() {
         &fixture("sparsify_topk"),
         x,
         [Layout::SaeLens, Layout::Peft, Layout::Sparsify],
+        &[HookPoint::new("model.layers.1", 64, HookKind::Residual)],
     );
 }
 
@@ -91,7 +98,7 @@ fn half_precision_storage_round_trips_within_its_precision() {
     let device = Default::default();
     let x: Tensor<B, 2> = reference("sparsify_topk/reference.safetensors", "x").to_float(&device);
     let original = formats::load(&fixture("sparsify_topk")).unwrap();
-    let (_, _, _, expected) = outputs(&original, &x).remove(0);
+    let (_, _, expected) = outputs(&original, &x).remove(0);
     for (dtype, tolerance) in [(StorageDtype::F16, 2e-3), (StorageDtype::BF16, 2e-2)] {
         let dir = tempfile::tempdir().unwrap();
         formats::save(&original, Layout::SaeLens, dir.path(), dtype).unwrap();
@@ -102,7 +109,7 @@ fn half_precision_storage_round_trips_within_its_precision() {
             desc.iter().all(|(_, dt, _)| dt == &format!("{dtype:?}")),
             "{desc:?}"
         );
-        let (_, _, _, got) = outputs(&formats::load(dir.path()).unwrap(), &x).remove(0);
+        let (_, _, got) = outputs(&formats::load(dir.path()).unwrap(), &x).remove(0);
         let err = max_rel_diff(&got, &expected);
         assert!(err < tolerance, "{dtype:?}: {err}");
     }
@@ -155,12 +162,13 @@ fn saelens_without_input_centring_folds_b_dec_into_the_encoder_bias() {
 
 #[test]
 fn rows_of_a_stored_tensor_are_those_rows_of_the_whole() {
-    // A [5, 3] weight stored in bf16: rows 1..4 read alone, in bf16 and widened to f32, are
-    // rows 1..4 of the whole tensor read in the same dtype; rows past the end are refused.
+    // A [5, 3] weight stored in bf16: rows 1..4 read alone, in bf16 (a view of the file) and
+    // widened to f32 (converted), are rows 1..4 of the whole tensor read in the same dtype and
+    // hold the values rounded to bf16; rows past the end are refused.
     let values: Vec<f32> = (0..15).map(|i| (i as f32 * 0.7).sin()).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
-    let tensor = sae_core::HostTensor::f32(vec![5, 3], values);
+    let tensor = sae_core::HostTensor::f32(vec![5, 3], values.clone());
     sae_core::tensor_file::write_tensors(&path, &[("w".into(), tensor)], StorageDtype::BF16, None)
         .unwrap();
     let file = sae_core::TensorFile::open(&path).unwrap();
@@ -170,6 +178,12 @@ fn rows_of_a_stored_tensor_are_those_rows_of_the_whole() {
         assert_eq!(rows.shape, burn::tensor::Shape::new([3, 3]));
         let n = dtype.size() * 3;
         assert_eq!(rows.as_bytes(), &whole.as_bytes()[n..4 * n], "{dtype:?}");
+        let rounded: Vec<f32> = values[3..12]
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let got = rows.convert_dtype(burn::tensor::DType::F32);
+        assert_eq!(got.as_slice::<f32>().unwrap(), rounded, "{dtype:?}");
     }
     assert!(file.float_rows("w", 4..6, StorageDtype::F32).is_err());
 }

@@ -1,6 +1,6 @@
 //! ZeRO-3's share of a frozen model's weights (Rajbhandari et al.; DeepSpeed's stage 3): each
-//! rank keeps a slice of every weight matrix, a range of its rows copied out of the checkpoint
-//! once, and a weight is gathered whole from the ranks' slices each time the projection that
+//! rank keeps a slice of every weight matrix, a range of its rows (a view of the mapped
+//! checkpoint when it is stored in the compute dtype, else converted out of it once), and a weight is gathered whole from the ranks' slices each time the projection that
 //! uses it runs ([`crate::projection`]), and dropped after. A rank then holds `1/N` of the
 //! model plus the matrix that runs. The token embedding is never gathered whole: each rank looks
 //! up, for every rank's tokens, the rows it keeps, and the rows are summed to their rank.

@@ -153,6 +153,7 @@ pub fn save_adapter<B: SaeAutodiffBackend>(
         saes,
         target_modules: Some(config.target_modules.clone()),
         base_model: Some(config.model.name.clone()),
+        module_paths: true,
     };
     formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32)?;
     Ok(())

@@ -63,7 +63,7 @@ impl Settings {
 }
 
 /// Where the checkpoint of `layers` layers is kept (`SAE_SCALE_DIR`, or the asset cache).
-fn checkpoint_dir(layers: usize) -> PathBuf {
+pub(crate) fn checkpoint_dir(layers: usize) -> PathBuf {
     let root = std::env::var_os("SAE_SCALE_DIR").map_or_else(
         || {
             let home = std::env::var_os("HOME").unwrap_or_default();
@@ -180,7 +180,7 @@ fn needed(name: &str, at: usize) -> bool {
 }
 
 /// The bytes a job at layer `at` reads from the files, and holds in `dtype`.
-fn needed_bytes(dir: &Path, at: usize, dtype: StorageDtype) -> Result<(u64, u64)> {
+pub(crate) fn needed_bytes(dir: &Path, at: usize, dtype: StorageDtype) -> Result<(u64, u64)> {
     let size = match dtype {
         StorageDtype::F32 => 4,
         StorageDtype::F16 | StorageDtype::BF16 => 2,

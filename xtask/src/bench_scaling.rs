@@ -13,8 +13,11 @@ use anyhow::{Context, Result, ensure};
 use sae_train::TrainConfig;
 use sae_train::config::parse_value;
 
+use sae_core::StorageDtype;
+
 use crate::bench::smollm2_gguf;
 use crate::train::{prepare_shakespeare, recipe_path};
+use crate::{bench_scale, scale_checkpoint};
 
 const STEPS: usize = 12;
 /// Steps left out of the means (the first batch sets b_dec; caches warm up).
@@ -79,6 +82,71 @@ pub fn scaling() -> Result<()> {
         println!(
             "scaling-memory-{strategy}-{ranks} peak_mib_per_rank=[{}]",
             peaks.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Text layers of the 7B-shaped checkpoint ZeRO-3's memory is measured on, and the layer hooked.
+const ZERO3_LAYERS: usize = 6;
+const ZERO3_AT: usize = 4;
+
+/// `cargo xtask bench scaling zero3`: each rank's peak memory when ZeRO-3 shares the frozen
+/// model between 2 ranks, against one process and DDP on 2, for one training job on the
+/// 6-layer Qwen2.5-VL-7B-shaped checkpoint (`bench scale`'s, written once): layer 4's residual,
+/// the 72B recipe's SAE (TopK, k 32, 4,096 latents), a global batch of 8 x 64 tokens, 3 steps,
+/// the model computing in bf16 (a view of the mapped file) and in f32 (converted at load).
+pub fn zero3_memory() -> Result<()> {
+    let sae = build_sae()?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("shakespeare");
+    prepare_shakespeare(&data, None)?;
+    let model = bench_scale::checkpoint_dir(ZERO3_LAYERS);
+    scale_checkpoint::write(&model, ZERO3_LAYERS)?;
+    eprintln!(
+        "{}. {} ({ZERO3_LAYERS} text layers, bf16 stored), a TopK SAE on layer {ZERO3_AT}, 3 steps of 8 x 64 tokens; peak RSS (VmHWM) per rank",
+        crate::cpu::describe(),
+        model.display()
+    );
+    for dtype in [StorageDtype::BF16, StorageDtype::F32] {
+        let name = format!("{dtype:?}").to_lowercase();
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "out = \"unused\"\n\
+                 target_modules = [\"model.language_model.layers.{ZERO3_AT}\"]\n\
+                 [model]\nname = {:?}\ndtype = \"{name}\"\n\
+                 [data]\npath = {:?}\ncontext = 64\n\
+                 [sae]\nk = 32\nnum_latents = 4096\n\
+                 [train]\nsteps = 3\n\
+                 [checkpoint]\nsave_every = 0\n\
+                 [log]\ntensorboard = false\nprogress = false\n",
+                model.display().to_string(),
+                data.display().to_string(),
+            ),
+        )?;
+        let config = TrainConfig::load(&file, &[])?;
+        let runs = dir.path().join(&name);
+        std::fs::create_dir_all(&runs)?;
+        let (_, needed) = bench_scale::needed_bytes(&model, ZERO3_AT, dtype)?;
+        let one = measure(&sae, &config, ("ddp", 1), &runs)?.peak_mib;
+        let ddp = measure(&sae, &config, ("ddp", 2), &runs)?.peak_mib;
+        let zero3 = measure(&sae, &config, ("zero3", 2), &runs)?.peak_mib;
+        let (one, most) = (
+            one.first().copied().unwrap_or(f64::NAN),
+            zero3.iter().copied().fold(f64::NAN, f64::max),
+        );
+        let list = |peaks: &[f64]| {
+            let peaks: Vec<String> = peaks.iter().map(|m| format!("{m:.0}")).collect();
+            peaks.join(", ")
+        };
+        println!(
+            "scaling-zero3-{name} one_process_mib={one:.0} ddp_2_mib=[{}] zero3_2_mib=[{}] zero3_over_one={:.2} model_bytes_needed_mib={:.0}",
+            list(&ddp),
+            list(&zero3),
+            most / one,
+            needed as f64 / f64::from(1 << 20),
         );
     }
     Ok(())

@@ -52,6 +52,7 @@ const USAGE: &str = "usage: cargo xtask demo
          (a Qwen2.5-VL-7B-shaped bf16 checkpoint, written once; 28 layers is the real depth)
        cargo xtask scale-checkpoint --layers N --out DIR   (the benchmark's checkpoint alone)
        cargo xtask bench scaling   (data-parallel training, 1 and 2 ranks; builds sae with mpi)
+       cargo xtask bench scaling zero3   (ZeRO-3's memory per rank on the 6-layer 7B-shaped checkpoint)
   (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
 
 fn main() -> Result<()> {
@@ -74,6 +75,7 @@ fn main() -> Result<()> {
         ["bench", "micro"] => bench::micro(),
         ["bench", "matmul-dtype"] => bench_dtype::matmul_dtype(),
         ["bench", "scaling"] => bench_scaling::scaling(),
+        ["bench", "scaling", "zero3"] => bench_scaling::zero3_memory(),
         ["bench", "scale", rest @ ..] => bench_scale::scale(&bench_scale::Settings::parse(
             &rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )?),

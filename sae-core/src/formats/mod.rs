@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SaeConfig;
+use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
 use crate::folder;
+use crate::hooks::{HookPoint, hook_point_for};
 use crate::sae::Sae;
 use crate::targets::TargetModules;
 use crate::tensor_file::{HostTensor, StorageDtype};
@@ -141,6 +142,76 @@ pub struct Checkpoint {
     /// The model the SAEs were trained on, a hub id or a path (PEFT's
     /// `base_model_name_or_path`), if recorded.
     pub base_model: Option<String>,
+    /// True when the SAEs are named by full module paths (`model.layers.1.mlp.down_proj`), as
+    /// PEFT adapters and our training name them; false for sparsify's names, relative to the
+    /// model's base module (`layers.1.mlp.down_proj`), and for another tool's SAELens
+    /// `hook_name`. [`Checkpoint::on_model`] resolves such names against a model.
+    pub module_paths: bool,
+}
+
+/// Where transformers keeps a model's base module (`base_model_prefix` of every model we load):
+/// sparsify names hook points from there down.
+const BASE_MODULE: &str = "model.";
+
+impl Checkpoint {
+    /// The same SAEs named by the full module paths of the model whose hook points are
+    /// `points`: each name is a path or a `.`-separated suffix of one ([`hook_point_for`]). An
+    /// error names an SAE no hook point (or several) fits, or one whose `d_in` is not its hook
+    /// point's width.
+    pub fn on_model(self, points: &[HookPoint]) -> Result<Self> {
+        let mut saes = BTreeMap::new();
+        for (name, sae) in self.saes {
+            let point = hook_point_for(points, &name)?;
+            if point.width != sae.d_in {
+                return Err(SaeError::InvalidConfig(format!(
+                    "the SAE for {name} has d_in {}, but the model's {} has width {}",
+                    sae.d_in, point.path, point.width
+                )));
+            }
+            saes.insert(point.path.clone(), sae);
+        }
+        Ok(Checkpoint {
+            saes,
+            module_paths: true,
+            ..self
+        })
+    }
+
+    /// Sentences of warning for writing these SAEs in `layout`: its library computes something
+    /// else than ours (sparsify and SAELens apply a ReLU that SAE Made Easy's TopK has not), or,
+    /// given the model's hook points, SAE Made Easy cannot attach an SAE (it wraps only linear
+    /// layers).
+    pub fn warnings(&self, layout: Layout, points: Option<&[HookPoint]>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (hook, sae) in &self.saes {
+            let config = &sae.config;
+            let topk = matches!(
+                config.architecture,
+                Architecture::TopK | Architecture::BatchTopK
+            );
+            if layout != Layout::Peft && topk && !config.relu {
+                warnings.push(format!(
+                    "the SAE for {hook} has no ReLU (SAE Made Easy's TopK) but {layout}'s library applies one: its outputs there will differ from ours (our own reader keeps the exact math)"
+                ));
+            }
+            if layout == Layout::Peft {
+                let point = points.and_then(|p| hook_point_for(p, hook).ok());
+                warnings.extend(point.and_then(not_linear));
+            }
+        }
+        warnings
+    }
+}
+
+/// A warning when `point` is not a linear layer: SAE Made Easy injects SAEs only into
+/// `nn.Linear` modules, so its `PeftSaeModel` cannot load an adapter targeting it (ours can).
+pub fn not_linear(point: &HookPoint) -> Option<String> {
+    point.in_features.is_none().then(|| {
+        format!(
+            "{} is not a linear layer: SAE Made Easy wraps only nn.Linear modules, so it cannot load an SAE for it (this tool can)",
+            point.path
+        )
+    })
 }
 
 /// Which layout the checkpoint in `dir` has.
@@ -192,12 +263,17 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// The SAEs of a one-SAE-per-folder layout: `dir` itself, or each sub-folder of that layout.
+/// An SAE read from its own folder: its hook point, the SAE, and whether the hook point is a
+/// full module path.
+type Named = (String, HostSae, bool);
+
+/// The SAEs of a one-SAE-per-folder layout: `dir` itself, or each sub-folder of that layout;
+/// and whether all are named by full module paths.
 fn per_folder(
     dir: &Path,
     layout: Layout,
-    read: impl Fn(&Path) -> Result<(String, HostSae)>,
-) -> Result<BTreeMap<String, HostSae>> {
+    read: impl Fn(&Path) -> Result<Named>,
+) -> Result<(BTreeMap<String, HostSae>, bool)> {
     let folders = if single_layout(dir) == Some(layout) {
         vec![dir.to_path_buf()]
     } else {
@@ -206,7 +282,14 @@ fn per_folder(
             .filter(|d| single_layout(d) == Some(layout))
             .collect()
     };
-    folders.iter().map(|d| read(d)).collect()
+    let mut saes = BTreeMap::new();
+    let mut module_paths = true;
+    for folder in &folders {
+        let (hook, sae, full) = read(folder)?;
+        module_paths &= full;
+        saes.insert(hook, sae);
+    }
+    Ok((saes, module_paths))
 }
 
 /// The name of a folder (a hook point when the layout keeps one SAE per folder).
@@ -220,12 +303,14 @@ fn folder_name(dir: &Path) -> String {
 /// Reads the checkpoint in `dir`, whatever its layout.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let layout = detect(dir)?;
-    let per_folder = |read: fn(&Path) -> Result<(String, HostSae)>| -> Result<Checkpoint> {
+    let per_folder = |read: fn(&Path) -> Result<Named>| -> Result<Checkpoint> {
+        let (saes, module_paths) = per_folder(dir, layout, read)?;
         Ok(Checkpoint {
             layout,
-            saes: per_folder(dir, layout, read)?,
+            saes,
             target_modules: None,
             base_model: None,
+            module_paths,
         })
     };
     let checkpoint = match layout {
@@ -282,7 +367,12 @@ pub fn save(
         Layout::Peft => peft::write(checkpoint, dir, dtype),
         Layout::Sparsify => {
             for (hook, sae) in &checkpoint.saes {
-                sparsify::write(hook, sae, &dir.join(hook), dtype)?;
+                // sparsify names a hook point from the model's base module down.
+                let folder = match checkpoint.module_paths {
+                    true => hook.strip_prefix(BASE_MODULE).unwrap_or(hook),
+                    false => hook,
+                };
+                sparsify::write(hook, sae, &dir.join(folder), dtype)?;
             }
             Ok(())
         }
@@ -294,7 +384,7 @@ pub fn save(
                 } else {
                     dir.join(hook)
                 };
-                saelens::write(hook, sae, &out, dtype)?;
+                saelens::write(hook, sae, checkpoint, &out, dtype)?;
             }
             Ok(())
         }
@@ -460,11 +550,65 @@ mod tests {
             saes: BTreeMap::from([("model.layers.0".to_string(), sae)]),
             target_modules: None,
             base_model: None,
+            module_paths: true,
         }
     }
 
     fn weight(dir: &Path) -> f32 {
         load(dir).unwrap().saes["model.layers.0"].w_dec[0]
+    }
+
+    // sparsify names a hook point from the base module down (`layers.0` for
+    // `model.layers.0`); such names write no PEFT adapter until they are resolved against the
+    // model's hook points, which then gives SAE Made Easy's keys. SAELens keeps the full path.
+    #[test]
+    fn names_are_full_module_paths_in_peft_and_relative_in_sparsify() {
+        let root = tempfile::tempdir().unwrap();
+        let (sparsify, peft) = (root.path().join("sparsify"), root.path().join("peft"));
+        save(
+            &checkpoint(1.0),
+            Layout::Sparsify,
+            &sparsify,
+            StorageDtype::F32,
+        )
+        .unwrap();
+        assert!(sparsify.join("layers.0/cfg.json").is_file());
+        let relative = load(&sparsify).unwrap();
+        assert!(!relative.module_paths);
+        assert_eq!(relative.saes.keys().collect::<Vec<_>>(), ["layers.0"]);
+        let refused = save(&relative, Layout::Peft, &peft, StorageDtype::F32).unwrap_err();
+        assert!(refused.to_string().contains("--model"), "{refused}");
+
+        let points = [
+            HookPoint::new("model.layers.0", 3, crate::HookKind::Residual),
+            HookPoint::new("model.layers.10", 3, crate::HookKind::Residual),
+        ];
+        let resolved = relative.clone().on_model(&points).unwrap();
+        assert!(resolved.module_paths);
+        save(&resolved, Layout::Peft, &peft, StorageDtype::F32).unwrap();
+        let file = crate::TensorFile::open(peft.join("adapter_model.safetensors")).unwrap();
+        assert!(file.contains("base_model.model.model.layers.0.sae_encoder.weight"));
+        assert_eq!(load(&peft).unwrap().saes, resolved.saes);
+
+        let narrow = [HookPoint::new(
+            "model.layers.0",
+            2,
+            crate::HookKind::Residual,
+        )];
+        assert!(relative.clone().on_model(&narrow).is_err());
+        assert!(relative.on_model(&points[1..]).is_err());
+
+        let saelens = root.path().join("saelens");
+        save(
+            &checkpoint(1.0),
+            Layout::SaeLens,
+            &saelens,
+            StorageDtype::F32,
+        )
+        .unwrap();
+        let full = load(&saelens).unwrap();
+        assert!(full.module_paths);
+        assert_eq!(full.saes.keys().collect::<Vec<_>>(), ["model.layers.0"]);
     }
 
     // `--overwrite` is failure-safe: an error (or a kill) between the steps of the replacement
@@ -509,7 +653,7 @@ mod tests {
             save_replacing(&new, Layout::Sparsify, &out, StorageDtype::F32).unwrap();
             let saved = load(&out).unwrap();
             assert_eq!(saved.layout, Layout::Sparsify);
-            assert_eq!(saved.saes["model.layers.0"].w_dec[0], 2.0);
+            assert_eq!(saved.saes["layers.0"].w_dec[0], 2.0);
             assert!(!out.join("adapter_config.json").exists());
             assert_eq!(
                 std::fs::read_to_string(out.join("notes.txt")).unwrap(),

@@ -115,6 +115,7 @@ pub(super) fn read(dir: &Path) -> Result<Checkpoint> {
         saes,
         target_modules,
         base_model,
+        module_paths: true,
     })
 }
 
@@ -124,6 +125,12 @@ pub(super) fn write(checkpoint: &super::Checkpoint, dir: &Path, dtype: StorageDt
         layout: "peft".into(),
         reason,
     };
+    if !checkpoint.module_paths {
+        let names: Vec<&String> = checkpoint.saes.keys().collect();
+        return Err(cannot(format!(
+            "the SAEs are named {names:?}, relative to the model's base module as sparsify names them (or by another tool), but SAE Made Easy loads them by full module path (base_model.model.<path>); name the model they belong to (sae convert --model M) to find the paths"
+        )));
+    }
     let mut configs = checkpoint.saes.values().map(|s| &s.config);
     let config = configs
         .next()

@@ -6,16 +6,24 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key};
+use super::{
+    Checkpoint, HostSae, Named, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key,
+};
 use crate::config::{Architecture, SaeConfig};
 use crate::error::{Result, SaeError};
 use crate::tensor_file::{
     HostTensor, StorageDtype, TensorFile, read_json, transpose, write_json, write_tensors,
 };
 
+/// The version of SAELens whose `cfg.json` [`write`] writes (checked with its `load_from_disk`).
+const SAELENS_VERSION: &str = "6.54.12";
+/// Our key in `metadata`: true when `hook_name` is a full module path (SAELens keeps unknown
+/// metadata keys).
+const MODULE_PATH_KEY: &str = "hook_name_is_module_path";
+
 /// Reads the SAE in `dir`; its hook point is `metadata.hook_name` (or `hook_name`), else the
 /// folder's name.
-pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
+pub(super) fn read(dir: &Path) -> Result<Named> {
     let cfg_path = dir.join("cfg.json");
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let d_in: usize = json_key(&cfg, "d_in", &cfg_path)?;
@@ -79,11 +87,22 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
         threshold,
         d_in,
     };
-    Ok((hook, sae))
+    let module_path = cfg
+        .pointer(&format!("/metadata/{MODULE_PATH_KEY}"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok((hook, sae, module_path))
 }
 
-/// Writes one SAE into `dir` (`cfg.json` + `sae_weights.safetensors`).
-pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) -> Result<()> {
+/// Writes one SAE of `checkpoint` into `dir` (`cfg.json` + `sae_weights.safetensors`), with
+/// the `cfg.json` SAELens 6 writes.
+pub(super) fn write(
+    hook: &str,
+    sae: &HostSae,
+    checkpoint: &Checkpoint,
+    dir: &Path,
+    dtype: StorageDtype,
+) -> Result<()> {
     let config = &sae.config;
     let (l, d) = (sae.num_latents(), sae.d_in);
     let w_enc_t = transpose(&sae.w_enc, l, d);
@@ -111,21 +130,35 @@ pub(super) fn write(hook: &str, sae: &HostSae, dir: &Path, dtype: StorageDtype) 
         Architecture::JumpRelu => "jumprelu",
         Architecture::Relu => "standard",
     };
+    let mut metadata = json!({
+        "sae_lens_version": SAELENS_VERSION,
+        "hook_name": hook,
+        MODULE_PATH_KEY: checkpoint.module_paths,
+    });
+    if let Some(model) = &checkpoint.base_model {
+        metadata["model_name"] = json!(model);
+    }
     let mut cfg = json!({
         "architecture": architecture,
         "d_in": d,
         "d_sae": l,
-        "dtype": "float32",
+        "dtype": match dtype {
+            StorageDtype::F32 => "float32",
+            StorageDtype::F16 => "float16",
+            StorageDtype::BF16 => "bfloat16",
+        },
         "device": "cpu",
         "apply_b_dec_to_input": true,
         "normalize_activations": "none",
-        "metadata": { "hook_name": hook },
+        "reshape_activations": "none",
+        "metadata": metadata,
     });
     if matches!(
         config.architecture,
         Architecture::TopK | Architecture::BatchTopK
     ) {
         cfg["k"] = json!(config.k);
+        cfg["rescale_acts_by_decoder_norm"] = json!(false);
     }
     // SAELens applies a ReLU to TopK values and always has an encoder bias; keep our exact math.
     cfg[SAE_CONFIG_KEY] = serde_json::to_value(config).expect("configs serialise");

@@ -6,15 +6,16 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{HostSae, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key};
+use super::{HostSae, Named, SAE_CONFIG_KEY, embedded_config, float, folder_name, json_key};
 use crate::config::SaeConfig;
 use crate::error::{Result, SaeError};
 use crate::tensor_file::{
     HostTensor, StorageDtype, TensorFile, read_json, write_json, write_tensors,
 };
 
-/// Reads the SAE in one hook point folder; the folder's name is the hook point.
-pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
+/// Reads the SAE in one hook point folder; the folder's name is the hook point, relative to
+/// the model's base module.
+pub(super) fn read(dir: &Path) -> Result<Named> {
     let cfg_path = dir.join("cfg.json");
     let cfg: serde_json::Value = read_json(&cfg_path)?;
     let d_in: usize = json_key(&cfg, "d_in", &cfg_path)?;
@@ -61,7 +62,7 @@ pub(super) fn read(dir: &Path) -> Result<(String, HostSae)> {
         threshold: None,
         d_in,
     };
-    Ok((folder_name(dir), sae))
+    Ok((folder_name(dir), sae, false))
 }
 
 /// Writes one SAE into `dir` (`cfg.json` + `sae.safetensors`).

@@ -66,6 +66,7 @@ pub fn exact_sae(dir: &Path) {
         saes: [(HOOK.to_string(), HostSae::from_sae(&sae))].into(),
         target_modules: Some(TargetModules::Names(vec![HOOK.into()])),
         base_model: None,
+        module_paths: true,
     };
     formats::save(&checkpoint, Layout::Peft, dir, StorageDtype::F32).unwrap();
 }
