@@ -1,13 +1,14 @@
 //! A linear projection whose weight a process holds, or, under ZeRO-3, shares with the other
-//! ranks of its job ([`crate::shard`]): the weight is then gathered from the ranks' slices each
-//! time the projection runs, and dropped after, so a rank holds its slices and one matrix.
+//! ranks of its job ([`crate::shard`]): the projection then runs by each rank's slice of the
+//! weight in turn (each exchanged when it is needed and dropped after), so a rank holds its
+//! own slices and one slice of the matrix that runs.
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::tap::linear;
+use crate::tap::{linear, per_token};
 use crate::weights::Weights;
 
 /// `x W^T + b`, with `W [d_out, d_in]` held or gathered.
@@ -74,17 +75,18 @@ impl<B: Backend> Projection<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match (&self.held, &self.shared) {
             (Some(layer), _) => linear(layer, x),
-            (None, Some(shared)) => {
-                // A split matrix: `tensor` gathers it from the ranks.
-                let weight = (shared.weights)
-                    .tensor::<B, 2>(&shared.name, shared.shape, &x.device())
+            (None, Some(shared)) => per_token(x, self.bias.as_ref(), |x| {
+                // Rank r's slice W_r holds rows of W (output features): (W x^T)^T is the
+                // rows W_r x^T of every rank, stacked, then transposed.
+                let xt = x.transpose();
+                let mut rows = Vec::new();
+                (shared.weights)
+                    .each_slice::<B>(&shared.name, shared.shape, &xt.device(), |w| {
+                        rows.push(w.matmul(xt.clone()))
+                    })
                     .expect(TORN_DOWN);
-                let layer = Linear {
-                    weight: Param::from_tensor(weight.transpose()),
-                    bias: self.bias.clone(),
-                };
-                linear(&layer, x)
-            }
+                Tensor::cat(rows, 0).transpose()
+            }),
             (None, None) => unreachable!("a projection holds its weight or shares it"),
         }
     }

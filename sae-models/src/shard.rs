@@ -28,6 +28,8 @@ pub trait ShardExchange: Send + Sync {
     /// Every rank's `send`, one after the other in rank order, into `recv` (`ranks()` times as
     /// long).
     fn all_gather_bytes(&self, send: &[u8], recv: &mut [u8]) -> std::result::Result<(), String>;
+    /// Rank `root`'s `buf` to every rank.
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> std::result::Result<(), String>;
     /// Sums `send` over the ranks and keeps this rank's part: `recv` (of `send.len() / ranks()`
     /// elements) is part `rank()` of the sum.
     fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]) -> std::result::Result<(), String>;
@@ -150,6 +152,39 @@ impl Slices {
             shape.to_vec(),
             dtype.into(),
         ))
+    }
+
+    /// Every rank's slice of weight `name` of `shape`, in `dtype`, one after the other in rank
+    /// order, each handed to `each` and dropped before the next is exchanged: a projection by
+    /// a shared matrix runs slice by slice, so a rank holds one slice of it at a time.
+    pub(crate) fn each_slice(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: StorageDtype,
+        read: impl FnOnce(Range<usize>) -> Result<TensorData>,
+        mut each: impl FnMut(TensorData),
+    ) -> Result<()> {
+        let (rank, ranks) = self.shards.ranks();
+        let row_bytes = shape[1..].iter().product::<usize>() * dtype.size();
+        let slice = self.slice(name, rows_of(rank, ranks, shape[0]).0, read)?;
+        for root in 0..ranks {
+            let rows = rows_of(root, ranks, shape[0]).0;
+            if rows.is_empty() {
+                continue;
+            }
+            let mut bytes = match root == rank {
+                true => slice.as_bytes().to_vec(),
+                false => vec![0u8; rows.len() * row_bytes],
+            };
+            (self.shards.0)
+                .broadcast_bytes(&mut bytes, root)
+                .map_err(ModelError::Shards)?;
+            let mut part = shape.to_vec();
+            part[0] = rows.len();
+            each(TensorData::from_bytes_vec(bytes, part, dtype.into()));
+        }
+        Ok(())
     }
 
     /// Rows `ids` of the `[n, d]` weight `name` (a token embedding), in `dtype`: every rank

@@ -1,6 +1,7 @@
 //! The hook tap every model's forward pass goes through: calls the hooks at a module boundary
 //! and ends the pass early after the last module anyone needs.
 
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -30,9 +31,21 @@ impl<B: Backend> Tap<'_, B> {
 /// transposed view of the stored `[out, in]` matrix (see
 /// [`Weights::linear`](crate::weights::Weights::linear)).
 pub(crate) fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    per_token(x, layer.bias.as_ref(), |x| {
+        times_transposed(x, layer.weight.val().transpose())
+    })
+}
+
+/// `times(x) + b` for `[batch, tokens, in]` inputs, `times` taking every token at once as
+/// `[batch x tokens, in]` (a projection's `x W`).
+pub(crate) fn per_token<B: Backend>(
+    x: Tensor<B, 3>,
+    bias: Option<&Param<Tensor<B, 1>>>,
+    times: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let y = times_transposed(x.reshape([b * t, d]), layer.weight.val().transpose());
-    let y = match &layer.bias {
+    let y = times(x.reshape([b * t, d]));
+    let y = match bias {
         Some(bias) => y + bias.val().unsqueeze_dim(0),
         None => y,
     };

@@ -314,6 +314,31 @@ impl Weights {
         Ok(self.create(data, device))
     }
 
+    /// Every rank's slice of the `[d_out, d_in]` weight `name` shared between ranks, in rank
+    /// order, each handed to `each` and dropped before the next is exchanged; the whole weight
+    /// at once when this process holds it.
+    pub(crate) fn each_slice<B: Backend>(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        device: &B::Device,
+        mut each: impl FnMut(Tensor<B, 2>),
+    ) -> Result<()> {
+        match &self.slices {
+            Some(slices) => slices.each_slice(
+                name,
+                &shape,
+                self.dtype,
+                |rows| self.rows(name, &shape, rows),
+                |data| each(self.create(data, device)),
+            ),
+            None => {
+                each(self.tensor(name, shape, device)?);
+                Ok(())
+            }
+        }
+    }
+
     /// A tensor of rank `D` with a checked shape.
     pub fn tensor<B: Backend, const D: usize>(
         &self,

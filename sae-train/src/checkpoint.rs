@@ -113,7 +113,8 @@ pub fn save<B: SaeAutodiffBackend>(
     let dir = step_dir(run_dir, state.step);
     let keep = config.checkpoint.keep;
     sae_core::folder::write_dir_atomically(&dir, |tmp| {
-        save_adapter(trainer, config, &tmp.join(ADAPTER))?;
+        // The state first: its tensors (and the moments gathered for them) are dropped before
+        // the adapter takes its own copies of the parameters.
         let tensors = trainer
             .hooks
             .iter()
@@ -126,6 +127,8 @@ pub fn save<B: SaeAutodiffBackend>(
             StorageDtype::F32,
             None,
         )?;
+        drop(tensors);
+        save_adapter(trainer, config, &tmp.join(ADAPTER))?;
         sae_core::tensor_file::write_json(&tmp.join(STATE_JSON), state)?;
         Ok::<_, TrainError>(())
     })?;

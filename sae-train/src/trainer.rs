@@ -780,7 +780,7 @@ impl<B: SaeAutodiffBackend> HookTrainer<B> {
     fn broadcast_params(&mut self, collective: &dyn Collective) -> Result<()> {
         let mut params = self.params().into_owned();
         for (_, p) in params.iter_mut() {
-            collective.broadcast(p, 0)?;
+            collective.broadcast(bytemuck::cast_slice_mut(p), 0)?;
         }
         match &mut self.residence {
             Residence::Host(h) => h.params = params,

@@ -113,10 +113,10 @@ impl Collective for Threads {
         Ok(())
     }
 
-    fn broadcast(&self, buf: &mut [f32], root: usize) -> sae_train::Result<()> {
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> sae_train::Result<()> {
         let all = self.exchange(buf.iter().map(|&v| f64::from(v)).collect());
         for (out, v) in buf.iter_mut().zip(&all[root]) {
-            *out = *v as f32;
+            *out = *v as u8;
         }
         Ok(())
     }

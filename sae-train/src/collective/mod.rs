@@ -44,8 +44,9 @@ pub trait Collective: std::fmt::Debug {
     /// Every rank's `send`, one after the other in rank order, into `recv` on rank `root`
     /// (`ranks()` times as long there; empty and untouched on the other ranks).
     fn gather(&self, send: &[f32], recv: &mut [f32], root: usize) -> Result<()>;
-    /// `root`'s `buf` to every rank.
-    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// `root`'s `buf` to every rank (bytes: parameters, or the frozen model's weight slices
+    /// under ZeRO-3).
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()>;
     /// Returns when every rank has called it.
     fn barrier(&self) -> Result<()>;
     /// Seconds spent in collectives so far: communication and waiting for the other ranks.
@@ -100,7 +101,7 @@ impl Collective for Single {
         Ok(())
     }
 
-    fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
+    fn broadcast(&self, _buf: &mut [u8], _root: usize) -> Result<()> {
         Ok(())
     }
 

@@ -43,6 +43,12 @@ impl ShardExchange for OverCollective {
             .map_err(|e| e.to_string())
     }
 
+    fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<(), String> {
+        (self.collective()?)
+            .broadcast(buf, root)
+            .map_err(|e| e.to_string())
+    }
+
     fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]) -> Result<(), String> {
         (self.collective()?)
             .reduce_scatter(send, recv)

@@ -133,10 +133,13 @@ impl Collective for Mpi {
         }
     }
 
-    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        self.run("a broadcast", || {
-            self.world.process_at_rank(root as i32).broadcast_into(buf)
-        })
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        // MPI counts are 32-bit: a larger buffer goes in pieces.
+        let at = self.world.process_at_rank(root as i32);
+        for piece in buf.chunks_mut(MAX_MESSAGE) {
+            self.run("a broadcast", || at.broadcast_into(piece))?;
+        }
+        Ok(())
     }
 
     fn barrier(&self) -> Result<()> {
