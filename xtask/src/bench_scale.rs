@@ -20,45 +20,36 @@ use sae_models::{AnyModel, LoadScope, VisionInput};
 use crate::bench::{Plain, on_backend};
 use crate::{peak, scale_checkpoint};
 
-/// The benchmark's settings (`--layers`, `--at`, `--dtype`, `--tokens`, `--backend`).
+/// The benchmark's settings.
+#[derive(clap::Args)]
 pub struct Settings {
+    /// Text layers of the checkpoint (28 in the real model).
+    #[arg(long, default_value_t = 6)]
     layers: usize,
-    at: usize,
+    /// The layer hooked [default: layers - 2, at most 24].
+    #[arg(long)]
+    at: Option<usize>,
+    /// Compute dtype: bf16 or f32.
+    #[arg(long, default_value = "bf16")]
     dtype: StorageDtype,
+    /// Tokens of the prompt.
+    #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// flex or ndarray; wgpu or cuda in an xtask built with that feature.
+    #[arg(long, default_value = "flex")]
     backend: String,
 }
 
 impl Settings {
-    /// From `--layers N --at L --dtype D --tokens T --backend B` (defaults: 6 layers cut, layer
-    /// 4, bf16, 128 tokens, flex).
-    pub fn parse(args: &[String]) -> Result<Self> {
-        let mut s = Settings {
-            layers: 6,
-            at: 4,
-            dtype: StorageDtype::BF16,
-            tokens: 128,
-            backend: "flex".into(),
-        };
-        let mut at = None;
-        for pair in args.chunks(2) {
-            let [flag, value] = pair else {
-                bail!("{pair:?}: flags take a value");
-            };
-            match flag.as_str() {
-                "--layers" => s.layers = value.parse()?,
-                "--at" => at = Some(value.parse()?),
-                "--dtype" => s.dtype = value.parse().map_err(anyhow::Error::msg)?,
-                "--tokens" => s.tokens = value.parse()?,
-                "--backend" => s.backend = value.clone(),
-                other => {
-                    bail!("unknown flag {other}: --layers, --at, --dtype --tokens or --backend")
-                }
-            }
-        }
-        s.at = at.unwrap_or(s.layers.saturating_sub(2).min(24));
-        anyhow::ensure!(s.at < s.layers, "--at must be below --layers");
-        Ok(s)
+    /// The layer hooked.
+    fn at(&self) -> usize {
+        self.at.unwrap_or(self.layers.saturating_sub(2).min(24))
+    }
+
+    /// The settings, checked: `--at` below `--layers`.
+    pub fn checked(self) -> Result<Self> {
+        anyhow::ensure!(self.at() < self.layers, "--at must be below --layers");
+        Ok(self)
     }
 }
 
@@ -83,11 +74,12 @@ pub fn scale(settings: &Settings) -> Result<()> {
 fn scale_on<B: Backend>(settings: &Settings) -> Result<()> {
     let Settings {
         layers,
-        at,
         dtype,
         tokens,
         ref backend,
+        ..
     } = *settings;
+    let at = settings.at();
     let dir = checkpoint_dir(layers);
     scale_checkpoint::write(&dir, layers)?;
     let hook = format!("model.language_model.layers.{at}");

@@ -37,64 +37,136 @@ mod peak;
 mod scale_checkpoint;
 mod train;
 
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[global_allocator]
 static GLOBAL: sae_core::allocator::MiMalloc = sae_core::allocator::MiMalloc;
 
-const USAGE: &str = "usage: cargo xtask demo
-       cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]   (recipes: examples/train/)
-       cargo xtask bench [sae-step | sae-encode | sae-kernels] [--backend flex|ndarray|wgpu|cuda]
-       cargo xtask bench [lm-forward | data | train | micro | matmul-dtype]
-       cargo xtask bench scale [--layers N] [--at L] [--dtype bf16|f32] [--tokens T]
-         (a Qwen2.5-VL-7B-shaped bf16 checkpoint, written once; 28 layers is the real depth)
-       cargo xtask scale-checkpoint --layers N --out DIR   (the benchmark's checkpoint alone)
-       cargo xtask bench scaling   (data-parallel training, 1 and 2 ranks; builds sae with mpi)
-       cargo xtask bench scaling zero3   (ZeRO-3's memory per rank on the 6-layer 7B-shaped checkpoint)
-  (wgpu and cuda need an xtask built with that feature: cargo run -p xtask --features cuda -- bench ...)";
+/// Project tasks: the demo, training recipes, benchmarks.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    after_help = "Examples:
+  cargo xtask demo
+  cargo xtask train smollm2_shakespeare --set train.steps=50
+  cargo xtask bench sae-step --backend ndarray
+  cargo xtask bench scale --layers 28 --at 24
+  cargo run -p xtask --features cuda -- bench sae-encode --backend cuda
+
+wgpu and cuda need an xtask built with that feature. SAE_BENCH_PYTHON names a Python with the
+references (torch, transformers, eai-sparsify) to run them in the same invocation."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Train and evaluate an SAE on SmolLM2-135M and Shakespeare, on the CPU, in a few minutes.
+    Demo,
+    /// Train a recipe of examples/train/ (fetching SmolLM2 and Shakespeare when it needs them).
+    Train(train::Args),
+    /// Benchmarks; every CPU case when none is named.
+    Bench {
+        #[command(subcommand)]
+        case: Option<Case>,
+    },
+    /// Write the scale benchmark's Qwen2.5-VL-7B-shaped checkpoint alone.
+    ScaleCheckpoint {
+        /// Text layers (28 in the real model).
+        #[arg(long)]
+        layers: usize,
+        /// Folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Case {
+    /// One TopK SAE training step (d 576, 9216 latents, k 32, 2048 tokens) vs sparsify's.
+    SaeStep(Backend),
+    /// SAE inference (encode + decode) at the same shapes vs sparsify's.
+    SaeEncode(Backend),
+    /// Each sparse kernel against its reference on the same backend.
+    SaeKernels(Backend),
+    /// SmolLM2-135M's forward pass (8 x 256) vs transformers' on the same GGUF.
+    LmForward,
+    /// `sae preprocess` and the loader against SmolLM2's forward tokens/s.
+    Data,
+    /// End-to-end training of the SmolLM2 + Shakespeare recipe vs sparsify's Trainer.
+    Train,
+    /// Small tensor operations of the SAE step.
+    Micro,
+    /// Matmuls in f32, f16 and bf16.
+    MatmulDtype,
+    /// Loading and running a Qwen2.5-VL-7B-shaped bf16 checkpoint (written once).
+    Scale(bench_scale::Settings),
+    /// Data-parallel training at 1 and 2 ranks (builds sae with the mpi feature).
+    Scaling {
+        /// `zero3`: ZeRO-3's memory per rank on the 6-layer 7B-shaped checkpoint instead.
+        part: Option<ScalingPart>,
+    },
+}
+
+/// The part of `bench scaling` to run.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScalingPart {
+    /// Peak memory per rank: one process, DDP and ZeRO-3 on 2 ranks.
+    Zero3,
+}
+
+/// The backend a benchmark runs on.
+#[derive(clap::Args)]
+struct Backend {
+    /// flex or ndarray; wgpu or cuda in an xtask built with that feature.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+}
 
 fn main() -> Result<()> {
     sae_core::allocator::keep_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["bench"] => bench::sae_step("flex")
+    let cli = Cli::parse();
+    // What the libraries log (warnings, checkpoints) on stderr, as `sae` shows it.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .init();
+    match cli.task {
+        Task::Demo => train::demo(),
+        Task::Train(args) => train::train(&args),
+        Task::ScaleCheckpoint { layers, out } => scale_checkpoint::write(&out, layers),
+        Task::Bench { case: None } => bench::sae_step("flex")
             .and_then(|()| bench::micro())
             .and_then(|()| bench::sae_encode("flex"))
             .and_then(|()| bench::lm_forward())
             .and_then(|()| bench_data::data())
             .and_then(|()| train::bench()),
-        ["bench", "sae-encode"] => bench::sae_encode("flex"),
-        ["bench", "sae-encode", "--backend", backend] => bench::sae_encode(backend),
-        ["bench", "micro"] => bench::micro(),
-        ["bench", "matmul-dtype"] => bench_dtype::matmul_dtype(),
-        ["bench", "scaling"] => bench_scaling::scaling(),
-        ["bench", "scaling", "zero3"] => bench_scaling::zero3_memory(),
-        ["bench", "scale", rest @ ..] => bench_scale::scale(&bench_scale::Settings::parse(
-            &rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )?),
-        ["bench", "sae-step"] => bench::sae_step("flex"),
-        ["bench", "lm-forward"] => bench::lm_forward(),
-        ["bench", "data"] => bench_data::data(),
-        ["bench", "train"] => train::bench(),
-        ["bench", "sae-step", "--backend", backend] => bench::sae_step(backend),
-        ["bench", "sae-kernels"] => bench_kernels::sae_kernels("flex"),
-        ["bench", "sae-kernels", "--backend", backend] => bench_kernels::sae_kernels(backend),
-        ["scale-checkpoint", "--layers", layers, "--out", out] => {
-            scale_checkpoint::write(Path::new(out), layers.parse()?)
-        }
-        ["demo"] => train::demo(),
-        ["train", ..] => train::train(&args[1..]),
-        ["help"] | ["--help"] | ["-h"] | [] | [_, "--help" | "-h"] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown task {other:?}; {USAGE}"),
+        Task::Bench { case: Some(case) } => match case {
+            Case::SaeStep(b) => bench::sae_step(&b.backend),
+            Case::SaeEncode(b) => bench::sae_encode(&b.backend),
+            Case::SaeKernels(b) => bench_kernels::sae_kernels(&b.backend),
+            Case::LmForward => bench::lm_forward(),
+            Case::Data => bench_data::data(),
+            Case::Train => train::bench(),
+            Case::Micro => bench::micro(),
+            Case::MatmulDtype => bench_dtype::matmul_dtype(),
+            Case::Scale(settings) => bench_scale::scale(&settings.checked()?),
+            Case::Scaling { part: None } => bench_scaling::scaling(),
+            Case::Scaling {
+                part: Some(ScalingPart::Zero3),
+            } => bench_scaling::zero3_memory(),
+        },
     }
 }

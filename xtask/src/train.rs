@@ -22,29 +22,30 @@ use crate::bench::{
 
 const SMOLLM2: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
+/// What `cargo xtask train` takes.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A recipe of examples/train/ by name (`smollm2_shakespeare`), or a .toml path.
+    recipe: String,
+    /// Overrides a recipe value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Stops after this step (checkpointed; `--resume` goes on).
+    #[arg(long, value_name = "STEP")]
+    stop_at: Option<u64>,
+}
+
 /// `cargo xtask train <recipe|file.toml> [--set KEY=VALUE]... [--stop-at STEP]`.
-pub fn train(args: &[String]) -> Result<()> {
-    let Some((recipe, rest)) = args.split_first() else {
-        bail!(
-            "usage: cargo xtask train <recipe> [--set KEY=VALUE]... [--stop-at STEP]; recipes are in examples/train/"
-        );
-    };
+pub fn train(args: &Args) -> Result<()> {
     let mut overrides = Vec::new();
-    let mut rest = rest.iter();
-    while let Some(flag) = rest.next() {
-        let value = rest
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--set" => {
-                let (k, v) = value.split_once('=').context("--set takes KEY=VALUE")?;
-                overrides.push((k.to_string(), parse_value(v)));
-            }
-            "--stop-at" => overrides.push(("checkpoint.stop_at".into(), parse_value(value))),
-            other => bail!("unknown flag {other}: expected --set or --stop-at"),
-        }
+    for pair in &args.set {
+        let (k, v) = pair.split_once('=').context("--set takes KEY=VALUE")?;
+        overrides.push((k.to_string(), parse_value(v)));
     }
-    let path = recipe_path(recipe);
+    if let Some(step) = args.stop_at {
+        overrides.push(("checkpoint.stop_at".into(), parse_value(&step.to_string())));
+    }
+    let path = recipe_path(&args.recipe);
     let mut config = TrainConfig::load(&path, &overrides)?;
     prepare_model(&mut config)?;
     if !config.data.path.exists() {
