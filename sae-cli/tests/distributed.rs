@@ -140,7 +140,7 @@ fn every_strategy_on_2_and_4_processes_follows_the_one_process_curve() {
 }
 
 #[test]
-fn ddp_zero2_and_zero3_on_a_vision_language_model_follow_the_one_process_curve() {
+fn ddp_zero2_and_zero3_on_2_and_4_processes_on_a_vision_language_model_follow_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = photo_questions(dir.path());
     let model = fixture("sae-models", "qwen2_vl_tiny");
@@ -175,11 +175,17 @@ fn ddp_zero2_and_zero3_on_a_vision_language_model_follow_the_one_process_curve()
         curve(&out)
     };
     let one = run(1, "ddp");
-    for strategy in ["ddp", "zero2", "zero3"] {
+    for (devices, strategy) in [
+        (2, "ddp"),
+        (2, "zero2"),
+        (2, "zero3"),
+        (4, "ddp"),
+        (4, "zero3"),
+    ] {
         same_curve(
-            &run(2, strategy),
+            &run(devices, strategy),
             &one,
-            &format!("{strategy} on 2 processes"),
+            &format!("{strategy} on {devices} processes"),
         );
     }
 }

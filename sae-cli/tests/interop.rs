@@ -9,9 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{floats, ints, max_rel_diff, ok, s};
-
-const PROMPT: &str = "Shall I compare thee to a summer's day?";
+use common::{PROMPT, floats, ints, max_rel_diff, ok, s};
 
 /// Runs `tools/interop.py args...` with `python`, which must succeed.
 fn interop(python: &str, args: &[&Path]) {

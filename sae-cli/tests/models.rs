@@ -4,14 +4,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s, sae_with};
+use common::{
+    PROMPT, fails, fake_hub_model, ints, json_tokens, max_rel_diff, ok, ok_with, s, sae_with,
+};
 use sae_core::TensorFile;
 
 fn fixture(rel: &str) -> PathBuf {
     common::fixture("sae-models", rel)
 }
-
-const PROMPT: &str = "Shall I compare thee to a summer's day?";
 
 #[test]
 fn activations_match_transformers() {

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use crate::tap::{linear, per_token};
 use crate::weights::Weights;
 
-/// `x W^T + b`, with `W [d_out, d_in]` held or gathered.
+/// `x W^T + b`, with `W [d_out, d_in]` held, or shared between ranks.
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
     /// The layer, when this process holds its weight.

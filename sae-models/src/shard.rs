@@ -1,11 +1,13 @@
 //! ZeRO-3's share of a frozen model's weights (Rajbhandari et al.; DeepSpeed's stage 3): each
 //! rank keeps a slice of every weight matrix, a range of its rows (a view of the mapped
-//! checkpoint when it is stored in the compute dtype, else converted out of it once), and a weight is gathered whole from the ranks' slices each time the projection that
-//! uses it runs ([`crate::projection`]), and dropped after. A rank then holds `1/N` of the
-//! model plus the matrix that runs. The token embedding is never gathered whole: each rank looks
-//! up, for every rank's tokens, the rows it keeps, and the rows are summed to their rank.
+//! checkpoint when it is stored in the compute dtype, else converted out of it once). A
+//! projection by a shared matrix runs slice by slice ([`crate::projection`]): each rank's slice
+//! is broadcast in turn, multiplied and dropped. A rank then holds `1/N` of the model plus one
+//! slice of the matrix that runs. A weight needed whole (a vision tower's, at load) is gathered
+//! from every rank's slice. The token embedding is never gathered whole: each rank looks up,
+//! for every rank's tokens, the rows it keeps, and the rows are summed to their rank.
 //!
-//! Every rank must run the same projections in the same order (they take part in each gather),
+//! Every rank must run the same projections in the same order (each is a collective),
 //! which the forward passes of a data-parallel job do.
 
 use std::borrow::Cow;

@@ -213,12 +213,6 @@ impl<B: SaeAutodiffBackend> Session<B> {
         let name = &config.model.name;
         let points =
             (config.target_modules).resolve(&AnyModel::<B::InnerBackend>::hook_points_of(name)?)?;
-        if collective.rank() == 0 {
-            // `sae/` is a PEFT adapter: say which SAEs SAE Made Easy could not attach.
-            for warning in points.iter().filter_map(sae_core::formats::not_linear) {
-                tracing::warn!("{warning}; `sae/` is written as its PEFT adapter all the same");
-            }
-        }
         let dataset = Dataset::open(&config.data.path)?;
         // The pass stops after the deepest target: nothing after it is loaded, nor the vision
         // tower for a dataset of texts.
@@ -444,6 +438,10 @@ impl<B: SaeAutodiffBackend> Session<B> {
                 checkpoint::save_adapter(&self.trainer, &self.config, tmp)
             })?;
             tracing::info!("trained SAEs in {}", sae_dir.display());
+            // `sae/` is a PEFT adapter: say which of its SAEs SAE Made Easy could not attach.
+            for warning in self.points.iter().filter_map(sae_core::formats::not_linear) {
+                tracing::warn!("{warning} (`sae/` holds its SAE all the same)");
+            }
         }
         Ok(RunSummary {
             run_dir,

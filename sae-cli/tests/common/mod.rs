@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 pub use sae_core::parity::max_rel_diff;
 use sae_core::{HostData, TensorFile};
 
+/// The text of the transformers fixtures' references (`inputs.input_ids`).
+pub const PROMPT: &str = "Shall I compare thee to a summer's day?";
+
 /// A file under `<crate>/tests/fixtures` of the workspace crate `krate`.
 pub fn fixture(krate: &str, rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
