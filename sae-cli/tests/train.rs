@@ -24,8 +24,17 @@ fn a_run_writes_metrics_checkpoints_logs_and_the_sae() {
     let data = dataset(dir.path());
     let model = fixture("sae-models", "qwen2_tiny");
     let run = dir.path().join("run");
-    let stdout = ok(&strs(&run_args(&model, &data, &run, "6")));
-    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let out = common::sae_with(&strs(&run_args(&model, &data, &run, "6")), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Neither hook point is a linear layer: SAE Made Easy could not load `sae/`, and it says so.
+    for path in ["model.layers.0.mlp", "model.layers.1"] {
+        assert!(
+            stderr.contains(&format!("{path} is not a linear layer")),
+            "{stderr}"
+        );
+    }
     assert_eq!(summary["step"], 6);
     assert_eq!(summary["finished"], true);
 
