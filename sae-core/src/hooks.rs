@@ -61,11 +61,27 @@ impl HookPoint {
     }
 }
 
-/// The hook point an SAE saved under `path` attaches to: the point of that path, or the one
-/// point whose path ends in `.{path}` (sparsify names hook points relative to the base model,
-/// `layers.1.mlp.down_proj` for `model.layers.1.mlp.down_proj`). An error when none or several
-/// do.
-pub fn hook_point_for<'a>(points: &'a [HookPoint], path: &str) -> crate::Result<&'a HookPoint> {
+/// The hook point an SAE of `d_in` inputs saved under `path` attaches to: the point of that
+/// path, or the one point whose path ends in `.{path}` (sparsify names hook points relative to
+/// the base model, `layers.1.mlp.down_proj` for `model.layers.1.mlp.down_proj`). An error when
+/// none or several do, or when its width is not `d_in`.
+pub fn hook_point_for<'a>(
+    points: &'a [HookPoint],
+    path: &str,
+    d_in: usize,
+) -> crate::Result<&'a HookPoint> {
+    let point = named_point(points, path)?;
+    if point.width != d_in {
+        return Err(SaeError::InvalidConfig(format!(
+            "the SAE for {path} has d_in {d_in}, but the model's {} has width {}",
+            point.path, point.width
+        )));
+    }
+    Ok(point)
+}
+
+/// The point of `path`, or the one point `path` is a `.`-separated suffix of.
+fn named_point<'a>(points: &'a [HookPoint], path: &str) -> crate::Result<&'a HookPoint> {
     if let Some(point) = points.iter().find(|p| p.path == path) {
         return Ok(point);
     }

@@ -133,14 +133,7 @@ impl<B: SaeBackend, M: HookedModule<B>> SaeModel<B, M> {
     pub fn insert_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
         let mut saes = BTreeMap::new();
         for (path, sae) in adapter.saes {
-            let point = hook_point_for(&self.hook_points, &path)?;
-            if point.width != sae.d_in() {
-                return Err(SaeError::InvalidConfig(format!(
-                    "the SAE for {path} has d_in {}, but that hook point's width is {}",
-                    sae.d_in(),
-                    point.width
-                )));
-            }
+            let point = hook_point_for(&self.hook_points, &path, sae.d_in())?;
             saes.insert(point.path.clone(), sae);
         }
         let adapter = Adapter {

@@ -161,13 +161,7 @@ impl Checkpoint {
     pub fn on_model(self, points: &[HookPoint]) -> Result<Self> {
         let mut saes = BTreeMap::new();
         for (name, sae) in self.saes {
-            let point = hook_point_for(points, &name)?;
-            if point.width != sae.d_in {
-                return Err(SaeError::InvalidConfig(format!(
-                    "the SAE for {name} has d_in {}, but the model's {} has width {}",
-                    sae.d_in, point.path, point.width
-                )));
-            }
+            let point = hook_point_for(points, &name, sae.d_in)?;
             saes.insert(point.path.clone(), sae);
         }
         Ok(Checkpoint {
@@ -195,7 +189,7 @@ impl Checkpoint {
                 ));
             }
             if layout == Layout::Peft {
-                let point = points.and_then(|p| hook_point_for(p, hook).ok());
+                let point = points.and_then(|p| hook_point_for(p, hook, sae.d_in).ok());
                 warnings.extend(point.and_then(not_linear));
             }
         }
